@@ -1,0 +1,147 @@
+"""Validated settings for every component, from a TOML file and the environment.
+
+One section per component (``[twins]``, ``[bridge]``, ``[serve]``, ``[ray]``, ``[sim]``);
+a missing section or key falls back to its default, an unknown one is an error. Hosts
+and secrets come from the environment only: ``BMS_POSTGRES_URL``, ``BMS_REDIS_URL`` and
+``BMS_MQTT_URL``. When one is unset, ``bms run`` starts an embedded server for it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "BridgeSettings",
+    "RayClusterSettings",
+    "ServeSettings",
+    "Settings",
+    "SettingsError",
+    "SimSettings",
+    "TwinSettings",
+]
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class SettingsError(ValueError):
+    """A config file or environment variable that does not validate."""
+
+
+class TwinSettings(BaseModel):
+    model_config = _STRICT
+    window_samples: int = Field(64, ge=4, le=4096, description="Samples kept per twin")
+    shard_size: int = Field(
+        10_000, ge=1, le=1_000_000, description="Twins hosted by one TwinShard actor"
+    )
+    checkpoint_interval_s: float = Field(60.0, gt=0, description="Shard checkpoint period")
+    redis_flush_interval_s: float = Field(1.0, gt=0, description="Latest-state push period")
+    lstm_hidden_size: int = Field(32, ge=1, le=1024, description="LSTM (h, c) width per twin")
+    rated_capacity_ah: float = Field(15.0, gt=0, le=200, description="Rated pack capacity")
+    hot_threshold_c: float = Field(45.0, description="Above this a pack counts as hot")
+    zone_cell_km: float = Field(1.0, gt=0, le=100, description="Side of a square fleet zone")
+
+
+class BridgeSettings(BaseModel):
+    model_config = _STRICT
+    workers: int = Field(
+        1, ge=1, le=64, description="Bridge actors; >1 needs a broker with $share support"
+    )
+    share_group: str = Field("bms", pattern=r"^[A-Za-z0-9_-]+$")
+    batch_max_messages: int = Field(1000, ge=1, le=100_000)
+    batch_max_wait_ms: float = Field(20.0, ge=0, le=10_000)
+    max_inflight_batches: int = Field(4, ge=1, le=1024, description="Per worker, then backpressure")
+    receive_maximum: int = Field(
+        4000, ge=1, le=65535, description="Unacked QoS 1 messages the broker may send us"
+    )
+    max_payload_bytes: int = Field(256 * 1024, ge=256)
+    max_future_skew_s: float = Field(120.0, ge=0)
+    max_age_s: float = Field(7 * 24 * 3600.0, gt=0)
+    session_expiry_s: int = Field(3600, ge=0, description="Broker keeps our queue this long")
+
+
+class ServeSettings(BaseModel):
+    model_config = _STRICT
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=1, le=65535)
+
+
+class RayClusterSettings(BaseModel):
+    model_config = _STRICT
+    address: str | None = Field(None, description="Existing cluster; None starts a local one")
+    num_cpus: int = Field(2, ge=1)
+    object_store_memory_mb: int = Field(512, ge=78)
+    dashboard_port: int = Field(8265, ge=1, le=65535)
+    namespace: str = Field("bms", pattern=r"^[A-Za-z0-9_-]+$")
+
+
+class SimSettings(BaseModel):
+    model_config = _STRICT
+    vehicles: int = Field(1000, ge=1, le=1_000_000)
+    report_interval_s: float = Field(5.0, gt=0, description="While riding; parked is 12x longer")
+    samples_per_message: int = Field(5, ge=1, le=500)
+    center_lat: float = Field(52.5200, ge=-90, le=90)
+    center_lon: float = Field(13.4050, ge=-180, le=180)
+    radius_km: float = Field(6.0, gt=0)
+    seed: int = 7
+    time_scale: float = Field(1.0, gt=0, le=3600, description="Simulated seconds per real second")
+
+
+class Settings(BaseModel):
+    """Everything a process of the system needs to know."""
+
+    model_config = _STRICT
+    postgres_url: str | None = None
+    redis_url: str | None = None
+    mqtt_url: str | None = None
+    data_dir: Path = Path(".bms-data")
+    twins: TwinSettings = TwinSettings()
+    bridge: BridgeSettings = BridgeSettings()
+    serve: ServeSettings = ServeSettings()
+    ray: RayClusterSettings = RayClusterSettings()
+    sim: SimSettings = SimSettings()
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("mqtt://", "tcp://")):
+            raise ValueError(f"Expected an mqtt://host:port URL, got {v!r}")
+        return v
+
+    @classmethod
+    def load(cls, path: Path | None = None, env: dict[str, str] | None = None) -> Settings:
+        """Read ``path`` (TOML, optional) and the ``BMS_*`` environment.
+
+        Raises
+        ------
+        SettingsError
+            Naming the file and each offending key.
+        """
+        env = dict(os.environ) if env is None else env
+        data: dict[str, Any] = {}
+        if path is None and env.get("BMS_CONFIG"):
+            path = Path(env["BMS_CONFIG"])
+        if path is not None:
+            try:
+                data = tomllib.loads(path.read_text())
+            except FileNotFoundError:
+                raise SettingsError(f"Config file {path} does not exist.") from None
+            except tomllib.TOMLDecodeError as err:
+                raise SettingsError(f"Config file {path} is not valid TOML: {err}") from None
+        for key in ("postgres_url", "redis_url", "mqtt_url", "data_dir"):
+            value = env.get(f"BMS_{key.upper()}")
+            if value:
+                data[key] = value
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            where = f"config file {path}" if path else "environment"
+            lines = [
+                f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+                for e in err.errors(include_url=False)
+            ]
+            raise SettingsError(f"Invalid settings in {where}:\n" + "\n".join(lines)) from None
