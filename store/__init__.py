@@ -1,0 +1,27 @@
+"""Persistence: Postgres for telemetry, dead letters, checkpoints and the shard directory;
+Redis for the latest twin states and the live dead-letter stream."""
+
+from store.checkpoints import CheckpointStore
+from store.dead_letters import DeadLetter, DeadLetterStore
+from store.directory_store import DirectoryStore
+from store.errors import MigrationError, StoreError, StoreUsageError
+from store.migrate import apply_migrations, migration_versions
+from store.postgres import open_postgres
+from store.telemetry_store import HISTORY_COLUMNS, TelemetryStore
+from store.twin_state import TwinStateCache
+
+__all__ = [
+    "HISTORY_COLUMNS",
+    "CheckpointStore",
+    "DeadLetter",
+    "DeadLetterStore",
+    "DirectoryStore",
+    "MigrationError",
+    "StoreError",
+    "StoreUsageError",
+    "TelemetryStore",
+    "TwinStateCache",
+    "apply_migrations",
+    "migration_versions",
+    "open_postgres",
+]

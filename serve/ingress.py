@@ -1,0 +1,235 @@
+"""HTTP API: a FastAPI app served by a Ray Serve deployment.
+
+Routes (all JSON)::
+
+    GET /healthz                                  liveness: shards reachable
+    GET /api/v1/batteries/{id}                    twin state
+    GET /api/v1/batteries/{id}/window             rolling window of recent samples
+    GET /api/v1/batteries/{id}/telemetry?from=&to=&limit=   history from PostgreSQL
+    GET /api/v1/fleet/summary                     counts and means by health band
+    GET /api/v1/fleet/top?by=&n=&order=&filter=   top-N twins by any numeric field
+    GET /api/v1/fleet/groups?group_by=&fields=&filter=      grouped aggregates
+    GET /api/v1/dead-letters?limit=               rejected messages and counts by reason
+    GET /api/v1/system/stats                      shard and bridge counters
+    GET /                                         the fleet dashboard (HTML)
+"""
+
+
+import math
+import time
+from datetime import datetime
+from importlib import resources
+from typing import Annotated, Any, Literal
+
+import ray
+import redis.asyncio as aioredis
+from fastapi import FastAPI, HTTPException, Path, Query
+from fastapi.responses import HTMLResponse
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from store import DeadLetterStore, TelemetryStore
+from twins.fleet_query import CATEGORICAL_FIELDS, NUMERIC_FIELDS, Filter
+from twins.runtime import FleetClient
+
+__all__ = ["ApiIngress", "IngressConfig", "api"]
+
+api = FastAPI(
+    title="Battery fleet twin API",
+    version="1",
+    description="Live digital twins of a shared e-scooter fleet's swappable batteries.",
+)
+
+_BatteryId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$", description="Battery id")]
+
+
+class IngressConfig(BaseModel):
+    """Arguments of the ingress deployment (validated when the app is built)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    namespace: str = Field("bms", description="Ray namespace of the twin actors")
+    postgres_url: str = Field(description="PostgreSQL URL for telemetry history")
+    redis_url: str = Field(description="Redis URL for dead-letter counters")
+    redis_prefix: str = "bms:"
+    bridge_actor_names: list[str] = Field(default_factory=list)
+    max_history_rows: int = Field(10_000, ge=1, le=1_000_000)
+
+
+def _parse_time(value: str | None, name: str) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise HTTPException(
+            422, f"Expected {name} as Unix seconds or ISO 8601 (2026-11-26T12:00:00Z), got {value!r}."
+        ) from None
+    if dt.tzinfo is None:
+        raise HTTPException(422, f"Expected a timezone in {name} (e.g. 'Z'), got {value!r}.")
+    return dt.timestamp()
+
+
+def _parse_filters(raw: list[str]) -> list[Filter]:
+    try:
+        return [Filter.parse(f) for f in raw]
+    except ValueError as err:
+        raise HTTPException(422, str(err)) from None
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_clean(v) for v in x]
+    return x
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=200)
+@serve.ingress(api)
+class ApiIngress:
+    """The HTTP face of the twins; reads go to shards, history to PostgreSQL."""
+
+    def __init__(self, config: IngressConfig) -> None:
+        self._config = config
+        self._fleet = FleetClient(config.namespace)
+        self._pool = AsyncConnectionPool(
+            config.postgres_url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}
+        )
+        self._pool_open = False
+
+    async def _conn_pool(self) -> AsyncConnectionPool:
+        if not self._pool_open:
+            await self._pool.open()
+            self._pool_open = True
+        return self._pool
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def dashboard(self) -> str:
+        return resources.files("serve").joinpath("static/dashboard.html").read_text()
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        n = await self._fleet.num_shards()
+        await self._fleet.call_all("ping")
+        return {"status": "ok", "shards": n}
+
+    @api.get("/api/v1/batteries/{battery_id}")
+    async def battery(self, battery_id: _BatteryId) -> dict[str, Any]:
+        snap = await self._fleet.get(battery_id)
+        if snap is None:
+            raise HTTPException(404, f"No twin for battery {battery_id!r}: it has sent no accepted telemetry.")
+        return _clean(snap.to_dict())  # type: ignore[no-any-return]
+
+    @api.get("/api/v1/batteries/{battery_id}/window")
+    async def battery_window(self, battery_id: _BatteryId) -> dict[str, Any]:
+        window = await self._fleet.window(battery_id)
+        if window is None:
+            raise HTTPException(404, f"No twin for battery {battery_id!r}.")
+        return {"battery_id": battery_id, "samples": window}
+
+    @api.get("/api/v1/batteries/{battery_id}/telemetry")
+    async def battery_telemetry(
+        self,
+        battery_id: _BatteryId,
+        from_: Annotated[str | None, Query(alias="from", description="Unix s or ISO 8601")] = None,
+        to: Annotated[str | None, Query(description="Unix s or ISO 8601")] = None,
+        limit: Annotated[int, Query(ge=1, le=1_000_000)] = 1000,
+    ) -> dict[str, Any]:
+        t0, t1 = _parse_time(from_, "from"), _parse_time(to, "to")
+        if t0 is not None and t1 is not None and t1 < t0:
+            raise HTTPException(422, f"Expected from <= to, got from={from_!r} to={to!r}.")
+        limit = min(limit, self._config.max_history_rows)
+        pool = await self._conn_pool()
+        async with pool.connection() as conn:
+            rows = await TelemetryStore(conn).history(battery_id, t0, t1, limit)
+        return {"battery_id": battery_id, "count": len(rows["ts"]), "columns": _clean(rows)}
+
+    @api.get("/api/v1/fleet/summary")
+    async def fleet_summary(self) -> dict[str, Any]:
+        fields = ["soc_pct", "temp_c", "soh_pct_est", "efc", "staleness_s"]
+        by_band = await self._fleet.group_stats("health_band", fields)
+        overall = await self._fleet.group_stats(None, fields)
+        charging = await self._fleet.group_stats("charging", [])
+        low = await self._fleet.group_stats(None, [], filters=[Filter("soc_pct", "lt", 20.0)])
+        hot = await self._fleet.group_stats(None, [], filters=[Filter("temp_c", "gt", 45.0)])
+        total = overall.get("all")
+        return _clean({  # type: ignore[no-any-return]
+            "generated_at_s": time.time(),
+            "batteries": total.count if total else 0,
+            "overall": total.to_dict() if total else {},
+            "by_health_band": {k: v.to_dict() for k, v in sorted(by_band.items())},
+            "charging": charging["true"].count if "true" in charging else 0,
+            "low_soc_lt_20pct": low["all"].count if "all" in low else 0,
+            "hot_gt_45c": hot["all"].count if "all" in hot else 0,
+            "shards": await self._fleet.num_shards(),
+        })
+
+    @api.get("/api/v1/fleet/top")
+    async def fleet_top(
+        self,
+        by: Annotated[str, Query(description=f"One of {', '.join(NUMERIC_FIELDS)}")] = "soc_pct",
+        n: Annotated[int, Query(ge=1, le=1000)] = 20,
+        order: Literal["asc", "desc"] = "asc",
+        filter: Annotated[list[str], Query(description="field:op:value, repeatable")] = [],  # noqa: B006
+    ) -> dict[str, Any]:
+        if by not in NUMERIC_FIELDS:
+            raise HTTPException(422, f"Expected by in {NUMERIC_FIELDS}, got {by!r}.")
+        rows = await self._fleet.top_n(by, n, descending=order == "desc", filters=_parse_filters(filter))
+        return {"by": by, "order": order, "rows": _clean([r.__dict__ for r in rows])}
+
+    @api.get("/api/v1/fleet/groups")
+    async def fleet_groups(
+        self,
+        group_by: Annotated[str, Query(description=f"One of {', '.join(CATEGORICAL_FIELDS)}")] = "health_band",
+        fields: Annotated[str, Query(description="Comma-separated numeric fields")] = "soc_pct,temp_c",
+        filter: Annotated[list[str], Query()] = [],  # noqa: B006
+    ) -> dict[str, Any]:
+        names = [f for f in fields.split(",") if f]
+        try:
+            groups = await self._fleet.group_stats(group_by, names, filters=_parse_filters(filter))
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
+        except ray.exceptions.RayTaskError as err:
+            if isinstance(err.cause, ValueError):
+                raise HTTPException(422, str(err.cause)) from None
+            raise
+        return {"group_by": group_by, "groups": _clean({k: v.to_dict() for k, v in sorted(groups.items())})}
+
+    @api.get("/api/v1/dead-letters")
+    async def dead_letters(self, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
+        redis = aioredis.Redis.from_url(self._config.redis_url, decode_responses=False)
+        try:
+            pool = await self._conn_pool()
+            async with pool.connection() as conn:
+                store = DeadLetterStore(conn, redis, key_prefix=self._config.redis_prefix)
+                counts = await store.counts()
+                recent = await store.recent(limit)
+        finally:
+            await redis.aclose()
+        for r in recent:
+            p = r.get("payload")
+            if isinstance(p, bytes | bytearray | memoryview):
+                r["payload"] = bytes(p).decode("utf-8", errors="replace")
+            for k, v in list(r.items()):
+                if isinstance(v, datetime):
+                    r[k] = v.isoformat()
+        return {"counts": counts, "recent": recent}
+
+    @api.get("/api/v1/system/stats")
+    async def system_stats(self) -> dict[str, Any]:
+        shards = await self._fleet.shard_stats()
+        bridges = []
+        for name in self._config.bridge_actor_names:
+            try:
+                h = ray.get_actor(name, namespace=self._config.namespace)
+                bridges.append((await h.stats.remote()).__dict__)
+            except ValueError:
+                bridges.append({"name": name, "error": "not running"})
+        return _clean({"shards": [s.__dict__ for s in shards], "bridges": bridges})  # type: ignore[no-any-return]

@@ -1,0 +1,420 @@
+"""A shared e-scooter fleet that rides, drains, gets its batteries swapped and reports.
+
+Every vehicle is a small state machine, parked <-> riding, and all of them advance together
+as numpy arrays; only the JSON of the messages that are due is built per message. One tick
+(:meth:`FleetSimulator.advance`) runs, in this order:
+
+1. motion of the riding vehicles (speed, heading, position, odometer) and the pack current
+   each one draws; parked vehicles draw the telematics unit's current, spare batteries in
+   the pool charge;
+2. the battery model over every pack (on a vehicle or in the pool);
+3. trips that reached their end or the BMS cut-off end: the vehicle parks;
+4. vehicles due a sample (and those that just parked) append one to their buffer;
+5. full buffers, vehicles that just parked and vehicles about to get a new battery
+   become messages, so every sample leaves under the battery that produced it;
+6. parked vehicles with a nearly empty battery get a charged spare from the pool;
+7. available parked vehicles start trips, a Poisson process with a time-of-day rate.
+
+Batteries and vehicles are separate: ``battery_of`` maps vehicle -> battery and the
+reverse map marks pool batteries, so swaps change the link as they would in the field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from serve.telemetry_contract import topic_for
+from sim.battery_model import PackArray
+from sim.fleet_params import FleetParams
+from sim.telemetry_encoder import SAMPLE_COLUMNS, encode_messages
+
+__all__ = ["FleetSimulator", "SwapEvent"]
+
+FloatArray = npt.NDArray[np.float64]
+IndexArray = npt.NDArray[np.intp]
+
+_KM_PER_DEG_LAT = 110.574
+_KM_PER_DEG_LON_EQUATOR = 111.320
+_NO_VEHICLE = -1
+_COL = {name: i for i, name in enumerate(SAMPLE_COLUMNS)}
+# The contract's timestamp range: a clock outside it is a caller's mistake, not data.
+_MIN_TS_S, _MAX_TS_S = 1.0e9, 1.0e10
+
+
+@dataclass(frozen=True)
+class SwapEvent:
+    """One battery swap: the field team replaced a vehicle's battery with a charged one."""
+
+    time_s: float
+    vehicle_id: str
+    removed_battery_id: str
+    installed_battery_id: str
+
+
+def _ids(prefix: str, n: int) -> list[str]:
+    width = max(5, len(str(max(n - 1, 0))))
+    return [f"{prefix}{k:0{width}d}" for k in range(n)]
+
+
+class FleetSimulator:
+    """``params.vehicles`` scooters and their batteries, advanced together.
+
+    Parameters
+    ----------
+    params
+        Fleet, battery, vehicle, demand and weather parameters. Everything random is
+        drawn from one generator seeded with ``params.seed``, so two simulators with
+        equal params fed the same ``advance`` calls emit the same bytes.
+
+    Examples
+    --------
+    >>> sim = FleetSimulator(FleetParams(vehicles=100))
+    >>> messages = sim.advance(1.0, now_s=1_764_170_000.0)  # list of (topic, payload)
+    """
+
+    def __init__(self, params: FleetParams) -> None:
+        self.params = p = params
+        self._rng = rng = np.random.default_rng(p.seed)
+        n = p.vehicles
+        n_spares = max(p.min_spares, math.ceil(p.spare_fraction * n))
+        n_batteries = n + n_spares
+        self._vehicle_ids = _ids(p.vehicle_id_prefix, n)
+        self._battery_ids = _ids(p.battery_id_prefix, n_batteries)
+        self._topics = [topic_for(v) for v in self._vehicle_ids]
+        self._vehicle_index: dict[str, int] | None = None
+        self._battery_index: dict[str, int] | None = None
+
+        # Batteries: the first n are installed, the rest wait charged in the pool.
+        self._charge_target_pct = rng.uniform(
+            p.swapped_soc_min_pct, p.swapped_soc_max_pct, n_batteries
+        )
+        soc = self._charge_target_pct.copy()
+        soc[:n] = rng.uniform(p.initial_soc_min_pct, p.initial_soc_max_pct, n)
+        self._packs = PackArray.create(
+            n_batteries, p.pack, rng, soc_pct=soc, temp_c=p.ambient.mean_c
+        )
+        self._battery_of = np.arange(n, dtype=np.intp)
+        self._vehicle_of = np.full(n_batteries, _NO_VEHICLE, dtype=np.intp)
+        self._vehicle_of[:n] = np.arange(n)
+        self._current_a = np.zeros(n_batteries)
+        self._seq = np.zeros(n_batteries, dtype=np.int64)
+
+        # Vehicles: uniform over the disc, parked.
+        radius = p.radius_km * np.sqrt(rng.random(n))
+        angle = rng.uniform(0.0, 2.0 * np.pi, n)
+        self._x_km = radius * np.cos(angle)
+        self._y_km = radius * np.sin(angle)
+        self._heading_rad = rng.uniform(0.0, 2.0 * np.pi, n)
+        self._odometer_km = rng.uniform(50.0, 3000.0, n)
+        self._riding = np.zeros(n, dtype=bool)
+        self._trip_end_s = np.zeros(n)
+        self._cruise_kmh = np.zeros(n)
+        self._speed_kmh = np.zeros(n)
+        # Spread the first samples over one parked period so the fleet does not report
+        # in lockstep; the phases become times at the first advance.
+        self._sample_phase_s = rng.uniform(0.0, p.report_interval_s * p.parked_report_factor, n)
+        self._next_sample_s = np.zeros(n)
+        self._buffer = np.empty((n, p.samples_per_message, len(SAMPLE_COLUMNS)))
+        self._buffered = np.zeros(n, dtype=np.int64)
+        # Each vehicle's first message is cut short at a random count, so a fresh fleet
+        # publishes at its steady rate at once instead of in a burst one buffer later.
+        self._flush_at = rng.integers(1, p.samples_per_message, n, endpoint=True)
+        self._km_per_deg_lon = _KM_PER_DEG_LON_EQUATOR * math.cos(math.radians(p.center_lat))
+
+        self._now_s: float | None = None
+        self._swap_events: list[SwapEvent] = []
+        self._swap_count = 0
+
+    # -- read-only views -------------------------------------------------------------
+
+    @property
+    def vehicle_ids(self) -> tuple[str, ...]:
+        """Vehicle ids, in index order."""
+        return tuple(self._vehicle_ids)
+
+    @property
+    def battery_ids(self) -> tuple[str, ...]:
+        """Battery ids (installed ones first, then the pool), in index order."""
+        return tuple(self._battery_ids)
+
+    @property
+    def packs(self) -> PackArray:
+        """The battery model state of every battery, in battery index order."""
+        return self._packs
+
+    @property
+    def now_s(self) -> float | None:
+        """Time of the last :meth:`advance`, or None before the first."""
+        return self._now_s
+
+    @property
+    def riding_count(self) -> int:
+        """Vehicles on a trip right now."""
+        return int(np.count_nonzero(self._riding))
+
+    @property
+    def swap_count(self) -> int:
+        """Battery swaps since the start."""
+        return self._swap_count
+
+    def battery_of(self, vehicle_id: str) -> str:
+        """The battery installed in a vehicle."""
+        return self._battery_ids[int(self._battery_of[self._vehicle(vehicle_id)])]
+
+    def vehicle_of(self, battery_id: str) -> str | None:
+        """The vehicle a battery is installed in, or None while it is in the pool."""
+        if self._battery_index is None:
+            self._battery_index = {b: i for i, b in enumerate(self._battery_ids)}
+        try:
+            index = self._battery_index[battery_id]
+        except KeyError:
+            raise KeyError(f"Expected a battery id of this fleet, got {battery_id!r}.") from None
+        vehicle = int(self._vehicle_of[index])
+        return None if vehicle == _NO_VEHICLE else self._vehicle_ids[vehicle]
+
+    def links(self) -> dict[str, str]:
+        """Vehicle id -> installed battery id, for every vehicle."""
+        ids = self._battery_ids
+        return {
+            v: ids[b] for v, b in zip(self._vehicle_ids, self._battery_of.tolist(), strict=True)
+        }
+
+    def drain_swap_events(self) -> list[SwapEvent]:
+        """The swaps since the last call, oldest first."""
+        events, self._swap_events = self._swap_events, []
+        return events
+
+    def _vehicle(self, vehicle_id: str) -> int:
+        if self._vehicle_index is None:
+            self._vehicle_index = {v: i for i, v in enumerate(self._vehicle_ids)}
+        try:
+            return self._vehicle_index[vehicle_id]
+        except KeyError:
+            raise KeyError(f"Expected a vehicle id of this fleet, got {vehicle_id!r}.") from None
+
+    # -- the tick --------------------------------------------------------------------
+
+    def advance(self, dt_s: float, now_s: float) -> list[tuple[str, bytes]]:
+        """Simulate the interval ``(now_s - dt_s, now_s]`` and return the due messages.
+
+        Parameters
+        ----------
+        dt_s
+            Interval length. Samples are taken at tick times, so a ``dt_s`` longer than
+            ``report_interval_s`` thins the reports out (one sample per vehicle per tick).
+        now_s
+            Unix time at the end of the interval; every new sample carries it as ``ts``.
+            Must increase from call to call.
+
+        Returns
+        -------
+        list of (topic, payload)
+            ``TelemetryMessageV2`` JSON messages on ``fleet/<vehicle_id>/telemetry``,
+            in vehicle index order.
+        """
+        if not (math.isfinite(dt_s) and dt_s > 0.0):
+            raise ValueError(f"Expected dt_s > 0, got {dt_s}.")
+        if not _MIN_TS_S < now_s < _MAX_TS_S:
+            raise ValueError(f"Expected now_s as Unix seconds in (1e9, 1e10), got {now_s}.")
+        if self._now_s is None:
+            self._next_sample_s = (now_s - dt_s) + self._sample_phase_s
+        elif not now_s > self._now_s:
+            raise ValueError(
+                f"Expected now_s after the previous tick ({self._now_s}), got {now_s}."
+            )
+        self._now_s = now_s
+        p = self.params
+        hour_of_day = ((now_s - 0.5 * dt_s) / 3600.0 + p.utc_offset_h) % 24.0
+
+        self._move_and_draw(dt_s)
+        charging = self._pool_charging()
+        self._packs.step(dt_s, self._current_a, p.ambient.temp_c(hour_of_day))
+        if charging.size:
+            # Chargers stop at the target (constant-current model, no CV taper).
+            soc = self._packs.soc_pct
+            soc[charging] = np.minimum(soc[charging], self._charge_target_pct[charging])
+        soc_v = self._packs.soc_pct[self._battery_of]
+        parked_now = self._end_trips(now_s, soc_v)
+        self._take_samples(now_s, parked_now)
+        swap_vehicles, new_batteries = self._plan_swaps(soc_v)
+        messages = self._emit(parked_now, swap_vehicles)
+        self._swap(now_s, swap_vehicles, new_batteries)
+        soc_v[swap_vehicles] = self._packs.soc_pct[new_batteries]
+        self._start_trips(dt_s, now_s, hour_of_day, soc_v)
+        return messages
+
+    def _move_and_draw(self, dt_s: float) -> None:
+        """Advance the riders' motion and set every battery's current for the interval."""
+        p, rng = self.params, self._rng
+        current = self._current_a
+        current.fill(0.0)
+        current[self._battery_of] = p.parked_current_a
+        ride = np.flatnonzero(self._riding)
+        if not ride.size:
+            return
+        v0_kmh = self._speed_kmh[ride]
+        target_kmh = self._cruise_kmh[ride]
+        # Exact Ornstein-Uhlenbeck transition: the speed statistics do not depend on dt_s.
+        decay = math.exp(-dt_s / p.speed_time_constant_s)
+        noise_kmh = p.speed_noise_kmh * math.sqrt(1.0 - decay * decay)
+        v1_kmh = target_kmh + (v0_kmh - target_kmh) * decay
+        v1_kmh += noise_kmh * rng.standard_normal(ride.size)
+        np.clip(v1_kmh, 0.0, p.max_speed_kmh, out=v1_kmh)
+        accel_m_s2 = (v1_kmh - v0_kmh) / (3.6 * dt_s)
+        dist_km = 0.5 * (v0_kmh + v1_kmh) * dt_s / 3600.0
+
+        heading = self._heading_rad[ride]
+        heading += p.heading_noise_rad * math.sqrt(dt_s) * rng.standard_normal(ride.size)
+        x = self._x_km[ride] + dist_km * np.cos(heading)
+        y = self._y_km[ride] + dist_km * np.sin(heading)
+        r = np.hypot(x, y)
+        out = np.flatnonzero(r > p.radius_km)
+        if out.size:
+            # Bounce back in: put the vehicle on the boundary, heading roughly inward.
+            scale = p.radius_km / r[out]
+            x[out] *= scale
+            y[out] *= scale
+            heading[out] = np.arctan2(-y[out], -x[out]) + rng.uniform(-0.6, 0.6, out.size)
+        self._x_km[ride] = x
+        self._y_km[ride] = y
+        self._heading_rad[ride] = heading
+        self._odometer_km[ride] += dist_km
+        self._speed_kmh[ride] = v1_kmh
+
+        power_w = p.traction.battery_power_w(v1_kmh / 3.6, accel_m_s2)
+        batteries = self._battery_of[ride]
+        current[batteries] = self._packs.current_for_power_a(power_w, batteries)
+
+    def _pool_charging(self) -> IndexArray:
+        """Pool batteries below their charge target; sets their charging current."""
+        in_pool = self._vehicle_of == _NO_VEHICLE
+        charging = np.flatnonzero(in_pool & (self._packs.soc_pct < self._charge_target_pct))
+        self._current_a[charging] = -self.params.charge_current_a
+        return charging
+
+    def _end_trips(self, now_s: float, soc_v: FloatArray) -> IndexArray:
+        """Park riders whose trip is over or whose battery hit the cut-off."""
+        ride = np.flatnonzero(self._riding)
+        done = (self._trip_end_s[ride] <= now_s) | (soc_v[ride] <= self.params.cutoff_soc_pct)
+        parked = ride[done]
+        self._riding[parked] = False
+        self._speed_kmh[parked] = 0.0
+        self._current_a[self._battery_of[parked]] = self.params.parked_current_a
+        return parked
+
+    def _take_samples(self, now_s: float, parked_now: IndexArray) -> None:
+        """Append a sample to the buffer of every vehicle that is due one."""
+        p = self.params
+        due_mask = self._next_sample_s <= now_s
+        due_mask[parked_now] = True
+        due = np.flatnonzero(due_mask)
+        if not due.size:
+            return
+        batteries = self._battery_of[due]
+        packs = self._packs
+        true_current = self._current_a[batteries]
+        cell_min, cell_max = packs.cell_voltage_range_v(true_current, batteries)
+        rows = np.empty((due.size, len(SAMPLE_COLUMNS)))
+        rows[:, _COL["ts"]] = now_s
+        rows[:, _COL["pack_voltage_v"]] = packs.terminal_voltage_v(true_current, batteries)
+        rows[:, _COL["current_a"]] = true_current + p.current_noise_a * self._rng.standard_normal(
+            due.size
+        )
+        rows[:, _COL["temp_c"]] = packs.temp_c[batteries]
+        rows[:, _COL["soc_pct"]] = packs.soc_pct[batteries]
+        rows[:, _COL["lat"]] = p.center_lat + self._y_km[due] / _KM_PER_DEG_LAT
+        rows[:, _COL["lon"]] = p.center_lon + self._x_km[due] / self._km_per_deg_lon
+        rows[:, _COL["odometer_km"]] = self._odometer_km[due]
+        rows[:, _COL["speed_kmh"]] = self._speed_kmh[due]
+        rows[:, _COL["cell_min_v"]] = cell_min
+        rows[:, _COL["cell_max_v"]] = cell_max
+        self._buffer[due, self._buffered[due]] = rows
+        self._buffered[due] += 1
+        interval_s = np.where(
+            self._riding[due], p.report_interval_s, p.report_interval_s * p.parked_report_factor
+        )
+        self._next_sample_s[due] = now_s + interval_s
+
+    def _plan_swaps(self, soc_v: FloatArray) -> tuple[IndexArray, IndexArray]:
+        """Parked vehicles below the swap threshold, paired with charged pool batteries."""
+        low = np.flatnonzero(~self._riding & (soc_v < self.params.swap_below_soc_pct))
+        if not low.size:
+            return low, low
+        ready = np.flatnonzero(
+            (self._vehicle_of == _NO_VEHICLE) & (self._packs.soc_pct >= self._charge_target_pct)
+        )
+        # With too few charged spares the rest wait for the next tick.
+        k = min(low.size, ready.size)
+        return low[:k], ready[:k]
+
+    def _emit(self, parked_now: IndexArray, swap_vehicles: IndexArray) -> list[tuple[str, bytes]]:
+        """Turn the buffers that are due into messages and empty them."""
+        flush = self._buffered >= self._flush_at
+        flush[parked_now] = True
+        flush[swap_vehicles] = True
+        flush &= self._buffered > 0
+        emitters = np.flatnonzero(flush)
+        if not emitters.size:
+            return []
+        counts = self._buffered[emitters]
+        held = np.arange(self.params.samples_per_message) < counts[:, None]
+        values = self._buffer[emitters][held]
+        batteries = self._battery_of[emitters]
+        seqs = self._seq[batteries]
+        self._seq[batteries] += 1
+        self._buffered[emitters] = 0
+        self._flush_at[emitters] = self.params.samples_per_message
+        vehicle_ids, battery_ids = self._vehicle_ids, self._battery_ids
+        return encode_messages(
+            [vehicle_ids[i] for i in emitters.tolist()],
+            [battery_ids[i] for i in batteries.tolist()],
+            seqs,
+            counts,
+            values,
+        )
+
+    def _swap(self, now_s: float, vehicles: IndexArray, new_batteries: IndexArray) -> None:
+        """Install pool batteries in ``vehicles``; the removed ones go to the chargers."""
+        if not vehicles.size:
+            return
+        p = self.params
+        old = self._battery_of[vehicles]
+        self._battery_of[vehicles] = new_batteries
+        self._vehicle_of[new_batteries] = vehicles
+        self._vehicle_of[old] = _NO_VEHICLE
+        self._charge_target_pct[old] = self._rng.uniform(
+            p.swapped_soc_min_pct, p.swapped_soc_max_pct, old.size
+        )
+        self._current_a[new_batteries] = p.parked_current_a
+        self._swap_count += int(vehicles.size)
+        ids_v, ids_b = self._vehicle_ids, self._battery_ids
+        self._swap_events.extend(
+            SwapEvent(now_s, ids_v[v], ids_b[o], ids_b[b])
+            for v, o, b in zip(vehicles.tolist(), old.tolist(), new_batteries.tolist(), strict=True)
+        )
+
+    def _start_trips(
+        self, dt_s: float, now_s: float, hour_of_day: float, soc_v: FloatArray
+    ) -> None:
+        """Rent out available parked vehicles at the demand profile's rate."""
+        p, rng = self.params, self._rng
+        available = np.flatnonzero(~self._riding & (soc_v >= p.min_trip_soc_pct))
+        rate = p.demand.trip_rate_per_s(hour_of_day)
+        start_probability = -math.expm1(-rate * dt_s)
+        starts = available[rng.random(available.size) < start_probability]
+        if not starts.size:
+            return
+        k = starts.size
+        self._riding[starts] = True
+        self._trip_end_s[starts] = now_s + rng.uniform(
+            p.trip_duration_min_s, p.trip_duration_max_s, k
+        )
+        self._cruise_kmh[starts] = rng.uniform(p.cruise_speed_min_kmh, p.cruise_speed_max_kmh, k)
+        self._heading_rad[starts] = rng.uniform(0.0, 2.0 * np.pi, k)
+        self._next_sample_s[starts] = np.minimum(
+            self._next_sample_s[starts], now_s + p.report_interval_s
+        )

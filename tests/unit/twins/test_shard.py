@@ -1,0 +1,531 @@
+"""Tests for :mod:`twins.shard`: ingest, persistence, state flush and checkpoint recovery.
+
+TwinShard is plain asyncio; here it runs on in-memory backends and a manual clock, so
+nothing needs Ray, Postgres or Redis. Background periods are an hour unless a test is
+about them, so only the calls a test makes do anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import numpy as np
+import orjson
+import pytest
+
+from twins.clock import ManualClock
+from twins.fleet_query import Filter
+from twins.samples import SAMPLE_FIELDS, TelemetryBatch
+from twins.shard import TwinShard, shard_actor_name
+from twins.sinks import (
+    MemoryAssignments,
+    MemoryCheckpoints,
+    MemoryHistory,
+    MemoryState,
+    ShardBackends,
+)
+from twins.twin_table import TwinTableParams
+
+from .factories import T0_S, make_batch, message
+
+PARAMS = TwinTableParams(window_samples=8, lstm_hidden_size=4)
+
+
+def _backends(
+    history: MemoryHistory | None = None,
+    checkpoints: MemoryCheckpoints | None = None,
+    assigned: list[str] | None = None,
+) -> ShardBackends:
+    return ShardBackends(
+        history or MemoryHistory(),
+        MemoryState(),
+        checkpoints or MemoryCheckpoints(),
+        MemoryAssignments({0: assigned or []}),
+    )
+
+
+def _make_shard(backends: ShardBackends, clock: ManualClock, **kwargs: float) -> TwinShard:
+    async def connect() -> ShardBackends:
+        return backends
+
+    kwargs.setdefault("checkpoint_interval_s", 3600.0)
+    kwargs.setdefault("state_flush_interval_s", 3600.0)
+    return TwinShard(0, PARAMS, connect, clock=clock, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def backends() -> ShardBackends:
+    """Fresh in-memory history, state cache, checkpoints and (empty) assignments."""
+    return _backends()
+
+
+@pytest.fixture
+async def shard(backends: ShardBackends, clock: ManualClock) -> AsyncIterator[TwinShard]:
+    """Shard 0 on ``backends`` and the test clock; closed after the test."""
+    s = _make_shard(backends, clock)
+    yield s
+    await s.aclose()
+
+
+def _history(backends: ShardBackends) -> MemoryHistory:
+    assert isinstance(backends.history, MemoryHistory)
+    return backends.history
+
+
+def _states(backends: ShardBackends) -> dict[str, bytes]:
+    assert isinstance(backends.state, MemoryState)
+    return backends.state.states
+
+
+def _drive(battery_id: str, seq: int, t_rel_s: list[float], **cols: object) -> TelemetryBatch:
+    return make_batch(
+        message(battery_id, seq, T0_S + np.array(t_rel_s), vehicle_id=f"veh-{battery_id}", **cols)
+    )  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- ingest
+def test_actor_name() -> None:
+    """Shard actors are named after their ring position."""
+    assert shard_actor_name(7) == "bms-shard-7"
+
+
+async def test_ingest_persists_accepted_samples(shard: TwinShard, backends: ShardBackends) -> None:
+    """ingest() returns after the accepted samples are in history, and reports the counts."""
+    batch = make_batch(
+        message("bat-a", 0, T0_S + np.array([0.0, 1.0, 2.0])),
+        message("bat-b", 0, T0_S + np.array([0.0, 1.0])),
+    )
+    report = await shard.ingest(batch)
+    assert (report.messages, report.accepted_messages, report.duplicate_messages) == (2, 2, 0)
+    assert (report.accepted_samples, report.applied_samples, report.new_twins) == (5, 5, 2)
+    written = _history(backends).batches
+    assert len(written) == 1
+    assert list(written[0].battery_ids) == ["bat-a", "bat-b"]
+    np.testing.assert_array_equal(written[0].columns["ts"], batch.columns["ts"])
+
+
+async def test_duplicate_messages_are_not_persisted_again(
+    shard: TwinShard, backends: ShardBackends
+) -> None:
+    """A redelivered message is dropped; only the new messages of a mixed batch are written."""
+    first = _drive("bat-a", 0, [0.0, 1.0])
+    await shard.ingest(first)
+    again = await shard.ingest(first)
+    assert (again.duplicate_messages, again.accepted_samples) == (1, 0)
+    assert len(_history(backends).batches) == 1
+    mixed = TelemetryBatch.concat([first, _drive("bat-a", 1, [2.0, 3.0, 4.0])])
+    report = await shard.ingest(mixed)
+    assert (report.duplicate_messages, report.accepted_messages, report.accepted_samples) == (
+        1,
+        1,
+        3,
+    )
+    last = _history(backends).batches[-1]
+    np.testing.assert_array_equal(last.seqs, [1])
+    assert last.n_samples == 3
+    snap = await shard.get("bat-a")
+    assert snap is not None and snap.samples_total == 5
+
+
+async def test_late_samples_are_persisted_but_not_applied(
+    shard: TwinShard, backends: ShardBackends
+) -> None:
+    """A late sample goes to history (it is data) but not into the twin's window."""
+    await shard.ingest(_drive("bat-a", 0, [0.0, 1.0, 2.0, 3.0, 4.0]))
+    report = await shard.ingest(_drive("bat-a", 1, [5.0, 2.5]))
+    assert (report.late_samples, report.applied_samples, report.accepted_samples) == (1, 1, 2)
+    np.testing.assert_array_equal(
+        _history(backends).batches[-1].columns["ts"], T0_S + np.array([5.0, 2.5])
+    )
+    window = await shard.window("bat-a")
+    assert window is not None
+    assert window["ts"] == [T0_S + float(t) for t in range(6)]
+
+
+# ---------------------------------------------------------------------------- stats
+async def test_stats_report_freshness_of_accepted_messages(
+    shard: TwinShard, clock: ManualClock
+) -> None:
+    """Freshness is now minus each accepted message's newest sample: 2 s and 5 s here."""
+    clock.advance(10.0)
+    await shard.ingest(
+        make_batch(
+            message("bat-a", 0, T0_S + np.array([0.0, 8.0])),
+            message("bat-b", 0, [T0_S + 5.0]),
+        )
+    )
+    stats = await shard.stats()
+    assert (stats.shard_id, stats.twins, stats.messages) == (0, 2, 2)
+    assert stats.freshness_count == 2
+    assert stats.freshness_p50_s == pytest.approx(3.5)
+    assert stats.freshness_p99_s == pytest.approx(2.0 + 0.99 * 3.0)
+    assert stats.last_apply_at_s == T0_S + 10.0
+    np.testing.assert_array_equal(np.sort(await shard.latencies()), [2.0, 5.0])
+    # A redelivery counts as a message but says nothing about freshness.
+    await shard.ingest(make_batch(message("bat-a", 0, T0_S + np.array([0.0, 8.0]))))
+    stats = await shard.stats()
+    assert (stats.messages, stats.duplicate_messages, stats.freshness_count) == (3, 1, 2)
+    assert (stats.accepted_samples, stats.applied_samples, stats.late_samples) == (3, 3, 0)
+    shard.reset_latency()
+    stats = await shard.stats()
+    assert (stats.freshness_count, stats.freshness_p50_s, stats.freshness_p99_s) == (0, None, None)
+
+
+async def test_stats_count_vehicle_changes(shard: TwinShard) -> None:
+    """A battery moving between vehicles shows in the shard's counters."""
+    await shard.ingest(make_batch(message("bat-a", 0, [T0_S], vehicle_id="veh-1")))
+    report = await shard.ingest(make_batch(message("bat-a", 1, [T0_S + 1], vehicle_id="veh-2")))
+    assert report.vehicle_changes == 1
+    assert (await shard.stats()).vehicle_changes == 1
+
+
+# ---------------------------------------------------------------------------- state flush
+async def test_flush_state_publishes_dirty_twins_only(
+    shard: TwinShard, backends: ShardBackends
+) -> None:
+    """flush_state() writes JSON for twins changed since the last flush, then nothing more."""
+    await shard.ingest(
+        make_batch(
+            message("bat-a", 0, [T0_S], vehicle_id="veh-a", soc_pct=55.0, temp_c=31.0),
+            message("bat-b", 0, [T0_S], vehicle_id="veh-b"),
+        )
+    )
+    assert await shard.flush_state() == 2
+    states = _states(backends)
+    state_a = orjson.loads(states["bat-a"])
+    assert state_a == {
+        "battery_id": "bat-a",
+        "vehicle_id": "veh-a",
+        "ts": T0_S,
+        "pack_voltage_v": 48.0,
+        "current_a": 0.0,
+        "temp_c": 31.0,
+        "soc_pct": 55.0,
+        "lat": 52.52,
+        "lon": 13.40,
+        "soh_pct_est": None,
+        "health_band": "unknown",
+        "efc": 0.0,
+        "shard": 0,
+    }
+    states.clear()
+    await shard.ingest(
+        make_batch(message("bat-a", 1, [T0_S + 1.0], vehicle_id="veh-a", soc_pct=54.0))
+    )
+    assert await shard.flush_state() == 1
+    assert set(states) == {"bat-a"}
+    assert orjson.loads(states["bat-a"])["soc_pct"] == 54.0
+    assert await shard.flush_state() == 0
+    await shard.ingest(
+        make_batch(message("bat-b", 0, [T0_S + 2.0], vehicle_id="veh-b"))
+    )  # duplicate
+    assert await shard.flush_state() == 0
+
+
+async def test_state_is_flushed_in_the_background(
+    backends: ShardBackends, clock: ManualClock
+) -> None:
+    """With a short state_flush_interval_s, published state appears without a flush call."""
+    s = _make_shard(backends, clock, state_flush_interval_s=0.01)
+    try:
+        await s.ingest(make_batch(message("bat-a", 0, [T0_S])))
+        assert await _wait_for(lambda: bool(_states(backends)))
+        assert set(_states(backends)) == {"bat-a"}
+    finally:
+        await s.aclose()
+
+
+class _FlakyState(MemoryState):
+    """A state cache whose first publish fails (a Redis blip)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def publish(self, states: Mapping[str, bytes]) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise ConnectionError("redis down")
+        await super().publish(states)
+
+
+async def _wait_for(predicate: Callable[[], bool], timeout_s: float = 2.0) -> bool:
+    for _ in range(int(timeout_s / 0.01)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()
+
+
+async def test_failed_background_flush_does_not_stop_the_next(clock: ManualClock) -> None:
+    """After a periodic flush fails, later periods still publish newly changed twins."""
+    flaky = _FlakyState()
+    s = _make_shard(
+        ShardBackends(MemoryHistory(), flaky, MemoryCheckpoints(), MemoryAssignments()),
+        clock,
+        state_flush_interval_s=0.01,
+    )
+    try:
+        await s.ingest(make_batch(message("bat-a", 0, [T0_S])))
+        assert await _wait_for(lambda: flaky.calls == 1)
+        await s.ingest(make_batch(message("bat-b", 0, [T0_S])))
+        assert await _wait_for(lambda: "bat-b" in flaky.states)
+    finally:
+        await s.aclose()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Known bug in twins/shard.py: flush_state() clears the dirty set before publishing, "
+    "so twins in a failed publish are not sent again until they change.",
+)
+async def test_failed_flush_is_retried(clock: ManualClock) -> None:
+    """Twins whose state failed to publish are published on a later period."""
+    flaky = _FlakyState()
+    s = _make_shard(
+        ShardBackends(MemoryHistory(), flaky, MemoryCheckpoints(), MemoryAssignments()),
+        clock,
+        state_flush_interval_s=0.01,
+    )
+    try:
+        await s.ingest(make_batch(message("bat-a", 0, [T0_S])))
+        assert await _wait_for(lambda: "bat-a" in flaky.states, timeout_s=0.3)
+    finally:
+        await s.aclose()
+
+
+# ---------------------------------------------------------------------------- recovery
+async def test_restart_restores_checkpoint_and_replays_newer_history(clock: ManualClock) -> None:
+    """A new shard on the same checkpoints and history ends exactly where the old one was.
+
+    Messages from before the checkpoint are replayed too (the replay margin) but dropped by
+    seq; messages after it are applied, including a battery the directory placed since.
+    """
+    history, checkpoints = MemoryHistory(), MemoryCheckpoints()
+    old = _make_shard(_backends(history, checkpoints), clock)
+    await old.ingest(
+        TelemetryBatch.concat(
+            [
+                _drive(
+                    "bat-a",
+                    0,
+                    [0.0, 1.0, 2.0],
+                    current_a=10.0,
+                    soc_pct=[90.0, 89.0, 88.0],
+                    speed_kmh=20.0,
+                ),
+                _drive("bat-b", 0, [0.0, 60.0], current_a=-5.0, soc_pct=[40.0, 41.0]),
+            ]
+        )
+    )
+    clock.advance(10.0)
+    assert await old.checkpoint() > 0
+    await old.ingest(
+        TelemetryBatch.concat(
+            [
+                _drive(
+                    "bat-a",
+                    1,
+                    [3.0, 4.0, 5.0],
+                    current_a=[30.0, 30.0, 10.0],
+                    pack_voltage_v=[46.0, 46.0, 47.0],
+                    soc_pct=[87.0, 86.0, 85.0],
+                    speed_kmh=20.0,
+                ),
+                _drive("bat-c", 0, [1.0, 2.0], temp_c=50.0),
+            ]
+        )
+    )
+    await old.set_lstm_state(["bat-a"], np.ones((1, 4)), np.zeros((1, 4)))
+    await old.checkpoint()  # LSTM state lives only in checkpoints; take one more
+    await old.ingest(_drive("bat-a", 2, [6.0, 7.0], current_a=5.0, soc_pct=84.0, speed_kmh=20.0))
+    await old.aclose()
+
+    new = _make_shard(_backends(history, checkpoints, assigned=["bat-a", "bat-b", "bat-c"]), clock)
+    try:
+        for bid in ("bat-a", "bat-b", "bat-c"):
+            assert await new.get(bid) == await old.get(bid), bid
+            assert await new.window(bid) == await old.window(bid), bid
+        stats = await new.stats()
+        assert stats.restored_from_checkpoint
+        assert stats.replayed_samples == 2  # only bat-a seq 2 is newer than the last checkpoint
+        # The bridge's retry of an applied message is recognised after the restart.
+        retry = await new.ingest(_drive("bat-a", 2, [6.0, 7.0]))
+        assert retry.duplicate_messages == 1
+    finally:
+        await new.aclose()
+
+
+async def test_restart_without_checkpoint_replays_assigned_batteries(clock: ManualClock) -> None:
+    """With no checkpoint, a shard rebuilds its assigned twins from the whole history."""
+    history = MemoryHistory()
+    old = _make_shard(_backends(history), clock)
+    await old.ingest(_drive("bat-a", 0, [0.0, 1.0, 2.0], current_a=10.0))
+    await old.ingest(_drive("bat-z", 0, [0.0]))  # another shard's battery, not assigned below
+    new = _make_shard(_backends(history, assigned=["bat-a"]), clock)
+    try:
+        assert await new.battery_ids() == ["bat-a"]
+        assert await new.get("bat-a") == await old.get("bat-a")
+        stats = await new.stats()
+        assert (stats.restored_from_checkpoint, stats.replayed_samples) == (False, 3)
+    finally:
+        await old.aclose()
+        await new.aclose()
+
+
+async def test_restart_replays_messages_without_samples(clock: ManualClock) -> None:
+    """A message without samples in history does not break the replay of those after it."""
+    history = MemoryHistory()
+    old = _make_shard(_backends(history), clock)
+    cols = {k: np.zeros(1) for k in SAMPLE_FIELDS}
+    cols["ts"] = np.array([T0_S])
+    await old.ingest(
+        TelemetryBatch(
+            ["bat-a", "bat-a"], ["veh", "veh"], np.array([0, 1]), np.array([0, 1, 1]), cols
+        )
+    )
+    new = _make_shard(_backends(history, assigned=["bat-a"]), clock)
+    try:
+        assert await new.get("bat-a") == await old.get("bat-a")
+    finally:
+        await old.aclose()
+        await new.aclose()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Known bug in twins/shard.py: replay after a restore selects history by sample ts "
+    "(> checkpoint time - 600 s), so samples older than that but ingested after the checkpoint "
+    "(a vehicle uploading buffered telemetry; the contract accepts samples up to 7 days old) "
+    "are never replayed.",
+)
+async def test_restart_replays_old_samples_ingested_after_the_checkpoint(
+    clock: ManualClock,
+) -> None:
+    """Samples ingested after the last checkpoint are replayed however old their timestamps."""
+    history, checkpoints = MemoryHistory(), MemoryCheckpoints()
+    clock.advance(3600.0)
+    old = _make_shard(_backends(history, checkpoints), clock)
+    await old.ingest(_drive("bat-a", 0, [3590.0]))
+    await old.checkpoint()
+    await old.ingest(_drive("bat-b", 0, [0.0, 60.0, 120.0]))  # buffered an hour, uploaded now
+    new = _make_shard(_backends(history, checkpoints, assigned=["bat-a", "bat-b"]), clock)
+    try:
+        assert await new.get("bat-b") == await old.get("bat-b")
+    finally:
+        await old.aclose()
+        await new.aclose()
+
+
+class _FlakyHistory(MemoryHistory):
+    """A history store whose first write fails (a Postgres blip)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def write(self, batch: TelemetryBatch) -> int:
+        self.calls += 1
+        if self.calls == 1:
+            raise ConnectionError("postgres down")
+        return await super().write(batch)
+
+
+async def test_failed_history_write_fails_the_ingest(clock: ManualClock) -> None:
+    """ingest() raises when history cannot be written, so the bridge does not acknowledge."""
+    history = _FlakyHistory()
+    s = _make_shard(
+        ShardBackends(history, MemoryState(), MemoryCheckpoints(), MemoryAssignments()), clock
+    )
+    try:
+        with pytest.raises(ConnectionError, match="postgres down"):
+            await s.ingest(_drive("bat-a", 0, [0.0, 1.0]))
+    finally:
+        await s.aclose()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Known bug in twins/shard.py: ingest() applies a batch (marking its seqs seen) before "
+    "history is written; when the write fails, the bridge's redelivery is dropped as a duplicate "
+    "and the samples never reach history.",
+)
+async def test_redelivery_after_a_failed_history_write_is_persisted(clock: ManualClock) -> None:
+    """Messages whose history write failed are written when the bridge redelivers them."""
+    history = _FlakyHistory()
+    s = _make_shard(
+        ShardBackends(history, MemoryState(), MemoryCheckpoints(), MemoryAssignments()), clock
+    )
+    batch = _drive("bat-a", 0, [0.0, 1.0])
+    try:
+        with pytest.raises(ConnectionError):
+            await s.ingest(batch)
+        await s.ingest(batch)
+        assert sum(b.n_samples for b in history.batches) == 2
+    finally:
+        await s.aclose()
+
+
+# ---------------------------------------------------------------------------- reads
+async def test_reads_through_the_shard(shard: TwinShard) -> None:
+    """get, window, top_n, group_stats and battery_ids answer from the shard's table."""
+    await shard.ingest(
+        make_batch(
+            message("bat-a", 0, T0_S + np.array([0.0, 1.0]), soc_pct=[30.0, 20.0]),
+            message("bat-b", 0, [T0_S], soc_pct=70.0),
+            message("bat-c", 0, [T0_S], soc_pct=50.0),
+        )
+    )
+    snap = await shard.get("bat-a")
+    assert snap is not None and (snap.soc_pct, snap.samples_total) == (20.0, 2)
+    assert await shard.get("nope") is None
+    window = await shard.window("bat-a")
+    assert window is not None
+    assert window["soc_pct"] == [30.0, 20.0]
+    assert window["cell_min_v"] == [None, None]  # NaN becomes None for JSON
+    assert set(window) == set(SAMPLE_FIELDS)
+    assert await shard.window("nope") is None
+    rows = await shard.top_n("soc_pct", 2, True, [])
+    assert [(r.battery_id, r.value) for r in rows] == [("bat-b", 70.0), ("bat-c", 50.0)]
+    rows = await shard.top_n("soc_pct", 5, False, [Filter("soc_pct", "gt", 25.0)])
+    assert [r.battery_id for r in rows] == ["bat-c", "bat-b"]
+    groups = await shard.group_stats(None, ["soc_pct"], [])
+    assert groups["all"].to_dict()["soc_pct"]["mean"] == pytest.approx((20.0 + 70.0 + 50.0) / 3)
+    assert await shard.battery_ids() == ["bat-a", "bat-b", "bat-c"]
+    assert await shard.ping()
+
+
+async def test_set_lstm_state_for_many_twins(shard: TwinShard) -> None:
+    """set_lstm_state() writes one row of (h, c) per battery and counts a step for each."""
+    await shard.ingest(make_batch(message("bat-a", 0, [T0_S]), message("bat-b", 0, [T0_S])))
+    h = np.array([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    await shard.set_lstm_state(["bat-b", "bat-a"], h, -h)
+    table = shard.table
+    np.testing.assert_array_equal(table.lstm_h[table.slot("bat-b")], h[0])
+    np.testing.assert_array_equal(table.lstm_c[table.slot("bat-a")], -h[1])
+    snap = await shard.get("bat-a")
+    assert snap is not None and snap.lstm_steps == 1
+    with pytest.raises(KeyError, match="nope"):
+        await shard.set_lstm_state(["nope"], h[:1], h[:1])
+
+
+async def test_start_connects_once(clock: ManualClock) -> None:
+    """Concurrent first calls share one start: the backends are opened once."""
+    calls = 0
+    backends = _backends()
+
+    async def connect() -> ShardBackends:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0)
+        return backends
+
+    s = TwinShard(
+        0, PARAMS, connect, clock=clock, checkpoint_interval_s=3600.0, state_flush_interval_s=3600.0
+    )
+    try:
+        await asyncio.gather(s.start(), s.get("x"), s.battery_ids(), s.start())
+        assert calls == 1
+    finally:
+        await s.aclose()

@@ -1,0 +1,287 @@
+"""Fleet-wide reads over twin tables: filters, top-N and grouped aggregates.
+
+Each shard answers a query over its own table with numpy; :func:`merge_top_n` and
+:func:`merge_group_stats` combine the partial answers, so the planner, the dashboard
+and the HTTP API read the fleet through one API whatever the number of shards.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from twins.battery_twin import health_bands
+from twins.twin_table import TwinTable
+from twins.zones import ZoneGrid
+
+__all__ = [
+    "CATEGORICAL_FIELDS",
+    "NUMERIC_FIELDS",
+    "Filter",
+    "GroupStats",
+    "TopNRow",
+    "group_stats",
+    "merge_group_stats",
+    "merge_top_n",
+    "top_n",
+]
+
+NUMERIC_FIELDS: tuple[str, ...] = (
+    "soc_pct",
+    "pack_voltage_v",
+    "current_a",
+    "temp_c",
+    "speed_kmh",
+    "odometer_km",
+    "efc",
+    "ah_discharged_ah",
+    "ah_charged_ah",
+    "time_hot_s",
+    "max_temp_c",
+    "capacity_est_ah",
+    "soh_pct_est",
+    "resistance_est_ohm",
+    "cycles_completed",
+    "samples_total",
+    "last_ts",
+    "staleness_s",
+)
+CATEGORICAL_FIELDS: tuple[str, ...] = ("health_band", "zone", "vehicle_id", "charging")
+_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
+Op = Literal["lt", "le", "gt", "ge", "eq", "ne"]
+
+
+@dataclass(frozen=True)
+class Filter:
+    """``field op value``; numeric fields compare as floats, categorical ones as strings."""
+
+    field: str
+    op: Op
+    value: float | str
+
+    def __post_init__(self) -> None:
+        if self.field not in NUMERIC_FIELDS and self.field not in CATEGORICAL_FIELDS:
+            raise ValueError(
+                f"Expected a field in {NUMERIC_FIELDS + CATEGORICAL_FIELDS}, got {self.field!r}."
+            )
+        if self.op not in _OPS:
+            raise ValueError(f"Expected op in {_OPS}, got {self.op!r}.")
+        if self.field in CATEGORICAL_FIELDS and self.op not in ("eq", "ne"):
+            raise ValueError(f"Categorical field {self.field!r} takes eq or ne, got {self.op!r}.")
+
+    @classmethod
+    def parse(cls, text: str) -> Filter:
+        """From ``field:op:value``, e.g. ``soc_pct:lt:20`` or ``health_band:eq:poor``."""
+        parts = text.split(":", 2)
+        if len(parts) != 3:
+            raise ValueError(f"Expected a filter 'field:op:value', got {text!r}.")
+        name, op, raw = parts
+        value: float | str = raw
+        if name in NUMERIC_FIELDS:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ValueError(f"Expected a number for {name!r}, got {raw!r}.") from None
+        return cls(name, op, value)  # type: ignore[arg-type]
+
+
+class _Columns:
+    """Lazily computed columns of a table (only what a query touches is built)."""
+
+    def __init__(self, table: TwinTable, zones: ZoneGrid, now_s: float) -> None:
+        self.t = table
+        self.zones = zones
+        self.now_s = now_s
+        self.n = len(table)
+        self._cache: dict[str, npt.NDArray[Any]] = {}
+
+    def __getitem__(self, name: str) -> npt.NDArray[Any]:
+        if name not in self._cache:
+            self._cache[name] = self._build(name)
+        return self._cache[name]
+
+    def _build(self, name: str) -> npt.NDArray[Any]:
+        t, n = self.t, self.n
+        if name in ("soc_pct", "pack_voltage_v", "current_a", "temp_c", "speed_kmh", "odometer_km"):
+            return t.latest(name)
+        if name == "soh_pct_est":
+            return 100.0 * t.capacity_est_ah[:n] / t.rated_capacity_ah[:n]
+        if name == "staleness_s":
+            return self.now_s - t.last_ts[:n]
+        if name == "health_band":
+            return np.array(health_bands(self["soh_pct_est"]), dtype=object)
+        if name == "zone":
+            return np.array(self.zones.zone_ids(t.last_lat[:n], t.last_lon[:n]), dtype=object)
+        if name == "vehicle_id":
+            return np.array(["" if v is None else v for v in t.vehicle_ids], dtype=object)
+        if name == "charging":
+            return np.where(t.charging[:n], "true", "false").astype(object)
+        if name == "battery_id":
+            return np.array(t.ids, dtype=object)
+        arr: npt.NDArray[Any] = getattr(t, name)[:n].astype(np.float64)
+        arr[~np.isfinite(arr)] = np.nan
+        return arr
+
+
+def _mask(cols: _Columns, filters: Sequence[Filter]) -> npt.NDArray[np.bool_]:
+    m = np.ones(cols.n, dtype=bool)
+    for f in filters:
+        col = cols[f.field]
+        if f.field in CATEGORICAL_FIELDS:
+            eq = col == str(f.value)
+            m &= eq if f.op == "eq" else ~eq
+            continue
+        v = float(f.value)
+        with np.errstate(invalid="ignore"):
+            m &= {
+                "lt": col < v, "le": col <= v, "gt": col > v,
+                "ge": col >= v, "eq": col == v, "ne": col != v,
+            }[f.op]
+    return m
+
+
+@dataclass(frozen=True)
+class TopNRow:
+    battery_id: str
+    value: float
+    vehicle_id: str | None
+    zone: str
+    soc_pct: float | None
+    health_band: str
+
+
+def top_n(
+    table: TwinTable,
+    by: str,
+    n: int,
+    *,
+    descending: bool = True,
+    filters: Sequence[Filter] = (),
+    zones: ZoneGrid = ZoneGrid(),
+    now_s: float = 0.0,
+) -> list[TopNRow]:
+    """The ``n`` twins with the largest (or smallest) ``by``; NaN values never rank."""
+    if by not in NUMERIC_FIELDS:
+        raise ValueError(f"Expected a numeric field in {NUMERIC_FIELDS}, got {by!r}.")
+    if n < 1:
+        raise ValueError(f"Expected n >= 1, got {n}.")
+    if len(table) == 0:
+        return []
+    cols = _Columns(table, zones, now_s)
+    key = cols[by]
+    idx = np.flatnonzero(_mask(cols, filters) & np.isfinite(key))
+    if idx.size == 0:
+        return []
+    vals = key[idx] if not descending else -key[idx]
+    k = min(n, idx.size)
+    part = np.argpartition(vals, k - 1)[:k]
+    chosen = idx[part[np.argsort(vals[part], kind="stable")]]
+    zone_of = ZoneGrid.zone_ids(zones, table.last_lat[chosen], table.last_lon[chosen])
+    soc = table.latest("soc_pct")[chosen]
+    bands = health_bands(100.0 * table.capacity_est_ah[chosen] / table.rated_capacity_ah[chosen])
+    return [
+        TopNRow(
+            battery_id=table.ids[i],
+            value=float(key[i]),
+            vehicle_id=table.vehicle_ids[i],
+            zone=z,
+            soc_pct=None if math.isnan(s) else float(s),
+            health_band=b,
+        )
+        for i, z, s, b in zip(chosen.tolist(), zone_of, soc.tolist(), bands, strict=True)
+    ]
+
+
+def merge_top_n(parts: Iterable[Sequence[TopNRow]], n: int, *, descending: bool = True) -> list[TopNRow]:
+    rows = [r for p in parts for r in p]
+    rows.sort(key=lambda r: r.value, reverse=descending)
+    return rows[:n]
+
+
+@dataclass
+class GroupStats:
+    """Count, and per field the sum, min, max and number of non-NaN values."""
+
+    count: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    mins: dict[str, float] = field(default_factory=dict)
+    maxs: dict[str, float] = field(default_factory=dict)
+    ns: dict[str, int] = field(default_factory=dict)
+
+    def merge(self, other: GroupStats) -> None:
+        self.count += other.count
+        for f, s in other.sums.items():
+            self.sums[f] = self.sums.get(f, 0.0) + s
+            self.ns[f] = self.ns.get(f, 0) + other.ns[f]
+            self.mins[f] = min(self.mins.get(f, math.inf), other.mins[f])
+            self.maxs[f] = max(self.maxs.get(f, -math.inf), other.maxs[f])
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"count": self.count}
+        for f in self.sums:
+            n = self.ns[f]
+            out[f] = {
+                "mean": self.sums[f] / n if n else None,
+                "min": self.mins[f] if n else None,
+                "max": self.maxs[f] if n else None,
+                "n": n,
+            }
+        return out
+
+
+def group_stats(
+    table: TwinTable,
+    group_by: str | None,
+    fields: Sequence[str],
+    *,
+    filters: Sequence[Filter] = (),
+    zones: ZoneGrid = ZoneGrid(),
+    now_s: float = 0.0,
+) -> dict[str, GroupStats]:
+    """Per group (or ``"all"``): count and sum/min/max of ``fields`` over matching twins."""
+    if group_by is not None and group_by not in CATEGORICAL_FIELDS:
+        raise ValueError(f"Expected group_by in {CATEGORICAL_FIELDS}, got {group_by!r}.")
+    for f in fields:
+        if f not in NUMERIC_FIELDS:
+            raise ValueError(f"Expected fields from {NUMERIC_FIELDS}, got {f!r}.")
+    if len(table) == 0:
+        return {}
+    cols = _Columns(table, zones, now_s)
+    m = _mask(cols, filters)
+    if group_by is None:
+        labels = np.zeros(int(m.sum()), dtype=np.int64)
+        names = ["all"]
+    else:
+        uniq, labels = np.unique(cols[group_by][m].astype(str), return_inverse=True)
+        names = [str(u) for u in uniq]
+    k = len(names)
+    out = {name: GroupStats(count=int(c)) for name, c in zip(names, np.bincount(labels, minlength=k), strict=True)}
+    for f in fields:
+        col = cols[f][m]
+        ok = np.isfinite(col)
+        sums = np.bincount(labels[ok], weights=col[ok], minlength=k)
+        ns = np.bincount(labels[ok], minlength=k)
+        mins = np.full(k, math.inf)
+        maxs = np.full(k, -math.inf)
+        np.minimum.at(mins, labels[ok], col[ok])
+        np.maximum.at(maxs, labels[ok], col[ok])
+        for j, name in enumerate(names):
+            g = out[name]
+            g.sums[f], g.ns[f] = float(sums[j]), int(ns[j])
+            g.mins[f], g.maxs[f] = float(mins[j]), float(maxs[j])
+    return out
+
+
+def merge_group_stats(parts: Iterable[dict[str, GroupStats]]) -> dict[str, GroupStats]:
+    out: dict[str, GroupStats] = {}
+    for p in parts:
+        for name, g in p.items():
+            if name not in out:
+                out[name] = GroupStats()
+            out[name].merge(g)
+    return out

@@ -1,0 +1,262 @@
+"""Ray glue: shard and directory actors, the bridge's router and the fleet read client.
+
+Everything stateful lives in plain classes (:class:`~twins.shard.TwinShard`,
+:class:`~twins.directory.ShardDirectory`); this module only names, starts and finds
+their actors, and fans calls out across shards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+import ray
+import redis.asyncio as aioredis
+from ray.actor import ActorHandle
+
+from store import CheckpointStore, DirectoryStore, TelemetryStore, TwinStateCache, open_postgres
+from twins.battery_twin import TwinSnapshot
+from twins.directory import AssignmentStore, ShardDirectory
+from twins.fleet_query import Filter, GroupStats, TopNRow, merge_group_stats, merge_top_n
+from twins.samples import TelemetryBatch
+from twins.shard import IngestReport, ShardStats, TwinShard, shard_actor_name
+from twins.sinks import ShardBackends
+from twins.twin_table import TwinTableParams
+from twins.zones import ZoneGrid
+
+__all__ = [
+    "DIRECTORY_NAME",
+    "FleetClient",
+    "ShardRouter",
+    "TwinRuntimeSpec",
+    "connect_backends",
+    "start_directory",
+]
+
+DIRECTORY_NAME = "bms-directory"
+
+
+@dataclass(frozen=True)
+class TwinRuntimeSpec:
+    """What every shard and the directory are started with."""
+
+    params: TwinTableParams
+    postgres_url: str
+    redis_url: str
+    namespace: str = "bms"
+    shard_size: int = 10_000
+    initial_shards: int = 1
+    zone_cell_km: float = 1.0
+    checkpoint_interval_s: float = 60.0
+    state_flush_interval_s: float = 1.0
+    redis_prefix: str = "bms:"
+
+
+async def connect_backends(spec: TwinRuntimeSpec) -> ShardBackends:
+    """Open a shard's Postgres and Redis clients (one connection per concern)."""
+    stack = contextlib.AsyncExitStack()
+    history_conn = await stack.enter_async_context(open_postgres(spec.postgres_url, application_name="bms-shard-history"))
+    # Checkpoints and the directory lookup get their own connection so a multi-MB
+    # checkpoint write never queues behind (or in front of) the history COPY.
+    ckpt_conn = await stack.enter_async_context(open_postgres(spec.postgres_url, application_name="bms-shard-ckpt"))
+    redis = aioredis.Redis.from_url(spec.redis_url, decode_responses=False)
+    stack.push_async_callback(redis.aclose)
+    backends = ShardBackends(
+        history=TelemetryStore(history_conn),
+        state=TwinStateCache(redis, key_prefix=spec.redis_prefix),
+        checkpoints=CheckpointStore(ckpt_conn),
+        # Read from the table, not the directory actor: the directory awaits a new shard's
+        # start, so asking it back from inside that start would deadlock.
+        assignments=DirectoryStore(ckpt_conn),
+    )
+    backends.history.aclose = stack.aclose  # type: ignore[attr-defined]
+    return backends
+
+
+class _ShardActor(TwinShard):
+    def __init__(self, shard_id: int, spec: TwinRuntimeSpec) -> None:
+        async def connect() -> ShardBackends:
+            return await connect_backends(spec)
+
+        super().__init__(
+            shard_id,
+            spec.params,
+            connect,
+            zones=ZoneGrid(spec.zone_cell_km),
+            checkpoint_interval_s=spec.checkpoint_interval_s,
+            state_flush_interval_s=spec.state_flush_interval_s,
+        )
+
+
+async def spawn_shard(shard_id: int, spec: TwinRuntimeSpec) -> None:
+    """Start shard ``shard_id`` (or find it running) and wait until it has restored."""
+    handle = (
+        ray.remote(_ShardActor)
+        .options(
+            name=shard_actor_name(shard_id),
+            namespace=spec.namespace,
+            lifetime="detached",
+            get_if_exists=True,
+            # A crashed shard restarts, restores its checkpoint and replays; calls that were
+            # in flight are retried against the new process (they dedup by seq).
+            max_restarts=-1,
+            max_task_retries=-1,
+            # Shards mostly wait on I/O; reserving a CPU each would cap a 2-core machine at
+            # two shards, and shard_size=1 must still run one actor per battery.
+            num_cpus=0,
+        )
+        .remote(shard_id, spec)
+    )
+    await handle.start.remote()
+
+
+class _DirectoryActor(ShardDirectory):
+    def __init__(self, spec: TwinRuntimeSpec) -> None:
+        async def spawn(shard_id: int) -> None:
+            await spawn_shard(shard_id, spec)
+
+        async def store() -> AssignmentStore:
+            conn = await psycopg.AsyncConnection.connect(spec.postgres_url, autocommit=True, application_name="bms-directory")
+            return DirectoryStore(conn)
+
+        super().__init__(spec.shard_size, spawn, store, initial_shards=spec.initial_shards)
+
+
+def start_directory(spec: TwinRuntimeSpec) -> ActorHandle:
+    """The named directory actor (started detached if not running)."""
+    return (
+        ray.remote(_DirectoryActor)
+        .options(
+            name=DIRECTORY_NAME,
+            namespace=spec.namespace,
+            lifetime="detached",
+            get_if_exists=True,
+            max_restarts=-1,
+            max_task_retries=-1,
+            num_cpus=0,
+        )
+        .remote(spec)
+    )
+
+
+class _ShardHandles:
+    """Battery → shard cache and shard handles, shared by the router and the client."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self._directory: ActorHandle | None = None
+        self.shard_of: dict[str, int] = {}
+        self._handles: dict[int, ActorHandle] = {}
+
+    @property
+    def directory(self) -> ActorHandle:
+        if self._directory is None:
+            self._directory = ray.get_actor(DIRECTORY_NAME, namespace=self.namespace)
+        return self._directory
+
+    def handle(self, shard_id: int) -> ActorHandle:
+        h = self._handles.get(shard_id)
+        if h is None:
+            h = ray.get_actor(shard_actor_name(shard_id), namespace=self.namespace)
+            self._handles[shard_id] = h
+        return h
+
+    async def assign(self, battery_ids: Sequence[str]) -> list[int]:
+        unknown = list({b for b in battery_ids if b not in self.shard_of})
+        if unknown:
+            shards = await self.directory.assign.remote(unknown)
+            self.shard_of.update(zip(unknown, shards, strict=True))
+        return [self.shard_of[b] for b in battery_ids]
+
+    async def lookup(self, battery_id: str) -> int | None:
+        if battery_id not in self.shard_of:
+            (shard,) = await self.directory.lookup.remote([battery_id])
+            if shard is None:
+                return None
+            self.shard_of[battery_id] = shard
+        return self.shard_of[battery_id]
+
+    async def all_handles(self) -> list[ActorHandle]:
+        n: int = await self.directory.num_shards.remote()
+        return [self.handle(i) for i in range(n)]
+
+
+class ShardRouter:
+    """Splits a validated batch by shard and ingests the parts concurrently."""
+
+    def __init__(self, namespace: str = "bms") -> None:
+        self._h = _ShardHandles(namespace)
+
+    async def route(self, batch: TelemetryBatch) -> dict[str, int]:
+        shards = np.asarray(await self._h.assign(batch.battery_ids), dtype=np.int64)
+        calls = []
+        for s in np.unique(shards).tolist():
+            part = batch.select_messages(shards == s)
+            calls.append(self._h.handle(s).ingest.remote(part))
+        reports: list[IngestReport] = await asyncio.gather(*calls)
+        out: dict[str, int] = {}
+        for r in reports:
+            for k, v in r.__dict__.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+
+class FleetClient:
+    """Reads twins across shards: one battery, top-N, grouped stats, shard stats."""
+
+    def __init__(self, namespace: str = "bms") -> None:
+        self._h = _ShardHandles(namespace)
+
+    async def get(self, battery_id: str) -> TwinSnapshot | None:
+        shard = await self._h.lookup(battery_id)
+        if shard is None:
+            return None
+        snap: TwinSnapshot | None = await self._h.handle(shard).get.remote(battery_id)
+        return snap
+
+    async def window(self, battery_id: str) -> dict[str, Any] | None:
+        shard = await self._h.lookup(battery_id)
+        if shard is None:
+            return None
+        out: dict[str, Any] | None = await self._h.handle(shard).window.remote(battery_id)
+        return out
+
+    async def top_n(
+        self, by: str, n: int, *, descending: bool = True, filters: Sequence[Filter] = ()
+    ) -> list[TopNRow]:
+        handles = await self._h.all_handles()
+        parts = await asyncio.gather(*(h.top_n.remote(by, n, descending, list(filters)) for h in handles))
+        return merge_top_n(parts, n, descending=descending)
+
+    async def group_stats(
+        self, group_by: str | None, fields: Sequence[str], *, filters: Sequence[Filter] = ()
+    ) -> dict[str, GroupStats]:
+        handles = await self._h.all_handles()
+        parts = await asyncio.gather(
+            *(h.group_stats.remote(group_by, list(fields), list(filters)) for h in handles)
+        )
+        return merge_group_stats(parts)
+
+    async def shard_stats(self) -> list[ShardStats]:
+        handles = await self._h.all_handles()
+        out: list[ShardStats] = await asyncio.gather(*(h.stats.remote() for h in handles))
+        return out
+
+    async def latencies(self) -> np.ndarray:
+        handles = await self._h.all_handles()
+        parts = await asyncio.gather(*(h.latencies.remote() for h in handles))
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    async def call_all(self, method: str, *args: Any) -> list[Any]:
+        """Call ``method`` on every shard (checkpoint, flush_state, reset_latency...)."""
+        handles = await self._h.all_handles()
+        return list(await asyncio.gather(*(getattr(h, method).remote(*args) for h in handles)))
+
+    async def num_shards(self) -> int:
+        n: int = await self._h.directory.num_shards.remote()
+        return n

@@ -1,0 +1,412 @@
+"""TwinShard: one Ray actor hosting many battery twins in a :class:`TwinTable`.
+
+A Ray actor is a whole worker process (50-100 MB, a few started per second), so one actor
+per battery does not scale to a fleet. A shard hosts up to ``shard_size`` twins in
+columnar arrays and applies a whole micro-batch from the bridge in one vectorised pass.
+
+Durability: :meth:`TwinShard.ingest` returns only after the accepted samples are committed
+to history, and the bridge acknowledges MQTT messages only after that. A shard that dies
+restarts (Ray ``max_restarts``), reloads its latest checkpoint and replays history written
+after it; the bridge's retried call then finds its messages already applied (by ``seq``).
+
+The class is plain asyncio: :func:`shard_actor` wraps it as a Ray actor, and unit tests use
+it directly with in-memory sinks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from twins.battery_twin import BatteryTwin, TwinSnapshot, health_bands
+from twins.clock import Clock, WallClock
+from twins.fleet_query import Filter, GroupStats, TopNRow, group_stats, top_n
+from twins.samples import TelemetryBatch
+from twins.sinks import ShardBackends
+from twins.twin_table import TwinTable, TwinTableParams
+from twins.zones import ZoneGrid
+
+__all__ = ["IngestReport", "ShardStats", "TwinShard", "shard_actor_name"]
+
+log = logging.getLogger(__name__)
+
+_REPLAY_MARGIN_S = 600.0  # history a restarted shard re-reads before its checkpoint time
+_LATENCY_RESERVOIR = 65_536
+
+
+def shard_actor_name(shard_id: int) -> str:
+    return f"bms-shard-{shard_id}"
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What one :meth:`TwinShard.ingest` call did."""
+
+    messages: int
+    accepted_messages: int
+    duplicate_messages: int
+    accepted_samples: int
+    applied_samples: int
+    late_samples: int
+    duplicate_samples: int
+    new_twins: int
+    vehicle_changes: int
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    shard_id: int
+    twins: int
+    messages: int
+    accepted_samples: int
+    applied_samples: int
+    late_samples: int
+    duplicate_messages: int
+    vehicle_changes: int
+    freshness_p50_s: float | None
+    freshness_p99_s: float | None
+    freshness_count: int
+    last_apply_at_s: float | None
+    checkpoints: int
+    restored_from_checkpoint: bool
+    replayed_samples: int
+
+
+class _GroupWriter:
+    """Group commit: concurrent ``write`` calls share one COPY and one commit.
+
+    Pending samples are bounded; past the bound callers wait, which pushes back through
+    the bridge's in-flight limit to the broker instead of growing a queue.
+    """
+
+    def __init__(self, write: Callable[[TelemetryBatch], Awaitable[int]], max_pending_samples: int) -> None:
+        self._write = write
+        self._max = max_pending_samples
+        self._pending: list[tuple[TelemetryBatch, asyncio.Future[int]]] = []
+        self._pending_samples = 0
+        self._wake = asyncio.Event()
+        self._room = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def write(self, batch: TelemetryBatch) -> int:
+        async with self._room:
+            await self._room.wait_for(lambda: self._pending_samples < self._max)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((batch, fut))
+        self._pending_samples += batch.n_samples
+        self._wake.set()
+        return await fut
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._pending:
+                continue
+            work, self._pending = self._pending, []
+            n = self._pending_samples
+            try:
+                await self._write(TelemetryBatch.concat([b for b, _ in work]))
+            except Exception as err:  # every waiter learns the write failed
+                for _, fut in work:
+                    if not fut.done():
+                        fut.set_exception(err)
+            else:
+                for b, fut in work:
+                    if not fut.done():
+                        fut.set_result(b.n_samples)
+            async with self._room:
+                self._pending_samples -= n
+                self._room.notify_all()
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class TwinShard:
+    """Hosts many twins; every method is safe to call concurrently on one event loop.
+
+    Parameters
+    ----------
+    shard_id
+        Position on the directory's ring; names the actor and its checkpoint.
+    params
+        Twin estimator knobs (window size, thresholds).
+    connect
+        Opens the shard's backends (history, state cache, checkpoints, assignments).
+    zones
+        Grid for zone names.
+    clock
+        Wall clock (freshness, checkpoints).
+    checkpoint_interval_s, state_flush_interval_s
+        Periods of the background checkpoint and latest-state tasks.
+    """
+
+    def __init__(
+        self,
+        shard_id: int,
+        params: TwinTableParams,
+        connect: Callable[[], Awaitable[ShardBackends]],
+        *,
+        zones: ZoneGrid = ZoneGrid(),
+        clock: Clock | None = None,
+        checkpoint_interval_s: float = 60.0,
+        state_flush_interval_s: float = 1.0,
+        max_pending_samples: int = 500_000,
+    ) -> None:
+        self.shard_id = shard_id
+        self.params = params
+        self.zones = zones
+        self.clock: Clock = clock or WallClock()
+        self._connect = connect
+        self._checkpoint_interval_s = checkpoint_interval_s
+        self._state_flush_interval_s = state_flush_interval_s
+        self._max_pending_samples = max_pending_samples
+        self.table = TwinTable(params, self.clock)
+        self._backends: ShardBackends | None = None
+        self._writer: _GroupWriter | None = None
+        self._started: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._dirty: set[int] = set()
+        self._latency = np.zeros(_LATENCY_RESERVOIR)
+        self._latency_n = 0
+        self._counters = dict.fromkeys(
+            ("messages", "accepted_samples", "applied_samples", "late_samples",
+             "duplicate_messages", "vehicle_changes", "checkpoints", "replayed_samples"), 0
+        )
+        self._restored = False
+        self._last_apply_at_s: float | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Connect backends, restore the checkpoint, replay, start background tasks.
+
+        Idempotent, and every public method awaits it first, so a shard that Ray restarts
+        after a crash restores itself on its first call.
+        """
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_task(self._start())
+        await asyncio.shield(self._started)
+
+    async def _start(self) -> None:
+        self._backends = await self._connect()
+        await self._restore()
+        self._writer = _GroupWriter(self._backends.history.write, self._max_pending_samples)
+        self._writer.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._every(self._state_flush_interval_s, self.flush_state)),
+            loop.create_task(self._every(self._checkpoint_interval_s, self.checkpoint)),
+        ]
+
+    async def _restore(self) -> None:
+        assert self._backends is not None
+        saved = await self._backends.checkpoints.load(self.shard_id)
+        since = -np.inf
+        if saved is not None:
+            payload, taken_at_s = saved
+            self.table = TwinTable.from_bytes(payload, self.params, self.clock)
+            self._restored = True
+            since = taken_at_s - _REPLAY_MARGIN_S
+        assigned = await self._backends.assignments.batteries_of(self.shard_id)
+        ids = sorted(set(assigned) | set(self.table.ids))
+        if not ids:
+            return
+        batch = await self._backends.history.replay(ids, float(since))
+        if batch.n_messages:
+            res = self.table.apply(batch)
+            self._counters["replayed_samples"] += res.applied_samples
+            log.info("shard %d replayed %d samples after restore", self.shard_id, res.applied_samples)
+
+    async def _every(self, period_s: float, fn: Callable[[], Awaitable[Any]]) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                await fn()
+            except Exception:  # a failed flush must not stop the next one
+                log.exception("shard %d: periodic %s failed", self.shard_id, fn.__name__)
+
+    async def aclose(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self._writer is not None:
+            await self._writer.aclose()
+        if self._backends is not None:
+            await self._backends.aclose()
+
+    # ------------------------------------------------------------------ writes
+    async def ingest(self, batch: TelemetryBatch) -> IngestReport:
+        """Apply a micro-batch and persist what was accepted; return the counts."""
+        await self.start()
+        assert self._writer is not None
+        res = self.table.apply(batch)
+        now = self.clock.now_s()
+        acc = res.accepted_messages
+        if acc.size:
+            offs = batch.msg_offsets
+            nonempty = np.diff(offs) > 0
+            msg_max_ts = np.full(batch.n_messages, np.nan)
+            if nonempty.any():
+                msg_max_ts[nonempty] = np.maximum.reduceat(batch.columns["ts"], offs[:-1][nonempty])
+            lat = now - msg_max_ts[acc]
+            self._record_latency(lat[np.isfinite(lat)])
+            self._dirty.update(self.table.index[batch.battery_ids[i]] for i in acc.tolist())
+        c = self._counters
+        c["messages"] += res.messages
+        c["accepted_samples"] += res.accepted_samples
+        c["applied_samples"] += res.applied_samples
+        c["late_samples"] += res.late_samples
+        c["duplicate_messages"] += res.duplicate_messages
+        c["vehicle_changes"] += len(res.vehicle_changes)
+        self._last_apply_at_s = now
+        if res.accepted_samples:
+            keep = np.zeros(batch.n_messages, dtype=bool)
+            keep[acc] = True
+            await self._writer.write(batch.select_messages(keep))
+        return IngestReport(
+            messages=res.messages,
+            accepted_messages=int(acc.size),
+            duplicate_messages=res.duplicate_messages,
+            accepted_samples=res.accepted_samples,
+            applied_samples=res.applied_samples,
+            late_samples=res.late_samples,
+            duplicate_samples=res.duplicate_samples,
+            new_twins=res.new_twins,
+            vehicle_changes=len(res.vehicle_changes),
+        )
+
+    def _record_latency(self, values: np.ndarray) -> None:
+        n = values.size
+        if n == 0:
+            return
+        pos = (self._latency_n + np.arange(n)) % _LATENCY_RESERVOIR
+        self._latency[pos] = values
+        self._latency_n += n
+
+    def reset_latency(self) -> None:
+        self._latency_n = 0
+
+    async def set_lstm_state(self, battery_ids: Sequence[str], h: np.ndarray, c: np.ndarray) -> None:
+        """Replace the LSTM (h, c) of many twins at once (one model step of a batch)."""
+        await self.start()
+        slots = np.array([self.table.slot(b) for b in battery_ids], dtype=np.int64)
+        self.table.lstm_h[slots] = h
+        self.table.lstm_c[slots] = c
+        self.table.lstm_steps[slots] += 1
+
+    async def flush_state(self) -> int:
+        """Push the compact latest state of changed twins to the state cache."""
+        await self.start()
+        assert self._backends is not None
+        if not self._dirty:
+            return 0
+        slots = np.fromiter(self._dirty, dtype=np.int64, count=len(self._dirty))
+        self._dirty = set()
+        t = self.table
+        pos = (t.head[slots] - 1) % t.params.window_samples
+        latest = t.window[slots, pos, :5].astype(np.float64)  # voltage, current, temp, soc, lat
+        soh = 100.0 * t.capacity_est_ah[slots] / t.rated_capacity_ah[slots]
+        bands = health_bands(soh)
+        cols = [
+            slots.tolist(), t.last_ts[slots].tolist(), latest[:, 0].tolist(), latest[:, 1].tolist(),
+            latest[:, 2].tolist(), latest[:, 3].tolist(), t.last_lat[slots].tolist(),
+            t.last_lon[slots].tolist(), np.nan_to_num(soh, nan=-1.0).tolist(), bands,
+            t.efc[slots].tolist(),
+        ]
+        states: dict[str, bytes] = {}
+        for s, ts, v, i, temp, soc, lat, lon, sh, band, efc in zip(*cols, strict=True):
+            states[t.ids[s]] = orjson.dumps({
+                "battery_id": t.ids[s], "vehicle_id": t.vehicle_ids[s], "ts": ts,
+                "pack_voltage_v": v, "current_a": i, "temp_c": temp, "soc_pct": soc,
+                "lat": lat, "lon": lon, "soh_pct_est": None if sh < 0 else sh,
+                "health_band": band, "efc": efc, "shard": self.shard_id,
+            })
+        await self._backends.state.publish(states)
+        return len(states)
+
+    async def checkpoint(self) -> int:
+        """Save the whole table; returns bytes written."""
+        await self.start()
+        assert self._backends is not None
+        taken_at = self.clock.now_s()
+        payload = self.table.to_bytes()
+        await self._backends.checkpoints.save(self.shard_id, payload, len(self.table), taken_at)
+        self._counters["checkpoints"] += 1
+        return len(payload)
+
+    # ------------------------------------------------------------------ reads
+    async def get(self, battery_id: str) -> TwinSnapshot | None:
+        await self.start()
+        slot = self.table.index.get(battery_id)
+        return None if slot is None else BatteryTwin(self.table, slot, self.zones).snapshot()
+
+    async def window(self, battery_id: str) -> dict[str, list[float | None]] | None:
+        await self.start()
+        slot = self.table.index.get(battery_id)
+        if slot is None:
+            return None
+        return {
+            k: [None if not np.isfinite(x) else float(x) for x in arr]
+            for k, arr in self.table.window_of(slot).items()
+        }
+
+    async def top_n(self, by: str, n: int, descending: bool, filters: Sequence[Filter]) -> list[TopNRow]:
+        await self.start()
+        return top_n(self.table, by, n, descending=descending, filters=filters, zones=self.zones, now_s=self.clock.now_s())
+
+    async def group_stats(
+        self, group_by: str | None, fields: Sequence[str], filters: Sequence[Filter]
+    ) -> dict[str, GroupStats]:
+        await self.start()
+        return group_stats(self.table, group_by, fields, filters=filters, zones=self.zones, now_s=self.clock.now_s())
+
+    async def battery_ids(self) -> list[str]:
+        await self.start()
+        return list(self.table.ids)
+
+    async def stats(self) -> ShardStats:
+        await self.start()
+        n = min(self._latency_n, _LATENCY_RESERVOIR)
+        lat = self._latency[:n]
+        c = self._counters
+        return ShardStats(
+            shard_id=self.shard_id,
+            twins=len(self.table),
+            messages=c["messages"],
+            accepted_samples=c["accepted_samples"],
+            applied_samples=c["applied_samples"],
+            late_samples=c["late_samples"],
+            duplicate_messages=c["duplicate_messages"],
+            vehicle_changes=c["vehicle_changes"],
+            freshness_p50_s=float(np.percentile(lat, 50)) if n else None,
+            freshness_p99_s=float(np.percentile(lat, 99)) if n else None,
+            freshness_count=n,
+            last_apply_at_s=self._last_apply_at_s,
+            checkpoints=c["checkpoints"],
+            restored_from_checkpoint=self._restored,
+            replayed_samples=c["replayed_samples"],
+        )
+
+    async def latencies(self) -> np.ndarray:
+        """Raw freshness values (publish-time to applied), for fleet-wide percentiles."""
+        n = min(self._latency_n, _LATENCY_RESERVOIR)
+        return self._latency[:n].copy()
+
+    async def ping(self) -> bool:
+        return True

@@ -1,0 +1,551 @@
+"""Columnar state of many battery twins, updated with vectorised numpy.
+
+Every twin owns one *slot*: a row in each array below. A batch of samples for many
+batteries is applied in a handful of numpy passes (sort, shift, reduce, scatter), so the
+cost per sample stays flat whether a shard hosts one twin or a hundred thousand. The only
+per-twin Python runs for rare events: a discharge segment ending (a charge starts), which
+updates the depth-of-discharge histogram and the coulomb-counted capacity estimate.
+
+Conventions: ``current_a`` is positive while discharging; times are Unix seconds.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from twins.clock import Clock, WallClock
+from twins.samples import SAMPLE_FIELDS, WINDOW_FIELDS, TelemetryBatch
+
+__all__ = ["DOD_BIN_EDGES_PCT", "ApplyResult", "TwinTable", "TwinTableParams"]
+
+#: Depth-of-discharge histogram bins: 0-10 %, 10-20 %, ..., 90-100 %.
+DOD_BIN_EDGES_PCT = tuple(float(x) for x in range(0, 101, 10))
+_N_DOD_BINS = len(DOD_BIN_EDGES_PCT) - 1
+_SEQ_WINDOW = 64  # how far back an out-of-order message is still told from a duplicate
+_MASK64 = (1 << 64) - 1
+_F = {name: i for i, name in enumerate(WINDOW_FIELDS)}
+
+
+@dataclass(frozen=True)
+class TwinTableParams:
+    """Knobs of the derived-state estimators.
+
+    Parameters
+    ----------
+    window_samples
+        Samples kept per twin in its ring buffer.
+    rated_capacity_ah
+        Rated capacity given to a battery the first time it is seen.
+    hot_threshold_c
+        Time above this temperature is counted as ``time_hot_s``.
+    max_integration_gap_s
+        Intervals between samples longer than this are not integrated (the vehicle was
+        offline; coulomb counting across the gap would invent charge).
+    charge_current_a
+        A sample at standstill with current below ``-charge_current_a`` is charging;
+        negative current while moving is regenerative braking, not a charge.
+    soc_jump_pct
+        A rise of SoC by at least this much between two samples means the pack was
+        charged while not reporting: the discharge segment ends there too.
+    min_capacity_dod_pct
+        A segment must span at least this much SoC to yield a capacity estimate (short
+        spans make Ah/ΔSoC dominated by SoC quantisation).
+    capacity_ewma_alpha, resistance_ewma_alpha
+        Smoothing of the per-segment capacity and per-step resistance estimates.
+    min_current_step_a, max_step_dt_s
+        A current step of at least ``min_current_step_a`` within ``max_step_dt_s``
+        seconds gives one resistance sample R = -ΔV/ΔI (OCV barely moves that fast).
+    lstm_hidden_size
+        Width of the LSTM (h, c) state kept per twin for the model deployments.
+    """
+
+    window_samples: int = 64
+    rated_capacity_ah: float = 15.0
+    hot_threshold_c: float = 45.0
+    max_integration_gap_s: float = 120.0
+    charge_current_a: float = 0.5
+    soc_jump_pct: float = 5.0
+    min_capacity_dod_pct: float = 20.0
+    capacity_ewma_alpha: float = 0.3
+    resistance_ewma_alpha: float = 0.1
+    min_current_step_a: float = 3.0
+    max_step_dt_s: float = 5.0
+    lstm_hidden_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.window_samples < 1:
+            raise ValueError(f"Expected window_samples >= 1, got {self.window_samples}.")
+        if not self.rated_capacity_ah > 0:
+            raise ValueError(f"Expected rated_capacity_ah > 0, got {self.rated_capacity_ah}.")
+        for name in ("capacity_ewma_alpha", "resistance_ewma_alpha"):
+            v = getattr(self, name)
+            if not 0 < v <= 1:
+                raise ValueError(f"Expected {name} in (0, 1], got {v}.")
+        if self.lstm_hidden_size < 1:
+            raise ValueError(f"Expected lstm_hidden_size >= 1, got {self.lstm_hidden_size}.")
+
+
+@dataclass
+class ApplyResult:
+    """What one :meth:`TwinTable.apply` did."""
+
+    messages: int = 0
+    duplicate_messages: int = 0
+    applied_samples: int = 0
+    late_samples: int = 0
+    duplicate_samples: int = 0
+    new_twins: int = 0
+    vehicle_changes: list[tuple[str, str | None, str]] = field(default_factory=list)
+    #: Indices (into the batch) of messages that were not duplicates.
+    accepted_messages: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64)
+    )
+
+    @property
+    def accepted_samples(self) -> int:
+        """Samples taken into the twin's history (applied live, or late)."""
+        return self.applied_samples + self.late_samples
+
+
+# Array attributes of the table, with dtype and per-slot fill value. The checkpoint
+# writes exactly these, so adding state means adding a row here.
+_SCALARS: dict[str, tuple[type, float]] = {
+    "last_ts": (np.float64, -math.inf),
+    "first_ts": (np.float64, math.nan),
+    "last_seq": (np.int64, -1),
+    "seq_mask": (np.uint64, 0),
+    "last_lat": (np.float64, math.nan),
+    "last_lon": (np.float64, math.nan),
+    "samples_total": (np.int64, 0),
+    "ah_discharged_ah": (np.float64, 0.0),
+    "ah_charged_ah": (np.float64, 0.0),
+    "efc": (np.float64, 0.0),
+    "time_hot_s": (np.float64, 0.0),
+    "max_temp_c": (np.float64, -math.inf),
+    "rated_capacity_ah": (np.float64, math.nan),
+    "capacity_est_ah": (np.float64, math.nan),
+    "capacity_estimates": (np.int64, 0),
+    "resistance_est_ohm": (np.float64, math.nan),
+    "resistance_samples": (np.int64, 0),
+    "cycles_completed": (np.int64, 0),
+    "charging": (np.bool_, False),
+    "seg_start_soc": (np.float64, math.nan),
+    "seg_last_soc": (np.float64, math.nan),
+    "seg_min_soc": (np.float64, math.nan),
+    "seg_ah": (np.float64, 0.0),
+    "updated_at_s": (np.float64, math.nan),
+    "lstm_steps": (np.int64, 0),
+}
+
+
+class TwinTable:
+    """Columnar state of many twins (plain Python and numpy: no Ray needed).
+
+    Parameters
+    ----------
+    params
+        Estimator knobs.
+    clock
+        Source of wall-clock time (``updated_at_s``).
+    initial_capacity
+        Slots allocated up front; the table doubles when full.
+    """
+
+    def __init__(
+        self,
+        params: TwinTableParams = TwinTableParams(),
+        clock: Clock | None = None,
+        initial_capacity: int = 16,
+    ) -> None:
+        self.params = params
+        self.clock: Clock = clock or WallClock()
+        self.ids: list[str] = []
+        self.index: dict[str, int] = {}
+        self.vehicle_ids: list[str | None] = []
+        cap = max(1, initial_capacity)
+        w, f, h = params.window_samples, len(WINDOW_FIELDS), params.lstm_hidden_size
+        # float32 for the window: 4 bytes a value is plenty for sensor readings and halves
+        # the memory of 100k resident twins; timestamps stay float64 (sub-second).
+        self.window = np.full((cap, w, f), np.nan, dtype=np.float32)
+        self.window_ts = np.full((cap, w), np.nan, dtype=np.float64)
+        self.head = np.zeros(cap, dtype=np.int64)
+        self.count = np.zeros(cap, dtype=np.int64)
+        self.dod_hist = np.zeros((cap, _N_DOD_BINS), dtype=np.int64)
+        self.lstm_h = np.zeros((cap, h), dtype=np.float32)
+        self.lstm_c = np.zeros((cap, h), dtype=np.float32)
+        for name, (dtype, fill) in _SCALARS.items():
+            setattr(self, name, np.full(cap, fill, dtype=dtype))
+
+    # ------------------------------------------------------------------ slots
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def capacity(self) -> int:
+        return int(self.head.shape[0])
+
+    def _grow(self, need: int) -> None:
+        cap = self.capacity
+        if need <= cap:
+            return
+        new_cap = max(need, cap * 2)
+        for name in ("window", "window_ts", "head", "count", "dod_hist", "lstm_h", "lstm_c", *_SCALARS):
+            old = getattr(self, name)
+            fill = _SCALARS[name][1] if name in _SCALARS else (np.nan if old.dtype.kind == "f" else 0)
+            new = np.full((new_cap, *old.shape[1:]), fill, dtype=old.dtype)
+            if name in ("lstm_h", "lstm_c"):
+                new[:] = 0
+            new[:cap] = old
+            setattr(self, name, new)
+
+    def slot(self, battery_id: str) -> int:
+        """The slot of ``battery_id``; :class:`KeyError` if the table has no such twin."""
+        try:
+            return self.index[battery_id]
+        except KeyError:
+            raise KeyError(f"No twin for battery {battery_id!r} in this table.") from None
+
+    def ensure(self, battery_id: str) -> tuple[int, bool]:
+        """The slot of ``battery_id``, creating the twin if needed; (slot, created)."""
+        slot = self.index.get(battery_id)
+        if slot is not None:
+            return slot, False
+        slot = len(self.ids)
+        self._grow(slot + 1)
+        self.ids.append(battery_id)
+        self.vehicle_ids.append(None)
+        self.index[battery_id] = slot
+        self.rated_capacity_ah[slot] = self.params.rated_capacity_ah
+        return slot, True
+
+    # ------------------------------------------------------------------ dedup
+    def _accept_seq(self, slot: int, seq: int) -> bool:
+        """Anti-replay window: True if ``seq`` is new for this battery."""
+        last = int(self.last_seq[slot])
+        if seq > last:
+            shift = seq - last
+            if last < 0 or shift > _SEQ_WINDOW:
+                mask = 0
+            else:
+                mask = ((int(self.seq_mask[slot]) << shift) | (1 << (shift - 1))) & _MASK64
+            self.seq_mask[slot] = mask
+            self.last_seq[slot] = seq
+            return True
+        if seq == last:
+            return False
+        back = last - seq - 1
+        if back >= _SEQ_WINDOW:
+            # Too old to tell from a replay: the broker redelivers recent messages, and
+            # a message this late would only land in the past of the window anyway.
+            return False
+        mask = int(self.seq_mask[slot])
+        if mask >> back & 1:
+            return False
+        self.seq_mask[slot] = mask | (1 << back)
+        return True
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, batch: TelemetryBatch) -> ApplyResult:
+        """Take a batch into the twins: dedup messages, then update windows and counters.
+
+        Messages whose (battery, seq) was seen before are dropped whole. Samples older
+        than a twin's newest applied sample are *late*: they are accepted (the caller
+        persists them to history) but not applied, so the window stays time-ordered
+        and the integrated counters never count an interval twice.
+        """
+        res = ApplyResult(messages=batch.n_messages)
+        if batch.n_messages == 0:
+            return res
+        msg_slots = np.empty(batch.n_messages, dtype=np.int64)
+        keep = np.ones(batch.n_messages, dtype=bool)
+        for k, (bid, vid, seq) in enumerate(
+            zip(batch.battery_ids, batch.vehicle_ids, batch.seqs.tolist(), strict=True)
+        ):
+            slot, created = self.ensure(bid)
+            res.new_twins += created
+            msg_slots[k] = slot
+            if seq >= 0 and not self._accept_seq(slot, seq):
+                keep[k] = False
+                continue
+            old = self.vehicle_ids[slot]
+            if old != vid:
+                if old is not None:
+                    res.vehicle_changes.append((bid, old, vid))
+                self.vehicle_ids[slot] = vid
+        res.duplicate_messages = int((~keep).sum())
+        res.accepted_messages = np.flatnonzero(keep)
+        counts = np.diff(batch.msg_offsets)
+        sample_keep = np.repeat(keep, counts)
+        slots = np.repeat(msg_slots, counts)[sample_keep]
+        if slots.size == 0:
+            return res
+        cols = {k: v[sample_keep] for k, v in batch.columns.items()}
+        self._apply_samples(slots, cols, res)
+        return res
+
+    def _apply_samples(
+        self, slots: npt.NDArray[np.int64], cols: dict[str, npt.NDArray[np.float64]], res: ApplyResult
+    ) -> None:
+        p = self.params
+        ts = cols["ts"]
+        order = np.lexsort((ts, slots))
+        slots = slots[order]
+        ts = ts[order]
+        # A sample is new if it is strictly after the previous one of its battery (the
+        # twin's newest for the first in the batch); equal timestamps are duplicates.
+        first = np.ones(slots.size, dtype=bool)
+        first[1:] = slots[1:] != slots[:-1]
+        prev_ts = np.empty_like(ts)
+        prev_ts[1:] = ts[:-1]
+        prev_ts[first] = self.last_ts[slots[first]]
+        is_dup = np.zeros(slots.size, dtype=bool)
+        is_dup[1:] = (~first[1:]) & (ts[1:] == ts[:-1])
+        late = (ts <= self.last_ts[slots]) & ~is_dup
+        fresh = ~(late | is_dup)
+        res.late_samples += int(late.sum())
+        res.duplicate_samples += int(is_dup.sum())
+        if not fresh.any():
+            return
+        sel = order[fresh]
+        slots = slots[fresh]
+        ts = ts[fresh]
+        n = slots.size
+        v = {k: cols[k][sel] for k in SAMPLE_FIELDS if k != "ts"}
+
+        starts = np.flatnonzero(np.r_[True, slots[1:] != slots[:-1]])
+        ends = np.r_[starts[1:], n]
+        gslots = slots[starts]
+        gsize = ends - starts
+        first = np.zeros(n, dtype=bool)
+        first[starts] = True
+
+        # Previous sample of each sample: within the batch, or the twin's newest.
+        had = self.count[gslots] > 0
+        last_pos = (self.head[gslots] - 1) % p.window_samples
+        prev: dict[str, npt.NDArray[np.float64]] = {}
+        for name in ("current_a", "soc_pct", "pack_voltage_v"):
+            arr = v[name]
+            pv = np.empty(n)
+            pv[1:] = arr[:-1]
+            tw = self.window[gslots, last_pos, _F[name]].astype(np.float64)
+            pv[starts] = np.where(had, tw, np.nan)
+            prev[name] = pv
+        pts = np.empty(n)
+        pts[1:] = ts[:-1]
+        pts[starts] = np.where(had, self.last_ts[gslots], np.nan)
+        dt = ts - pts
+        dt_ok = np.isfinite(dt) & (dt <= p.max_integration_gap_s)
+        dt_int = np.where(dt_ok, dt, 0.0)
+
+        # Coulomb counting with the trapezoid rule over each interval.
+        i_avg = np.where(dt_ok, 0.5 * (v["current_a"] + np.nan_to_num(prev["current_a"])), 0.0)
+        ah = i_avg * dt_int / 3600.0
+        ah_dis = np.maximum(ah, 0.0)
+        ah_chg = np.maximum(-ah, 0.0)
+        dsoc = v["soc_pct"] - prev["soc_pct"]
+        dsoc_dis = np.where(np.isfinite(dsoc), np.maximum(-dsoc, 0.0), 0.0)
+        hot = np.where(v["temp_c"] > p.hot_threshold_c, dt_int, 0.0)
+
+        red = np.add.reduceat
+        self.ah_discharged_ah[gslots] += red(ah_dis, starts)
+        self.ah_charged_ah[gslots] += red(ah_chg, starts)
+        self.efc[gslots] += red(dsoc_dis, starts) / 100.0
+        self.time_hot_s[gslots] += red(hot, starts)
+        self.max_temp_c[gslots] = np.maximum(self.max_temp_c[gslots], np.maximum.reduceat(v["temp_c"], starts))
+        self.samples_total[gslots] += gsize
+
+        # Internal resistance from fast current steps: V = OCV - I*R, so R = -dV/dI.
+        d_i = v["current_a"] - prev["current_a"]
+        d_v = v["pack_voltage_v"] - prev["pack_voltage_v"]
+        step = (np.abs(d_i) >= p.min_current_step_a) & (dt > 0) & (dt <= p.max_step_dt_s)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.where(step, -d_v / np.where(step, d_i, 1.0), np.nan)
+        r_ok = step & (r > 0.002) & (r < 5.0)
+        if r_ok.any():
+            k = red(r_ok.astype(np.int64), starts)
+            r_sum = red(np.where(r_ok, r, 0.0), starts)
+            has = k > 0
+            gs, kk = gslots[has], k[has]
+            mean_r = r_sum[has] / kk
+            alpha = 1.0 - (1.0 - p.resistance_ewma_alpha) ** kk
+            cur = self.resistance_est_ohm[gs]
+            self.resistance_est_ohm[gs] = np.where(np.isnan(cur), mean_r, cur + alpha * (mean_r - cur))
+            self.resistance_samples[gs] += kk
+
+        # Discharge segments (for the DoD histogram and capacity estimate). A segment
+        # ends when charging starts (standstill, negative current) or SoC jumps up.
+        chg = (v["current_a"] < -p.charge_current_a) & (v["speed_kmh"] <= 0.5)
+        jump = np.where(np.isfinite(dsoc), dsoc >= p.soc_jump_pct, False)
+        prev_chg = np.empty(n, dtype=bool)
+        prev_chg[1:] = chg[:-1]
+        prev_chg[starts] = self.charging[gslots]
+        event = (chg != prev_chg) | jump
+        seg_new = np.isnan(self.seg_start_soc[gslots]) & ~chg[starts]
+        complex_g = (red(event.astype(np.int64), starts) > 0) | seg_new
+        simple_g = ~complex_g
+        # A segment counts *net* Ah (``ah``, not ``ah_dis``): regen while moving stays in the
+        # segment and puts charge back, so Ah / ΔSoC must net it out as the SoC does, or
+        # braking inflates the capacity estimate (fixed: this used ``ah_dis``).
+        if simple_g.any():
+            # No transition inside these groups: discharging groups extend their open
+            # segment; charging groups only add to ah_charged (done above).
+            dis = simple_g & ~chg[starts]
+            gsd = gslots[dis]
+            if gsd.size:
+                self.seg_ah[gsd] += red(ah, starts)[dis]
+                seg_min = np.minimum.reduceat(v["soc_pct"], starts)[dis]
+                self.seg_min_soc[gsd] = np.fmin(self.seg_min_soc[gsd], seg_min)
+                self.seg_last_soc[gsd] = v["soc_pct"][ends[dis] - 1]
+        for g in np.flatnonzero(complex_g).tolist():
+            self._segments_scalar(
+                int(gslots[g]), chg[starts[g] : ends[g]], jump[starts[g] : ends[g]],
+                v["soc_pct"][starts[g] : ends[g]], ah[starts[g] : ends[g]],
+            )
+
+        # Ring buffers: only the newest window_samples of a group can survive.
+        rank = np.arange(n) - np.repeat(starts, gsize)
+        size_per = np.repeat(gsize, gsize)
+        w = p.window_samples
+        writable = rank >= size_per - w
+        pos = (self.head[slots] + rank) % w
+        ws, wp = slots[writable], pos[writable]
+        self.window_ts[ws, wp] = ts[writable]
+        block = np.stack([v[name][writable] for name in WINDOW_FIELDS], axis=1)
+        self.window[ws, wp, :] = block.astype(np.float32)
+        self.head[gslots] = (self.head[gslots] + gsize) % w
+        self.count[gslots] = np.minimum(self.count[gslots] + gsize, w)
+
+        lastidx = ends - 1
+        self.last_ts[gslots] = ts[lastidx]
+        self.first_ts[gslots] = np.where(np.isnan(self.first_ts[gslots]), ts[starts], self.first_ts[gslots])
+        self.last_lat[gslots] = v["lat"][lastidx]
+        self.last_lon[gslots] = v["lon"][lastidx]
+        self.charging[gslots] = chg[lastidx]
+        self.updated_at_s[gslots] = self.clock.now_s()
+        res.applied_samples += n
+
+    def _segments_scalar(
+        self,
+        slot: int,
+        chg: npt.NDArray[np.bool_],
+        jump: npt.NDArray[np.bool_],
+        soc: npt.NDArray[np.float64],
+        ah_net: npt.NDArray[np.float64],
+    ) -> None:
+        """Walk one twin's samples through segment starts and ends (rare events)."""
+        charging = bool(self.charging[slot])
+        for j in range(len(soc)):
+            c, s = bool(chg[j]), float(soc[j])
+            if jump[j] and not c:
+                self._close_segment(slot)
+                self._open_segment(slot, s)
+            elif c and not charging:
+                self._close_segment(slot)
+            elif not c and (charging or math.isnan(self.seg_start_soc[slot])):
+                self._open_segment(slot, s)
+            elif not c:
+                self.seg_ah[slot] += ah_net[j]
+                self.seg_min_soc[slot] = min(self.seg_min_soc[slot], s)
+                self.seg_last_soc[slot] = s
+            charging = c
+        self.charging[slot] = charging
+
+    def _open_segment(self, slot: int, soc: float) -> None:
+        self.seg_start_soc[slot] = soc
+        self.seg_min_soc[slot] = soc
+        self.seg_last_soc[slot] = soc
+        self.seg_ah[slot] = 0.0
+
+    def _close_segment(self, slot: int) -> None:
+        start, last = float(self.seg_start_soc[slot]), float(self.seg_last_soc[slot])
+        if math.isnan(start) or math.isnan(last):
+            return
+        dod = max(0.0, start - float(self.seg_min_soc[slot]))
+        if dod >= 1.0:
+            b = min(int(dod // 10), _N_DOD_BINS - 1)
+            self.dod_hist[slot, b] += 1
+            self.cycles_completed[slot] += 1
+        span = start - last
+        ah = float(self.seg_ah[slot])
+        if span >= self.params.min_capacity_dod_pct and ah > 0:
+            estimate = ah / (span / 100.0)
+            cur = float(self.capacity_est_ah[slot])
+            a = self.params.capacity_ewma_alpha
+            self.capacity_est_ah[slot] = estimate if math.isnan(cur) else cur + a * (estimate - cur)
+            self.capacity_estimates[slot] += 1
+        self.seg_start_soc[slot] = math.nan
+        self.seg_min_soc[slot] = math.nan
+        self.seg_last_soc[slot] = math.nan
+        self.seg_ah[slot] = 0.0
+
+    # ------------------------------------------------------------------ reads
+    def window_of(self, slot: int) -> dict[str, npt.NDArray[np.float64]]:
+        """The twin's rolling window, oldest first, as float64 columns."""
+        w = self.params.window_samples
+        n = int(self.count[slot])
+        idx = (int(self.head[slot]) - n + np.arange(n)) % w
+        out = {"ts": self.window_ts[slot, idx].copy()}
+        for name, i in _F.items():
+            out[name] = self.window[slot, idx, i].astype(np.float64)
+        return out
+
+    def latest(self, name: str) -> npt.NDArray[np.float64]:
+        """Newest value of window column ``name`` for every slot (NaN if none)."""
+        n = len(self.ids)
+        pos = (self.head[:n] - 1) % self.params.window_samples
+        out = self.window[np.arange(n), pos, _F[name]].astype(np.float64)
+        out[self.count[:n] == 0] = np.nan
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def to_bytes(self) -> bytes:
+        """Serialise the whole table (npz) for a shard checkpoint."""
+        n = len(self.ids)
+        arrays: dict[str, npt.NDArray[object]] = {
+            name: getattr(self, name)[:n]
+            for name in ("window", "window_ts", "head", "count", "dod_hist", "lstm_h", "lstm_c", *_SCALARS)
+        }
+        arrays["ids"] = np.array(self.ids, dtype=object)
+        arrays["vehicle_ids"] = np.array(["" if x is None else x for x in self.vehicle_ids], dtype=object)
+        buf = io.BytesIO()
+        # Object arrays need pickle; the payload only ever comes from our own checkpoints.
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(
+        cls, payload: bytes, params: TwinTableParams, clock: Clock | None = None
+    ) -> TwinTable:
+        """Rebuild a table written by :meth:`to_bytes` (same window and hidden sizes)."""
+        data = np.load(io.BytesIO(payload), allow_pickle=True)
+        ids = [str(x) for x in data["ids"]]
+        table = cls(params, clock, initial_capacity=max(16, len(ids)))
+        if data["window"].shape[1:] != table.window.shape[1:]:
+            raise ValueError(
+                f"Checkpoint window shape {data['window'].shape[1:]} does not match the "
+                f"configured {table.window.shape[1:]} (window_samples, fields)."
+            )
+        # The docstring promises the same hidden size too; without this check a mismatch
+        # surfaced as numpy's bare "could not broadcast input array" error below.
+        if data["lstm_h"].shape[1:] != table.lstm_h.shape[1:]:
+            raise ValueError(
+                f"Checkpoint LSTM state width {data['lstm_h'].shape[1]} does not match the "
+                f"configured lstm_hidden_size {params.lstm_hidden_size}."
+            )
+        n = len(ids)
+        for name in ("window", "window_ts", "head", "count", "dod_hist", "lstm_h", "lstm_c", *_SCALARS):
+            if name in data:
+                getattr(table, name)[:n] = data[name]
+        table.ids = ids
+        table.index = {b: i for i, b in enumerate(ids)}
+        table.vehicle_ids = [str(x) or None for x in data["vehicle_ids"]]
+        return table
+
+    def battery_ids(self) -> Sequence[str]:
+        return self.ids
