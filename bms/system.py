@@ -82,6 +82,7 @@ class FleetSystem:
     mqtt_v5: bool = True
     redis_prefix: str = "bms:"
     with_http: bool = True
+    initial_shards: int = 1
 
     def __post_init__(self) -> None:
         self.bridge_names: list[str] = []
@@ -103,7 +104,7 @@ class FleetSystem:
             redis_url=self.urls.redis_url,
             namespace=self.namespace,
             shard_size=t.shard_size,
-            initial_shards=1,
+            initial_shards=self.initial_shards,
             zone_cell_km=t.zone_cell_km,
             checkpoint_interval_s=t.checkpoint_interval_s,
             state_flush_interval_s=t.redis_flush_interval_s,

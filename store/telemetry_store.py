@@ -169,8 +169,15 @@ class TelemetryStore:
             for name, values in zip(HISTORY_COLUMNS, zip(*rows, strict=True), strict=True)
         }
 
-    async def replay(self, battery_ids: list[str], since_ts: float) -> TelemetryBatch:
-        """Samples of ``battery_ids`` newer than ``since_ts``, to rebuild twins after a restart.
+    async def replay(
+        self, battery_ids: list[str], ingested_since_s: float, max_sample_age_s: float = 7 * 86_400.0
+    ) -> TelemetryBatch:
+        """Samples of ``battery_ids`` written after ``ingested_since_s``, to rebuild twins
+        after a restart.
+
+        Selection is by write time, not sample time: a vehicle that uploads hours of buffered
+        telemetry just before a crash must be replayed too. ``max_sample_age_s`` (the bridge's
+        oldest accepted sample) bounds ``ts`` as well, so only recent partitions are read.
 
         Returns
         -------
@@ -184,8 +191,8 @@ class TelemetryStore:
             return TelemetryBatch.empty()
         query = sql.SQL(
             "SELECT battery_id, vehicle_id, seq, extract(epoch FROM ts)::float8, {values}"
-            " FROM telemetry WHERE battery_id = ANY(%s) AND ts > to_timestamp(%s)"
-            " ORDER BY battery_id, seq, ts"
+            " FROM telemetry WHERE battery_id = ANY(%s) AND ingested_at > to_timestamp(%s)"
+            " AND ts > to_timestamp(%s) ORDER BY battery_id, seq, ts"
         ).format(
             values=sql.SQL(", ").join(
                 sql.SQL("coalesce({}, 'NaN')").format(sql.Identifier(c))
@@ -194,7 +201,9 @@ class TelemetryStore:
                 for c in _VALUE_FIELDS
             )
         )
-        cur = await self._conn.execute(query, (list(battery_ids), since_ts))
+        cur = await self._conn.execute(
+            query, (list(battery_ids), ingested_since_s, ingested_since_s - max_sample_age_s)
+        )
         rows = await cur.fetchall()
         if not rows:
             return TelemetryBatch.empty()

@@ -8,7 +8,7 @@ few buffers instead of thousands of Python objects.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -62,10 +62,18 @@ class TelemetryBatch:
     seqs: IntArray
     msg_offsets: IntArray
     columns: Mapping[str, FloatArray]
-    received_at_s: FloatArray = field(default_factory=lambda: np.zeros(0))
+    received_at_s: FloatArray | None = None
 
     def __post_init__(self) -> None:
         n_msgs = len(self.battery_ids)
+        if self.received_at_s is None or len(self.received_at_s) == 0:
+            # Unknown receive times are 0.0, one per message, so every batch has the same
+            # shape and selecting or joining never has to special-case them.
+            object.__setattr__(self, "received_at_s", np.zeros(n_msgs))
+        elif len(self.received_at_s) != n_msgs:
+            raise ValueError(
+                f"Expected one received_at_s per message ({n_msgs}), got {len(self.received_at_s)}."
+            )
         if len(self.vehicle_ids) != n_msgs or len(self.seqs) != n_msgs:
             raise ValueError(
                 f"Expected one vehicle_id and seq per message ({n_msgs}), got "
@@ -85,6 +93,12 @@ class TelemetryBatch:
                     f"Expected {n} values in column {name!r} (msg_offsets[-1]), "
                     f"got {len(self.columns[name])}."
                 )
+
+    @property
+    def recv(self) -> FloatArray:
+        """``received_at_s``, never None (filled in by the constructor)."""
+        assert self.received_at_s is not None
+        return self.received_at_s
 
     @property
     def n_messages(self) -> int:
@@ -114,7 +128,7 @@ class TelemetryBatch:
             seqs=self.seqs[idx],
             msg_offsets=offsets,
             columns={k: v[sample_keep] for k, v in self.columns.items()},
-            received_at_s=self.received_at_s[idx] if len(self.received_at_s) else self.received_at_s,
+            received_at_s=self.recv[idx],
         )
 
     @staticmethod
@@ -136,7 +150,7 @@ class TelemetryBatch:
             seqs=np.concatenate([b.seqs for b in batches]),
             msg_offsets=offsets,
             columns={k: np.concatenate([b.columns[k] for b in batches]) for k in SAMPLE_FIELDS},
-            received_at_s=np.concatenate([b.received_at_s for b in batches]),
+            received_at_s=np.concatenate([b.recv for b in batches]),
         )
 
     @staticmethod

@@ -37,7 +37,7 @@ __all__ = ["IngestReport", "ShardStats", "TwinShard", "shard_actor_name"]
 
 log = logging.getLogger(__name__)
 
-_REPLAY_MARGIN_S = 600.0  # history a restarted shard re-reads before its checkpoint time
+_REPLAY_MARGIN_S = 600.0  # writes a restarted shard re-reads from before its checkpoint
 _LATENCY_RESERVOIR = 65_536
 
 
@@ -189,6 +189,8 @@ class TwinShard:
         )
         self._restored = False
         self._last_apply_at_s: float | None = None
+        self._healthy: asyncio.Event | None = None
+        self._recoveries = 0
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -202,6 +204,8 @@ class TwinShard:
         await asyncio.shield(self._started)
 
     async def _start(self) -> None:
+        self._healthy = asyncio.Event()
+        self._healthy.set()
         self._backends = await self._connect()
         await self._restore()
         self._writer = _GroupWriter(self._backends.history.write, self._max_pending_samples)
@@ -216,10 +220,12 @@ class TwinShard:
         assert self._backends is not None
         saved = await self._backends.checkpoints.load(self.shard_id)
         since = -np.inf
+        self.table = TwinTable(self.params, self.clock)
         if saved is not None:
             payload, taken_at_s = saved
             self.table = TwinTable.from_bytes(payload, self.params, self.clock)
             self._restored = True
+            # Margin: the store stamps writes with its own clock, which may differ a little.
             since = taken_at_s - _REPLAY_MARGIN_S
         assigned = await self._backends.assignments.batteries_of(self.shard_id)
         ids = sorted(set(assigned) | set(self.table.ids))
@@ -252,9 +258,16 @@ class TwinShard:
 
     # ------------------------------------------------------------------ writes
     async def ingest(self, batch: TelemetryBatch) -> IngestReport:
-        """Apply a micro-batch and persist what was accepted; return the counts."""
+        """Apply a micro-batch and persist what was accepted; return the counts.
+
+        If the history write fails the error is raised (the bridge retries, the broker keeps
+        the messages), and the shard first rebuilds its table from checkpoint and history:
+        the table held samples history never got, and the retry must not be taken for a
+        duplicate of them.
+        """
         await self.start()
-        assert self._writer is not None
+        assert self._writer is not None and self._healthy is not None
+        await self._healthy.wait()
         res = self.table.apply(batch)
         now = self.clock.now_s()
         acc = res.accepted_messages
@@ -278,7 +291,11 @@ class TwinShard:
         if res.accepted_samples:
             keep = np.zeros(batch.n_messages, dtype=bool)
             keep[acc] = True
-            await self._writer.write(batch.select_messages(keep))
+            try:
+                await self._writer.write(batch.select_messages(keep))
+            except Exception:
+                await self._recover()
+                raise
         return IngestReport(
             messages=res.messages,
             accepted_messages=int(acc.size),
@@ -290,6 +307,29 @@ class TwinShard:
             new_twins=res.new_twins,
             vehicle_changes=len(res.vehicle_changes),
         )
+
+    async def _recover(self) -> None:
+        """Rebuild the table from the latest checkpoint plus history (see :meth:`ingest`)."""
+        assert self._healthy is not None
+        if not self._healthy.is_set():  # another failed ingest is already rebuilding
+            await self._healthy.wait()
+            return
+        self._healthy.clear()
+        delay_s = 0.1
+        try:
+            while True:
+                try:
+                    await self._restore()
+                    self._dirty = set(range(len(self.table)))
+                    self._recoveries += 1
+                    log.warning("shard %d rebuilt its twins after a failed history write", self.shard_id)
+                    return
+                except Exception:
+                    log.exception("shard %d: rebuilding after a failed write failed; retrying", self.shard_id)
+                    await asyncio.sleep(delay_s)
+                    delay_s = min(2 * delay_s, 5.0)
+        finally:
+            self._healthy.set()
 
     def _record_latency(self, values: np.ndarray) -> None:
         n = values.size
@@ -316,8 +356,9 @@ class TwinShard:
         assert self._backends is not None
         if not self._dirty:
             return 0
-        slots = np.fromiter(self._dirty, dtype=np.int64, count=len(self._dirty))
+        taken = self._dirty
         self._dirty = set()
+        slots = np.fromiter(taken, dtype=np.int64, count=len(taken))
         t = self.table
         pos = (t.head[slots] - 1) % t.params.window_samples
         latest = t.window[slots, pos, :5].astype(np.float64)  # voltage, current, temp, soc, lat
@@ -337,7 +378,11 @@ class TwinShard:
                 "lat": lat, "lon": lon, "soh_pct_est": None if sh < 0 else sh,
                 "health_band": band, "efc": efc, "shard": self.shard_id,
             })
-        await self._backends.state.publish(states)
+        try:
+            await self._backends.state.publish(states)
+        except Exception:
+            self._dirty |= taken  # publish them again next period
+            raise
         return len(states)
 
     async def checkpoint(self) -> int:

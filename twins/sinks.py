@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from twins.clock import Clock
 from twins.samples import SAMPLE_FIELDS, TelemetryBatch
 
 __all__ = [
@@ -33,8 +34,13 @@ class HistorySink(Protocol):
         """Persist every sample of ``batch``; return rows written."""
         ...
 
-    async def replay(self, battery_ids: Sequence[str], since_ts: float) -> TelemetryBatch:
-        """Persisted samples of these batteries with ts > since_ts, one message per (battery, seq)."""
+    async def replay(self, battery_ids: Sequence[str], ingested_since_s: float) -> TelemetryBatch:
+        """Samples of these batteries persisted after ``ingested_since_s`` (Unix s), whatever
+        their sample time, one message per (battery, seq) in seq order.
+
+        Returning more than that is allowed (twins drop what they already hold, by seq and
+        time); returning less loses data on a restart.
+        """
         ...
 
 
@@ -72,41 +78,48 @@ class ShardBackends:
 
 @dataclass
 class MemoryHistory:
-    """History kept in a list of batches (tests)."""
+    """History kept in a list of batches (tests).
+
+    With a ``clock``, each write is stamped and :meth:`replay` returns what was written
+    after ``ingested_since_s``; without one it returns everything of those batteries,
+    which the replay contract allows.
+    """
 
     batches: list[TelemetryBatch] = field(default_factory=list)
+    clock: Clock | None = None
+    written_at_s: list[float] = field(default_factory=list)
 
     async def write(self, batch: TelemetryBatch) -> int:
         self.batches.append(batch)
+        self.written_at_s.append(self.clock.now_s() if self.clock else 0.0)
         return batch.n_samples
 
-    async def replay(self, battery_ids: Sequence[str], since_ts: float) -> TelemetryBatch:
+    async def replay(self, battery_ids: Sequence[str], ingested_since_s: float) -> TelemetryBatch:
         wanted = set(battery_ids)
         parts = []
-        for b in self.batches:
+        for b, at in zip(self.batches, self.written_at_s, strict=True):
+            if self.clock is not None and at <= ingested_since_s:
+                continue
             keep = np.array([bid in wanted for bid in b.battery_ids], dtype=bool)
             if keep.any():
                 parts.append(b.select_messages(keep))
         if not parts:
             return TelemetryBatch.empty()
         joined = TelemetryBatch.concat(parts)
-        ts_ok = joined.columns["ts"] > since_ts
-        # Count per message with bincount, not np.add.reduceat over msg_offsets: reduceat
-        # misreads a message without samples (it returns the next message's first value)
-        # and raises IndexError when such a message comes last.
-        msg_ok = np.bincount(joined.message_index()[ts_ok], minlength=joined.n_messages) > 0
-        out = joined.select_messages(msg_ok)
-        keep_s = out.columns["ts"] > since_ts
-        counts = np.bincount(out.message_index()[keep_s], minlength=out.n_messages)
-        offsets = np.zeros(out.n_messages + 1, dtype=np.int64)
+        # One message per (battery, seq), batteries in id order, seq ascending.
+        order = sorted(range(joined.n_messages), key=lambda k: (joined.battery_ids[k], int(joined.seqs[k])))
+        offs = joined.msg_offsets
+        idx = np.concatenate([np.arange(offs[k], offs[k + 1]) for k in order]) if order else np.zeros(0, np.int64)
+        counts = np.diff(offs)[order]
+        offsets = np.zeros(len(order) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
         return TelemetryBatch(
-            battery_ids=list(out.battery_ids),
-            vehicle_ids=list(out.vehicle_ids),
-            seqs=out.seqs,
+            battery_ids=[joined.battery_ids[k] for k in order],
+            vehicle_ids=[joined.vehicle_ids[k] for k in order],
+            seqs=joined.seqs[order],
             msg_offsets=offsets,
-            columns={k: out.columns[k][keep_s] for k in SAMPLE_FIELDS},
-            received_at_s=out.received_at_s,
+            columns={k: joined.columns[k][idx.astype(np.int64)] for k in SAMPLE_FIELDS},
+            received_at_s=joined.recv[order],
         )
 
 

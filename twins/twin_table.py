@@ -343,8 +343,11 @@ class TwinTable:
         dt_ok = np.isfinite(dt) & (dt <= p.max_integration_gap_s)
         dt_int = np.where(dt_ok, dt, 0.0)
 
-        # Coulomb counting with the trapezoid rule over each interval.
-        i_avg = np.where(dt_ok, 0.5 * (v["current_a"] + np.nan_to_num(prev["current_a"])), 0.0)
+        # Coulomb counting with the trapezoid rule over each interval. An interval with a
+        # missing current at either end is skipped like a gap (fixed: one NaN reading used
+        # to make ah_discharged_ah / ah_charged_ah NaN for the rest of the twin's life).
+        i_ok = dt_ok & np.isfinite(v["current_a"]) & np.isfinite(prev["current_a"])
+        i_avg = np.where(i_ok, 0.5 * (v["current_a"] + prev["current_a"]), 0.0)
         ah = i_avg * dt_int / 3600.0
         ah_dis = np.maximum(ah, 0.0)
         ah_chg = np.maximum(-ah, 0.0)
@@ -357,7 +360,8 @@ class TwinTable:
         self.ah_charged_ah[gslots] += red(ah_chg, starts)
         self.efc[gslots] += red(dsoc_dis, starts) / 100.0
         self.time_hot_s[gslots] += red(hot, starts)
-        self.max_temp_c[gslots] = np.maximum(self.max_temp_c[gslots], np.maximum.reduceat(v["temp_c"], starts))
+        # fmax ignores a missing (NaN) temperature; np.maximum kept the NaN forever (fixed).
+        self.max_temp_c[gslots] = np.fmax(self.max_temp_c[gslots], np.fmax.reduceat(v["temp_c"], starts))
         self.samples_total[gslots] += gsize
 
         # Internal resistance from fast current steps: V = OCV - I*R, so R = -dV/dI.

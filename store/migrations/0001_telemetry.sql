@@ -44,17 +44,23 @@ BEGIN
     IF to_regclass(part) IS NOT NULL THEN
         RETURN false;
     END IF;
-    IF EXISTS (SELECT 1 FROM telemetry_default WHERE ts >= lo AND ts < hi) THEN
-        EXECUTE format('CREATE TABLE %I (LIKE telemetry INCLUDING DEFAULTS)', part);
-        EXECUTE format(
-            'WITH moved AS (DELETE FROM telemetry_default WHERE ts >= $1 AND ts < $2 RETURNING *) '
-            'INSERT INTO %I SELECT * FROM moved', part) USING lo, hi;
-        EXECUTE format('ALTER TABLE telemetry ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
-                       part, lo, hi);
-    ELSE
-        EXECUTE format('CREATE TABLE %I PARTITION OF telemetry FOR VALUES FROM (%L) TO (%L)',
-                       part, lo, hi);
-    END IF;
+    BEGIN
+        IF EXISTS (SELECT 1 FROM telemetry_default WHERE ts >= lo AND ts < hi) THEN
+            EXECUTE format('CREATE TABLE %I (LIKE telemetry INCLUDING DEFAULTS)', part);
+            EXECUTE format(
+                'WITH moved AS (DELETE FROM telemetry_default WHERE ts >= $1 AND ts < $2 RETURNING *) '
+                'INSERT INTO %I SELECT * FROM moved', part) USING lo, hi;
+            EXECUTE format('ALTER TABLE telemetry ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
+                           part, lo, hi);
+        ELSE
+            EXECUTE format('CREATE TABLE %I PARTITION OF telemetry FOR VALUES FROM (%L) TO (%L)',
+                           part, lo, hi);
+        END IF;
+    EXCEPTION WHEN duplicate_table THEN
+        -- An advisory lock does not refresh this backend's catalog cache, so a creator that
+        -- waited on it can miss the table the first one just committed: it exists, fine.
+        RETURN false;
+    END;
     RETURN true;
 END
 $$;

@@ -256,10 +256,11 @@ async def test_history_keeps_the_newest_within_bounds_oldest_first(
 
 async def test_replay_orders_by_battery_then_seq(conn: psycopg.AsyncConnection) -> None:
     """Replay returns one message per stored (battery, seq) (ids ascending, then seq, samples
-    by ts, each with its own vehicle), only samples strictly after ``since_ts``, NaN for NULL
-    cells."""
+    by ts, each with its own vehicle), selected by write time whatever the sample time,
+    NaN for NULL cells."""
     store = TelemetryStore(conn, clock=lambda: NOW_S)
     t = NOW_S - 50.0
+    before = (await (await conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8")).fetchone())[0]
     await store.write(
         make_batch(
             [
@@ -272,17 +273,18 @@ async def test_replay_orders_by_battery_then_seq(conn: psycopg.AsyncConnection) 
             cell_min_v=[3.6, 3.61, np.nan, 3.62, 3.63, 3.64],
         )
     )
-    batch = await store.replay(["b-2", "b-1", "b-unknown"], since_ts=t + 1)
+    after = (await (await conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8")).fetchone())[0]
+    batch = await store.replay(["b-2", "b-1", "b-unknown"], ingested_since_s=before - 1.0, max_sample_age_s=1e9)
 
-    assert list(batch.battery_ids) == ["b-1", "b-1", "b-2"]
-    assert list(batch.vehicle_ids) == ["v-1", "v-7", "v-2"]
-    assert batch.seqs.tolist() == [9, 10, 5]
-    assert batch.msg_offsets.tolist() == [0, 1, 2, 4]
-    assert batch.columns["ts"] == pytest.approx([t + 2, t + 5, t + 3, t + 4])
+    assert list(batch.battery_ids) == ["b-1", "b-1", "b-2", "b-2"]
+    assert list(batch.vehicle_ids) == ["v-1", "v-7", "v-2", "v-9"]
+    assert batch.seqs.tolist() == [9, 10, 5, 6]
+    assert batch.msg_offsets.tolist() == [0, 1, 2, 4, 5]
+    assert batch.columns["ts"] == pytest.approx([t + 2, t + 5, t + 3, t + 4, t + 1])
     assert np.isnan(batch.columns["cell_min_v"][0])
-    assert batch.columns["cell_min_v"][[1, 2, 3]] == pytest.approx([3.63, 3.6, 3.61])
-    assert (await store.replay([], since_ts=0.0)).n_messages == 0
-    assert (await store.replay(["b-1"], since_ts=NOW_S)).n_messages == 0
+    assert batch.columns["cell_min_v"][[1, 2, 3, 4]] == pytest.approx([3.63, 3.6, 3.61, 3.62])
+    assert (await store.replay([], ingested_since_s=0.0)).n_messages == 0
+    assert (await store.replay(["b-1"], ingested_since_s=after + 1.0)).n_messages == 0
 
 
 # -- dead letters -------------------------------------------------------------------------

@@ -147,9 +147,6 @@ def test_empty_batch() -> None:
     assert e.message_index().size == 0
 
 
-@pytest.mark.xfail(
-    strict=True, reason="Known bug in twins/samples.py: received_at_s length is not validated."
-)
 def test_received_at_must_have_one_entry_per_message() -> None:
     """received_at_s holds one time per message (or none); any other length is refused."""
     with pytest.raises(ValueError, match="received_at_s"):
@@ -158,11 +155,6 @@ def test_received_at_must_have_one_entry_per_message() -> None:
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="Known bug in twins/samples.py: concat misaligns received_at_s when some batches have none.",
-)
 def test_concat_of_batches_with_and_without_receive_times(batch: TelemetryBatch) -> None:
     """A batch without receive times joined to one with them still selects per message."""
     bare = TelemetryBatch(["bat-c"], ["veh-c"], np.arange(1), np.array([0, 1]), _columns(1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from twins.clock import ManualClock
 from twins.samples import SAMPLE_FIELDS, TelemetryBatch
 from twins.sinks import (
     MemoryAssignments,
@@ -16,33 +17,39 @@ from twins.sinks import (
 from .factories import T0_S, make_batch, message
 
 
-async def test_history_replay_selects_batteries_and_newer_samples() -> None:
-    """replay() returns only the asked batteries' samples with ts > since_ts, by message."""
-    history = MemoryHistory()
+async def test_history_replay_selects_batteries_by_write_time() -> None:
+    """With a clock, replay() returns the asked batteries' messages written after the bound,
+    whatever their sample time, ordered by battery then seq."""
+    clock = ManualClock(T0_S)
+    history = MemoryHistory(clock=clock)
     await history.write(
         make_batch(
             message("bat-a", 0, T0_S + np.array([0.0, 10.0, 20.0]), soc_pct=[80.0, 79.0, 78.0]),
             message("bat-b", 0, T0_S + np.array([5.0, 15.0])),
         )
     )
+    clock.advance(100.0)
     await history.write(
-        make_batch(message("bat-a", 1, T0_S + np.array([2.0, 30.0]), soc_pct=[77.0, 76.0]))
+        make_batch(
+            message("bat-a", 2, T0_S + np.array([40.0]), soc_pct=[75.0]),
+            message("bat-a", 1, T0_S - np.array([3600.0, 3500.0]), soc_pct=[77.0, 76.0]),
+        )
     )
-    out = await history.replay(["bat-a"], since_ts=T0_S + 5.0)
+    out = await history.replay(["bat-a"], ingested_since_s=T0_S + 50.0)
     assert list(out.battery_ids) == ["bat-a", "bat-a"]
-    np.testing.assert_array_equal(out.seqs, [0, 1])
+    np.testing.assert_array_equal(out.seqs, [1, 2])
     np.testing.assert_array_equal(out.msg_offsets, [0, 2, 3])
-    np.testing.assert_array_equal(out.columns["ts"], T0_S + np.array([10.0, 20.0, 30.0]))
-    np.testing.assert_array_equal(out.columns["soc_pct"], [79.0, 78.0, 76.0])
+    np.testing.assert_array_equal(out.columns["soc_pct"], [77.0, 76.0, 75.0])
+    assert (await history.replay(["bat-a"], ingested_since_s=T0_S + 200.0)).n_messages == 0
 
 
-async def test_history_replay_drops_messages_with_nothing_newer() -> None:
-    """A message whose samples are all at or before since_ts is not replayed at all."""
+async def test_history_replay_without_clock_returns_everything() -> None:
+    """Without a clock every message of the asked batteries is replayed (allowed: twins dedup)."""
     history = MemoryHistory()
     await history.write(make_batch(message("bat-a", 0, [T0_S]), message("bat-a", 1, [T0_S + 10.0])))
-    out = await history.replay(["bat-a"], since_ts=T0_S)
-    np.testing.assert_array_equal(out.seqs, [1])
-    assert (await history.replay(["bat-z"], since_ts=-np.inf)).n_messages == 0
+    out = await history.replay(["bat-a"], ingested_since_s=T0_S + 1e6)
+    np.testing.assert_array_equal(out.seqs, [0, 1])
+    assert (await history.replay(["bat-z"], ingested_since_s=-np.inf)).n_messages == 0
 
 
 async def test_history_replay_copes_with_messages_without_samples() -> None:
@@ -55,9 +62,9 @@ async def test_history_replay_copes_with_messages_without_samples() -> None:
             ["a", "a", "a", "a"], ["v"] * 4, np.arange(4), np.array([0, 1, 1, 2, 2]), cols
         )
     )
-    out = await history.replay(["a"], since_ts=T0_S)
-    np.testing.assert_array_equal(out.seqs, [0, 2])
-    np.testing.assert_array_equal(out.msg_offsets, [0, 1, 2])
+    out = await history.replay(["a"], ingested_since_s=T0_S)
+    np.testing.assert_array_equal(out.seqs, [0, 1, 2, 3])
+    np.testing.assert_array_equal(out.msg_offsets, [0, 1, 1, 2, 2])
     np.testing.assert_array_equal(out.columns["ts"], cols["ts"])
 
 

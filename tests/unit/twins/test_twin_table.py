@@ -170,6 +170,22 @@ def test_time_hot_counts_intervals_ending_above_threshold(table: TwinTable) -> N
     assert table.max_temp_c[s] == 50.0
 
 
+def test_missing_readings_do_not_poison_lifetime_counters(table: TwinTable) -> None:
+    """A sample without current or temperature (NaN) leaves Ah and max temperature usable.
+
+    10 A at 0, 36, 72 and 108 s with the 36 s sample missing both readings: the two
+    intervals touching it are not integrated, the last one is (0.1 Ah); hot time counts the
+    intervals ending at 72 and 108 s (50 °C), and the maximum ignores the gap.
+    """
+    table.apply(_series([0.0, 36.0], seq=0, current_a=[10.0, np.nan], temp_c=[50.0, np.nan]))
+    table.apply(_series([72.0, 108.0], seq=1, current_a=10.0, temp_c=50.0))
+    s = table.slot(BID)
+    assert table.ah_discharged_ah[s] == pytest.approx(0.1, rel=1e-9)
+    assert table.ah_charged_ah[s] == 0.0
+    assert table.max_temp_c[s] == 50.0
+    assert table.time_hot_s[s] == pytest.approx(72.0)
+
+
 # ---------------------------------------------------------------------------- segments
 def test_full_discharge_closed_by_charge_gives_capacity_and_dod(table: TwinTable) -> None:
     """12 A for 30 min while SoC falls 90 → 40 %, then plugged in: 6 Ah / 0.5 = 12 Ah.
@@ -300,21 +316,32 @@ def test_regen_while_moving_is_not_a_charge(table: TwinTable) -> None:
     assert table.dod_hist[s, 1] == 1  # 90 → 75: one 15-point segment, not two short ones
 
 
-def test_regen_inside_a_segment_is_netted_out_of_the_capacity_estimate(table: TwinTable) -> None:
+@pytest.mark.parametrize("per_sample", [False, True], ids=["one-batch", "batch-per-sample"])
+def test_regen_inside_a_segment_is_netted_out_of_the_capacity_estimate(
+    table: TwinTable, per_sample: bool
+) -> None:
     """Capacity is net Ah over net ΔSoC, so braking energy put back does not inflate it.
 
     A 12 Ah pack: 12 A for 30 min (6 Ah), then 5 min of regen at -6 A while moving, then
     plugged in. SoC follows the true coulomb count, so the estimate must come out at 12 Ah
     (counting only the discharged Ah would give 6.05 / 0.4708 = 12.85 Ah). The segment's
-    DoD is start minus its deepest SoC (reached before the regen): 50.4 points.
+    DoD is start minus its deepest SoC (reached before the regen): 50.4 points. Fed one
+    sample per batch, the segment grows through the vectorised path instead of the
+    per-twin walk, with the same result.
     """
     dt_s, capacity_ah = 60.0, 12.0
     current = np.array([12.0] * 31 + [-6.0] * 5)
     ah_net = np.concatenate([[0.0], np.cumsum(0.5 * (current[1:] + current[:-1]) * dt_s / 3600.0)])
     soc = 90.0 - 100.0 * ah_net / capacity_ah
     t = dt_s * np.arange(current.size)
-    table.apply(_series(t, seq=0, current_a=current, soc_pct=soc, speed_kmh=20.0))
-    table.apply(_charge_sample(t[-1] + dt_s, soc[-1], seq=1))
+    if per_sample:
+        for k in range(t.size):
+            table.apply(
+                _series(t[k : k + 1], seq=k, current_a=current[k], soc_pct=soc[k], speed_kmh=20.0)
+            )
+    else:
+        table.apply(_series(t, seq=0, current_a=current, soc_pct=soc, speed_kmh=20.0))
+    table.apply(_charge_sample(t[-1] + dt_s, soc[-1], seq=t.size))
     s = table.slot(BID)
     assert soc[-1] > soc.min()  # the regen left the segment above its deepest point
     assert table.capacity_est_ah[s] == pytest.approx(capacity_ah, rel=1e-9)

@@ -1,0 +1,354 @@
+"""``bms bench ingest``: end-to-end ingest through a real broker into real twins.
+
+One run:
+
+1. starts the servers (embedded, or the ``BMS_*`` URLs) and the system (directory, shards,
+   bridge workers) in a fresh Ray namespace, PostgreSQL schema and Redis prefix;
+2. warms up: one message per battery, so every twin exists before timing starts;
+3. publishes for ``seconds``: as fast as the publisher can, or each battery every
+   ``report_interval_s``; samples carry the publish time, so a shard's
+   ``apply time - sample ts`` is the publish-to-visible freshness;
+4. drains, then counts: published = accepted + rejected + lost;
+5. measures, in the same run, a bare aiomqtt subscriber that only parses the same messages
+   (in its own process), as the ceiling a bridge could reach on this machine.
+
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import multiprocessing as mp
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from bms.services import EmbeddedServices, ServiceUrls
+from bms.settings import Settings
+from sim.publisher import FleetPublisher, parse_mqtt_url
+from sim.telemetry_encoder import SAMPLE_COLUMNS, encode_messages
+
+__all__ = ["IngestBenchParams", "run_ingest_bench", "system_rss_mb"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestBenchParams:
+    batteries: int
+    seconds: float
+    shard_size: int = 10_000
+    samples_per_message: int = 50
+    report_interval_s: float | None = None
+    bridge_workers: int = 1
+    window_samples: int = 64
+    chunk_messages: int = 500
+
+    def __post_init__(self) -> None:
+        if self.batteries < 1 or self.seconds <= 0 or self.shard_size < 1:
+            raise ValueError(
+                f"Expected batteries >= 1, seconds > 0, shard_size >= 1, got "
+                f"{self.batteries}, {self.seconds}, {self.shard_size}."
+            )
+        if not 1 <= self.samples_per_message <= 500:
+            raise ValueError(f"Expected samples_per_message in [1, 500], got {self.samples_per_message}.")
+        if self.report_interval_s is not None and self.report_interval_s <= 0:
+            raise ValueError(f"Expected report_interval_s > 0, got {self.report_interval_s}.")
+
+
+def system_rss_mb(exclude_pids: set[int]) -> float:
+    """Proportional set size of Ray's processes (GCS, raylet, dashboard, workers).
+
+    PSS charges each shared page to its sharers pro rata, so summing it over processes
+    counts the memory once. Database and broker servers are not Ray processes and are
+    not counted; neither is the benchmark's own publisher (``exclude_pids``).
+    """
+    total = 0
+    for p in psutil.process_iter(["pid", "name", "cmdline"]):
+        if p.info["pid"] in exclude_pids:
+            continue
+        cmd = " ".join(p.info["cmdline"] or [])
+        name = p.info["name"] or ""
+        if not ("ray" in name or "/ray/" in cmd or cmd.startswith("ray::") or "gcs_server" in cmd or "raylet" in cmd):
+            continue
+        try:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total / 2**20
+
+
+class _Load:
+    """Synthetic but valid telemetry for N batteries (fixed seed), encoded in bulk."""
+
+    def __init__(self, run: str, n: int, m: int, seed: int = 11) -> None:
+        self.vehicles = [f"bv{run}-{i:06d}" for i in range(n)]
+        self.batteries = [f"bb{run}-{i:06d}" for i in range(n)]
+        self.seq = np.zeros(n, dtype=np.int64)
+        self.last_ts = np.zeros(n)
+        self.m = m
+        self.rng = np.random.default_rng(seed)
+        self.soc = self.rng.uniform(40, 95, n)
+        self.lat = 52.52 + self.rng.normal(0, 0.03, n)
+        self.lon = 13.40 + self.rng.normal(0, 0.05, n)
+        self.odo = self.rng.uniform(0, 3000, n)
+        self.col = {c: i for i, c in enumerate(SAMPLE_COLUMNS)}
+
+    def messages(self, idx: np.ndarray, now_s: float, span_s: float, m: int | None = None) -> tuple[list[tuple[str, bytes]], int]:
+        m = self.m if m is None else m
+        k = idx.size
+        n = k * m
+        v = np.empty((n, len(SAMPLE_COLUMNS)))
+        c = self.col
+        offs = np.linspace(-span_s, 0.0, m) if m > 1 else np.zeros(1)
+        ts = now_s + np.tile(offs, k)
+        first = np.maximum(ts.reshape(k, m)[:, 0], self.last_ts[idx] + 1e-3)
+        ts = (first[:, None] + (offs - offs[0])[None, :]).ravel()
+        self.last_ts[idx] = ts.reshape(k, m)[:, -1]
+        self.soc[idx] = np.where(self.soc[idx] < 15, 95.0, self.soc[idx] - 0.05 * m / 50)
+        rep = np.repeat
+        v[:, c["ts"]] = ts
+        current = self.rng.uniform(0.0, 15.0, n)
+        v[:, c["current_a"]] = current
+        soc = rep(self.soc[idx], m)
+        v[:, c["soc_pct"]] = soc
+        v[:, c["pack_voltage_v"]] = 13 * (3.4 + 0.008 * soc) - 0.15 * current
+        v[:, c["temp_c"]] = self.rng.uniform(15.0, 40.0, n)
+        v[:, c["lat"]] = rep(self.lat[idx], m)
+        v[:, c["lon"]] = rep(self.lon[idx], m)
+        v[:, c["odometer_km"]] = rep(self.odo[idx], m)
+        v[:, c["speed_kmh"]] = self.rng.uniform(0.0, 25.0, n)
+        v[:, c["cell_min_v"]] = 3.4 + 0.008 * soc - 0.01
+        v[:, c["cell_max_v"]] = 3.4 + 0.008 * soc + 0.01
+        seqs = self.seq[idx].copy()
+        self.seq[idx] += 1
+        msgs = encode_messages(
+            [self.vehicles[i] for i in idx.tolist()],
+            [self.batteries[i] for i in idx.tolist()],
+            seqs,
+            np.full(k, m),
+            v,
+        )
+        return msgs, n
+
+
+def _bare_subscriber(host: str, port: int, topic: str, expect_messages: int, out: Any, ready: Any) -> None:
+    """Child process: subscribe, parse every payload with orjson, report samples/s."""
+    import aiomqtt
+    import orjson
+
+    async def main() -> None:
+        async with aiomqtt.Client(host, port, identifier=f"bare-{uuid.uuid4().hex[:6]}", protocol=aiomqtt.ProtocolVersion.V5) as c:
+            await c.subscribe(topic, qos=1)
+            ready.set()
+            n = samples = 0
+            t0 = t1 = 0.0
+            async for m in c.messages:
+                doc = orjson.loads(m.payload)  # type: ignore[arg-type]
+                samples += len(doc["samples"])
+                n += 1
+                if n == 1:
+                    t0 = time.perf_counter()
+                t1 = time.perf_counter()
+                if n >= expect_messages:
+                    break
+            out.put({"messages": n, "samples": samples, "seconds": t1 - t0})
+
+    asyncio.run(main())
+
+
+async def _measure_bare(urls: ServiceUrls, load: _Load, n_messages: int, run: str) -> dict[str, float]:
+    host, port = parse_mqtt_url(urls.mqtt_url)
+    topic_root = f"benchbare{run}"
+    ctx = mp.get_context("spawn")
+    out, ready = ctx.Queue(), ctx.Event()
+    proc = ctx.Process(target=_bare_subscriber, args=(host, port, f"{topic_root}/+/telemetry", n_messages, out, ready))
+    proc.start()
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, ready.wait, 30)
+        idx_all = np.arange(len(load.batteries))
+        sent = 0
+        async with FleetPublisher(host, port, n_connections=2, client_id_prefix=f"benchbare{run}") as pub:
+            while sent < n_messages:
+                k = min(500, n_messages - sent)
+                idx = idx_all[(sent + np.arange(k)) % idx_all.size]
+                msgs, _ = load.messages(idx, time.time(), 1.0)
+                await pub.publish([(f"{topic_root}/{t.split('/')[1]}/telemetry", p) for t, p in msgs])
+                sent += k
+        res = await asyncio.get_running_loop().run_in_executor(None, out.get, True, 120)
+    finally:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+    return {"samples_per_s": res["samples"] / max(res["seconds"], 1e-9), "messages": res["messages"]}
+
+
+async def _wait_drained(system_ns: str, bridge_names: list[str], target: int, timeout_s: float) -> dict[str, int]:
+    import ray
+
+    deadline = time.time() + timeout_s
+    while True:
+        stats = [await ray.get_actor(n, namespace=system_ns).stats.remote() for n in bridge_names]
+        acc = sum(s.accepted_samples for s in stats)
+        rej = sum(s.rejected_messages for s in stats)
+        dup = sum(s.duplicate_messages for s in stats)
+        if acc >= target or time.time() > deadline:
+            return {"accepted_samples": acc, "rejected_messages": rej, "duplicate_messages": dup}
+        await asyncio.sleep(0.1)
+
+
+def run_ingest_bench(p: IngestBenchParams, base: Settings | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns the result object (also printed by the CLI)."""
+    import ray
+
+    from bms.system import FleetSystem, init_ray
+    from twins.runtime import FleetClient
+
+    run = uuid.uuid4().hex[:6]
+    base = base or Settings.load()
+    tmp = tempfile.TemporaryDirectory(prefix="bms-bench-")
+    settings = base.model_copy(update={
+        "data_dir": Path(tmp.name),
+        "twins": base.twins.model_copy(update={"shard_size": p.shard_size, "window_samples": p.window_samples, "checkpoint_interval_s": 3600.0}),
+        "bridge": base.bridge.model_copy(update={"workers": p.bridge_workers, "session_expiry_s": 60}),
+        "ray": base.ray.model_copy(update={"namespace": f"bench{run}"}),
+    })
+    services = EmbeddedServices(settings)
+    urls = services.start()
+    schema = f"bench_{run}"
+    with psycopg.connect(urls.postgres_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    urls = ServiceUrls(make_conninfo(urls.postgres_url, options=f"-c search_path={schema}"), urls.redis_url, urls.mqtt_url)
+    shared = services.mqtt_supports_shared_subscriptions
+    system = FleetSystem(
+        settings, urls, shared_subscriptions=shared, mqtt_v5=shared, redis_prefix=f"bench{run}:",
+        with_http=False, initial_shards=math.ceil(p.batteries / p.shard_size),
+    )
+    try:
+        init_ray(settings, include_dashboard=False)
+        t0 = time.time()
+        system.start()
+        startup_s = time.time() - t0
+        result = asyncio.run(_bench(p, system, urls, run, FleetClient(system.namespace)))
+        result["startup_s"] = round(startup_s, 1)
+        return result
+    finally:
+        with contextlib.suppress(Exception):
+            system.stop()
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        with contextlib.suppress(Exception), psycopg.connect(services.urls.postgres_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        services.stop()
+        tmp.cleanup()
+
+
+async def _bench(p: IngestBenchParams, system: Any, urls: ServiceUrls, run: str, fleet: Any) -> dict[str, Any]:
+    host, port = parse_mqtt_url(urls.mqtt_url)
+    load = _Load(run, p.batteries, p.samples_per_message)
+    me = {os.getpid()}
+    rss_peak = 0.0
+    published = 0
+    all_idx = np.arange(p.batteries)
+    async with FleetPublisher(host, port, n_connections=2, client_id_prefix=f"bench{run}") as pub:
+        # Warm-up: every twin and directory entry exists before the clock starts.
+        for a in range(0, p.batteries, 2000):
+            msgs, n = load.messages(all_idx[a : a + 2000], time.time(), 0.0, m=1)
+            await pub.publish(msgs)
+            published += n
+        await _wait_drained(system.namespace, system.bridge_names, published, 600)
+        base = await _wait_drained(system.namespace, system.bridge_names, 0, 1)
+        await fleet.call_all("reset_latency")
+        rss_peak = system_rss_mb(me)
+
+        t_start = time.time()
+        timed_published = 0
+        inflight: set[asyncio.Task[int]] = set()
+        next_rss = t_start + 2.0
+        if p.report_interval_s is None:
+            cursor = 0
+            while time.time() - t_start < p.seconds:
+                k = min(p.chunk_messages, p.batteries)
+                idx = all_idx[(cursor + np.arange(k)) % p.batteries]
+                cursor = (cursor + k) % p.batteries
+                msgs, n = load.messages(idx, time.time(), 0.01 * (p.samples_per_message - 1))
+                while len(inflight) >= 4:
+                    done, inflight = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                task = asyncio.create_task(pub.publish(msgs))
+                inflight.add(task)
+                timed_published += n
+                if time.time() > next_rss:
+                    rss_peak = max(rss_peak, system_rss_mb(me))
+                    next_rss = time.time() + 2.0
+        else:
+            interval = p.report_interval_s
+            phase = (all_idx * interval / p.batteries)
+            tick = 0.05
+            k_tick = 0
+            while time.time() - t_start < p.seconds:
+                lo, hi = (k_tick * tick) % interval, (k_tick * tick + tick) % interval
+                due = all_idx[(phase >= lo) & (phase < hi)] if lo < hi else all_idx[(phase >= lo) | (phase < hi)]
+                if due.size:
+                    msgs, n = load.messages(due, time.time(), interval * (p.samples_per_message - 1) / p.samples_per_message)
+                    task = asyncio.create_task(pub.publish(msgs))
+                    inflight.add(task)
+                    task.add_done_callback(inflight.discard)
+                    timed_published += n
+                k_tick += 1
+                if time.time() > next_rss:
+                    rss_peak = max(rss_peak, system_rss_mb(me))
+                    next_rss = time.time() + 2.0
+                await asyncio.sleep(max(0.0, t_start + k_tick * tick - time.time()))
+        if inflight:
+            await asyncio.gather(*inflight)
+        t_published = time.time()
+        total = published + timed_published
+        end = await _wait_drained(system.namespace, system.bridge_names, total, 300)
+        rss_peak = max(rss_peak, system_rss_mb(me))
+
+    shard_stats = await fleet.shard_stats()
+    last_apply = max((s.last_apply_at_s or 0.0) for s in shard_stats)
+    lat = await fleet.latencies()
+    accepted = end["accepted_samples"] - base["accepted_samples"]
+    rejected = 0  # every published message is valid; rejections would show as rejected_messages
+    rejected_msgs = end["rejected_messages"] - base["rejected_messages"]
+    elapsed = max(last_apply, t_published) - t_start
+    bare = await _measure_bare(urls, load, min(20_000, max(2000, timed_published // p.samples_per_message)), run)
+    sps = accepted / elapsed if elapsed > 0 else 0.0
+    return {
+        "benchmark": "ingest",
+        "batteries": p.batteries,
+        "twins_resident": sum(s.twins for s in shard_stats),
+        "shard_size": p.shard_size,
+        "shards": len(shard_stats),
+        "bridge_workers": len(system.bridge_names),
+        "samples_per_message": p.samples_per_message,
+        "report_interval_s": p.report_interval_s,
+        "seconds": p.seconds,
+        "published_samples": timed_published,
+        "accepted_samples": accepted,
+        "rejected_samples": rejected + rejected_msgs * p.samples_per_message,
+        "lost_samples": timed_published - accepted - rejected - rejected_msgs * p.samples_per_message,
+        "duplicate_messages": end["duplicate_messages"] - base["duplicate_messages"],
+        "samples_per_s": round(sps, 1),
+        "publish_samples_per_s": round(timed_published / max(t_published - t_start, 1e-9), 1),
+        "freshness_p50_s": round(float(np.percentile(lat, 50)), 4) if lat.size else None,
+        "freshness_p99_s": round(float(np.percentile(lat, 99)), 4) if lat.size else None,
+        "rss_mb": round(rss_peak, 1),
+        "bare_subscriber_samples_per_s": round(bare["samples_per_s"], 1),
+        "ratio_to_bare": round(sps / bare["samples_per_s"], 3) if bare["samples_per_s"] else None,
+        "broker": "mosquitto/external" if system.shared_subscriptions else "amqtt",
+    }

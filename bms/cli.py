@@ -1,0 +1,178 @@
+"""The ``bms`` command line: run the system, benchmark it, manage its schema."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from bms.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from bms.system import FleetSystem
+
+app = typer.Typer(help="Battery-fleet digital twin.", no_args_is_help=True, add_completion=False)
+bench_app = typer.Typer(help="Benchmarks; each prints one JSON object as its last line.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML settings file")]  # noqa: UP045
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return Settings.load(config)
+    except SettingsError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    vehicles: Annotated[Optional[int], typer.Option(help="Simulated vehicles (default from [sim])")] = None,  # noqa: UP045
+    duration_s: Annotated[Optional[float], typer.Option(help="Stop after this many seconds")] = None,  # noqa: UP045
+    no_sim: Annotated[bool, typer.Option("--no-sim", help="Do not start the simulated fleet")] = False,
+) -> None:
+    """Start servers (embedded unless BMS_*_URL are set), the twins, the bridge, the HTTP
+    API and a simulated fleet publishing over MQTT. Ctrl-C stops everything."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(config)
+    if vehicles is not None:
+        settings = settings.model_copy(update={"sim": settings.sim.model_copy(update={"vehicles": vehicles})})
+
+    from bms.services import EmbeddedServices
+    from bms.system import FleetSystem
+
+    services = EmbeddedServices(settings)
+    urls = services.start()
+    shared = services.mqtt_supports_shared_subscriptions
+    system = FleetSystem(
+        settings, urls, shared_subscriptions=shared, mqtt_v5=shared,
+        initial_shards=max(1, -(-settings.sim.vehicles // settings.twins.shard_size)),
+    )
+    stop = asyncio.Event()
+    try:
+        system.start()
+        s = settings.serve
+        typer.echo(
+            "\n".join([
+                "",
+                "Battery fleet twin is running.",
+                f"  Dashboard      http://{s.http_host}:{s.http_port}/",
+                f"  API docs       http://{s.http_host}:{s.http_port}/docs",
+                f"  Fleet summary  http://{s.http_host}:{s.http_port}/api/v1/fleet/summary",
+                f"  Ray dashboard  http://127.0.0.1:{settings.ray.dashboard_port}/",
+                f"  MQTT broker    {urls.mqtt_url}  (topic fleet/<vehicle_id>/telemetry)",
+                f"  Simulated fleet: {0 if no_sim else settings.sim.vehicles} vehicles. Ctrl-C stops.",
+                "",
+            ])
+        )
+        asyncio.run(_main_loop(settings, urls.mqtt_url, system, stop, duration_s, no_sim))
+    finally:
+        system.stop()
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        services.stop()
+
+
+async def _main_loop(
+    settings: Settings, mqtt_url: str, system: FleetSystem, stop: asyncio.Event, duration_s: float | None, no_sim: bool
+) -> None:
+    """Publish the simulated fleet and keep the bridge workers alive until stopped."""
+    from sim import FleetParams, FleetSimulator, run_fleet
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = []
+    if not no_sim:
+        sim = FleetSimulator(FleetParams.from_settings(settings.sim))
+        tasks.append(asyncio.create_task(
+            # A sped-up clock needs a known duration (the run ends at "now"; see run_fleet).
+            run_fleet(sim, mqtt_url, duration_s, tick_s=1.0, stop=stop,
+                      time_scale=settings.sim.time_scale if duration_s is not None else 1.0)
+        ))
+    deadline = None if duration_s is None else time.time() + duration_s
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 10.0)
+        if deadline is not None and time.time() >= deadline:
+            stop.set()
+        await asyncio.to_thread(system.supervise_once)
+    for t in tasks:
+        await t
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    batteries: Annotated[int, typer.Option(help="Batteries (one twin each)")] = 10_000,
+    seconds: Annotated[float, typer.Option(help="Timed publishing phase")] = 20.0,
+    shard_size: Annotated[int, typer.Option(help="Twins per TwinShard actor")] = 10_000,
+    samples_per_message: Annotated[int, typer.Option(help="Samples per MQTT message")] = 50,
+    report_interval_s: Annotated[Optional[float], typer.Option(help="Each battery reports every T s (default: as fast as possible)")] = None,  # noqa: UP045
+    bridge_workers: Annotated[int, typer.Option(help="Bridge actors (shared subscription)")] = 1,
+    config: ConfigOpt = None,
+) -> None:
+    """Publish through a real broker into the twins; print throughput, freshness, memory."""
+    logging.basicConfig(level=logging.WARNING)
+    from bms.bench.ingest import IngestBenchParams, run_ingest_bench
+
+    params = IngestBenchParams(
+        batteries=batteries, seconds=seconds, shard_size=shard_size,
+        samples_per_message=samples_per_message, report_interval_s=report_interval_s,
+        bridge_workers=bridge_workers,
+    )
+    result = run_ingest_bench(params, _settings(config))
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+@app.command()
+def schema(
+    write: Annotated[bool, typer.Option("--write", help="Rewrite serve/schemas/*.json")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Fail if the committed schemas differ")] = False,
+) -> None:
+    """Print (or write, or check) the JSON Schema of every telemetry version."""
+    from serve.telemetry_contract import json_schemas
+
+    root = Path(__file__).resolve().parent.parent / "serve" / "schemas"
+    bad = []
+    for version, doc in json_schemas().items():
+        text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+        path = root / f"telemetry-v{version}.json"
+        if write:
+            root.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        elif check:
+            if not path.exists() or path.read_text() != text:
+                bad.append(path.name)
+        else:
+            typer.echo(text)
+    if bad:
+        typer.echo(f"Out of date: {', '.join(bad)}; run 'bms schema --write'.", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def migrate(config: ConfigOpt = None) -> None:
+    """Apply pending PostgreSQL migrations (BMS_POSTGRES_URL, or the embedded server)."""
+    from bms.services import EmbeddedServices
+    from bms.system import run_migrations
+
+    settings = _settings(config)
+    with EmbeddedServices(settings) as services:
+        applied = asyncio.run(run_migrations(services.urls.postgres_url))
+    typer.echo(f"applied: {applied or 'nothing (up to date)'}")
+
+
+if __name__ == "__main__":
+    app()
