@@ -33,17 +33,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiomqtt
+import numpy as np
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from serve.telemetry_contract import (
-    TOPIC_FILTER,
-    ContractLimits,
-    TelemetryMessageV2,
-    TelemetryRejected,
-    decode_message,
-    messages_to_batch,
-)
+from serve.telemetry_contract import TOPIC_FILTER, ContractLimits, TelemetryRejected, decode_batch
 from store.dead_letters import DeadLetter
 from twins.clock import Clock, WallClock
 from twins.samples import TelemetryBatch
@@ -155,20 +149,21 @@ class MqttBridge:
         one message dead-letters that message as ``internal_error``.
         """
         now = self._clock.now_s()
-        good: list[TelemetryMessageV2] = []
-        received: list[float] = []
+        batch, accepted, rejected = decode_batch([(r[0], r[1]) for r in raws], now, self.config.limits)
         letters: list[DeadLetter] = []
-        limits = self.config.limits
-        for topic, payload, rat, *_ in raws:
-            try:
-                good.append(decode_message(topic, payload, now, limits))
-                received.append(rat)
-            except TelemetryRejected as err:
+        for k, err in rejected:
+            topic, payload, rat = raws[k][0], raws[k][1], raws[k][2]
+            if isinstance(err, TelemetryRejected):
                 letters.append(DeadLetter(topic, err.reason.value, err.detail, payload, rat))
-            except Exception as err:  # a bug of ours; keep the message for inspection
-                log.exception("unexpected error decoding a message on %s", topic)
+            else:  # a bug of ours; keep the message for inspection
+                log.error("unexpected error decoding a message on %s: %r", topic, err)
                 letters.append(DeadLetter(topic, "internal_error", repr(err)[:500], payload, rat))
-        return messages_to_batch(good, received), letters
+        received = np.array([raws[k][2] for k in accepted], dtype=np.float64)
+        batch = TelemetryBatch(
+            battery_ids=batch.battery_ids, vehicle_ids=batch.vehicle_ids, seqs=batch.seqs,
+            msg_offsets=batch.msg_offsets, columns=batch.columns, received_at_s=received,
+        )
+        return batch, letters
 
     async def process(self, raws: Sequence[_Raw]) -> None:
         """Validate, deliver and dead-letter one micro-batch, retrying until it lands."""
