@@ -132,16 +132,21 @@ class Settings(BaseModel):
                 raise SettingsError(f"Config file {path} does not exist.") from None
             except tomllib.TOMLDecodeError as err:
                 raise SettingsError(f"Config file {path} is not valid TOML: {err}") from None
+        from_env: dict[str, str] = {}
         for key in ("postgres_url", "redis_url", "mqtt_url", "data_dir"):
             value = env.get(f"BMS_{key.upper()}")
             if value:
                 data[key] = value
+                from_env[key] = f"BMS_{key.upper()}"
         try:
             return cls.model_validate(data)
         except ValidationError as err:
             where = f"config file {path}" if path else "environment"
+            # Name the variable for values taken from the environment: the header names the
+            # config file whenever there is one, which sent people looking for mqtt_url there.
             lines = [
                 f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+                + (f" from {from_env[str(e['loc'][0])]}" if e["loc"] and str(e["loc"][0]) in from_env else "")
                 for e in err.errors(include_url=False)
             ]
             raise SettingsError(f"Invalid settings in {where}:\n" + "\n".join(lines)) from None

@@ -169,9 +169,14 @@ class MqttBridge:
         """Validate, deliver and dead-letter one micro-batch, retrying until it lands."""
         batch, letters = self.decode(raws)
         delay_s = 0.05
+        counts: dict[str, int] | None = None
         while True:
             try:
-                counts = await self._router.route(batch) if batch.n_messages else {}
+                # Route only until it succeeded once: when only the dead-letter write failed,
+                # re-sending the batch made the shards report it as duplicates, so the stats
+                # lost its accepted messages and applied samples.
+                if counts is None:
+                    counts = await self._router.route(batch) if batch.n_messages else {}
                 if letters:
                     await self._dead_letters.record(letters)
                 break

@@ -365,7 +365,9 @@ def _fast_columns(doc: object, topic_vehicle: str) -> _FastMsg | None:
     if (
         type(version) is not int or version not in _ALLOWED
         or type(vid) is not str or type(bid) is not str or vid != topic_vehicle
-        or not _ID_RE.match(vid) or not _ID_RE.match(bid)
+        # fullmatch, not match: Python's ``$`` also matches before a trailing "\n", which
+        # pydantic's (Rust) pattern rejects, so match() let ids like "v1\n" through here.
+        or not _ID_RE.fullmatch(vid) or not _ID_RE.fullmatch(bid)
         or type(seq) is not int or not 0 <= seq < _SEQ_MAX
         or type(samples) is not list or not 1 <= len(samples) <= MAX_SAMPLES_PER_MESSAGE
     ):

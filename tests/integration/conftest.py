@@ -34,7 +34,7 @@ LOCAL_MQTT = "mqtt://127.0.0.1:1883"
 
 
 @dataclass(frozen=True)
-class TestServices:
+class ServiceHandles:
     """Where the session's real servers are, and the names that isolate this session."""
 
     urls: ServiceUrls
@@ -55,7 +55,7 @@ def _postgres_ok(url: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def services() -> Iterator[TestServices]:
+def services() -> Iterator[ServiceHandles]:
     """Real PostgreSQL, Redis and MQTT broker for the whole session (see module doc)."""
     env = os.environ
     run_id = uuid.uuid4().hex[:8]
@@ -78,7 +78,7 @@ def services() -> Iterator[TestServices]:
     with psycopg.connect(pg, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     try:
-        yield TestServices(
+        yield ServiceHandles(
             urls=ServiceUrls(
                 postgres_url=make_conninfo(pg, options=f"-c search_path={schema}"),
                 redis_url=rd,
@@ -114,7 +114,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def ray_session(services: TestServices) -> Iterator[None]:
+def ray_session(services: ServiceHandles) -> Iterator[None]:
     """One small Ray instance for the whole session."""
     import ray
 
@@ -135,17 +135,18 @@ def ray_session(services: TestServices) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def system_settings(services: TestServices) -> Settings:
+def system_settings(services: ServiceHandles) -> Settings:
     return Settings.model_validate({
         "twins": {"shard_size": 50, "checkpoint_interval_s": 3600, "redis_flush_interval_s": 0.2, "window_samples": 32},
-        "bridge": {"workers": 1, "batch_max_wait_ms": 5},
+        # Short session expiry: the broker should not keep a queue for a test run that ended.
+        "bridge": {"workers": 1, "batch_max_wait_ms": 5, "session_expiry_s": 30},
         "serve": {"http_port": free_port()},
         "ray": {"namespace": services.namespace},
     })
 
 
 @pytest.fixture(scope="session")
-def fleet_system(services: TestServices, ray_session: None, system_settings: Settings) -> Iterator[object]:
+def fleet_system(services: ServiceHandles, ray_session: None, system_settings: Settings) -> Iterator[object]:
     """The whole system (directory, shards, one bridge worker, HTTP app) for the session."""
     from bms.system import FleetSystem
 

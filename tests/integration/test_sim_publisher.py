@@ -4,8 +4,6 @@ or ``BMS_MQTT_URL``)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import uuid
 
 import aiomqtt
@@ -14,29 +12,22 @@ import pytest
 from serve.telemetry_contract import decode_message
 from sim import FleetParams, FleetPublisher, FleetSimulator, parse_mqtt_url
 
+from .conftest import ServiceHandles
+
 pytestmark = pytest.mark.integration
 
 _N_MESSAGES = 200
 _START_S = 1_764_172_800.0
 
 
-def _broker() -> tuple[str, int]:
-    host, port = parse_mqtt_url(os.environ.get("BMS_MQTT_URL", "mqtt://127.0.0.1:1883"))
-    try:
-        socket.create_connection((host, port), timeout=2).close()
-    except OSError as err:
-        pytest.skip(f"no MQTT broker at {host}:{port}: {err}")
-    return host, port
-
-
-async def test_all_published_messages_reach_a_subscriber() -> None:
+async def test_all_published_messages_reach_a_subscriber(services: ServiceHandles) -> None:
     """200 QoS 1 messages from FleetPublisher all arrive at an aiomqtt subscriber, valid
     and with each battery's seq in order.
 
     Vehicle ids carry a random prefix, so other traffic on the shared broker's
     ``fleet/+/telemetry`` is ignored.
     """
-    host, port = _broker()
+    host, port = parse_mqtt_url(services.urls.mqtt_url)
     prefix = f"it{uuid.uuid4().hex[:8]}-v"
     sim = FleetSimulator(FleetParams(vehicles=300, seed=3, vehicle_id_prefix=prefix))
     messages: list[tuple[str, bytes]] = []

@@ -7,7 +7,6 @@ Every test gets its own Postgres schema (dropped afterwards) and its own Redis k
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -33,10 +32,10 @@ from store import (
 )
 from twins.samples import SAMPLE_FIELDS, TelemetryBatch
 
+from .conftest import ServiceHandles
+
 pytestmark = pytest.mark.integration
 
-POSTGRES_URL = os.environ.get("BMS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("BMS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 # A fixed "now" (2026-03-10 12:00:00 UTC) so partition names are known in advance.
 NOW_S = 1_773_144_000.0
@@ -47,19 +46,16 @@ DAY_S = 86_400.0
 
 
 @pytest.fixture
-def schema_url() -> Iterator[str]:
+def schema_url(services: ServiceHandles) -> Iterator[str]:
     """A conninfo whose search_path is a fresh, empty schema; the schema is dropped after."""
+    admin_url = services.postgres_admin_url
     schema = f"test_store_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as err:
-        pytest.skip(f"Postgres at {POSTGRES_URL} is not reachable: {err}")
-    with admin:
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
         admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     try:
-        yield make_conninfo(POSTGRES_URL, options=f"-c search_path={schema}")
+        yield make_conninfo(admin_url, options=f"-c search_path={schema}")
     finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
             admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
@@ -72,15 +68,10 @@ async def conn(schema_url: str) -> AsyncIterator[psycopg.AsyncConnection]:
 
 
 @pytest.fixture
-async def redis_client() -> AsyncIterator[tuple[aioredis.Redis, str]]:
+async def redis_client(services: ServiceHandles) -> AsyncIterator[tuple[aioredis.Redis, str]]:
     """A bytes-mode Redis client and a random key prefix whose keys are deleted after."""
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        await client.ping()
-    except (OSError, aioredis.ConnectionError) as err:
-        await client.aclose()
-        pytest.skip(f"Redis at {REDIS_URL} is not reachable: {err}")
-    prefix = f"test:{uuid.uuid4().hex[:12]}:"
+    client = aioredis.Redis.from_url(services.urls.redis_url)
+    prefix = f"{services.redis_prefix}{uuid.uuid4().hex[:12]}:"
     try:
         yield client, prefix
     finally:
@@ -166,9 +157,9 @@ async def test_stores_refuse_a_non_autocommit_connection(schema_url: str) -> Non
             TelemetryStore(conn)
 
 
-async def test_redis_stores_refuse_a_decoding_client() -> None:
+async def test_redis_stores_refuse_a_decoding_client(services: ServiceHandles) -> None:
     """A Redis client that decodes replies to str cannot return raw payload bytes: rejected."""
-    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    client = aioredis.Redis.from_url(services.urls.redis_url, decode_responses=True)
     try:
         with pytest.raises(StoreUsageError, match="decode_responses=False"):
             TwinStateCache(client)
