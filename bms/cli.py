@@ -96,7 +96,7 @@ async def _main_loop(
         loop.add_signal_handler(sig, stop.set)
     tasks = []
     if not no_sim:
-        sim = FleetSimulator(FleetParams.from_settings(settings.sim))
+        sim = FleetSimulator(FleetParams.from_settings(settings.sim), seq_start=int(time.time()))
         tasks.append(asyncio.create_task(
             # A sped-up clock needs a known duration (the run ends at "now"; see run_fleet).
             run_fleet(sim, mqtt_url, duration_s, tick_s=1.0, stop=stop,

@@ -8,7 +8,8 @@ Vehicles publish to ``fleet/<vehicle_id>/telemetry`` a JSON object::
                   "odometer_km": 812.4, "speed_kmh": 18.0,
                   "cell_min_v": 3.71, "cell_max_v": 3.74}]}
 
-``seq`` increases by one per message of a battery; ``ts`` is Unix time in seconds (UTC);
+``seq`` increases with every message of a battery (by one; a gap, e.g. after a vehicle
+reboot that persisted its counter, is allowed); ``ts`` is Unix time in seconds (UTC);
 ``current_a`` is positive while discharging. The JSON Schemas in ``serve/schemas/`` are
 generated from the pydantic models below (``bms schema --write``) and a test keeps them equal.
 
@@ -421,7 +422,7 @@ def decode_batch(
             if len(parts_t) == 3 and parts_t[0] == "fleet" and parts_t[2] == "telemetry" and parts_t[1]:
                 try:
                     got = _fast_columns(orjson.loads(payload), parts_t[1])
-                except orjson.JSONDecodeError:
+                except Exception:  # malformed JSON, or anything odd: the slow path decides
                     got = None
         if got is None:
             slow.append(k)

@@ -76,7 +76,9 @@ class FleetSimulator:
     >>> messages = sim.advance(1.0, now_s=1_764_170_000.0)  # list of (topic, payload)
     """
 
-    def __init__(self, params: FleetParams) -> None:
+    def __init__(self, params: FleetParams, seq_start: int = 0) -> None:
+        if seq_start < 0:
+            raise ValueError(f"Expected seq_start >= 0, got {seq_start}.")
         self.params = p = params
         self._rng = rng = np.random.default_rng(p.seed)
         n = p.vehicles
@@ -101,7 +103,10 @@ class FleetSimulator:
         self._vehicle_of = np.full(n_batteries, _NO_VEHICLE, dtype=np.intp)
         self._vehicle_of[:n] = np.arange(n)
         self._current_a = np.zeros(n_batteries)
-        self._seq = np.zeros(n_batteries, dtype=np.int64)
+        # Real vehicles keep their seq counter across reboots; a restarted simulator gets
+        # the same effect from a seq_start above anything it sent before (bms run passes
+        # the Unix time), so restored twins do not take its messages for replays.
+        self._seq = np.full(n_batteries, seq_start, dtype=np.int64)
 
         # Vehicles: uniform over the disc, parked.
         radius = p.radius_km * np.sqrt(rng.random(n))

@@ -129,7 +129,7 @@ def test_settings_are_frozen() -> None:
     """Loaded settings cannot be changed afterwards."""
     s = Settings.load(env={})
     with pytest.raises(ValueError, match="frozen"):
-        s.twins.window_samples = 8  # type: ignore[misc]
+        s.twins.window_samples = 8
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,36 @@
+# The two commands a new user needs: `make run` (the system with a simulated fleet) and
+# `make test` (every test). Both create .venv when missing and install the project.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test install lint bench-ingest clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch (a file of it lies on disk); an unpinned torch would pull a
+	# multi-GB CUDA build. GPU users: see README, "GPU".
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/bms run
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench-ingest: $(STAMP)
+	$(VENV)/bin/bms bench ingest --batteries 10000 --seconds 20
+
+clean:
+	rm -rf .bms-data .pytest_cache .ruff_cache .mypy_cache
