@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import psutil
 
@@ -56,6 +56,8 @@ _MOSQUITTO_FALLBACK_PATH = Path("/usr/sbin/mosquitto")
 _MQTT_MAX_PACKET_BYTES = 1024 * 1024
 # A port handed out by free_port() can be taken by someone else before the server binds it.
 _PORT_ATTEMPTS = 3
+# Each TwinShard holds a connection; shard_size=1 means one per battery (see below).
+_EMBEDDED_MAX_CONNECTIONS = 400
 _LOG_TAIL_BYTES = 4000
 
 
@@ -243,6 +245,45 @@ class _EmbeddedPostgres:
             ) from err
         info = self.server.get_postmaster_info()
         self.pid: int = info.pid
+        self._set_url(info)
+        if self.started_here:
+            self._ensure_max_connections(_EMBEDDED_MAX_CONNECTIONS)
+
+    def _ensure_max_connections(self, wanted: int) -> None:
+        """Raise max_connections (a restart, once per data directory).
+
+        Every TwinShard actor holds a connection, and ``shard_size=1`` runs one actor per
+        battery: PostgreSQL's default of 100 is too few for a few dozen batteries.
+        """
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            row = conn.execute("SHOW max_connections").fetchone()
+            if row is not None and int(row[0]) >= wanted:
+                return
+            conn.execute(f"ALTER SYSTEM SET max_connections = {int(wanted)}")
+        # The restarted postmaster inherits pg_ctl's stdout: send it to the log file, or
+        # waiting for pg_ctl's output would wait for the server to exit.
+        subprocess.run(
+            [str(self._pg_ctl), "-D", str(self.pgdata), "-l", str(self.pgdata / "log"),
+             "-w", "-m", "fast", "restart"],
+            user=self.server.system_user,
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+        info = self._postmaster_info.read_from_pgdata(self.pgdata)
+        if info is None or not info.is_running():
+            raise ServiceError(
+                f"Expected PostgreSQL in {self.pgdata} to come back after raising "
+                f"max_connections, it did not. Log tail:\n{_log_tail(self.pgdata / 'log')}"
+            )
+        self.pid = info.pid
+        self._set_url(info)
+
+    def _set_url(self, info: Any) -> None:
         if info.socket_dir is not None:
             # Unix socket only (pgserver starts postgres with -h ""): reachable from every
             # process on this machine, no TCP port to collide with.

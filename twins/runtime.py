@@ -60,19 +60,18 @@ class TwinRuntimeSpec:
 async def connect_backends(spec: TwinRuntimeSpec) -> ShardBackends:
     """Open a shard's Postgres and Redis clients (one connection per concern)."""
     stack = contextlib.AsyncExitStack()
-    history_conn = await stack.enter_async_context(open_postgres(spec.postgres_url, application_name="bms-shard-history"))
-    # Checkpoints and the directory lookup get their own connection so a multi-MB
-    # checkpoint write never queues behind (or in front of) the history COPY.
-    ckpt_conn = await stack.enter_async_context(open_postgres(spec.postgres_url, application_name="bms-shard-ckpt"))
+    # One connection per shard: with shard_size=1 there is a shard per battery, and
+    # PostgreSQL connections are the scarce resource (psycopg serialises the concerns).
+    conn = await stack.enter_async_context(open_postgres(spec.postgres_url, application_name="bms-shard"))
     redis = aioredis.Redis.from_url(spec.redis_url, decode_responses=False)
     stack.push_async_callback(redis.aclose)
     backends = ShardBackends(
-        history=TelemetryStore(history_conn),
+        history=TelemetryStore(conn),
         state=TwinStateCache(redis, key_prefix=spec.redis_prefix),
-        checkpoints=CheckpointStore(ckpt_conn),
+        checkpoints=CheckpointStore(conn),
         # Read from the table, not the directory actor: the directory awaits a new shard's
         # start, so asking it back from inside that start would deadlock.
-        assignments=DirectoryStore(ckpt_conn),
+        assignments=DirectoryStore(conn),
     )
     backends.history.aclose = stack.aclose  # type: ignore[attr-defined]
     return backends

@@ -196,17 +196,24 @@ async def _measure_bare(urls: ServiceUrls, load: _Load, n_messages: int, run: st
     return {"samples_per_s": res["samples"] / max(res["seconds"], 1e-9), "messages": res["messages"]}
 
 
-async def _wait_drained(system_ns: str, bridge_names: list[str], target: int, timeout_s: float) -> dict[str, int]:
+async def _bridge_totals(namespace: str, bridge_names: list[str]) -> dict[str, int]:
     import ray
 
+    stats = [await ray.get_actor(n, namespace=namespace).stats.remote() for n in bridge_names]
+    return {
+        "accepted_samples": sum(s.accepted_samples for s in stats),
+        "rejected_messages": sum(s.rejected_messages for s in stats),
+        "duplicate_messages": sum(s.duplicate_messages for s in stats),
+    }
+
+
+async def _wait_drained(namespace: str, bridge_names: list[str], target: int, timeout_s: float) -> dict[str, int]:
+    """Bridge totals once ``target`` samples were accepted (or at the timeout)."""
     deadline = time.time() + timeout_s
     while True:
-        stats = [await ray.get_actor(n, namespace=system_ns).stats.remote() for n in bridge_names]
-        acc = sum(s.accepted_samples for s in stats)
-        rej = sum(s.rejected_messages for s in stats)
-        dup = sum(s.duplicate_messages for s in stats)
-        if acc >= target or time.time() > deadline:
-            return {"accepted_samples": acc, "rejected_messages": rej, "duplicate_messages": dup}
+        totals = await _bridge_totals(namespace, bridge_names)
+        if totals["accepted_samples"] >= target or time.time() > deadline:
+            return totals
         await asyncio.sleep(0.1)
 
 
@@ -273,7 +280,7 @@ async def _bench(p: IngestBenchParams, system: Any, urls: ServiceUrls, run: str,
             await pub.publish(msgs)
             published += n
         await _wait_drained(system.namespace, system.bridge_names, published, 600)
-        base = await _wait_drained(system.namespace, system.bridge_names, 0, 1)
+        base = await _bridge_totals(system.namespace, system.bridge_names)
         await fleet.call_all("reset_latency")
         rss_peak = system_rss_mb(me)
 
