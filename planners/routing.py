@@ -16,6 +16,14 @@ faster.
 - *Skills*: each job may only be given to the vehicles holding its skills.
 - *Locked stops* (already started): pinned at the head of their vehicle's route by fixing
   the ``next`` variables, so local search cannot move them.
+
+The search
+----------
+A first solution by the configured strategy (parallel cheapest insertion by default),
+then either one of OR-Tools' metaheuristics (guided local search by default) or OR-Tools'
+iterated local search (ruin and recreate), until the time or solution limit. A warm start
+reads the given routes into an assignment and improves it; what the routes leave out is
+inserted first.
 """
 
 from __future__ import annotations
@@ -29,12 +37,12 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 
 import numpy as np
-from ortools.constraint_solver import pywrapcp, routing_enums_pb2
+from ortools.constraint_solver import pywrapcp, routing_enums_pb2, routing_ils_pb2
 
 from planners.errors import NoSolutionError, ProblemError, WarmStartWarning
 from planners.plan import Plan, Route, Stop
 from planners.problem import RoutingProblem
-from planners.routing_params import RoutingParams
+from planners.routing_params import ITERATED_LOCAL_SEARCH, RoutingParams
 
 __all__ = ["solve", "solve_async"]
 
@@ -48,6 +56,8 @@ class _Model:
         self.problem = problem
         # Optional jobs no vehicle can serve: deactivated once the model is closed.
         self._forced_out: list[int] = []
+        # Jobs only some vehicles may serve (skills), by OR-Tools index.
+        self._restricted: dict[int, tuple[int, ...]] = {}
         jobs, vehicles = problem.jobs, problem.vehicles
         num_jobs = len(jobs)
 
@@ -95,12 +105,14 @@ class _Model:
             routing.SetFixedCostOfVehicle(v.fixed_cost + vehicle_cost, k)
             self.time.CumulVar(routing.Start(k)).SetRange(v.shift_start_s, v.shift_end_s)
             self.time.CumulVar(routing.End(k)).SetRange(v.shift_start_s, v.shift_end_s)
-            # Leave as late and return as early as the plan allows, so reported shifts are
-            # tight instead of whatever value propagation happened to leave.
-            routing.AddVariableMaximizedByFinalizer(self.time.CumulVar(routing.Start(k)))
+        # Finalizers run in the order added: first finish each route as early as possible,
+        # then leave as late as that allows, so reported schedules are tight instead of
+        # whatever values propagation happened to leave.
+        for k in range(len(vehicles)):
             routing.AddVariableMinimizedByFinalizer(self.time.CumulVar(routing.End(k)))
+        for k in range(len(vehicles)):
+            routing.AddVariableMaximizedByFinalizer(self.time.CumulVar(routing.Start(k)))
 
-        all_vehicles = len(vehicles)
         for j, job in enumerate(jobs):
             index = self.manager.NodeToIndex(j)
             latest = horizon if job.latest_s is None else min(job.latest_s, horizon)
@@ -113,8 +125,8 @@ class _Model:
             able = problem.eligible_vehicles(j)
             if not able:
                 self._unservable(j, "no vehicle has its skills")
-            elif len(able) < all_vehicles:
-                routing.SetAllowedVehiclesForIndex(list(able), index)
+            elif len(able) < len(vehicles):
+                self._restricted[index] = able
 
     def _unservable(self, j: int, why: str) -> None:
         if self.problem.jobs[j].mandatory:
@@ -137,6 +149,9 @@ class _Model:
         self.routing.CloseModelWithParameters(search)
         for j in self._forced_out:
             self.routing.ActiveVar(self.manager.NodeToIndex(j)).SetValue(0)
+        for index, able in self._restricted.items():
+            # -1 is the vehicle of an unperformed visit; keeping it lets optional jobs drop.
+            self.routing.VehicleVar(index).SetValues([-1, *able])
 
     def lock(self, locked: Mapping[int, Sequence[int]]) -> None:
         """Pin ``locked[k]`` at the head of vehicle ``k``'s route, in order."""
@@ -206,15 +221,56 @@ def _search_parameters(params: RoutingParams) -> pywrapcp.RoutingSearchParameter
     search.first_solution_strategy = routing_enums_pb2.FirstSolutionStrategy.Value.Value(
         params.first_solution_strategy
     )
-    search.local_search_metaheuristic = routing_enums_pb2.LocalSearchMetaheuristic.Value.Value(
-        params.local_search_metaheuristic
-    )
+    if params.local_search_metaheuristic == ITERATED_LOCAL_SEARCH:
+        _use_iterated_local_search(search)
+    else:
+        search.local_search_metaheuristic = (
+            routing_enums_pb2.LocalSearchMetaheuristic.Value.Value(params.local_search_metaheuristic)
+        )
     search.guided_local_search_lambda_coefficient = params.guided_local_search_lambda_coefficient
     search.time_limit.FromMilliseconds(max(1, round(params.time_limit_s * 1000)))
     if params.solution_limit is not None:
         search.solution_limit = params.solution_limit
     search.log_search = params.log_search
     return search
+
+
+def _use_iterated_local_search(search: pywrapcp.RoutingSearchParameters) -> None:
+    search.use_iterated_local_search = True
+    # Between perturbations only a descent: a metaheuristic there would never hand back.
+    search.local_search_metaheuristic = routing_enums_pb2.LocalSearchMetaheuristic.GREEDY_DESCENT
+    ils = search.iterated_local_search_parameters
+    ils.perturbation_strategy = routing_ils_pb2.PerturbationStrategy.RUIN_AND_RECREATE
+    ils.improve_perturbed_solution = True
+    ruin_recreate = ils.ruin_recreate_parameters
+    del ruin_recreate.ruin_strategies[:]
+    # SISR with the settings of Christiaens & Vanden Berghe (2020): strings of up to 10
+    # visits, 10 removed on average, rare bypasses.
+    sisr = ruin_recreate.ruin_strategies.add().sisr
+    sisr.max_removed_sequence_size = 10
+    sisr.avg_num_removed_visits = 10
+    sisr.bypass_factor = 0.01
+    # Parallel cheapest insertion recreates markedly better than the default local
+    # cheapest insertion on tight windows (Solomon RC101 at 10 s: +1.7 % against +2.2 to
+    # +4.0 % over three runs).
+    ruin_recreate.recreate_strategy.heuristic = (
+        routing_enums_pb2.FirstSolutionStrategy.PARALLEL_CHEAPEST_INSERTION
+    )
+    annealing = ils.reference_solution_acceptance_strategy.simulated_annealing
+    annealing.cooling_schedule_strategy = routing_ils_pb2.CoolingScheduleStrategy.EXPONENTIAL
+    annealing.automatic_temperatures = True
+    ils.best_solution_acceptance_strategy.greedy_descent.SetInParent()
+
+
+def _guided(search: pywrapcp.RoutingSearchParameters) -> pywrapcp.RoutingSearchParameters:
+    """``search`` with guided local search instead of iterated local search."""
+    guided = pywrapcp.DefaultRoutingSearchParameters()
+    guided.CopyFrom(search)
+    guided.use_iterated_local_search = False
+    guided.local_search_metaheuristic = (
+        routing_enums_pb2.LocalSearchMetaheuristic.GUIDED_LOCAL_SEARCH
+    )
+    return guided
 
 
 def _check_job_lists(
@@ -282,9 +338,10 @@ def solve(
 
     Notes
     -----
-    Guided local search stopped by a time limit is not deterministic: how far it gets
-    depends on the machine and its load. For reproducible plans set
-    ``params.solution_limit`` with a generous ``time_limit_s``.
+    A search stopped by its time limit is not deterministic: how far it gets depends on
+    the machine and its load (iterated local search draws from a fixed-seed generator, so
+    it too repeats only if it runs the same number of iterations). For reproducible plans
+    set ``params.solution_limit`` with a generous ``time_limit_s``.
 
     OR-Tools holds the GIL for the whole search; call :func:`solve_async` from async code.
     """
@@ -315,8 +372,13 @@ def solve(
     solution = None
     warm = False
     if initial_routes is not None:
-        solution, warm = _solve_warm(model, search, initial_routes)
-    if solution is None:
+        # OR-Tools' iterated local search cannot start from given routes: improve them
+        # with guided local search instead.
+        warm_search = _guided(search) if search.use_iterated_local_search else search
+        solution, warm = _solve_warm(model, warm_search, initial_routes)
+    if solution is None and search.use_iterated_local_search:
+        solution = model.routing.SolveWithIteratedLocalSearch(search)
+    elif solution is None:
         solution = model.routing.SolveWithParameters(search)
     elapsed = time.perf_counter() - started
     if solution is None:

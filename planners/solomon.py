@@ -30,6 +30,7 @@ coordinates, sharing no code with the routing model.
 from __future__ import annotations
 
 import csv
+import itertools
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -265,7 +266,7 @@ def total_distance(
     for route in routes:
         if route:
             path = [0, *route, 0]
-            total += float(sum(travel[a, b] for a, b in zip(path, path[1:], strict=False)))
+            total += float(sum(travel[a, b] for a, b in itertools.pairwise(path)))
     return total
 
 

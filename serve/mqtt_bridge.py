@@ -93,6 +93,7 @@ class BridgeStats:
     accepted_samples: int
     applied_samples: int
     late_samples: int
+    duplicate_samples: int
     duplicate_messages: int
     rejected_messages: int
     rejected_by_reason: dict[str, int]
@@ -191,7 +192,7 @@ class MqttBridge:
         c = self._counts
         c["received_messages"] += len(raws)
         c["accepted_messages"] += batch.n_messages - counts.get("duplicate_messages", 0)
-        for k in ("accepted_samples", "applied_samples", "late_samples", "duplicate_messages"):
+        for k in ("accepted_samples", "applied_samples", "late_samples", "duplicate_samples", "duplicate_messages"):
             c[k] += counts.get(k, 0)
         c["rejected_messages"] += len(letters)
         c["batches"] += 1
@@ -318,6 +319,7 @@ class MqttBridge:
             accepted_samples=c["accepted_samples"],
             applied_samples=c["applied_samples"],
             late_samples=c["late_samples"],
+            duplicate_samples=c["duplicate_samples"],
             duplicate_messages=c["duplicate_messages"],
             rejected_messages=c["rejected_messages"],
             rejected_by_reason=dict(self._rejected),

@@ -98,7 +98,7 @@ class _Load:
         self.vehicles = [f"bv{run}-{i:06d}" for i in range(n)]
         self.batteries = [f"bb{run}-{i:06d}" for i in range(n)]
         self.seq = np.zeros(n, dtype=np.int64)
-        self.last_ts = np.zeros(n)
+        self.last_ms = np.zeros(n, dtype=np.int64)
         self.m = m
         self.rng = np.random.default_rng(seed)
         self.soc = self.rng.uniform(40, 95, n)
@@ -113,11 +113,14 @@ class _Load:
         n = k * m
         v = np.empty((n, len(SAMPLE_COLUMNS)))
         c = self.col
-        offs = np.linspace(-span_s, 0.0, m) if m > 1 else np.zeros(1)
-        ts = now_s + np.tile(offs, k)
-        first = np.maximum(ts.reshape(k, m)[:, 0], self.last_ts[idx] + 1e-3)
-        ts = (first[:, None] + (offs - offs[0])[None, :]).ravel()
-        self.last_ts[idx] = ts.reshape(k, m)[:, -1]
+        # Whole milliseconds: the encoder writes ts with 3 decimals, and two samples of one
+        # battery with the same ts are duplicates. Each message starts after the previous one.
+        step_ms = max(1, int(round(span_s * 1000 / (m - 1)))) if m > 1 else 1
+        offs_ms = np.arange(m, dtype=np.int64) * step_ms
+        start_ms = np.maximum(int(now_s * 1000) - int(offs_ms[-1]), self.last_ms[idx] + 1)
+        ts_ms = start_ms[:, None] + offs_ms[None, :]
+        ts = (ts_ms / 1000.0).ravel()
+        self.last_ms[idx] = ts_ms[:, -1]
         self.soc[idx] = np.where(self.soc[idx] < 15, 95.0, self.soc[idx] - 0.05 * m / 50)
         rep = np.repeat
         v[:, c["ts"]] = ts
@@ -204,6 +207,7 @@ async def _bridge_totals(namespace: str, bridge_names: list[str]) -> dict[str, i
         "accepted_samples": sum(s.accepted_samples for s in stats),
         "rejected_messages": sum(s.rejected_messages for s in stats),
         "duplicate_messages": sum(s.duplicate_messages for s in stats),
+        "duplicate_samples": sum(s.duplicate_samples for s in stats),
     }
 
 
@@ -294,7 +298,9 @@ async def _bench(p: IngestBenchParams, system: Any, urls: ServiceUrls, run: str,
                 k = min(p.chunk_messages, p.batteries)
                 idx = all_idx[(cursor + np.arange(k)) % p.batteries]
                 cursor = (cursor + k) % p.batteries
-                msgs, n = load.messages(idx, time.time(), 0.01 * (p.samples_per_message - 1))
+                # 1 ms between samples: as fast as it publishes, a battery's clock must not
+                # run far ahead of real time (the bridge rejects future timestamps).
+                msgs, n = load.messages(idx, time.time(), 1e-3 * (p.samples_per_message - 1))
                 while len(inflight) >= 4:
                     done, inflight = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
                 task = asyncio.create_task(pub.publish(msgs))
@@ -353,6 +359,7 @@ async def _bench(p: IngestBenchParams, system: Any, urls: ServiceUrls, run: str,
         "rejected_samples": rejected + rejected_msgs * p.samples_per_message,
         "lost_samples": timed_published - accepted - rejected - rejected_msgs * p.samples_per_message,
         "duplicate_messages": end["duplicate_messages"] - base["duplicate_messages"],
+        "duplicate_samples": end["duplicate_samples"] - base["duplicate_samples"],
         "samples_per_s": round(sps, 1),
         "publish_samples_per_s": round(timed_published / max(t_published - t_start, 1e-9), 1),
         "freshness_p50_s": round(float(np.percentile(lat, 50)), 4) if lat.size else None,

@@ -1,0 +1,180 @@
+"""Run `bms bench route` over a folder of instances and summarise the gaps by class.
+
+Instances run one after another in this process (a parallel run would measure a machine
+shared with itself). Each result is appended to a JSON-lines file as soon as it exists, so
+an interrupted run resumes where it stopped; the markdown table is rebuilt from that file::
+
+    .venv/bin/python -m bms.bench.route_table ../shared/data/solomon/txt \\
+        --time-limit 30 --objective distance \\
+        --out route_table.jsonl --table route_table.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import traceback
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bms.bench.route import main_route
+
+__all__ = ["instance_class", "main", "markdown_table", "run_table"]
+
+_CLASS = re.compile(r"^(RC|R|C)([12])", re.IGNORECASE)
+
+
+def instance_class(name: str) -> str:
+    """Solomon class of an instance name: ``"RC101"`` and ``"rc1_2_1"`` are both ``"RC1"``."""
+    match = _CLASS.match(name)
+    return (match.group(1) + match.group(2)).upper() if match else "other"
+
+
+def _done(out: Path, time_limit_s: float, objective: str) -> set[str]:
+    if not out.is_file():
+        return set()
+    done = set()
+    for line in out.read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if row.get("time_limit_s") == time_limit_s and row.get("objective") == objective:
+            done.add(row["file"])
+    return done
+
+
+def run_table(
+    directory: Path,
+    time_limit_s: float,
+    objective: str,
+    out: Path,
+    *,
+    pattern: str = "*.txt",
+    resume: bool = True,
+) -> list[dict[str, Any]]:
+    """Solve every instance of ``directory`` in name order, appending one JSON line each to ``out``.
+
+    Parameters
+    ----------
+    directory
+        Folder of Solomon-format files.
+    time_limit_s, objective
+        As for :func:`bms.bench.route.main_route`.
+    out
+        JSON-lines file; created if missing, appended to otherwise.
+    pattern
+        Glob selecting the instance files.
+    resume
+        Skip files that ``out`` already holds for this time limit and objective.
+
+    Returns
+    -------
+    list of dict
+        Every row of ``out`` for this time limit and objective, old and new.
+    """
+    files = sorted(directory.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"Expected instance files matching {pattern!r} in {directory}, got none.")
+    skip = _done(out, time_limit_s, objective) if resume else set()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        if path.name in skip:
+            continue
+        try:
+            row = main_route(path, time_limit_s, objective)
+        except Exception as err:  # one bad instance must not lose the rest of a long run
+            traceback.print_exc()
+            row = {"instance": path.stem, "objective": objective, "error": f"{type(err).__name__}: {err}"}
+        row = {"file": path.name, "time_limit_s": time_limit_s, **row}
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+    return [
+        json.loads(line)
+        for line in out.read_text().splitlines()
+        if line.strip()
+        and json.loads(line).get("time_limit_s") == time_limit_s
+        and json.loads(line).get("objective") == objective
+    ]
+
+
+def _mean(values: Iterable[float]) -> str:
+    values = list(values)
+    return f"{statistics.fmean(values):.2f}" if values else "-"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Per class and size: feasibility, vehicles against BKS, and mean and max gap.
+
+    ``gap %`` is over the BKS distance of the run's objective; ``at BKS veh.`` counts
+    instances solved with no more vehicles than the BKS.
+    """
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        key = (instance_class(str(row.get("instance", ""))), int(row.get("customers", 0)))
+        groups.setdefault(key, []).append(row)
+    header = (
+        "| class | customers | instances | feasible | vehicles | BKS vehicles | at BKS veh. "
+        "| mean gap % | max gap % | mean time s |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [header]
+
+    def line(label: str, customers: str, group: list[dict[str, Any]]) -> str:
+        ok = [r for r in group if "error" not in r]
+        with_bks = [r for r in ok if "gap_pct" in r]
+        gaps = [r["gap_pct"] for r in with_bks]
+        cells = [
+            label,
+            customers,
+            str(len(group)),
+            str(sum(bool(r["feasible"]) for r in ok)),
+            _mean(r["vehicles"] for r in ok),
+            _mean(r["bks_vehicles"] for r in with_bks),
+            f"{sum(r['vehicles'] <= r['bks_vehicles'] for r in with_bks)}/{len(with_bks)}"
+            if with_bks
+            else "-",
+            _mean(gaps),
+            f"{max(gaps):.2f}" if gaps else "-",
+            _mean(r["time_s"] for r in ok),
+        ]
+        return "| " + " | ".join(cells) + " |"
+
+    for (label, customers), group in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        lines.append(line(label, str(customers), group))
+    lines.append(line("**all**", "", list(rows)))
+    errors = [r for r in rows if "error" in r]
+    if errors:
+        lines.append("")
+        lines.extend(f"- {r['instance']}: {r['error']}" for r in errors)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: run a folder, write the JSON lines and the markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("directory", type=Path, help="folder of Solomon-format .txt files")
+    parser.add_argument("--time-limit", type=float, default=30.0, help="search seconds per instance")
+    parser.add_argument("--objective", choices=["distance", "hierarchical"], default="distance")
+    parser.add_argument("--out", type=Path, default=Path("route_table.jsonl"), help="JSON lines")
+    parser.add_argument("--table", type=Path, default=Path("route_table.md"), help="markdown table")
+    parser.add_argument("--pattern", default="*.txt", help="glob of instance files")
+    parser.add_argument("--no-resume", action="store_true", help="rerun files already in --out")
+    args = parser.parse_args(argv)
+    rows = run_table(
+        args.directory, args.time_limit, args.objective, args.out,
+        pattern=args.pattern, resume=not args.no_resume,
+    )
+    title = f"Solomon routing, objective {args.objective}, time limit {args.time_limit:g} s\n\n"
+    table = title + markdown_table(rows)
+    args.table.write_text(table)
+    sys.stdout.write(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
