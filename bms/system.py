@@ -189,12 +189,12 @@ class FleetSystem:
                 log.exception("stopping %s", name)
         if self.with_http:
             try:
-                serve.shutdown()
+                serve.shutdown()  # type: ignore[no-untyped-call]  # ray: unannotated
             except Exception:
                 log.exception("serve shutdown")
         try:
             d = ray.get_actor(DIRECTORY_NAME, namespace=self.namespace)
-            n = ray.get(d.num_shards.remote(), timeout=10)
+            n: int = ray.get(d.num_shards.remote(), timeout=10)
             for i in range(n):
                 try:
                     s = ray.get_actor(shard_actor_name(i), namespace=self.namespace)

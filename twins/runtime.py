@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import psycopg
@@ -94,7 +94,10 @@ class _ShardActor(TwinShard):
 
 async def spawn_shard(shard_id: int, spec: TwinRuntimeSpec) -> None:
     """Start shard ``shard_id`` (or find it running) and wait until it has restored."""
-    handle = (
+    # Ray types ``.remote()`` as ``ActorHandle[T] | type[T]`` (for @ray.method-typed actors);
+    # what comes back is always a handle.
+    handle = cast(
+        "ActorHandle[Any]",
         ray.remote(_ShardActor)
         .options(
             name=shard_actor_name(shard_id),
@@ -109,7 +112,7 @@ async def spawn_shard(shard_id: int, spec: TwinRuntimeSpec) -> None:
             # two shards, and shard_size=1 must still run one actor per battery.
             num_cpus=0,
         )
-        .remote(shard_id, spec)
+        .remote(shard_id, spec),
     )
     await handle.start.remote()
 
@@ -126,9 +129,10 @@ class _DirectoryActor(ShardDirectory):
         super().__init__(spec.shard_size, spawn, store, initial_shards=spec.initial_shards)
 
 
-def start_directory(spec: TwinRuntimeSpec) -> ActorHandle:
+def start_directory(spec: TwinRuntimeSpec) -> ActorHandle[Any]:
     """The named directory actor (started detached if not running)."""
-    return (
+    return cast(
+        "ActorHandle[Any]",
         ray.remote(_DirectoryActor)
         .options(
             name=DIRECTORY_NAME,
@@ -139,7 +143,7 @@ def start_directory(spec: TwinRuntimeSpec) -> ActorHandle:
             max_task_retries=-1,
             num_cpus=0,
         )
-        .remote(spec)
+        .remote(spec),
     )
 
 
@@ -148,17 +152,17 @@ class _ShardHandles:
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
-        self._directory: ActorHandle | None = None
+        self._directory: ActorHandle[Any] | None = None
         self.shard_of: dict[str, int] = {}
-        self._handles: dict[int, ActorHandle] = {}
+        self._handles: dict[int, ActorHandle[Any]] = {}
 
     @property
-    def directory(self) -> ActorHandle:
+    def directory(self) -> ActorHandle[Any]:
         if self._directory is None:
             self._directory = ray.get_actor(DIRECTORY_NAME, namespace=self.namespace)
         return self._directory
 
-    def handle(self, shard_id: int) -> ActorHandle:
+    def handle(self, shard_id: int) -> ActorHandle[Any]:
         h = self._handles.get(shard_id)
         if h is None:
             h = ray.get_actor(shard_actor_name(shard_id), namespace=self.namespace)
@@ -180,7 +184,7 @@ class _ShardHandles:
             self.shard_of[battery_id] = shard
         return self.shard_of[battery_id]
 
-    async def all_handles(self) -> list[ActorHandle]:
+    async def all_handles(self) -> list[ActorHandle[Any]]:
         n: int = await self.directory.num_shards.remote()
         return [self.handle(i) for i in range(n)]
 
@@ -193,7 +197,7 @@ class ShardRouter:
 
     async def route(self, batch: TelemetryBatch) -> dict[str, int]:
         shards = np.asarray(await self._h.assign(batch.battery_ids), dtype=np.int64)
-        calls = []
+        calls: list[ray.ObjectRef[IngestReport]] = []
         for s in np.unique(shards).tolist():
             part = batch.select_messages(shards == s)
             calls.append(self._h.handle(s).ingest.remote(part))
@@ -229,14 +233,14 @@ class FleetClient:
         self, by: str, n: int, *, descending: bool = True, filters: Sequence[Filter] = ()
     ) -> list[TopNRow]:
         handles = await self._h.all_handles()
-        parts = await asyncio.gather(*(h.top_n.remote(by, n, descending, list(filters)) for h in handles))
+        parts: list[list[TopNRow]] = await asyncio.gather(*(h.top_n.remote(by, n, descending, list(filters)) for h in handles))
         return merge_top_n(parts, n, descending=descending)
 
     async def group_stats(
         self, group_by: str | None, fields: Sequence[str], *, filters: Sequence[Filter] = ()
     ) -> dict[str, GroupStats]:
         handles = await self._h.all_handles()
-        parts = await asyncio.gather(
+        parts: list[dict[str, GroupStats]] = await asyncio.gather(
             *(h.group_stats.remote(group_by, list(fields), list(filters)) for h in handles)
         )
         return merge_group_stats(parts)
@@ -248,7 +252,7 @@ class FleetClient:
 
     async def latencies(self) -> np.ndarray:
         handles = await self._h.all_handles()
-        parts = await asyncio.gather(*(h.latencies.remote() for h in handles))
+        parts: list[np.ndarray] = await asyncio.gather(*(h.latencies.remote() for h in handles))
         return np.concatenate(parts) if parts else np.zeros(0)
 
     async def call_all(self, method: str, *args: Any) -> list[Any]:

@@ -123,8 +123,8 @@ class TelemetryBatch:
         np.cumsum(counts, out=offsets[1:])
         sample_keep = np.repeat(keep, np.diff(self.msg_offsets))
         return TelemetryBatch(
-            battery_ids=[self.battery_ids[i] for i in idx],
-            vehicle_ids=[self.vehicle_ids[i] for i in idx],
+            battery_ids=[self.battery_ids[i] for i in idx.tolist()],
+            vehicle_ids=[self.vehicle_ids[i] for i in idx.tolist()],
             seqs=self.seqs[idx],
             msg_offsets=offsets,
             columns={k: v[sample_keep] for k, v in self.columns.items()},

@@ -157,6 +157,34 @@ class TwinTable:
         Slots allocated up front; the table doubles when full.
     """
 
+    # One array per _SCALARS row, allocated in __init__ with setattr (the table drives
+    # allocation, growth and checkpoints); declared here so the attributes are typed.
+    last_ts: npt.NDArray[np.float64]
+    first_ts: npt.NDArray[np.float64]
+    last_seq: npt.NDArray[np.int64]
+    seq_mask: npt.NDArray[np.uint64]
+    last_lat: npt.NDArray[np.float64]
+    last_lon: npt.NDArray[np.float64]
+    samples_total: npt.NDArray[np.int64]
+    ah_discharged_ah: npt.NDArray[np.float64]
+    ah_charged_ah: npt.NDArray[np.float64]
+    efc: npt.NDArray[np.float64]
+    time_hot_s: npt.NDArray[np.float64]
+    max_temp_c: npt.NDArray[np.float64]
+    rated_capacity_ah: npt.NDArray[np.float64]
+    capacity_est_ah: npt.NDArray[np.float64]
+    capacity_estimates: npt.NDArray[np.int64]
+    resistance_est_ohm: npt.NDArray[np.float64]
+    resistance_samples: npt.NDArray[np.int64]
+    cycles_completed: npt.NDArray[np.int64]
+    charging: npt.NDArray[np.bool_]
+    seg_start_soc: npt.NDArray[np.float64]
+    seg_last_soc: npt.NDArray[np.float64]
+    seg_min_soc: npt.NDArray[np.float64]
+    seg_ah: npt.NDArray[np.float64]
+    updated_at_s: npt.NDArray[np.float64]
+    lstm_steps: npt.NDArray[np.int64]
+
     def __init__(
         self,
         params: TwinTableParams = TwinTableParams(),
@@ -503,7 +531,7 @@ class TwinTable:
         """Newest value of window column ``name`` for every slot (NaN if none)."""
         n = len(self.ids)
         pos = (self.head[:n] - 1) % self.params.window_samples
-        out = self.window[np.arange(n), pos, _F[name]].astype(np.float64)
+        out: npt.NDArray[np.float64] = self.window[np.arange(n), pos, _F[name]].astype(np.float64)
         out[self.count[:n] == 0] = np.nan
         return out
 
@@ -511,7 +539,7 @@ class TwinTable:
     def to_bytes(self) -> bytes:
         """Serialise the whole table (npz) for a shard checkpoint."""
         n = len(self.ids)
-        arrays: dict[str, npt.NDArray[object]] = {
+        arrays: dict[str, npt.NDArray[np.generic]] = {
             name: getattr(self, name)[:n]
             for name in ("window", "window_ts", "head", "count", "dod_hist", "lstm_h", "lstm_c", *_SCALARS)
         }

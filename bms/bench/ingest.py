@@ -115,7 +115,7 @@ class _Load:
         c = self.col
         # Whole milliseconds: the encoder writes ts with 3 decimals, and two samples of one
         # battery with the same ts are duplicates. Each message starts after the previous one.
-        step_ms = max(1, int(round(span_s * 1000 / (m - 1)))) if m > 1 else 1
+        step_ms = max(1, round(span_s * 1000 / (m - 1))) if m > 1 else 1
         offs_ms = np.arange(m, dtype=np.int64) * step_ms
         start_ms = np.maximum(int(now_s * 1000) - int(offs_ms[-1]), self.last_ms[idx] + 1)
         ts_ms = start_ms[:, None] + offs_ms[None, :]
@@ -160,7 +160,7 @@ def _bare_subscriber(host: str, port: int, topic: str, expect_messages: int, out
             n = samples = 0
             t0 = t1 = 0.0
             async for m in c.messages:
-                doc = orjson.loads(m.payload)  # type: ignore[arg-type]
+                doc = orjson.loads(m.payload)
                 samples += len(doc["samples"])
                 n += 1
                 if n == 1:
@@ -302,7 +302,7 @@ async def _bench(p: IngestBenchParams, system: Any, urls: ServiceUrls, run: str,
                 # run far ahead of real time (the bridge rejects future timestamps).
                 msgs, n = load.messages(idx, time.time(), 1e-3 * (p.samples_per_message - 1))
                 while len(inflight) >= 4:
-                    done, inflight = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                    _, inflight = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
                 task = asyncio.create_task(pub.publish(msgs))
                 inflight.add(task)
                 timed_published += n

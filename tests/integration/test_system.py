@@ -277,11 +277,10 @@ def test_restarted_shard_restores_checkpoint_and_replays(services: ServiceHandle
 
 def test_shard_size_one_runs_one_actor_per_battery(services: ServiceHandles, ray_session: None) -> None:
     """With shard_size=1 the directory starts a separate TwinShard actor for every battery."""
+    from bms.system import run_migrations
     from twins.runtime import FleetClient, ShardRouter, TwinRuntimeSpec, start_directory
     from twins.samples import TelemetryBatch
     from twins.twin_table import TwinTableParams
-
-    from bms.system import run_migrations
 
     ns = f"{services.namespace}one"
     # A second system needs its own schema: checkpoints and assignments are per shard id.
