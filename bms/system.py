@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlparse
 
 import ray
@@ -194,7 +195,7 @@ class FleetSystem:
                 log.exception("serve shutdown")
         try:
             d = ray.get_actor(DIRECTORY_NAME, namespace=self.namespace)
-            n: int = ray.get(d.num_shards.remote(), timeout=10)
+            n = cast(int, ray.get(d.num_shards.remote(), timeout=10))
             for i in range(n):
                 try:
                     s = ray.get_actor(shard_actor_name(i), namespace=self.namespace)

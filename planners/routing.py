@@ -116,13 +116,13 @@ class _Model:
 
         for j, job in enumerate(jobs):
             index = self.manager.NodeToIndex(j)
+            if job.drop_penalty is not None:
+                routing.AddDisjunction([index], job.drop_penalty)
             latest = horizon if job.latest_s is None else min(job.latest_s, horizon)
             if job.earliest_s > latest:
                 self._unservable(j, f"its window opens at {job.earliest_s}, after every shift ends")
                 continue
             self.time.CumulVar(index).SetRange(job.earliest_s, latest)
-            if job.drop_penalty is not None:
-                routing.AddDisjunction([index], job.drop_penalty)
             able = problem.eligible_vehicles(j)
             if not able:
                 self._unservable(j, "no vehicle has its skills")
@@ -237,7 +237,6 @@ def _search_parameters(params: RoutingParams) -> pywrapcp.RoutingSearchParameter
 
 
 _SLOW_OPERATORS_FOR_ITERATED_LOCAL_SEARCH = (
-    "use_lin_kernighan",
     "use_relocate_expensive_chain",
     "use_global_cheapest_insertion_path_lns",
     "use_local_cheapest_insertion_path_lns",
@@ -271,9 +270,10 @@ def _use_iterated_local_search(search: pywrapcp.RoutingSearchParameters) -> None
         routing_enums_pb2.FirstSolutionStrategy.PARALLEL_CHEAPEST_INSERTION
     )
     # The descent after each recreate is most of an iteration's cost. These operators
-    # are the slowest and, between perturbations, the least useful: without them
-    # iterations run 4 to 7 times faster, which on Solomon R1, RC1 and C1 at 10 s
-    # brought the mean gap of five instances from +1.7 % to +1.0 %. The subtrip and
+    # are slow and, between perturbations, of little use: without them iterations run
+    # several times faster, and the mean gap of Solomon R101, R105, RC101, RC105 and C101
+    # at 10 s fell from +1.7 % to +1.0 % (R201 and RC201 improved too). Lin-Kernighan
+    # stays: dropping it as well cost R201 and RC201 one to two points. The subtrip and
     # visit-type operators serve model features this planner does not use.
     operators = search.local_search_operators
     for name in _SLOW_OPERATORS_FOR_ITERATED_LOCAL_SEARCH:

@@ -360,6 +360,9 @@ class FleetSimulator:
         """Turn the buffers that are due into messages and empty them."""
         flush = self._buffered >= self._flush_at
         flush[parked_now] = True
+        # A parked vehicle sends each (rare) sample at once, like a heartbeat: batching
+        # five of them would leave its twin minutes behind.
+        flush |= ~self._riding
         flush[swap_vehicles] = True
         flush &= self._buffered > 0
         emitters = np.flatnonzero(flush)

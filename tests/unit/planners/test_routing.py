@@ -200,3 +200,20 @@ def test_hierarchical_objective_uses_fewer_vehicles(quick: RoutingParams) -> Non
     vehicles = solve(problem, dataclasses.replace(quick, objective="hierarchical"))
     assert (distance.vehicles_used, distance.total_distance) == (2, 400)
     assert (vehicles.vehicles_used, vehicles.total_distance) == (1, 3800)
+
+
+def test_jobs_opening_after_every_shift() -> None:
+    """An optional job whose window opens after all shifts end is dropped; a mandatory one is an error."""
+    late = van(shift_end_s=100)
+    problem = line_problem([0, 1], [late], [Job(node=1, earliest_s=200, drop_penalty=5)])
+    assert solve(problem, QUICK).dropped == (0,)
+    problem = line_problem([0, 1], [late], [Job(node=1, earliest_s=200)])
+    with pytest.raises(ProblemError, match="window opens at 200, after every shift ends"):
+        solve(problem, QUICK)
+
+
+def test_a_day_without_jobs_plans_empty_routes() -> None:
+    """No jobs: every vehicle gets an empty route and nothing is dropped."""
+    plan = solve(line_problem([0], [van(), van()], []), QUICK)
+    assert [r.used for r in plan.routes] == [False, False]
+    assert (plan.dropped, plan.total_distance, plan.objective) == ((), 0, 0)
