@@ -136,6 +136,23 @@ def bench_ingest(
     sys.stdout.write(json.dumps(result) + "\n")
 
 
+@bench_app.command("route")
+def bench_route(
+    instance: Annotated[Path, typer.Option("--instance", exists=True, dir_okay=False, help="Solomon-format VRPTW file")],
+    time_limit_s: Annotated[float, typer.Option("--time-limit", min=0.001, help="Search time limit, seconds")] = 30.0,
+    objective: Annotated[str, typer.Option("--objective", help="distance (DIMACS: truncated to 0.1) or hierarchical (vehicles first, exact)")] = "distance",
+) -> None:
+    """Route a Solomon-format VRPTW instance with the planner's routing model; check it; compare with the BKS."""
+    logging.basicConfig(level=logging.WARNING)
+    from bms.bench.route import main_route
+
+    if objective not in ("distance", "hierarchical"):
+        typer.echo(f"Expected --objective distance or hierarchical, got {objective!r}.", err=True)
+        raise typer.Exit(2)
+    result = main_route(instance, time_limit_s, objective)
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
 @app.command()
 def schema(
     write: Annotated[bool, typer.Option("--write", help="Rewrite serve/schemas/*.json")] = False,

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -48,8 +48,13 @@ log = logging.getLogger(__name__)
 
 
 class Router(Protocol):
-    async def route(self, batch: TelemetryBatch) -> dict[str, int]:
-        """Deliver ``batch`` to the shards; return summed counts (accepted_samples, ...)."""
+    async def submit(self, batch: TelemetryBatch) -> Awaitable[dict[str, int]]:
+        """Hand ``batch`` to its shards and return an awaitable of the summed counts
+        (accepted_samples, ...).
+
+        Everything that fixes the order in which shards see batches happens before this
+        returns, so batches submitted one after another reach every shard in that order.
+        """
         ...
 
 
@@ -134,6 +139,7 @@ class MqttBridge:
         self._full = asyncio.Event()
         self._stop = asyncio.Event()
         self._inflight = asyncio.Semaphore(config.max_inflight_batches)
+        self._order = asyncio.Lock()  # FIFO: batches are submitted in arrival order
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: aiomqtt.Client | None = None
         self._generation = 0
@@ -176,8 +182,15 @@ class MqttBridge:
                 # Route only until it succeeded once: when only the dead-letter write failed,
                 # re-sending the batch made the shards report it as duplicates, so the stats
                 # lost its accepted messages and applied samples.
-                if counts is None:
-                    counts = await self._router.route(batch) if batch.n_messages else {}
+                if counts is None and batch.n_messages:
+                    # Submit in arrival order, collect concurrently: a batch that waits on
+                    # the directory (new batteries) must not let the next batch overtake it
+                    # at the shard, or that battery's older samples would arrive "late".
+                    async with self._order:
+                        pending = await self._router.submit(batch)
+                    counts = await pending
+                elif counts is None:
+                    counts = {}
                 if letters:
                     await self._dead_letters.record(letters)
                 break

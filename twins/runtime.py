@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -195,18 +195,32 @@ class ShardRouter:
     def __init__(self, namespace: str = "bms") -> None:
         self._h = _ShardHandles(namespace)
 
-    async def route(self, batch: TelemetryBatch) -> dict[str, int]:
+    async def submit(self, batch: TelemetryBatch) -> Awaitable[dict[str, int]]:
+        """Place the batch's batteries and send each shard its part (in call order).
+
+        Ray runs one caller's calls to an actor in submission order, so batches submitted
+        one after another reach each shard in that order. The returned awaitable gives the
+        summed :class:`IngestReport` counts.
+        """
         shards = np.asarray(await self._h.assign(batch.battery_ids), dtype=np.int64)
         calls: list[ray.ObjectRef[IngestReport]] = []
         for s in np.unique(shards).tolist():
             part = batch.select_messages(shards == s)
             calls.append(self._h.handle(s).ingest.remote(part))
+        return self._collect(calls)
+
+    @staticmethod
+    async def _collect(calls: list[ray.ObjectRef[IngestReport]]) -> dict[str, int]:
         reports: list[IngestReport] = await asyncio.gather(*calls)
         out: dict[str, int] = {}
         for r in reports:
             for k, v in r.__dict__.items():
                 out[k] = out.get(k, 0) + v
         return out
+
+    async def route(self, batch: TelemetryBatch) -> dict[str, int]:
+        """Submit and wait: the counts of one batch."""
+        return await (await self.submit(batch))
 
 
 class FleetClient:

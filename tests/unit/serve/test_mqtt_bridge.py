@@ -8,7 +8,7 @@ tuples as the MQTT reader would queue them.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,9 @@ class FakeRouter:
         self.calls = 0
         self.fail_times = fail_times
         self.duplicate_messages = duplicate_messages
+
+    async def submit(self, batch: TelemetryBatch) -> Awaitable[dict[str, int]]:
+        return self.route(batch)
 
     async def route(self, batch: TelemetryBatch) -> dict[str, int]:
         self.calls += 1
@@ -300,3 +303,37 @@ def test_fresh_bridge_stats_are_zero(router: FakeRouter, dead_letters: FakeDeadL
     """A bridge that has processed nothing reports zero counters and is not connected."""
     s = _bridge(router, dead_letters).stats()
     assert (s.received_messages, s.batches, s.rejected_by_reason, s.connected) == (0, 0, {}, False)
+
+
+class _SlowFirstRouter:
+    """Placement of the first batch is slow (new batteries wait on the directory)."""
+
+    def __init__(self) -> None:
+        self.submitted: list[list[str]] = []
+        self.calls = 0
+
+    async def submit(self, batch: TelemetryBatch) -> Awaitable[dict[str, int]]:
+        import asyncio
+
+        self.calls += 1
+        if self.calls == 1:
+            await asyncio.sleep(0.05)
+        self.submitted.append(list(batch.battery_ids))
+
+        async def done() -> dict[str, int]:
+            return {"accepted_samples": batch.n_samples}
+
+        return done()
+
+
+async def test_batches_reach_the_router_in_arrival_order(dead_letters: FakeDeadLetters) -> None:
+    """A batch whose placement is slow is not overtaken by the next one: shards must see a
+    battery's messages in order, or its older samples would be taken as late."""
+    import asyncio
+
+    router = _SlowFirstRouter()
+    bridge = MqttBridge(BridgeConfig(host="127.0.0.1", port=1), router, dead_letters, clock=ManualClock(NOW_S))
+    first = asyncio.create_task(bridge.process([_raw(_payload("b-1"), 1.0, mid=1)]))
+    second = asyncio.create_task(bridge.process([_raw(_payload("b-2"), 2.0, mid=2)]))
+    await asyncio.gather(first, second)
+    assert router.submitted == [["b-1"], ["b-2"]]
