@@ -105,8 +105,11 @@ def test_telemetry_reaches_twin_history_and_redis(services: ServiceHandles, api:
     assert twin["lat"] == pytest.approx(52.52)
     assert twin["ah_discharged_ah"] > 0
 
-    hist = api.get(f"/api/v1/batteries/{battery}/telemetry", params={"from": now - 60, "to": now + 60}).json()
-    assert hist["count"] == 15
+    # The twin shows samples as soon as they are applied; their COPY commits just after.
+    hist = _wait(
+        lambda: (h := api.get(f"/api/v1/batteries/{battery}/telemetry", params={"from": now - 60, "to": now + 60}).json())["count"] == 15 and h,
+        10, "15 history rows",
+    )
     assert hist["columns"]["ts"] == sorted(hist["columns"]["ts"])
     window = api.get(f"/api/v1/batteries/{battery}/window").json()["samples"]
     assert len(window["ts"]) == 15
