@@ -185,9 +185,15 @@ def migrate(config: ConfigOpt = None) -> None:
     from bms.services import EmbeddedServices
     from bms.system import run_migrations
 
+    import psycopg
+
     settings = _settings(config)
     with EmbeddedServices(settings) as services:
-        applied = asyncio.run(run_migrations(services.urls.postgres_url))
+        try:
+            applied = asyncio.run(run_migrations(services.urls.postgres_url))
+        except psycopg.Error as err:
+            typer.echo(f"Migrations failed: {err}".strip(), err=True)
+            raise typer.Exit(1) from None
     typer.echo(f"applied: {applied or 'nothing (up to date)'}")
 
 
