@@ -201,7 +201,9 @@ def test_every_bad_input_class_is_dead_lettered(services: ServiceHandles, api: h
     assert any("expected" in r["detail"] or "Input should" in r["detail"] for r in recent)
     with psycopg.connect(services.urls.postgres_url) as conn:
         rows = conn.execute("SELECT reason, count(*) FROM dead_letters WHERE topic = %s GROUP BY reason", (t,)).fetchall()
+        everything = conn.execute("SELECT topic, reason, count(*) FROM dead_letters GROUP BY 1, 2").fetchall()
     got = dict(rows)
+    assert got, f"no dead letters stored for {t}; table holds {everything}"
     assert got.get("malformed_json") == 1 and got.get("out_of_range") == 3 and got.get("non_finite") == 2
 
 
