@@ -182,10 +182,10 @@ def schema(
 @app.command()
 def migrate(config: ConfigOpt = None) -> None:
     """Apply pending PostgreSQL migrations (BMS_POSTGRES_URL, or the embedded server)."""
+    import psycopg
+
     from bms.services import EmbeddedServices
     from bms.system import run_migrations
-
-    import psycopg
 
     settings = _settings(config)
     with EmbeddedServices(settings) as services:
