@@ -195,18 +195,18 @@ class FleetSystem:
                 log.exception("serve shutdown")
         try:
             d = ray.get_actor(DIRECTORY_NAME, namespace=self.namespace)
-            n = cast(int, ray.get(d.num_shards.remote(), timeout=10))
-            for i in range(n):
-                try:
-                    s = ray.get_actor(shard_actor_name(i), namespace=self.namespace)
-                    try:
-                        ray.get(s.checkpoint.remote(), timeout=30)
-                    except Exception:
-                        log.exception("final checkpoint of shard %d", i)
-                    ray.kill(s, no_restart=True)
-                except ValueError:
-                    pass  # never started
-            ray.kill(d, no_restart=True)
         except ValueError:
-            pass  # no directory: nothing was started
+            return  # no directory: no shard was started either
+        n = cast(int, ray.get(d.num_shards.remote(), timeout=10))
+        for i in range(n):
+            try:
+                s = ray.get_actor(shard_actor_name(i), namespace=self.namespace)
+            except ValueError:
+                continue  # this shard never started
+            try:
+                ray.get(s.checkpoint.remote(), timeout=30)
+            except Exception:
+                log.exception("final checkpoint of shard %d", i)
+            ray.kill(s, no_restart=True)
+        ray.kill(d, no_restart=True)
         time.sleep(0.2)

@@ -16,6 +16,7 @@ Routes (all JSON)::
 
 
 import math
+import re
 import time
 from datetime import datetime
 from importlib import resources
@@ -56,13 +57,14 @@ class IngressConfig(BaseModel):
     max_history_rows: int = Field(10_000, ge=1, le=1_000_000)
 
 
+_NUMBER_RE = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
 def _parse_time(value: str | None, name: str) -> float | None:
     if value is None or value == "":
         return None
-    try:
+    if _NUMBER_RE.fullmatch(value):
         return float(value)
-    except ValueError:
-        pass
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
