@@ -217,25 +217,30 @@ class TwinShard:
         ]
 
     async def _restore(self) -> None:
+        """Rebuild the table from the latest checkpoint plus history written after it.
+
+        The new table is built aside and swapped in at the end, so no read, flush or
+        checkpoint ever sees a half-restored table.
+        """
         assert self._backends is not None
         saved = await self._backends.checkpoints.load(self.shard_id)
         since = -np.inf
-        self.table = TwinTable(self.params, self.clock)
+        table = TwinTable(self.params, self.clock)
         if saved is not None:
             payload, taken_at_s = saved
-            self.table = TwinTable.from_bytes(payload, self.params, self.clock)
+            table = TwinTable.from_bytes(payload, self.params, self.clock)
             self._restored = True
             # Margin: the store stamps writes with its own clock, which may differ a little.
             since = taken_at_s - _REPLAY_MARGIN_S
         assigned = await self._backends.assignments.batteries_of(self.shard_id)
-        ids = sorted(set(assigned) | set(self.table.ids))
-        if not ids:
-            return
-        batch = await self._backends.history.replay(ids, float(since))
-        if batch.n_messages:
-            res = self.table.apply(batch)
-            self._counters["replayed_samples"] += res.applied_samples
-            log.info("shard %d replayed %d samples after restore", self.shard_id, res.applied_samples)
+        ids = sorted(set(assigned) | set(table.ids))
+        if ids:
+            batch = await self._backends.history.replay(ids, float(since))
+            if batch.n_messages:
+                res = table.apply(batch)
+                self._counters["replayed_samples"] += res.applied_samples
+                log.info("shard %d replayed %d samples after restore", self.shard_id, res.applied_samples)
+        self.table = table
 
     async def _every(self, period_s: float, fn: Callable[[], Awaitable[Any]]) -> None:
         while True:
@@ -388,7 +393,10 @@ class TwinShard:
     async def checkpoint(self) -> int:
         """Save the whole table; returns bytes written."""
         await self.start()
-        assert self._backends is not None
+        assert self._backends is not None and self._healthy is not None
+        # Never checkpoint a table that is being rebuilt after a failed write: it may
+        # hold samples history does not have.
+        await self._healthy.wait()
         taken_at = self.clock.now_s()
         payload = self.table.to_bytes()
         await self._backends.checkpoints.save(self.shard_id, payload, len(self.table), taken_at)
