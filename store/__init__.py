@@ -1,5 +1,9 @@
-"""Persistence: Postgres for telemetry, dead letters, checkpoints and the shard directory;
-Redis for the latest twin states and the live dead-letter stream."""
+"""Persistence: Postgres for telemetry, dead letters, checkpoints, the shard directory and
+technician work orders; Redis for the latest twin states and the live dead-letter stream.
+
+``store.work_order_store`` is not re-exported here: it needs the planner's work-order model
+(and so OR-Tools), which the shards and the bridge should not load.
+"""
 
 from store.checkpoints import CheckpointStore
 from store.dead_letters import DeadLetter, DeadLetterStore

@@ -1,0 +1,234 @@
+"""Technician work orders in Postgres, each change a timestamped, attributed event."""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from planners.work_orders import (
+    SwapRecord,
+    WorkOrder,
+    WorkOrderKind,
+    WorkOrderState,
+    check_change,
+)
+from store.postgres import require_autocommit
+
+__all__ = ["WorkOrderStore"]
+
+_COLUMNS = (
+    "id, kind, state, vehicle_id, battery_id, lat, lon, priority, value, technician_id,"
+    " extract(epoch FROM created_at)::float8 AS created_at_s,"
+    " extract(epoch FROM updated_at)::float8 AS updated_at_s"
+)
+
+_INSERT = f"""
+INSERT INTO work_orders (kind, state, vehicle_id, battery_id, lat, lon, priority, value)
+VALUES (%s, 'planned', %s, %s, %s, %s, %s, %s)
+RETURNING {_COLUMNS}
+"""
+
+_SELECT_ONE = f"SELECT {_COLUMNS} FROM work_orders WHERE id = %s"
+
+_UPDATE = f"""
+UPDATE work_orders SET state = %s, technician_id = %s, updated_at = now()
+WHERE id = %s
+RETURNING {_COLUMNS}
+"""
+
+_INSERT_EVENT = """
+INSERT INTO work_order_events (work_order_id, from_state, to_state, actor, technician_id,
+                               note, swap_vehicle_id, swap_battery_out, swap_battery_in)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+"""
+
+_HISTORY = """
+SELECT id, work_order_id, extract(epoch FROM at)::float8 AS at_s, from_state, to_state, actor,
+       technician_id, note, swap_vehicle_id, swap_battery_out, swap_battery_in
+FROM work_order_events WHERE work_order_id = %s ORDER BY id
+"""
+
+
+def _order(row: dict[str, Any]) -> WorkOrder:
+    return WorkOrder(
+        id=row["id"],
+        kind=WorkOrderKind(row["kind"]),
+        state=WorkOrderState(row["state"]),
+        vehicle_id=row["vehicle_id"],
+        battery_id=row["battery_id"],
+        lat=row["lat"],
+        lon=row["lon"],
+        priority=row["priority"],
+        value=row["value"],
+        created_at_s=row["created_at_s"],
+        technician_id=row["technician_id"],
+        updated_at_s=row["updated_at_s"],
+    )
+
+
+def _require_actor(actor: str) -> None:
+    if not actor.strip():
+        raise ValueError(f"Expected a non-empty actor to attribute the change to, got {actor!r}.")
+
+
+class WorkOrderStore:
+    """Work orders in ``work_orders``, their history in ``work_order_events``.
+
+    Every change runs in one transaction that locks the order's row (``SELECT ... FOR
+    UPDATE``), checks the move with :func:`planners.work_orders.check_change`, updates the row
+    and appends one event; two changes to one order therefore serialise, and the second is
+    checked against the state the first left.
+
+    Parameters
+    ----------
+    conn
+        An autocommit Postgres connection with the migrations applied. Use one connection
+        per concurrent task: psycopg runs one transaction at a time on a connection.
+    """
+
+    def __init__(self, conn: psycopg.AsyncConnection) -> None:
+        require_autocommit(conn, "WorkOrderStore")
+        self._conn = conn
+
+    async def create(
+        self,
+        kind: WorkOrderKind,
+        vehicle_id: str,
+        battery_id: str,
+        lat: float,
+        lon: float,
+        priority: float,
+        value: float,
+        actor: str,
+    ) -> WorkOrder:
+        """Create a ``planned`` work order and record its creation by ``actor``."""
+        _require_actor(actor)
+        kind = WorkOrderKind(kind)
+        async with self._conn.transaction(), self._conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                _INSERT, (kind.value, vehicle_id, battery_id, lat, lon, priority, value)
+            )
+            row = await cur.fetchone()
+            assert row is not None  # INSERT ... RETURNING always returns the row
+            order = _order(row)
+            await cur.execute(
+                _INSERT_EVENT,
+                (order.id, None, order.state.value, actor, None, None, None, None, None),
+            )
+        return order
+
+    async def transition(
+        self,
+        order_id: int,
+        new_state: WorkOrderState,
+        actor: str,
+        *,
+        technician_id: str | None = None,
+        swap: SwapRecord | None = None,
+        note: str | None = None,
+    ) -> WorkOrder:
+        """Move an order to ``new_state`` and record the change, atomically.
+
+        Parameters
+        ----------
+        order_id
+            The order to change.
+        new_state
+            Where it goes; see :data:`planners.work_orders.ALLOWED_TRANSITIONS`.
+        actor
+            Who made the change (a technician, a planner run, an operator).
+        technician_id
+            Required when assigning, forbidden otherwise. Re-planning (``assigned ->
+            planned``) clears it; other moves keep it.
+        swap
+            Required when a battery swap or replacement goes to ``done``, forbidden otherwise.
+        note
+            Free text kept with the event.
+
+        Raises
+        ------
+        KeyError
+            No order has ``order_id``.
+        planners.work_orders.WorkOrderError
+            The change is not allowed; nothing is written.
+        """
+        _require_actor(actor)
+        new_state = WorkOrderState(new_state)
+        async with self._conn.transaction(), self._conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(_SELECT_ONE + " FOR UPDATE", (order_id,))
+            row = await cur.fetchone()
+            if row is None:
+                raise KeyError(f"No work order with id {order_id}.")
+            order = _order(row)
+            check_change(order, new_state, technician_id=technician_id, swap=swap)
+            if new_state is WorkOrderState.ASSIGNED:
+                technician = technician_id
+            elif new_state is WorkOrderState.PLANNED:
+                technician = None
+            else:
+                technician = order.technician_id
+            await cur.execute(_UPDATE, (new_state.value, technician, order_id))
+            updated = await cur.fetchone()
+            assert updated is not None  # the row is locked by this transaction
+            await cur.execute(
+                _INSERT_EVENT,
+                (
+                    order_id,
+                    order.state.value,
+                    new_state.value,
+                    actor,
+                    technician,
+                    note,
+                    swap.vehicle_id if swap else None,
+                    swap.battery_out_id if swap else None,
+                    swap.battery_in_id if swap else None,
+                ),
+            )
+        return _order(updated)
+
+    async def get(self, order_id: int) -> WorkOrder:
+        """The order with ``order_id``; :class:`KeyError` when there is none."""
+        async with self._conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(_SELECT_ONE, (order_id,))
+            row = await cur.fetchone()
+        if row is None:
+            raise KeyError(f"No work order with id {order_id}.")
+        return _order(row)
+
+    async def list(
+        self, state: WorkOrderState | None = None, limit: int = 100
+    ) -> builtins.list[WorkOrder]:
+        """Up to ``limit`` orders, in the given ``state`` if any, oldest first."""
+        if limit <= 0:
+            raise ValueError(f"Expected limit > 0, got {limit}.")
+        async with self._conn.cursor(row_factory=dict_row) as cur:
+            if state is None:
+                await cur.execute(
+                    f"SELECT {_COLUMNS} FROM work_orders ORDER BY id LIMIT %s", (limit,)
+                )
+            else:
+                await cur.execute(
+                    f"SELECT {_COLUMNS} FROM work_orders WHERE state = %s ORDER BY id LIMIT %s",
+                    (WorkOrderState(state).value, limit),
+                )
+            rows = await cur.fetchall()
+        return [_order(row) for row in rows]
+
+    async def history(self, order_id: int) -> builtins.list[dict[str, Any]]:
+        """Every event of an order, oldest first, as dicts keyed by column.
+
+        Keys: ``id``, ``work_order_id``, ``at_s`` (Unix time), ``from_state`` (``None`` for
+        creation), ``to_state``, ``actor``, ``technician_id``, ``note``, ``swap_vehicle_id``,
+        ``swap_battery_out``, ``swap_battery_in``. :class:`KeyError` for an unknown order.
+        """
+        async with self._conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(_HISTORY, (order_id,))
+            rows = await cur.fetchall()
+            if not rows:
+                await cur.execute("SELECT 1 FROM work_orders WHERE id = %s", (order_id,))
+                if await cur.fetchone() is None:
+                    raise KeyError(f"No work order with id {order_id}.")
+        return rows
