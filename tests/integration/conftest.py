@@ -16,7 +16,7 @@ import os
 import socket
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from psycopg.conninfo import make_conninfo
 
 from bms.services import EmbeddedServices, ServiceUrls, reachable
 from bms.settings import Settings
+from store import apply_migrations, open_postgres
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
@@ -105,6 +106,28 @@ def services() -> Iterator[ServiceHandles]:
             embedded.stop()
         if tmp is not None:
             tmp.cleanup()
+
+
+@pytest.fixture
+def schema_url(services: ServiceHandles) -> Iterator[str]:
+    """A conninfo whose search_path is a fresh, empty schema; the schema is dropped after."""
+    admin_url = services.postgres_admin_url
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        yield make_conninfo(admin_url, options=f"-c search_path={schema}")
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture
+async def conn(schema_url: str) -> AsyncIterator[psycopg.AsyncConnection]:
+    """An autocommit connection to the fresh schema, with every migration applied."""
+    async with open_postgres(schema_url) as conn:
+        await apply_migrations(conn)
+        yield conn
 
 
 def free_port() -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import numpy as np
@@ -16,7 +16,6 @@ import psycopg
 import pytest
 import redis.asyncio as aioredis
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from store import (
     CheckpointStore,
@@ -43,28 +42,6 @@ DAY_S = 86_400.0
 
 
 # -- fixtures -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def schema_url(services: ServiceHandles) -> Iterator[str]:
-    """A conninfo whose search_path is a fresh, empty schema; the schema is dropped after."""
-    admin_url = services.postgres_admin_url
-    schema = f"test_store_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
-        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    try:
-        yield make_conninfo(admin_url, options=f"-c search_path={schema}")
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-
-
-@pytest.fixture
-async def conn(schema_url: str) -> AsyncIterator[psycopg.AsyncConnection]:
-    """An autocommit connection to the fresh schema, with every migration applied."""
-    async with open_postgres(schema_url) as conn:
-        await apply_migrations(conn)
-        yield conn
 
 
 @pytest.fixture

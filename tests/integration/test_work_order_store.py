@@ -6,13 +6,9 @@ Every test gets its own Postgres schema with the migrations applied, dropped aft
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Iterator
 
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from planners.work_orders import (
     InvalidTransition,
@@ -21,36 +17,12 @@ from planners.work_orders import (
     WorkOrderKind,
     WorkOrderState,
 )
-from store import StoreUsageError, apply_migrations, open_postgres
+from store import StoreUsageError, open_postgres
 from store.work_order_store import WorkOrderStore
-
-from .conftest import ServiceHandles
 
 pytestmark = pytest.mark.integration
 
 S = WorkOrderState
-
-
-@pytest.fixture
-def schema_url(services: ServiceHandles) -> Iterator[str]:
-    """A conninfo whose search_path is a fresh, empty schema; the schema is dropped after."""
-    admin_url = services.postgres_admin_url
-    schema = f"test_wo_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
-        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    try:
-        yield make_conninfo(admin_url, options=f"-c search_path={schema}")
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-
-
-@pytest.fixture
-async def conn(schema_url: str) -> AsyncIterator[psycopg.AsyncConnection]:
-    """An autocommit connection to the fresh schema, with every migration applied."""
-    async with open_postgres(schema_url) as conn:
-        await apply_migrations(conn)
-        yield conn
 
 
 async def new_swap(store: WorkOrderStore) -> int:
