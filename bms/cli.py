@@ -153,6 +153,22 @@ def bench_route(
     sys.stdout.write(json.dumps(result) + "\n")
 
 
+@bench_app.command("plan")
+def bench_plan(
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Candidate jobs (80 % swaps, 10 % replacements, 10 % inspections)")] = 1000,
+    technicians: Annotated[int, typer.Option("--technicians", min=1, help="Technicians (8-hour shifts from 07:00 or 09:00)")] = 20,
+    van_capacity: Annotated[int, typer.Option("--van-capacity", min=0, help="Charged batteries per van")] = 30,
+    time_limit_s: Annotated[float, typer.Option("--time-limit", min=0.001, help="Search time limit, seconds")] = 60.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the generated day")] = 7,
+) -> None:
+    """Plan a seeded technician day in Berlin with the routing model and a greedy; check and compare both."""
+    logging.basicConfig(level=logging.WARNING)
+    from bms.bench.plan import main_plan
+
+    result = main_plan(jobs, technicians, van_capacity, time_limit_s, seed)
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
 @app.command()
 def schema(
     write: Annotated[bool, typer.Option("--write", help="Rewrite serve/schemas/*.json")] = False,
