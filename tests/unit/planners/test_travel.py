@@ -77,8 +77,8 @@ class _OsrmStub(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, *args: object) -> None:  # keep test output clean
-        pass
+    def log_message(self, *args: object) -> None:
+        """Keep test output clean (the default handler logs every request to stderr)."""
 
 
 @pytest.fixture

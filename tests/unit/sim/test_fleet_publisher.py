@@ -115,7 +115,7 @@ async def test_publish_needs_an_open_publisher() -> None:
     with pytest.raises(RuntimeError, match="the publisher is unopened"):
         await pub.publish([_message("v-1", 0)])
     async with pub:
-        pass
+        assert pub.messages_published == 0
     with pytest.raises(RuntimeError, match="the publisher is closed"):
         await pub.publish([_message("v-1", 0)])
     with pytest.raises(RuntimeError, match="Cannot open a FleetPublisher twice"):
