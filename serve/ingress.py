@@ -105,6 +105,8 @@ class ApiIngress:
             config.postgres_url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}
         )
         self._pool_open = False
+        # One client per replica (it pools its connections), not one per request.
+        self._redis = aioredis.Redis.from_url(config.redis_url, decode_responses=False)
 
     async def _conn_pool(self) -> AsyncConnectionPool:
         if not self._pool_open:
@@ -206,15 +208,11 @@ class ApiIngress:
 
     @api.get("/api/v1/dead-letters")
     async def dead_letters(self, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
-        redis = aioredis.Redis.from_url(self._config.redis_url, decode_responses=False)
-        try:
-            pool = await self._conn_pool()
-            async with pool.connection() as conn:
-                store = DeadLetterStore(conn, redis, key_prefix=self._config.redis_prefix)
-                counts = await store.counts()
-                recent = await store.recent(limit)
-        finally:
-            await redis.aclose()
+        pool = await self._conn_pool()
+        async with pool.connection() as conn:
+            store = DeadLetterStore(conn, self._redis, key_prefix=self._config.redis_prefix)
+            counts = await store.counts()
+            recent = await store.recent(limit)
         for r in recent:
             p = r.get("payload")
             if isinstance(p, bytes | bytearray | memoryview):

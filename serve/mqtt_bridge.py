@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiomqtt
 import numpy as np
@@ -342,17 +342,3 @@ class MqttBridge:
             reconnects=c["reconnects"],
         )
 
-
-def bridge_summary(stats: Sequence[BridgeStats]) -> dict[str, Any]:
-    """Sum of several workers' stats."""
-    out: dict[str, Any] = {}
-    reasons: Counter[str] = Counter()
-    for s in stats:
-        for k, v in s.__dict__.items():
-            if isinstance(v, bool):
-                out[k] = out.get(k, True) and v
-            elif isinstance(v, int):
-                out[k] = out.get(k, 0) + v
-        reasons.update(s.rejected_by_reason)
-    out["rejected_by_reason"] = dict(reasons)
-    return out

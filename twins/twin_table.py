@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -578,6 +577,3 @@ class TwinTable:
         table.index = {b: i for i, b in enumerate(ids)}
         table.vehicle_ids = [str(x) or None for x in data["vehicle_ids"]]
         return table
-
-    def battery_ids(self) -> Sequence[str]:
-        return self.ids
