@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from bms.models_cli import models_app
 from bms.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Battery-fleet digital twin.", no_args_is_help=True, add_completion=False)
 bench_app = typer.Typer(help="Benchmarks; each prints one JSON object as its last line.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(models_app, name="models")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML settings file")]  # noqa: UP045
 
@@ -166,6 +168,23 @@ def bench_plan(
     from bms.bench.plan import main_plan
 
     result = main_plan(jobs, technicians, van_capacity, time_limit_s, seed)
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+@bench_app.command("serve")
+def bench_serve(
+    models: Annotated[Optional[list[str]], typer.Option("--model", help="Model families (default: all)")] = None,  # noqa: UP045
+    rows: Annotated[int, typer.Option(min=1, help="Rows per request (a shard's tick)")] = 10_000,
+    seconds: Annotated[float, typer.Option(min=0.1, help="Timed phase per measurement")] = 10.0,
+    callers: Annotated[int, typer.Option(min=1, help="Concurrent callers (shards)")] = 4,
+    config: ConfigOpt = None,
+) -> None:
+    """Model throughput through Ray Serve next to the bare in-process model, same run."""
+    logging.basicConfig(level=logging.WARNING)
+    from bms.bench.serve_models import run_serve_bench
+    from models.predictors import PREDICTORS
+
+    result = run_serve_bench(list(models or PREDICTORS), rows, seconds, callers, _settings(config))
     sys.stdout.write(json.dumps(result) + "\n")
 
 

@@ -91,6 +91,19 @@ class SimSettings(BaseModel):
     time_scale: float = Field(1.0, gt=0, le=3600, description="Simulated seconds per real second")
 
 
+class ModelSettings(BaseModel):
+    model_config = _STRICT
+    enabled: bool = Field(True, description="Deploy the models and score the twins")
+    artifacts_dir: Path | None = Field(None, description="Registry artifacts; default <data_dir>/models")
+    score_interval_s: float = Field(10.0, gt=0, le=3600, description="Shard scoring tick")
+    poll_interval_s: float = Field(2.0, gt=0, le=3600, description="Replicas re-read the registry")
+    drift_threshold: float = Field(0.25, gt=0, description="PSI above which a feature alerts")
+    demand_interval_s: float = Field(3600.0, gt=0, description="Zone demand forecast period")
+    weather_url: str | None = Field(None, description="Open-Meteo-style API; None: simulated weather")
+    train_on_start: bool = Field(True, description="Train (quick plan) when nothing is registered")
+    utc_offset_h: float = Field(1.0, ge=-12, le=14, description="Fleet local time, for hour of day")
+
+
 class Settings(BaseModel):
     """Everything a process of the system needs to know."""
 
@@ -104,6 +117,7 @@ class Settings(BaseModel):
     serve: ServeSettings = ServeSettings()
     ray: RayClusterSettings = RayClusterSettings()
     sim: SimSettings = SimSettings()
+    models: ModelSettings = ModelSettings()
 
     @field_validator("mqtt_url")
     @classmethod
@@ -111,6 +125,10 @@ class Settings(BaseModel):
         if v is not None and not v.startswith(("mqtt://", "tcp://")):
             raise ValueError(f"Expected an mqtt://host:port URL, got {v!r}")
         return v
+
+    def artifacts_dir(self) -> Path:
+        """Where the model registry keeps artifacts."""
+        return self.models.artifacts_dir or self.data_dir / "models"
 
     @classmethod
     def load(cls, path: Path | None = None, env: dict[str, str] | None = None) -> Settings:
@@ -133,6 +151,9 @@ class Settings(BaseModel):
             except tomllib.TOMLDecodeError as err:
                 raise SettingsError(f"Config file {path} is not valid TOML: {err}") from None
         from_env: dict[str, str] = {}
+        weather = env.get("BMS_WEATHER_URL")
+        if weather:
+            data.setdefault("models", {})["weather_url"] = weather
         for key in ("postgres_url", "redis_url", "mqtt_url", "data_dir"):
             value = env.get(f"BMS_{key.upper()}")
             if value:

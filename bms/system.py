@@ -7,10 +7,13 @@ Order matters: migrations first (every component assumes the schema), then the d
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 from urllib.parse import urlparse
 
@@ -19,12 +22,17 @@ from ray import serve
 
 from bms.services import ServiceUrls
 from bms.settings import Settings
+from models.predictors import PREDICTORS
+from models.registry import ModelRegistry
+from models.training import TrainingPlan, ensure_served
 from serve.app import AppArgs, build_app
 from serve.bridge_worker import bridge_actor_name, start_bridge_worker
 from serve.mqtt_bridge import BridgeConfig
 from serve.telemetry_contract import ContractLimits
 from store import apply_migrations, open_postgres
+from store.model_registry_store import ModelRegistryStore
 from twins.runtime import DIRECTORY_NAME, TwinRuntimeSpec, start_directory
+from twins.scoring import ScoringParams
 from twins.shard import shard_actor_name
 from twins.twin_table import TwinTableParams
 
@@ -146,7 +154,16 @@ class FleetSystem:
         applied = asyncio.run(run_migrations(self.urls.postgres_url))
         if applied:
             log.info("applied migrations %s", applied)
-        directory = start_directory(self.spec())
+        spec = self.spec()
+        models = self.with_http and self.settings.models.enabled
+        if models:
+            asyncio.run(self._ensure_models())
+            m = self.settings.models
+            spec = dataclasses.replace(
+                spec, models_enabled=True, score_interval_s=m.score_interval_s,
+                scoring=ScoringParams(utc_offset_h=m.utc_offset_h),
+            )  # fmt: skip
+        directory = start_directory(spec)
         ray.get(directory.num_shards.remote())  # waits for restore + first shard
         handles = []
         for cfg in self.bridge_configs():
@@ -164,10 +181,27 @@ class FleetSystem:
                     redis_url=self.urls.redis_url,
                     redis_prefix=self.redis_prefix,
                     bridge_actor_names=self.bridge_names,
+                    models=list(PREDICTORS) if models else [],
+                    artifacts_root=str(self.settings.artifacts_dir().resolve()),
+                    model_poll_interval_s=self.settings.models.poll_interval_s,
+                    drift_threshold=self.settings.models.drift_threshold,
                 )),
                 name="bms",
                 route_prefix="/",
             )
+
+    async def _ensure_models(self) -> None:
+        """Registry check at start: train (quick plan) what has never been trained."""
+        async with open_postgres(self.urls.postgres_url, application_name="bms-models") as conn:
+            registry = ModelRegistry(ModelRegistryStore(conn), self.settings.artifacts_dir())
+            if not self.settings.models.train_on_start:
+                return
+            with tempfile.TemporaryDirectory(prefix="bms-train-") as work:
+                trained = await ensure_served(
+                    registry, TrainingPlan.quick(), Path(work), progress=lambda m: log.info("%s", m)
+                )
+            if trained:
+                log.info("trained and promoted %s (quick plan; run `bms models train` for full)", trained)
 
     def supervise_once(self) -> None:
         """Restart the bridge loop of any worker that Ray restarted after a crash."""

@@ -1,13 +1,19 @@
-"""Typed builder of the Serve application (``serve run serve.app:build_app`` works too)."""
+"""Typed builder of the Serve application (``serve run serve.app:build_app`` works too).
+
+The app is the HTTP ingress plus one :class:`~serve.model_deployments.ModelServer` per model
+family; the ingress gets their handles injected (status, drift alerts), and the twin shards
+find them by name (:func:`~serve.model_deployments.model_deployment_name`).
+"""
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application, Deployment
 
 from serve.ingress import ApiIngress, IngressConfig
+from serve.model_deployments import ModelServer, ModelServerArgs, model_deployment_name
 
 __all__ = ["AppArgs", "build_app"]
 
@@ -22,9 +28,15 @@ class AppArgs(BaseModel):
     redis_prefix: str = "bms:"
     bridge_actor_names: list[str] = Field(default_factory=list)
     ingress_replicas: int = Field(1, ge=1, le=64)
+    models: list[str] = Field(default_factory=list, description="Model families to deploy")
+    artifacts_root: str | None = Field(None, description="Model registry artifacts (needed with models)")
+    model_poll_interval_s: float = Field(2.0, gt=0)
+    drift_threshold: float = Field(0.25, gt=0)
 
 
 def build_app(args: AppArgs) -> Application:
+    if args.models and args.artifacts_root is None:
+        raise ValueError(f"Expected artifacts_root to deploy models {args.models}, got None.")
     config = IngressConfig(
         namespace=args.namespace,
         postgres_url=args.postgres_url,
@@ -32,6 +44,19 @@ def build_app(args: AppArgs) -> Application:
         redis_prefix=args.redis_prefix,
         bridge_actor_names=args.bridge_actor_names,
     )
-    # @serve.deployment made ApiIngress a Deployment; mypy ignores what class decorators return.
+    # @serve.deployment made these classes Deployments; mypy ignores what class decorators return.
+    server = cast(Deployment, ModelServer)
+    models: dict[str, Any] = {
+        name: server.options(name=model_deployment_name(name)).bind(
+            ModelServerArgs(
+                name=name,
+                postgres_url=args.postgres_url,
+                artifacts_root=str(args.artifacts_root),
+                poll_interval_s=args.model_poll_interval_s,
+                drift_threshold=args.drift_threshold,
+            )
+        )
+        for name in args.models
+    }
     deployment = cast(Deployment, ApiIngress)
-    return deployment.options(num_replicas=args.ingress_replicas).bind(config)
+    return deployment.options(num_replicas=args.ingress_replicas).bind(config, models)

@@ -11,6 +11,14 @@ Routes (all JSON)::
     GET /api/v1/fleet/groups?group_by=&fields=&filter=      grouped aggregates
     GET /api/v1/dead-letters?limit=               rejected messages and counts by reason
     GET /api/v1/system/stats                      shard and bridge counters
+    GET /api/v1/anomalies?limit=                  newest anomaly events of the twins
+    GET /api/v1/models                            every model: serving versions, metrics, drift
+    GET /api/v1/models/{name}                     versions, audit trail, live status
+    POST /api/v1/models/{name}/promote            {"version", "actor"}
+    POST /api/v1/models/{name}/rollback           {"actor"}
+    POST /api/v1/models/{name}/ab                 {"candidate_version", "fraction", "actor"}
+    DELETE /api/v1/models/{name}/ab?actor=        end the A/B split
+    GET /api/v1/models/alerts                     drift alerts of every served model
     GET /                                         the fleet dashboard (HTML)
 """
 
@@ -29,8 +37,12 @@ from fastapi.responses import HTMLResponse
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
+from models.errors import RegistryError
+from models.model_version import ServingConfig
 from store import DeadLetterStore, TelemetryStore
+from store.model_registry_store import ModelRegistryStore
 from twins.fleet_query import CATEGORICAL_FIELDS, NUMERIC_FIELDS, Filter
 from twins.runtime import FleetClient
 
@@ -43,6 +55,33 @@ api = FastAPI(
 )
 
 _BatteryId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$", description="Battery id")]
+
+
+class PromoteBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=1, description="Registered version to put in production")
+    actor: str = Field(min_length=1, max_length=200, description="Who does it (audit trail)")
+
+
+class RollbackBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    actor: str = Field(min_length=1, max_length=200)
+
+
+class AbBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    candidate_version: int = Field(ge=1)
+    fraction: float = Field(gt=0.0, le=1.0, description="Share of batteries on the candidate")
+    actor: str = Field(min_length=1, max_length=200)
+
+
+_ModelName = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Model name")]
+
+
+def _registry_http_error(err: Exception) -> HTTPException:
+    if isinstance(err, LookupError):
+        return HTTPException(404, str(err))
+    return HTTPException(409, str(err))
 
 
 class IngressConfig(BaseModel):
@@ -98,8 +137,9 @@ def _clean(x: Any) -> Any:
 class ApiIngress:
     """The HTTP face of the twins; reads go to shards, history to PostgreSQL."""
 
-    def __init__(self, config: IngressConfig) -> None:
+    def __init__(self, config: IngressConfig, models: dict[str, DeploymentHandle] | None = None) -> None:
         self._config = config
+        self._models = dict(models or {})
         self._fleet = FleetClient(config.namespace)
         self._pool = AsyncConnectionPool(
             config.postgres_url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}
@@ -233,3 +273,114 @@ class ApiIngress:
             except ValueError:
                 bridges.append({"name": name, "error": "not running"})
         return _clean({"shards": [s.__dict__ for s in shards], "bridges": bridges})  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ models
+    async def _live_status(self, name: str) -> dict[str, Any] | None:
+        handle = self._models.get(name)
+        if handle is None:
+            return None
+        try:
+            return await handle.status.remote()  # type: ignore[no-any-return]
+        except Exception as err:  # a model replica down must not take the API down
+            return {"error": f"{type(err).__name__}: {err}"}
+
+    @api.get("/api/v1/anomalies")
+    async def anomalies(self, limit: Annotated[int, Query(ge=1, le=5000)] = 100) -> dict[str, Any]:
+        per_shard = await self._fleet.call_all("anomaly_events", limit)
+        events = sorted((e for evs in per_shard for e in evs), key=lambda e: -e["at_s"])[:limit]
+        return _clean({"events": events})  # type: ignore[no-any-return]
+
+    @api.get("/api/v1/models")
+    async def models(self) -> dict[str, Any]:
+        pool = await self._conn_pool()
+        async with pool.connection() as conn:
+            store = ModelRegistryStore(conn)
+            names = sorted(set(await store.names()) | set(self._models))
+            serving = {n: await store.serving(n) for n in names}
+        out = []
+        for n in names:
+            cfg = serving[n]
+            out.append({
+                "name": n,
+                "serving": None if cfg is None else _serving_dict(cfg),
+                "live": await self._live_status(n),
+            })
+        return _clean({"models": out})  # type: ignore[no-any-return]
+
+    @api.get("/api/v1/models/alerts")
+    async def model_alerts(self) -> dict[str, Any]:
+        alerts = []
+        for n in sorted(self._models):
+            status = await self._live_status(n) or {}
+            for version, d in (status.get("drift") or {}).items():
+                for a in d.get("alerts", []):
+                    alerts.append({"model": n, "version": int(version), **a})
+        return _clean({"alerts": alerts})  # type: ignore[no-any-return]
+
+    @api.get("/api/v1/models/{name}")
+    async def model(self, name: _ModelName) -> dict[str, Any]:
+        pool = await self._conn_pool()
+        async with pool.connection() as conn:
+            store = ModelRegistryStore(conn)
+            versions = await store.versions(name)
+            if not versions:
+                raise HTTPException(404, f"No model {name!r} is registered.")
+            cfg = await store.serving(name)
+            events = await store.events(name)
+        return _clean({  # type: ignore[no-any-return]
+            "name": name,
+            "serving": None if cfg is None else _serving_dict(cfg),
+            "versions": [
+                {"version": v.version, "stage": str(v.stage), "created_at_s": v.created_at_s,
+                 "created_by": v.created_by, "metrics": dict(v.metrics),
+                 "data_fingerprint": v.data_fingerprint}
+                for v in versions
+            ],
+            "events": [
+                {"version": e.version, "action": str(e.action), "actor": e.actor, "at_s": e.at_s,
+                 "detail": dict(e.detail)}
+                for e in events
+            ],
+            "live": await self._live_status(name),
+        })
+
+    async def _change(self, name: str, op: str, *args: Any) -> dict[str, Any]:
+        pool = await self._conn_pool()
+        async with pool.connection() as conn:
+            store = ModelRegistryStore(conn)
+            try:
+                cfg: ServingConfig = await getattr(store, op)(name, *args)
+            except RegistryError as err:
+                raise _registry_http_error(err) from None
+            except ValueError as err:
+                raise HTTPException(422, str(err)) from None
+        # Replicas pick the change up on their next registry poll (seconds), no restart.
+        return _serving_dict(cfg)
+
+    @api.post("/api/v1/models/{name}/promote")
+    async def promote(self, name: _ModelName, body: PromoteBody) -> dict[str, Any]:
+        return await self._change(name, "promote", body.version, body.actor)
+
+    @api.post("/api/v1/models/{name}/rollback")
+    async def rollback(self, name: _ModelName, body: RollbackBody) -> dict[str, Any]:
+        return await self._change(name, "rollback", body.actor)
+
+    @api.post("/api/v1/models/{name}/ab")
+    async def start_ab(self, name: _ModelName, body: AbBody) -> dict[str, Any]:
+        return await self._change(name, "start_ab", body.candidate_version, body.fraction, body.actor)
+
+    @api.delete("/api/v1/models/{name}/ab")
+    async def stop_ab(
+        self, name: _ModelName, actor: Annotated[str, Query(min_length=1, max_length=200)]
+    ) -> dict[str, Any]:
+        return await self._change(name, "stop_ab", actor)
+
+
+def _serving_dict(cfg: ServingConfig) -> dict[str, Any]:
+    return {
+        "production_version": cfg.production_version,
+        "candidate_version": cfg.candidate_version,
+        "candidate_fraction": cfg.candidate_fraction,
+        "updated_at_s": cfg.updated_at_s,
+        "updated_by": cfg.updated_by,
+    }

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from models.anomaly import AnomalyKind
 from twins.clock import Clock
 from twins.samples import SAMPLE_FIELDS, TelemetryBatch
 from twins.twin_table import DOD_BIN_EDGES_PCT, ApplyResult, TwinTable, TwinTableParams
@@ -97,9 +98,39 @@ class TwinSnapshot:
     resistance_est_ohm: float | None
     resistance_samples: int
     lstm_steps: int
+    soh_model_pct: float | None
+    health_score: float | None
+    health_model_version: int
+    anomaly_flags: list[str]
+    anomaly_score: float | None
+    rul_cycles_to_80pct: dict[str, float | None]
+    rul_cycles_to_70pct: dict[str, float | None]
+    rul_days_to_70pct: dict[str, float | None]
+    priority: float | None
+    lost_rides_6h: float | None
+    idle_h: float | None
+    scored_at_s: float | None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def anomaly_flag_names(flags: int) -> list[str]:
+    """Names of the anomaly kinds set in a twin's bitmask, e.g. ``["temp_rise"]``."""
+    return [str(k.name).lower() for k in AnomalyKind(flags)]
+
+
+def _band(t: TwinTable, level: str, s: int, scale: float) -> dict[str, float | None]:
+    """Remaining-life quantiles of one twin, scaled (1: cycles; days per cycle: days)."""
+    return {q: _f(getattr(t, f"{level}_{q}_cycles")[s] * scale) for q in ("p10", "p50", "p90")}
+
+
+def _days_per_cycle(t: TwinTable, s: int) -> float:
+    """Calendar days one equivalent full cycle takes this twin, from its usage so far."""
+    age_days = (float(t.last_ts[s]) - float(t.first_ts[s])) / 86_400.0
+    efc = float(t.efc[s])
+    # Under a day of history or no cycling: no usage rate to turn cycles into days.
+    return age_days / efc if age_days >= 1.0 and efc > 0 else math.nan
 
 
 class BatteryTwin:
@@ -217,8 +248,23 @@ class BatteryTwin:
             capacity_est_ah=_f(cap),
             capacity_estimates=int(t.capacity_estimates[s]),
             soh_pct_est=_f(soh),
-            health_band=health_band(soh).value,
+            # The model's SOH when the twin has been scored, else its own coulomb estimate.
+            health_band=health_band(
+                float(t.soh_model_pct[s]) if math.isfinite(t.soh_model_pct[s]) else soh
+            ).value,
             resistance_est_ohm=_f(t.resistance_est_ohm[s]),
             resistance_samples=int(t.resistance_samples[s]),
             lstm_steps=int(t.lstm_steps[s]),
+            soh_model_pct=_f(t.soh_model_pct[s]),
+            health_score=_f(t.health_score[s]),
+            health_model_version=int(t.health_model_version[s]),
+            anomaly_flags=anomaly_flag_names(int(t.anomaly_flags[s])),
+            anomaly_score=_f(t.anomaly_score[s]),
+            rul_cycles_to_80pct=_band(t, "rul80", s, 1.0),
+            rul_cycles_to_70pct=_band(t, "rul70", s, 1.0),
+            rul_days_to_70pct=_band(t, "rul70", s, _days_per_cycle(t, s)),
+            priority=_f(t.priority[s]),
+            lost_rides_6h=_f(t.lost_rides_6h[s]),
+            idle_h=_f((t.clock.now_s() - t.last_moving_ts[s]) / 3600.0),
+            scored_at_s=_f(t.scored_at_s[s]),
         )

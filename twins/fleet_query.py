@@ -50,6 +50,14 @@ NUMERIC_FIELDS: tuple[str, ...] = (
     "samples_total",
     "last_ts",
     "staleness_s",
+    "soh_model_pct",
+    "health_score",
+    "anomaly_flags",
+    "anomaly_score",
+    "rul70_p50_cycles",
+    "rul80_p50_cycles",
+    "priority",
+    "lost_rides_6h",
 )
 CATEGORICAL_FIELDS: tuple[str, ...] = ("health_band", "zone", "vehicle_id", "charging")
 _OPS = ("lt", "le", "gt", "ge", "eq", "ne")
@@ -114,7 +122,8 @@ class _Columns:
         if name == "staleness_s":
             return self.now_s - t.last_ts[:n]
         if name == "health_band":
-            return np.array(health_bands(self["soh_pct_est"]), dtype=object)
+            soh = np.where(np.isfinite(t.soh_model_pct[:n]), t.soh_model_pct[:n], self["soh_pct_est"])
+            return np.array(health_bands(soh), dtype=object)
         if name == "zone":
             return np.array(self.zones.zone_ids(t.last_lat[:n], t.last_lon[:n]), dtype=object)
         if name == "vehicle_id":

@@ -9,21 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import psycopg
 import ray
 import redis.asyncio as aioredis
+from ray import serve
 from ray.actor import ActorHandle
+
+from serve.model_deployments import ScoreRequest, model_deployment_name
+from store.demand_cache import RedisDemand
 
 from store import CheckpointStore, DirectoryStore, TelemetryStore, TwinStateCache, open_postgres
 from twins.battery_twin import TwinSnapshot
 from twins.directory import AssignmentStore, ShardDirectory
 from twins.fleet_query import Filter, GroupStats, TopNRow, merge_group_stats, merge_top_n
 from twins.samples import TelemetryBatch
+from twins.scoring import ScoringParams, TwinScorer
 from twins.shard import IngestReport, ShardStats, TwinShard, shard_actor_name
 from twins.sinks import ShardBackends
 from twins.twin_table import TwinTableParams
@@ -55,6 +61,10 @@ class TwinRuntimeSpec:
     checkpoint_interval_s: float = 60.0
     state_flush_interval_s: float = 1.0
     redis_prefix: str = "bms:"
+    models_enabled: bool = False
+    score_interval_s: float = 10.0
+    serve_app_name: str = "bms"
+    scoring: ScoringParams = ScoringParams()
 
 
 async def connect_backends(spec: TwinRuntimeSpec) -> ShardBackends:
@@ -77,18 +87,48 @@ async def connect_backends(spec: TwinRuntimeSpec) -> ShardBackends:
     return backends
 
 
+class ServeModelClient:
+    """:class:`twins.scoring.ModelClient` over the Serve model deployments' handles."""
+
+    def __init__(self, app_name: str = "bms") -> None:
+        self.app_name = app_name
+        self._handles: dict[str, Any] = {}
+
+    async def call(
+        self, model: str, ids: list[str], arrays: Mapping[str, npt.NDArray[Any]]
+    ) -> dict[str, npt.NDArray[Any]]:
+        handle = self._handles.get(model)
+        if handle is None:
+            handle = serve.get_deployment_handle(model_deployment_name(model), app_name=self.app_name)
+            self._handles[model] = handle
+        out: dict[str, npt.NDArray[Any]] = await handle.remote(ScoreRequest(ids, dict(arrays)))
+        return out
+
+
 class _ShardActor(TwinShard):
     def __init__(self, shard_id: int, spec: TwinRuntimeSpec) -> None:
         async def connect() -> ShardBackends:
             return await connect_backends(spec)
 
+        zones = ZoneGrid(spec.zone_cell_km)
+        scorer = None
+        if spec.models_enabled:
+            redis = aioredis.Redis.from_url(spec.redis_url, decode_responses=False)
+            scorer = TwinScorer(
+                ServeModelClient(spec.serve_app_name),
+                RedisDemand(redis, key_prefix=spec.redis_prefix),
+                zones,
+                spec.scoring,
+            )
         super().__init__(
             shard_id,
             spec.params,
             connect,
-            zones=ZoneGrid(spec.zone_cell_km),
+            zones=zones,
             checkpoint_interval_s=spec.checkpoint_interval_s,
             state_flush_interval_s=spec.state_flush_interval_s,
+            scorer=scorer,
+            score_interval_s=spec.score_interval_s,
         )
 
 

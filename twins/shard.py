@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from twins.battery_twin import BatteryTwin, TwinSnapshot, health_bands
 from twins.clock import Clock, WallClock
 from twins.fleet_query import Filter, GroupStats, TopNRow, group_stats, top_n
 from twins.samples import TelemetryBatch
+from twins.scoring import ScoreReport, TwinScorer
 from twins.sinks import ShardBackends
 from twins.twin_table import TwinTable, TwinTableParams
 from twins.zones import ZoneGrid
@@ -166,6 +167,8 @@ class TwinShard:
         checkpoint_interval_s: float = 60.0,
         state_flush_interval_s: float = 1.0,
         max_pending_samples: int = 500_000,
+        scorer: TwinScorer | None = None,
+        score_interval_s: float = 10.0,
     ) -> None:
         self.shard_id = shard_id
         self.params = params
@@ -191,6 +194,9 @@ class TwinShard:
         self._last_apply_at_s: float | None = None
         self._healthy: asyncio.Event | None = None
         self._recoveries = 0
+        self.scorer = scorer
+        self._score_interval_s = score_interval_s
+        self._score_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -215,6 +221,8 @@ class TwinShard:
             loop.create_task(self._every(self._state_flush_interval_s, self.flush_state)),
             loop.create_task(self._every(self._checkpoint_interval_s, self.checkpoint)),
         ]
+        if self.scorer is not None:
+            self._tasks.append(loop.create_task(self._every(self._score_interval_s, self.score)))
 
     async def _restore(self) -> None:
         """Rebuild the table from the latest checkpoint plus history written after it.
@@ -368,20 +376,27 @@ class TwinShard:
         pos = (t.head[slots] - 1) % t.params.window_samples
         latest = t.window[slots, pos, :5].astype(np.float64)  # voltage, current, temp, soc, lat
         soh = 100.0 * t.capacity_est_ah[slots] / t.rated_capacity_ah[slots]
-        bands = health_bands(soh)
+        soh_model = t.soh_model_pct[slots]
+        bands = health_bands(np.where(np.isfinite(soh_model), soh_model, soh))
+
+        def opt(a: np.ndarray) -> list[float | None]:
+            return [x if np.isfinite(x) else None for x in a.tolist()]
+
         cols = [
             slots.tolist(), t.last_ts[slots].tolist(), latest[:, 0].tolist(), latest[:, 1].tolist(),
             latest[:, 2].tolist(), latest[:, 3].tolist(), t.last_lat[slots].tolist(),
-            t.last_lon[slots].tolist(), np.nan_to_num(soh, nan=-1.0).tolist(), bands,
-            t.efc[slots].tolist(),
+            t.last_lon[slots].tolist(), opt(soh), bands, t.efc[slots].tolist(), opt(soh_model),
+            opt(t.health_score[slots]), opt(t.priority[slots]), t.anomaly_flags[slots].tolist(),
         ]
         states: dict[str, bytes] = {}
-        for s, ts, v, i, temp, soc, lat, lon, sh, band, efc in zip(*cols, strict=True):
+        for s, ts, v, i, temp, soc, lat, lon, sh, band, efc, shm, hs, prio, flags in zip(*cols, strict=True):
             states[t.ids[s]] = orjson.dumps({
                 "battery_id": t.ids[s], "vehicle_id": t.vehicle_ids[s], "ts": ts,
                 "pack_voltage_v": v, "current_a": i, "temp_c": temp, "soc_pct": soc,
-                "lat": lat, "lon": lon, "soh_pct_est": None if sh < 0 else sh,
+                "lat": lat, "lon": lon, "soh_pct_est": sh,
                 "health_band": band, "efc": efc, "shard": self.shard_id,
+                "soh_model_pct": shm, "health_score": hs, "priority": prio,
+                "anomaly_flags": flags,
             })
         try:
             await self._backends.state.publish(states)
@@ -402,6 +417,34 @@ class TwinShard:
         await self._backends.checkpoints.save(self.shard_id, payload, len(self.table), taken_at)
         self._counters["checkpoints"] += 1
         return len(payload)
+
+    # ------------------------------------------------------------------ models
+    async def score(self) -> ScoreReport:
+        """One scoring tick over every twin (also run every ``score_interval_s``).
+
+        Serialised: a tick that is still waiting on the models when the next is due makes
+        the next one wait instead of scoring the same twins twice in parallel.
+        """
+        await self.start()
+        if self.scorer is None:
+            raise RuntimeError(f"shard {self.shard_id} has no scorer: models are not enabled")
+        async with self._score_lock:
+            report = await self.scorer.score(self.table)
+        self._dirty.update(range(len(self.table)))
+        return report
+
+    async def anomaly_events(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest anomaly events of this shard's twins, newest first."""
+        await self.start()
+        if self.scorer is None:
+            return []
+        return [e.to_dict() for e in list(self.scorer.events)[-limit:][::-1]]
+
+    async def scoring_report(self) -> dict[str, Any]:
+        await self.start()
+        if self.scorer is None:
+            return {}
+        return asdict(self.scorer.last_report)
 
     # ------------------------------------------------------------------ reads
     async def get(self, battery_id: str) -> TwinSnapshot | None:

@@ -29,6 +29,7 @@ _N_DOD_BINS = len(DOD_BIN_EDGES_PCT) - 1
 _SEQ_WINDOW = 64  # how far back an out-of-order message is still told from a duplicate
 _MASK64 = (1 << 64) - 1
 _F = {name: i for i, name in enumerate(WINDOW_FIELDS)}
+_DIFFERENCED = ("current_a", "soc_pct", "pack_voltage_v")
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,24 @@ _SCALARS: dict[str, tuple[type, float]] = {
     "seg_ah": (np.float64, 0.0),
     "updated_at_s": (np.float64, math.nan),
     "lstm_steps": (np.int64, 0),
+    "last_moving_ts": (np.float64, math.nan),
+    # Model outputs, written by the scorer (twins/scoring.py) from the Serve deployments.
+    "lstm_capacity_mark": (np.int64, 0),
+    "lstm_last_soh": (np.float64, math.nan),
+    "scored_at_s": (np.float64, math.nan),
+    "soh_model_pct": (np.float64, math.nan),
+    "health_score": (np.float64, math.nan),
+    "health_model_version": (np.int64, 0),
+    "anomaly_flags": (np.int64, 0),
+    "anomaly_score": (np.float64, math.nan),
+    "rul70_p10_cycles": (np.float64, math.nan),
+    "rul70_p50_cycles": (np.float64, math.nan),
+    "rul70_p90_cycles": (np.float64, math.nan),
+    "rul80_p10_cycles": (np.float64, math.nan),
+    "rul80_p50_cycles": (np.float64, math.nan),
+    "rul80_p90_cycles": (np.float64, math.nan),
+    "lost_rides_6h": (np.float64, math.nan),
+    "priority": (np.float64, math.nan),
 }
 
 
@@ -183,6 +202,23 @@ class TwinTable:
     seg_ah: npt.NDArray[np.float64]
     updated_at_s: npt.NDArray[np.float64]
     lstm_steps: npt.NDArray[np.int64]
+    last_moving_ts: npt.NDArray[np.float64]
+    lstm_capacity_mark: npt.NDArray[np.int64]
+    lstm_last_soh: npt.NDArray[np.float64]
+    scored_at_s: npt.NDArray[np.float64]
+    soh_model_pct: npt.NDArray[np.float64]
+    health_score: npt.NDArray[np.float64]
+    health_model_version: npt.NDArray[np.int64]
+    anomaly_flags: npt.NDArray[np.int64]
+    anomaly_score: npt.NDArray[np.float64]
+    rul70_p10_cycles: npt.NDArray[np.float64]
+    rul70_p50_cycles: npt.NDArray[np.float64]
+    rul70_p90_cycles: npt.NDArray[np.float64]
+    rul80_p10_cycles: npt.NDArray[np.float64]
+    rul80_p50_cycles: npt.NDArray[np.float64]
+    rul80_p90_cycles: npt.NDArray[np.float64]
+    lost_rides_6h: npt.NDArray[np.float64]
+    priority: npt.NDArray[np.float64]
 
     def __init__(
         self,
@@ -344,6 +380,12 @@ class TwinTable:
         ts = ts[fresh]
         n = slots.size
         v = {k: cols[k][sel] for k in SAMPLE_FIELDS if k != "ts"}
+        # The readings that are differenced with the previous sample, at the window's float32
+        # precision: the previous sample of a batch's first sample comes from the (float32)
+        # window, so this makes every estimator give the same answer however the stream was
+        # cut into batches (live ticks vs a replay of the history).
+        for name in _DIFFERENCED:
+            v[name] = v[name].astype(np.float32).astype(np.float64)
 
         starts = np.flatnonzero(np.r_[True, slots[1:] != slots[:-1]])
         ends = np.r_[starts[1:], n]
@@ -390,6 +432,9 @@ class TwinTable:
         # fmax ignores a missing (NaN) temperature; np.maximum kept the NaN forever (fixed).
         self.max_temp_c[gslots] = np.fmax(self.max_temp_c[gslots], np.fmax.reduceat(v["temp_c"], starts))
         self.samples_total[gslots] += gsize
+        # Idle time (a priority input) counts from the last sample that showed the vehicle moving.
+        moving_ts = np.where(v["speed_kmh"] > 1.0, ts, np.nan)
+        self.last_moving_ts[gslots] = np.fmax(self.last_moving_ts[gslots], np.fmax.reduceat(moving_ts, starts))
 
         # Internal resistance from fast current steps: V = OCV - I*R, so R = -dV/dI.
         d_i = v["current_a"] - prev["current_a"]
@@ -401,12 +446,27 @@ class TwinTable:
         if r_ok.any():
             k = red(r_ok.astype(np.int64), starts)
             r_sum = red(np.where(r_ok, r, 0.0), starts)
+            del r_sum
+            # The exact sequential EWMA over the batch's samples, vectorised: sample i of k in
+            # its group weighs a(1-a)^(k-i) and the old estimate (1-a)^k; a twin without an
+            # estimate starts from its first sample. The result does not depend on how the
+            # stream was cut into batches (live ticks and a replay agree).
+            a = p.resistance_ewma_alpha
+            pos = np.flatnonzero(r_ok)
+            grp = np.searchsorted(starts, pos, side="right") - 1
+            rank = np.arange(pos.size) - np.searchsorted(grp, grp, side="left") + 1
+            kk_all = k[grp]
+            w = a * (1.0 - a) ** (kk_all - rank)
+            cur_all = self.resistance_est_ohm[gslots[grp]]
+            first_of_fresh = (rank == 1) & np.isnan(cur_all)
+            w = np.where(first_of_fresh, (1.0 - a) ** (kk_all - 1), w)
+            g_count = len(starts)
+            acc = np.bincount(grp, weights=w * r[pos], minlength=g_count)
             has = k > 0
             gs, kk = gslots[has], k[has]
-            mean_r = r_sum[has] / kk
-            alpha = 1.0 - (1.0 - p.resistance_ewma_alpha) ** kk
             cur = self.resistance_est_ohm[gs]
-            self.resistance_est_ohm[gs] = np.where(np.isnan(cur), mean_r, cur + alpha * (mean_r - cur))
+            keep = np.where(np.isnan(cur), 0.0, cur * (1.0 - a) ** kk)
+            self.resistance_est_ohm[gs] = keep + acc[has]
             self.resistance_samples[gs] += kk
 
         # Discharge segments (for the DoD histogram and capacity estimate). A segment

@@ -208,6 +208,11 @@ async def test_flush_state_publishes_dirty_twins_only(
         "health_band": "unknown",
         "efc": 0.0,
         "shard": 0,
+        # Model outputs: none until the shard's first scoring tick.
+        "soh_model_pct": None,
+        "health_score": None,
+        "priority": None,
+        "anomaly_flags": 0,
     }
     states.clear()
     await shard.ingest(

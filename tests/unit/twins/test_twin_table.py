@@ -344,7 +344,7 @@ def test_regen_inside_a_segment_is_netted_out_of_the_capacity_estimate(
     table.apply(_charge_sample(t[-1] + dt_s, soc[-1], seq=t.size))
     s = table.slot(BID)
     assert soc[-1] > soc.min()  # the regen left the segment above its deepest point
-    assert table.capacity_est_ah[s] == pytest.approx(capacity_ah, rel=1e-9)
+    assert table.capacity_est_ah[s] == pytest.approx(capacity_ah, rel=1e-6)  # readings kept at float32
     assert table.dod_hist[s, 5] == 1
     # 4 regen minutes at 6 A, then the minute from -6 A to the -5 A charge sample.
     assert table.ah_charged_ah[s] == pytest.approx(0.4 + 5.5 / 60.0, rel=1e-9)

@@ -1,0 +1,102 @@
+"""How each model family is loaded from its artifact directory and run on a batch of arrays.
+
+One table, :data:`PREDICTORS`, used by the Serve deployments (:mod:`serve.model_deployments`)
+and by the in-process client the unit tests and benchmarks use, so the served and the bare
+paths run the same code. A request is a dict of row-aligned arrays (first axis: one row per
+battery, or per zone for demand); so is the response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from models.anomaly import AnomalyDetector
+from models.degradation_lstm import DegradationLSTM
+from models.health_xgb import HealthXGB
+from models.priority_rf import PriorityRF
+from models.telemetry_windows import TelemetryWindows
+
+__all__ = ["PREDICTORS", "Arrays", "Predictor", "predictor"]
+
+Arrays = dict[str, npt.NDArray[Any]]
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """One model family as the serving layer sees it.
+
+    Parameters
+    ----------
+    load
+        Reads a model from its artifact directory.
+    predict
+        Runs the model on a batch of row-aligned arrays.
+    inputs
+        Names of the request arrays ``predict`` needs.
+    drift_input
+        The request array whose columns are watched for drift (None: not watched).
+    """
+
+    load: Callable[[Path], Any]
+    predict: Callable[[Any, Mapping[str, npt.NDArray[Any]]], Arrays]
+    inputs: tuple[str, ...]
+    drift_input: str | None = None
+
+
+def _health(model: HealthXGB, req: Mapping[str, npt.NDArray[Any]]) -> Arrays:
+    pred = model.predict_features(np.asarray(req["features"], dtype=np.float32))
+    return {"soh_pct": pred.soh_pct, "health_score": pred.health_score}
+
+
+def _priority(model: PriorityRF, req: Mapping[str, npt.NDArray[Any]]) -> Arrays:
+    pred = model.predict_features(np.asarray(req["features"], dtype=np.float32))
+    return {"lost_rides_6h": pred.lost_rides_6h, "priority": pred.priority}
+
+
+def _degradation(model: DegradationLSTM, req: Mapping[str, npt.NDArray[Any]]) -> Arrays:
+    # One LSTM step per twin (the twin keeps h and c), then the remaining-life bands
+    # read off the new state.
+    _, h, c = model.step(req["x"], req["h"], req["c"])
+    fc = model.forecast(h, np.asarray(req["soh"], dtype=np.float64), horizon_cycles=1)
+    out: Arrays = {"h": h, "c": c}
+    for level, rul in (("rul80", fc.rul_80_cycles), ("rul70", fc.rul_70_cycles)):
+        for k, q in enumerate(("p10", "p50", "p90")):
+            out[f"{level}_{q}_cycles"] = rul[:, k]
+    return out
+
+
+def _anomaly(model: AnomalyDetector, req: Mapping[str, npt.NDArray[Any]]) -> Arrays:
+    lengths = np.asarray(req["lengths"], dtype=np.int64)
+    windows = TelemetryWindows(
+        values=np.asarray(req["values"], dtype=np.float32),
+        ts_s=np.asarray(req["ts_s"], dtype=np.float64),
+        lengths=lengths,
+        battery_ids=tuple(str(k) for k in range(lengths.shape[0])),
+    )
+    report = model.score(windows)
+    out: Arrays = {"flags": report.flags, "anomaly_score": report.anomaly_score}
+    for kind, score in report.scores.items():
+        out[f"score_{str(kind.name).lower()}"] = score
+    return out
+
+
+PREDICTORS: dict[str, Predictor] = {
+    "health": Predictor(HealthXGB.load, _health, ("features",), drift_input="features"),
+    "priority": Predictor(PriorityRF.load, _priority, ("features",), drift_input="features"),
+    "degradation": Predictor(DegradationLSTM.load, _degradation, ("x", "h", "c", "soh")),
+    "anomaly": Predictor(AnomalyDetector.load, _anomaly, ("values", "ts_s", "lengths")),
+}
+
+
+def predictor(name: str) -> Predictor:
+    """The predictor of model ``name``; a clear error for an unknown one."""
+    try:
+        return PREDICTORS[name]
+    except KeyError:
+        raise KeyError(f"Expected a model name in {sorted(PREDICTORS)}, got {name!r}.") from None
