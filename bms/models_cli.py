@@ -97,7 +97,7 @@ def list_models(config: ConfigOpt = None) -> None:
     async def show(registry: Any) -> list[dict[str, Any]]:
         out = []
         for name in await registry.store.names():
-            serving = await registry.store.serving(name)
+            serving = await registry.store.serving_or_none(name)
             out.append({
                 "name": name,
                 "production": None if serving is None else serving.production_version,

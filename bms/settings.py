@@ -99,6 +99,8 @@ class ModelSettings(BaseModel):
     poll_interval_s: float = Field(2.0, gt=0, le=3600, description="Replicas re-read the registry")
     drift_threshold: float = Field(0.25, gt=0, description="PSI above which a feature alerts")
     demand_interval_s: float = Field(3600.0, gt=0, description="Zone demand forecast period")
+    rescore_interval_s: float = Field(3600.0, gt=0, description="Fleet rescoring and health trends")
+    retrain_interval_s: float = Field(86_400.0, gt=0, description="Refit on fleet history (candidates)")
     weather_url: str | None = Field(None, description="Open-Meteo-style API; None: simulated weather")
     train_on_start: bool = Field(True, description="Train (quick plan) when nothing is registered")
     utc_offset_h: float = Field(1.0, ge=-12, le=14, description="Fleet local time, for hour of day")

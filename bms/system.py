@@ -7,6 +7,7 @@ Order matters: migrations first (every component assumes the schema), then the d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -22,6 +23,7 @@ from ray import serve
 
 from bms.services import ServiceUrls
 from bms.settings import Settings
+from models.batch_job import MODEL_JOB_NAME, JobParams, ModelJobSpec, start_model_job
 from models.predictors import PREDICTORS
 from models.registry import ModelRegistry
 from models.training import TrainingPlan, ensure_served
@@ -189,6 +191,8 @@ class FleetSystem:
                 name="bms",
                 route_prefix="/",
             )
+            if models:
+                self._start_model_job()
 
     async def _ensure_models(self) -> None:
         """Registry check at start: train (quick plan) what has never been trained."""
@@ -202,6 +206,22 @@ class FleetSystem:
                 )
             if trained:
                 log.info("trained and promoted %s (quick plan; run `bms models train` for full)", trained)
+
+    def _start_model_job(self) -> None:
+        m = self.settings.models
+        s = self.settings.sim
+        start_model_job(ModelJobSpec(
+            namespace=self.namespace,
+            postgres_url=self.urls.postgres_url,
+            redis_url=self.urls.redis_url,
+            redis_prefix=self.redis_prefix,
+            artifacts_root=str(self.settings.artifacts_dir().resolve()),
+            weather_url=m.weather_url,
+            params=JobParams(
+                demand_interval_s=m.demand_interval_s, rescore_interval_s=m.rescore_interval_s,
+                retrain_interval_s=m.retrain_interval_s, lat=s.center_lat, lon=s.center_lon,
+            ),
+        ))  # fmt: skip
 
     def supervise_once(self) -> None:
         """Restart the bridge loop of any worker that Ray restarted after a crash."""
@@ -222,6 +242,8 @@ class FleetSystem:
                 ray.kill(h, no_restart=True)
             except Exception:
                 log.exception("stopping %s", name)
+        with contextlib.suppress(ValueError):  # no job actor: models were off
+            ray.kill(ray.get_actor(MODEL_JOB_NAME, namespace=self.namespace), no_restart=True)
         if self.with_http:
             try:
                 serve.shutdown()  # type: ignore[no-untyped-call]  # ray: unannotated

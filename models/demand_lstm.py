@@ -438,7 +438,9 @@ class DemandLSTM:
         Numbers recorded at training time (loss, duration, windows).
     """
 
-    def __init__(self, net: _DemandNet, params: DemandLstmParams, metrics: Mapping[str, float]):
+    def __init__(
+        self, net: _DemandNet, params: DemandLstmParams, metrics: Mapping[str, float]
+    ) -> None:
         self._net = net.eval()
         self.params = params
         self.metrics: Mapping[str, float] = dict(metrics)
@@ -457,6 +459,14 @@ class DemandLSTM:
         numpy.ndarray
             ``(n_zones, 24)`` non-negative float64; column ``k`` is the hour starting at
             ``inputs.start_ts + k * 3600``.
+
+        Notes
+        -----
+        Runs with torch's current thread settings. Batches here are small, and on a CPU
+        shared with other busy processes torch's multi-threaded kernels were seen to take
+        about a second per call waiting for descheduled threads (against under a
+        millisecond on one thread), so serving processes should call
+        ``torch.set_num_threads(1)`` (or set ``OMP_NUM_THREADS=1``).
         """
         features = build_features(inputs, self.params)
         multipliers = np.empty((inputs.n_zones, HORIZON_HOURS), dtype=np.float64)

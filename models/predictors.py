@@ -18,11 +18,13 @@ import numpy.typing as npt
 
 from models.anomaly import AnomalyDetector
 from models.degradation_lstm import DegradationLSTM
+from models.demand_lstm import HORIZON_HOURS, DemandInputs, DemandLSTM
 from models.health_xgb import HealthXGB
 from models.priority_rf import PriorityRF
 from models.telemetry_windows import TelemetryWindows
+from sim.weather import WeatherHours
 
-__all__ = ["PREDICTORS", "Arrays", "Predictor", "predictor"]
+__all__ = ["PREDICTORS", "Arrays", "Predictor", "demand_request", "predictor"]
 
 Arrays = dict[str, npt.NDArray[Any]]
 
@@ -86,11 +88,50 @@ def _anomaly(model: AnomalyDetector, req: Mapping[str, npt.NDArray[Any]]) -> Arr
     return out
 
 
+def _demand(model: DemandLSTM, req: Mapping[str, npt.NDArray[Any]]) -> Arrays:
+    # Weather is the same for every zone of one forecast; rows are grouped by forecast
+    # start, in case @serve.batch merged two forecasts into one call.
+    rides = np.asarray(req["history_rides"], dtype=np.float64)
+    out = np.empty((rides.shape[0], HORIZON_HOURS))
+    starts = np.asarray(req["next_ts"])[:, 0]
+    for start in np.unique(starts):
+        rows = np.flatnonzero(starts == start)
+        r0 = rows[0]
+        inputs = DemandInputs(
+            history_rides=rides[rows],
+            weather_past=WeatherHours(req["past_ts"][r0], req["past_temp_c"][r0], req["past_precipitation_mm"][r0]),
+            weather_next=WeatherHours(req["next_ts"][r0], req["next_temp_c"][r0], req["next_precipitation_mm"][r0]),
+        )
+        out[rows] = model.predict(inputs)
+    return {"rides": out}
+
+
+def demand_request(inputs: DemandInputs) -> Arrays:
+    """The row-aligned arrays of a demand forecast request (weather repeated per zone)."""
+    n = inputs.n_zones
+
+    def rep(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        return np.repeat(np.asarray(a)[None, :], n, axis=0)
+
+    wp, wn = inputs.weather_past, inputs.weather_next
+    return {
+        "history_rides": np.asarray(inputs.history_rides),
+        "past_ts": rep(wp.ts), "past_temp_c": rep(wp.temp_c), "past_precipitation_mm": rep(wp.precipitation_mm),
+        "next_ts": rep(wn.ts), "next_temp_c": rep(wn.temp_c), "next_precipitation_mm": rep(wn.precipitation_mm),
+    }
+
+
 PREDICTORS: dict[str, Predictor] = {
     "health": Predictor(HealthXGB.load, _health, ("features",), drift_input="features"),
     "priority": Predictor(PriorityRF.load, _priority, ("features",), drift_input="features"),
     "degradation": Predictor(DegradationLSTM.load, _degradation, ("x", "h", "c", "soh")),
     "anomaly": Predictor(AnomalyDetector.load, _anomaly, ("values", "ts_s", "lengths")),
+    "demand": Predictor(
+        DemandLSTM.load,
+        _demand,
+        ("history_rides", "past_ts", "past_temp_c", "past_precipitation_mm",
+         "next_ts", "next_temp_c", "next_precipitation_mm"),
+    ),
 }
 
 

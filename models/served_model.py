@@ -22,7 +22,7 @@ from models.drift import DriftMonitor, DriftReference
 from models.model_version import ServingConfig
 from models.predictors import Arrays, Predictor
 
-__all__ = ["DRIFT_REFERENCE_FILE", "NotServing", "ServedModel"]
+__all__ = ["DRIFT_REFERENCE_FILE", "InProcessModels", "NotServing", "ServedModel"]
 
 log = logging.getLogger(__name__)
 
@@ -152,3 +152,35 @@ class ServedModel:
             "versions": self.metrics.to_dict(),
             "drift": drift_out,
         }
+
+
+class InProcessModels:
+    """A :class:`twins.scoring.ModelClient` that runs the models in this process.
+
+    The same :class:`ServedModel` code as a Serve replica, without Ray: for unit tests,
+    benchmarks' bare side and what-if simulations.
+    """
+
+    def __init__(self, models: Mapping[str, ServedModel]) -> None:
+        self.models = dict(models)
+
+    @classmethod
+    def from_artifacts(cls, artifacts: Mapping[str, Path]) -> InProcessModels:
+        """Version 1 of each model from its artifact directory."""
+        import time
+
+        from models.predictors import predictor
+
+        out = {}
+        for name, directory in artifacts.items():
+            served = ServedModel(name, predictor(name))
+            served.apply(ServingConfig(name, 1, None, 0.0, time.time(), "in-process"), {1: directory})
+            out[name] = served
+        return cls(out)
+
+    async def call(self, model: str, ids: list[str], arrays: Mapping[str, npt.NDArray[Any]]) -> Arrays:
+        try:
+            served = self.models[model]
+        except KeyError:
+            raise NotServing(f"Model {model!r} is not loaded in this process; have {sorted(self.models)}.") from None
+        return served.run(ids, arrays)

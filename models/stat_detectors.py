@@ -22,7 +22,10 @@ statistic over normal training windows:
     weak group also has the highest resistance), so each battery's spread is first
     corrected by its own spread-per-ampere, fitted on the older part of the window; the
     statistic is the EWMA of the corrected spread at the newest sample minus its median
-    over the older part.
+    over the older part. The spread-per-ampere is a Bayesian estimate with the fleet's
+    spread of slopes as prior, and its uncertainty widens the z's denominator: a scooter
+    parked through the reference part and ridden in the recent part has an unknown
+    slope, and its load-widened spread is not taken for a growing imbalance.
 
 The z of the self-referenced statistics (sag, imbalance) divides by the larger of the fleet
 scale and the battery's own MAD, so a battery with noisy history needs a larger change.
@@ -57,7 +60,8 @@ class StatDetectorParams:
         Size of the scored recent part (temperature, imbalance).
     reference_fraction
         The oldest this fraction of a window is the battery's reference (see
-        :meth:`~models.telemetry_windows.TelemetryWindows.reference`).
+        :meth:`~models.telemetry_windows.TelemetryWindows.reference`). The default, 24 of
+        64 samples, keeps a fault that began up to 40 samples ago out of the reference.
     min_reference_samples
         Fewer reference samples: not evaluable.
     temp_ewma_time_constant_s
@@ -76,8 +80,10 @@ class StatDetectorParams:
         Floor of the sag scale.
     imbalance_ewma_alpha
         Per-sample EWMA weight of the newest corrected spread.
-    imbalance_slope_prior_a2
-        Ridge prior (A²) of each battery's spread-per-ampere.
+    imbalance_well_determined_sxx_a2
+        Training windows whose reference current varies by at least this much (summed
+        squared deviation, A²) pin their own spread-per-ampere down; the fleet's spread
+        of those slopes is the prior of every battery's slope.
     min_imbalance_scale_v
         Floor of the imbalance scale (the wire rounds cell voltages to 1 mV).
     temp_z_threshold, sag_z_threshold, imbalance_z_threshold
@@ -85,7 +91,7 @@ class StatDetectorParams:
     """
 
     recent_samples: int = 8
-    reference_fraction: float = 0.5
+    reference_fraction: float = 0.375
     min_reference_samples: int = 16
     temp_ewma_time_constant_s: float = 60.0
     min_temp_scale_c_per_min: float = 0.05
@@ -95,7 +101,7 @@ class StatDetectorParams:
     sag_min_steps: int = 2
     min_sag_scale_ohm: float = 0.003
     imbalance_ewma_alpha: float = 0.3
-    imbalance_slope_prior_a2: float = 20.0
+    imbalance_well_determined_sxx_a2: float = 200.0
     min_imbalance_scale_v: float = 0.005
     temp_z_threshold: float = 8.0
     sag_z_threshold: float = 8.0
@@ -115,7 +121,7 @@ class StatDetectorParams:
             "sag_min_current_step_a",
             "sag_max_step_dt_s",
             "min_sag_scale_ohm",
-            "imbalance_slope_prior_a2",
+            "imbalance_well_determined_sxx_a2",
             "min_imbalance_scale_v",
             "temp_z_threshold",
             "sag_z_threshold",
@@ -184,6 +190,7 @@ class _Raw:
 
     stat: FloatArray  # (n,) level - baseline, anomalous direction positive
     own_scale: FloatArray  # (n,) the battery's own spread (0 if not used)
+    extra_var: FloatArray  # (n,) variance the statistic owes to estimated corrections
     level: FloatArray
     baseline: FloatArray
     evaluable: BoolArray
@@ -203,6 +210,10 @@ class StatDetectors:
     def __init__(self, params: StatDetectorParams | None = None) -> None:
         self.params = params or StatDetectorParams()
         self.heating_c_per_min_per_a2 = 0.0
+        # Prior of each battery's cell spread per ampere (V/A) and the spread's noise (V).
+        self.spread_slope_center_v_per_a = 0.0
+        self.spread_slope_std_v_per_a = 1.0
+        self.spread_noise_v = 1.0
         self.centers: dict[str, float] = {}
         self.scales: dict[str, float] = {}
 
@@ -210,6 +221,7 @@ class StatDetectors:
     def fit(self, windows: TelemetryWindows) -> StatDetectors:
         """Fit the heating coefficient and each statistic's median and MAD on normal windows."""
         self.heating_c_per_min_per_a2 = _fit_heating(windows)
+        self._fit_spread_prior(windows)
         floors = {
             "temp_rise": self.params.min_temp_scale_c_per_min,
             "voltage_sag": self.params.min_sag_scale_ohm,
@@ -219,11 +231,9 @@ class StatDetectors:
             x = raw.stat[raw.evaluable]
             if x.size == 0:
                 raise ValueError(f"Expected evaluable training windows for {name}, got none.")
-            center = float(np.median(x))
+            center, scale = _robust(x)
             self.centers[name] = center
-            self.scales[name] = max(
-                float(_MAD_TO_STD * np.median(np.abs(x - center))), floors[name]
-            )
+            self.scales[name] = max(scale, floors[name])
         return self
 
     # ------------------------------------------------------------------ score
@@ -235,7 +245,7 @@ class StatDetectors:
         thresholds = (p.temp_z_threshold, p.sag_z_threshold, p.imbalance_z_threshold)
         out: list[DetectorScores] = []
         for name, raw, threshold in zip(self._NAMES, self._raw(windows), thresholds, strict=True):
-            scale = np.maximum(self.scales[name], raw.own_scale)
+            scale = np.sqrt(np.maximum(self.scales[name], raw.own_scale) ** 2 + raw.extra_var)
             z = np.where(raw.evaluable, (raw.stat - self.centers[name]) / scale, 0.0)
             z = np.where(np.isfinite(z), z, 0.0)
             out.append(
@@ -270,7 +280,7 @@ class StatDetectors:
         evaluable &= pair[:, -p.recent_samples :].any(axis=1)
         center = self.centers.get("temp_rise", 0.0)
         zeros = np.zeros(windows.n)
-        return _Raw(rate, zeros, rate, np.full(windows.n, center), evaluable)
+        return _Raw(rate, zeros, zeros, rate, np.full(windows.n, center), evaluable)
 
     def _voltage_sag(self, windows: TelemetryWindows) -> _Raw:
         p = self.params
@@ -288,23 +298,59 @@ class StatDetectors:
         own = _MAD_TO_STD * _masked_median(np.abs(r_ohm - baseline[:, None]), ref)
         evaluable = (recent.sum(axis=1) >= p.sag_min_steps) & (ref.sum(axis=1) >= p.sag_min_steps)
         stat = np.where(evaluable, level - baseline, 0.0)
-        return _Raw(stat, np.where(evaluable, own, 0.0), level, baseline, evaluable)
+        zeros = np.zeros(windows.n)
+        return _Raw(stat, np.where(evaluable, own, 0.0), zeros, level, baseline, evaluable)
+
+    def _spread(self, windows: TelemetryWindows) -> tuple[FloatArray, FloatArray, BoolArray]:
+        """Cell spread, current, and where both are usable."""
+        spread = windows.column("cell_max_v") - windows.column("cell_min_v")
+        current = windows.column("current_a")
+        return spread, current, windows.valid & np.isfinite(spread) & np.isfinite(current)
+
+    def _fit_spread_prior(self, windows: TelemetryWindows) -> None:
+        """Fleet prior of the spread-per-ampere, from windows that pin their own slope down."""
+        p = self.params
+        spread, current, finite = self._spread(windows)
+        ref = finite & windows.reference(p.reference_fraction, p.recent_samples)
+        line = _LineStats.of(current, spread, ref)
+        good = (line.n >= p.min_reference_samples) & (line.sxx >= p.imbalance_well_determined_sxx_a2)
+        if int(good.sum()) < 10:
+            raise ValueError(
+                f"Expected >= 10 training windows whose reference current varies by >= "
+                f"{p.imbalance_well_determined_sxx_a2} A² (riding) and that report cell "
+                f"voltages, got {int(good.sum())}."
+            )
+        ols = line.sxy[good] / line.sxx[good]
+        fit = line.y_mean[good, None] + ols[:, None] * (current[good] - line.x_mean[good, None])
+        noise = (spread[good] - fit)[ref[good]]
+        self.spread_noise_v = max(_robust(noise)[1], p.min_imbalance_scale_v)
+        center, scale = _robust(ols)
+        self.spread_slope_center_v_per_a = center
+        # Floored at a tenth of a milliohm-equivalent so a fleet of identical simulated
+        # packs cannot make the prior absolute.
+        self.spread_slope_std_v_per_a = max(scale, 1e-4)
 
     def _imbalance(self, windows: TelemetryWindows) -> _Raw:
         p = self.params
-        spread = windows.column("cell_max_v") - windows.column("cell_min_v")
-        current = windows.column("current_a")
-        finite = windows.valid & np.isfinite(spread) & np.isfinite(current)
+        spread, current, finite = self._spread(windows)
         recent = windows.recent(p.recent_samples)
         ref = finite & windows.reference(p.reference_fraction, p.recent_samples)
-        slope = _ridge_slope(current, spread, ref, p.imbalance_slope_prior_a2)
+        line = _LineStats.of(current, spread, ref)
+        # Conjugate normal update of the slope (prior N(center, std²), noise variance
+        # noise²): the prior weighs like noise² / std² A² of reference current spread.
+        noise2 = self.spread_noise_v**2
+        prior_a2 = noise2 / self.spread_slope_std_v_per_a**2
+        slope = (line.sxy + prior_a2 * self.spread_slope_center_v_per_a) / (line.sxx + prior_a2)
+        slope_var = noise2 / (line.sxx + prior_a2)
         corrected = spread - slope[:, None] * current
         level = _ewma_last(corrected, finite, p.imbalance_ewma_alpha)
+        i_level = _ewma_last(current, finite, p.imbalance_ewma_alpha)
         baseline = _masked_median(corrected, ref)
         own = _MAD_TO_STD * _masked_median(np.abs(corrected - baseline[:, None]), ref)
-        evaluable = (ref.sum(axis=1) >= p.min_reference_samples) & (finite & recent).any(axis=1)
+        evaluable = (line.n >= p.min_reference_samples) & (finite & recent).any(axis=1)
         stat = np.where(evaluable, level - baseline, 0.0)
-        return _Raw(stat, np.where(evaluable, own, 0.0), level, baseline, evaluable)
+        extra_var = np.where(evaluable, (i_level - line.x_mean) ** 2 * slope_var, 0.0)
+        return _Raw(stat, np.where(evaluable, own, 0.0), extra_var, level, baseline, evaluable)
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
@@ -314,6 +360,9 @@ class StatDetectors:
         return {
             "params": self.params.to_dict(),
             "heating_c_per_min_per_a2": self.heating_c_per_min_per_a2,
+            "spread_slope_center_v_per_a": self.spread_slope_center_v_per_a,
+            "spread_slope_std_v_per_a": self.spread_slope_std_v_per_a,
+            "spread_noise_v": self.spread_noise_v,
             "centers": dict(self.centers),
             "scales": dict(self.scales),
         }
@@ -322,7 +371,13 @@ class StatDetectors:
     def from_dict(cls, data: dict[str, Any]) -> StatDetectors:
         """Fitted detectors from :meth:`to_dict` output."""
         model = cls(StatDetectorParams.from_dict(data["params"]))
-        model.heating_c_per_min_per_a2 = float(data["heating_c_per_min_per_a2"])
+        for name in (
+            "heating_c_per_min_per_a2",
+            "spread_slope_center_v_per_a",
+            "spread_slope_std_v_per_a",
+            "spread_noise_v",
+        ):
+            setattr(model, name, float(data[name]))
         for attr in ("centers", "scales"):
             values = {str(k): float(v) for k, v in data[attr].items()}
             if set(values) != set(cls._NAMES):
@@ -378,15 +433,34 @@ def _masked_median(x: FloatArray, mask: BoolArray) -> FloatArray:
     return out
 
 
-def _ridge_slope(x: FloatArray, y: FloatArray, mask: BoolArray, prior: float) -> FloatArray:
-    """Row-wise least-squares slope of ``y`` on ``x`` over ``mask``, shrunk toward 0."""
-    w = mask.astype(np.float64)
-    n = np.maximum(w.sum(axis=1), 1.0)
-    x0, y0 = np.where(mask, x, 0.0), np.where(mask, y, 0.0)
-    dx = (x0 - (x0.sum(axis=1) / n)[:, None]) * w
-    dy = (y0 - (y0.sum(axis=1) / n)[:, None]) * w
-    out: FloatArray = (dx * dy).sum(axis=1) / ((dx * dx).sum(axis=1) + prior)
-    return out
+@dataclass(frozen=True)
+class _LineStats:
+    """Row-wise sufficient statistics of a straight-line fit of ``y`` on ``x`` over a mask."""
+
+    n: FloatArray
+    x_mean: FloatArray
+    y_mean: FloatArray
+    sxx: FloatArray
+    sxy: FloatArray
+
+    @classmethod
+    def of(cls, x: FloatArray, y: FloatArray, mask: BoolArray) -> _LineStats:
+        n = mask.sum(axis=1).astype(np.float64)
+        n_safe = np.maximum(n, 1.0)
+        x_mean = np.where(mask, x, 0.0).sum(axis=1) / n_safe
+        y_mean = np.where(mask, y, 0.0).sum(axis=1) / n_safe
+        dx = np.where(mask, x - x_mean[:, None], 0.0)
+        dy = np.where(mask, y - y_mean[:, None], 0.0)
+        return cls(n, x_mean, y_mean, (dx * dx).sum(axis=1), (dx * dy).sum(axis=1))
+
+
+def _robust(x: FloatArray) -> tuple[float, float]:
+    """Median and 1.4826 * MAD of the finite values (0, 0 if there are none)."""
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return 0.0, 0.0
+    center = float(np.median(x))
+    return center, float(_MAD_TO_STD * np.median(np.abs(x - center)))
 
 
 def _ewma_last(x: FloatArray, mask: BoolArray, alpha: float) -> FloatArray:

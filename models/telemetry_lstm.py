@@ -8,9 +8,10 @@ current the rider *will* draw: the voltage answers the current within the same s
 throttle rather than the battery. Along the window the LSTM can learn the battery's own
 resistance and heating, so a pack whose behaviour changes mid-window is mispredicted.
 
-The anomaly score is a z of the recent prediction error: the root mean square of the last
-``recent_samples`` errors (each output in units of its training error spread), against the
-median and MAD of that statistic over held-out normal windows.
+The network predicts a mean and a variance for every step (trained by Gaussian likelihood),
+so each error is read in units of the spread expected for that step. The anomaly score is
+a z of the recent error: the root mean square of the last ``recent_samples`` standardised
+errors, against the median and MAD of that statistic over held-out normal windows.
 
 Training and scoring run on the CPU with ``torch_threads`` threads (1 by default: the
 detector shares its host with the twin shard).
@@ -43,7 +44,7 @@ _MAD_TO_STD = 1.4826
 INPUT_NAMES = (
     "pack_voltage_v",
     "current_a",
-    "temp_c",
+    "temp_rise_c",
     "soc_pct",
     "cell_spread_v",
     "log_dt_s",
@@ -133,17 +134,21 @@ class TelemetryLSTMParams:
 
 
 class _Net(nn.Module):
-    """LSTM over the steps of a window, linear read-out of the next change."""
+    """LSTM over the steps of a window; linear read-out of the next change's mean and
+    log-variance (one pair per target)."""
 
     def __init__(self, n_inputs: int, hidden_size: int, num_layers: int, n_outputs: int) -> None:
         super().__init__()
+        self.n_outputs = n_outputs
         self.lstm = nn.LSTM(n_inputs, hidden_size, num_layers=num_layers, batch_first=True)
-        self.head = nn.Linear(hidden_size, n_outputs)
+        self.head = nn.Linear(hidden_size, 2 * n_outputs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out, _ = self.lstm(x)
         y: torch.Tensor = self.head(out)
-        return y
+        mean, log_var = y[..., : self.n_outputs], y[..., self.n_outputs :]
+        # Bounded so one badly fitted step can neither blow up nor zero the likelihood.
+        return mean, log_var.clamp(-12.0, 6.0)
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,10 @@ def _steps(windows: TelemetryWindows) -> _Steps:
     v = windows.column("pack_voltage_v")
     i = windows.column("current_a")
     t = windows.column("temp_c")
+    # Temperature enters relative to the window's oldest sample: the absolute level follows
+    # the weather, and a network that keys on it mistakes a cold night for an anomaly.
+    first_t = t[np.arange(windows.n), windows.window_samples - np.maximum(windows.lengths, 1)]
+    t_rel = t - first_t[:, None]
     soc = windows.column("soc_pct")
     spread = windows.column("cell_max_v") - windows.column("cell_min_v")
     ts = windows.ts_s
@@ -167,7 +176,7 @@ def _steps(windows: TelemetryWindows) -> _Steps:
         [
             v[:, :-1],
             i[:, :-1],
-            t[:, :-1],
+            t_rel[:, :-1],
             soc[:, :-1],
             spread[:, :-1],
             np.log1p(np.where(dt_s > 0, dt_s, np.nan)),
@@ -199,7 +208,6 @@ class TelemetryLSTM:
         self.x_mean = np.zeros(len(INPUT_NAMES))
         self.x_std = np.ones(len(INPUT_NAMES))
         self.y_std = np.ones(len(TARGET_NAMES))
-        self.error_std = np.ones(len(TARGET_NAMES))
         self.score_center = 0.0
         self.score_scale = 1.0
         self.fitted = False
@@ -264,8 +272,13 @@ class TelemetryLSTM:
                 for start in range(0, xt.shape[0], p.batch_size):
                     b = perm[start : start + p.batch_size]
                     m = mt[b]
-                    err = (self.net(xt[b]) - yt[b]) ** 2
-                    loss = (err.mean(dim=2) * m).sum() / m.sum().clamp(min=1.0)
+                    mean, log_var = self.net(xt[b])
+                    # Gaussian negative log-likelihood: the network also learns how
+                    # uncertain each step is (a minute parked after a ride is less
+                    # predictable than five seconds of cruising), so errors are judged
+                    # against the spread expected for that very step.
+                    nll = 0.5 * (log_var + (yt[b] - mean) ** 2 * torch.exp(-log_var))
+                    loss = (nll.mean(dim=2) * m).sum() / m.sum().clamp(min=1.0)
                     opt.zero_grad()
                     loss.backward()
                     # Clipped: a window with a long parked gap can still give a large step.
@@ -279,9 +292,6 @@ class TelemetryLSTM:
 
         val = windows.take(val_idx)
         err, ok_val = self._errors(val)
-        self.error_std = np.maximum(
-            np.array([_robust_scale(err[:, :, j][ok_val]) for j in range(err.shape[2])]), 1e-6
-        )
         self.fitted = True
         raw = self._raw_scores(val, err, ok_val)
         raw = raw[val.lengths >= p.min_samples]
@@ -291,21 +301,23 @@ class TelemetryLSTM:
 
     # ------------------------------------------------------------------ score
     def _errors(self, windows: TelemetryWindows) -> tuple[FloatArray, BoolArray]:
-        """Prediction minus truth, in target-std units, ``(n, W - 1, outputs)``."""
+        """Prediction minus truth in units of the predicted std, ``(n, W - 1, outputs)``."""
         steps = _steps(windows)
         x, y = self._tensors(steps)
-        pred = np.empty_like(y)
+        z = np.empty(y.shape, dtype=np.float64)
         with self._threads(), torch.no_grad():
             for start in range(0, x.shape[0], self.params.score_batch_size):
                 chunk = torch.from_numpy(x[start : start + self.params.score_batch_size])
-                pred[start : start + chunk.shape[0]] = self.net(chunk).numpy()
-        return (pred - y).astype(np.float64), steps.ok
+                mean, log_var = self.net(chunk)
+                stop = start + chunk.shape[0]
+                z[start:stop] = (mean.numpy() - y[start:stop]) * np.exp(-0.5 * log_var.numpy())
+        return z, steps.ok
 
     def _raw_scores(self, windows: TelemetryWindows, err: FloatArray, ok: BoolArray) -> FloatArray:
         k = self.params.recent_samples
         # Step j predicts sample j + 1: it is recent when that sample is.
         recent = ok & windows.recent(k)[:, 1:]
-        e2 = ((err / self.error_std) ** 2).mean(axis=2)
+        e2 = (err**2).mean(axis=2)
         n = recent.sum(axis=1)
         out: FloatArray = np.sqrt(np.where(recent, e2, 0.0).sum(axis=1) / np.maximum(n, 1))
         return np.where(n > 0, out, 0.0)
@@ -348,7 +360,6 @@ class TelemetryLSTM:
             "x_mean": self.x_mean.tolist(),
             "x_std": self.x_std.tolist(),
             "y_std": self.y_std.tolist(),
-            "error_std": self.error_std.tolist(),
             "score_center": self.score_center,
             "score_scale": self.score_scale,
             "train_losses": self.train_losses,
@@ -372,7 +383,6 @@ class TelemetryLSTM:
         model.x_mean = np.asarray(meta["x_mean"], dtype=np.float64)
         model.x_std = np.asarray(meta["x_std"], dtype=np.float64)
         model.y_std = np.asarray(meta["y_std"], dtype=np.float64)
-        model.error_std = np.asarray(meta["error_std"], dtype=np.float64)
         model.score_center = float(meta["score_center"])
         model.score_scale = float(meta["score_scale"])
         model.train_losses = [float(v) for v in meta["train_losses"]]

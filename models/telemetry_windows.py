@@ -27,7 +27,13 @@ import numpy.typing as npt
 from twins.samples import WINDOW_FIELDS
 from twins.twin_table import TwinTable
 
-__all__ = ["FIELD_INDEX", "TelemetryWindows", "windows_from_columns", "windows_from_table"]
+__all__ = [
+    "FIELD_INDEX",
+    "TelemetryWindows",
+    "sliding_windows",
+    "windows_from_columns",
+    "windows_from_table",
+]
 
 FloatArray = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]
@@ -287,4 +293,27 @@ def windows_from_columns(
         ts_s=ts_s,
         lengths=lengths,
         battery_ids=tuple(ids[i] for i in src.tolist()),
+    )
+
+
+def sliding_windows(
+    columns: Sequence[Mapping[str, npt.ArrayLike]],
+    window_samples: int = 64,
+    stride: int = 16,
+    *,
+    battery_ids: Sequence[str] | None = None,
+) -> TelemetryWindows:
+    """Every full window of every series, ``stride`` samples apart (training data).
+
+    Window ends run from ``window_samples`` to the series length in steps of ``stride``;
+    a series shorter than one window contributes nothing.
+    """
+    if stride < 1:
+        raise ValueError(f"Expected stride >= 1, got {stride}.")
+    sizes = [len(np.asarray(c["ts"]).reshape(-1)) if "ts" in c else 0 for c in columns]
+    ends = [np.arange(window_samples, size + 1, stride, dtype=np.int64) for size in sizes]
+    source = np.repeat(np.arange(len(columns), dtype=np.int64), [e.size for e in ends])
+    end = np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64)
+    return windows_from_columns(
+        columns, window_samples, battery_ids=battery_ids, source=source, end=end
     )

@@ -22,9 +22,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from models.anomaly import AnomalyDetector, AnomalyParams
 from models.cell_data import CellHistory, load_cell_histories
 from models.degradation_lstm import DegradationParams
 from models.degradation_lstm import train as train_degradation
+from models.demand_lstm import DemandLstmParams
+from models.demand_lstm import evaluate as evaluate_demand
+from models.demand_lstm import train as train_demand
 from models.drift import DriftReference
 from models.features import HEALTH_FEATURE_NAMES, PRIORITY_FEATURE_NAMES
 from models.health_xgb import HealthParams, train_health
@@ -32,7 +36,13 @@ from models.model_version import ModelVersion
 from models.priority_rf import PriorityParams, train_priority
 from models.registry import ModelRegistry, data_fingerprint
 from models.served_model import DRIFT_REFERENCE_FILE
+from models.telemetry_windows import TelemetryWindows, windows_from_columns
 from sim.ageing import LifetimeSimulator
+from sim.faults import record_fleet
+from sim.fleet_params import FleetParams
+from sim.ride_demand import ride_history
+from sim.weather import SimWeather
+from twins.zones import ZoneGrid
 
 __all__ = ["TrainedModel", "TrainingPlan", "default_cells_dir", "register_all", "train_all"]
 
@@ -176,10 +186,86 @@ def _train_degradation(plan: TrainingPlan, out: Path) -> TrainedModel:
     )  # fmt: skip
 
 
+def fleet_zone_ids(center_lat: float, center_lon: float, radius_km: float, cell_km: float = 1.0) -> list[str]:
+    """Zone ids of the grid cells over the fleet's disc, as the twins name them, nearest first."""
+    grid = ZoneGrid(cell_km)
+    steps = np.arange(-radius_km, radius_km + cell_km / 4, cell_km / 2)
+    north_km, east_km = np.meshgrid(steps, steps, indexing="ij")
+    dist = np.hypot(north_km, east_km)
+    inside = dist <= radius_km
+    order = np.argsort(dist[inside], kind="stable")
+    lat = (center_lat + north_km / 111.32)[inside][order]
+    lon = (center_lon + east_km / (111.32 * np.cos(np.radians(center_lat))))[inside][order]
+    return list(dict.fromkeys(grid.zone_ids(lat, lon)))
+
+
+def _train_demand(plan: TrainingPlan, out: Path) -> TrainedModel:
+    started = time.perf_counter()
+    zones = fleet_zone_ids(52.52, 13.405, 6.0)[: plan.demand_zones]
+    weather = SimWeather(seed=plan.seed)
+    # Start at a fixed Monday so a seed always gives the same history.
+    start_ts = 1_709_251_200.0  # 2024-03-01 00:00 UTC
+    hours = plan.demand_days * 24
+    history = ride_history(zones, start_ts, hours, weather, plan.seed)
+    holdout_h = min(7 * 24, hours // 4)
+    params = DemandLstmParams(epochs=3 if plan.demand_days < 60 else 6)
+    model = train_demand(history.window(0, hours - holdout_h), params, plan.seed)
+    ev = evaluate_demand(model, history, float(history.ts[hours - holdout_h]))
+    metrics = {**dict(model.metrics), **ev.as_metrics(), "mae_improvement_vs_last_week": ev.mae_improvement}
+    model.save(out, extra_metrics=ev.as_metrics())
+    return TrainedModel(
+        "demand", out, _numeric(metrics),
+        {"zones": len(zones), "days": plan.demand_days, "seed": plan.seed, **params.as_dict()},
+        data_fingerprint(history.rides), time.perf_counter() - started,
+    )  # fmt: skip
+
+
+def normal_windows(vehicles: int, hours: float, seed: int, window_samples: int = 64) -> TelemetryWindows:
+    """Windows of healthy simulated telemetry, several per battery (the anomaly training set).
+
+    One window ends every ``window_samples // 2`` samples of each battery, so the set covers
+    riding, parking and charging at every time of the recording.
+    """
+    # 15:00 UTC on a weekday: the run spans the evening peak, with many trips and parks.
+    columns = record_fleet(
+        FleetParams(vehicles=vehicles, seed=seed), hours * 3600.0, 1_764_172_800.0 - 3600.0, dt_s=2.0
+    )
+    series = list(columns.values())
+    stride = max(1, window_samples // 2)
+    source, end = [], []
+    for k, cols in enumerate(series):
+        n = len(cols["ts"])
+        for e in range(min(n, window_samples), n + 1, stride):
+            source.append(k)
+            end.append(e)
+    return windows_from_columns(
+        series, window_samples, battery_ids=list(columns), source=np.array(source), end=np.array(end)
+    )
+
+
+def _train_anomaly(plan: TrainingPlan, out: Path) -> TrainedModel:
+    started = time.perf_counter()
+    windows = normal_windows(plan.anomaly_vehicles, plan.anomaly_hours, plan.seed)
+    detector = AnomalyDetector(AnomalyParams()).fit(windows)
+    detector.save(out)
+    report = detector.score(windows)
+    metrics = {
+        "train_windows": float(windows.n),
+        "train_flagged_fraction": float(np.mean(report.flags != 0)),
+    }
+    return TrainedModel(
+        "anomaly", out, metrics,
+        {"vehicles": plan.anomaly_vehicles, "hours": plan.anomaly_hours, "seed": plan.seed},
+        data_fingerprint(windows.values), time.perf_counter() - started,
+    )  # fmt: skip
+
+
 TRAINERS: dict[str, Callable[[TrainingPlan, Path], TrainedModel]] = {
     "health": _train_health,
     "priority": _train_priority,
     "degradation": _train_degradation,
+    "anomaly": _train_anomaly,
+    "demand": _train_demand,
 }
 
 
@@ -215,7 +301,7 @@ async def register_all(
     out = []
     for t in trained:
         version = await registry.register(t.name, t.directory, t.metrics, t.params, t.fingerprint, actor)
-        serving = await registry.store.serving(t.name)
+        serving = await registry.store.serving_or_none(t.name)
         do_promote = promote or serving is None
         if do_promote:
             await registry.store.promote(t.name, version.version, actor)
@@ -235,7 +321,7 @@ async def ensure_served(
     What a fresh system runs at start, so the twins are scored from the first tick; models
     already in production are left alone. Returns the names trained.
     """
-    missing = [n for n in TRAINERS if await registry.store.serving(n) is None]
+    missing = [n for n in TRAINERS if await registry.store.serving_or_none(n) is None]
     if missing:
         import asyncio
 

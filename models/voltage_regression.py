@@ -62,7 +62,8 @@ class VoltageRegressionParams:
         The last this-many samples of a window are scored.
     reference_fraction
         The baseline is fitted on the oldest this fraction of the window (see
-        :meth:`~models.telemetry_windows.TelemetryWindows.reference`).
+        :meth:`~models.telemetry_windows.TelemetryWindows.reference`). The default, 24 of
+        64 samples, keeps a fault that began up to 40 samples ago out of the reference.
     min_reference_samples
         Fewer baseline samples than this: the window is not evaluable (score 0).
     well_determined_sxx_a2
@@ -82,7 +83,7 @@ class VoltageRegressionParams:
         5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0,
     )  # fmt: skip
     recent_samples: int = 8
-    reference_fraction: float = 0.5
+    reference_fraction: float = 0.375
     min_reference_samples: int = 16
     well_determined_sxx_a2: float = 200.0
     min_scale_v: float = 0.02

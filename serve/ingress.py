@@ -84,6 +84,16 @@ def _registry_http_error(err: Exception) -> HTTPException:
     return HTTPException(409, str(err))
 
 
+def _serving_dict(cfg: ServingConfig) -> dict[str, Any]:
+    return {
+        "production_version": cfg.production_version,
+        "candidate_version": cfg.candidate_version,
+        "candidate_fraction": cfg.candidate_fraction,
+        "updated_at_s": cfg.updated_at_s,
+        "updated_by": cfg.updated_by,
+    }
+
+
 class IngressConfig(BaseModel):
     """Arguments of the ingress deployment (validated when the app is built)."""
 
@@ -137,7 +147,7 @@ def _clean(x: Any) -> Any:
 class ApiIngress:
     """The HTTP face of the twins; reads go to shards, history to PostgreSQL."""
 
-    def __init__(self, config: IngressConfig, models: dict[str, DeploymentHandle] | None = None) -> None:
+    def __init__(self, config: IngressConfig, models: dict[str, DeploymentHandle[Any]] | None = None) -> None:
         self._config = config
         self._models = dict(models or {})
         self._fleet = FleetClient(config.namespace)
@@ -296,7 +306,7 @@ class ApiIngress:
         async with pool.connection() as conn:
             store = ModelRegistryStore(conn)
             names = sorted(set(await store.names()) | set(self._models))
-            serving = {n: await store.serving(n) for n in names}
+            serving = {n: await store.serving_or_none(n) for n in names}
         out = []
         for n in names:
             cfg = serving[n]
@@ -375,12 +385,3 @@ class ApiIngress:
     ) -> dict[str, Any]:
         return await self._change(name, "stop_ab", actor)
 
-
-def _serving_dict(cfg: ServingConfig) -> dict[str, Any]:
-    return {
-        "production_version": cfg.production_version,
-        "candidate_version": cfg.candidate_version,
-        "candidate_fraction": cfg.candidate_fraction,
-        "updated_at_s": cfg.updated_at_s,
-        "updated_by": cfg.updated_by,
-    }

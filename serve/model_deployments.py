@@ -64,6 +64,11 @@ class ModelServer:
     """Serves every loaded version of one model family."""
 
     def __init__(self, args: ModelServerArgs) -> None:
+        import torch
+
+        # One thread per replica: torch's default pool fights the other replicas and the
+        # shards for the same cores (a tiny LSTM call took 1.5 s with 2 threads on 2 busy cores).
+        torch.set_num_threads(1)
         self.args = args
         self.model = ServedModel(args.name, predictor(args.name), args.drift_threshold)
         self._root = Path(args.artifacts_root)
@@ -96,7 +101,7 @@ class ModelServer:
     async def refresh(self) -> bool:
         """Load what the registry says to serve now; True if that changed anything."""
         store = await self._registry()
-        serving = await store.serving(self.args.name)
+        serving = await store.serving_or_none(self.args.name)
         if serving is None or serving == self.model.serving:
             return False
         versions = [serving.production_version]

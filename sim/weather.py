@@ -291,7 +291,8 @@ class SimWeather:
                 for h in hour_index
             ]
         )
-        return np.where(wet, amounts, 0.0)
+        # The clip only binds for extreme user-set gamma parameters.
+        return np.where(wet, np.minimum(amounts, _MAX_PRECIPITATION_MM), 0.0)
 
     def _wet_hours(
         self, hour_index: npt.NDArray[np.int64], cache: dict[int, _DayDraws]

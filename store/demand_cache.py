@@ -79,18 +79,18 @@ class RedisDemand:
         """Replace the forecast of each given zone (24 hourly values from ``start_s``)."""
         if not forecasts:
             return
-        mapping = {
+        mapping: dict[str | bytes, bytes | str] = {
             z: orjson.dumps({"start_s": start_s, "rides": [float(x) for x in f]})
             for z, f in forecasts.items()
         }
-        await self._redis.hset(f"{self._prefix}demand_forecast", mapping=mapping)  # type: ignore[misc]
+        await self._redis.hset(f"{self._prefix}demand_forecast", mapping=mapping)  # type: ignore[arg-type]
 
     async def forecast(self, zones: Sequence[str]) -> dict[str, npt.NDArray[np.float64]]:
         """The forecast of each zone that has one, shifted to start at the current hour."""
         wanted = sorted(set(zones))
         if not wanted:
             return {}
-        raw = await self._redis.hmget(f"{self._prefix}demand_forecast", wanted)  # type: ignore[misc]
+        raw = await self._redis.hmget(f"{self._prefix}demand_forecast", wanted)
         out: dict[str, npt.NDArray[np.float64]] = {}
         now_hour = int(time.time() // _HOUR_S) * _HOUR_S
         for z, payload in zip(wanted, raw, strict=True):

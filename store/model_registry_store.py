@@ -318,6 +318,15 @@ class ModelRegistryStore:
                 await self._require_known(cur, name)
         return config
 
+    async def serving_or_none(self, name: str) -> ServingConfig | None:
+        """Like :meth:`serving`, but ``None`` also for a model never registered.
+
+        For callers that poll for what to serve (replicas, the start-up check), where an
+        unknown model simply means nothing to load yet.
+        """
+        async with self._conn.cursor(row_factory=dict_row) as cur:
+            return await self._serving_of(cur, name)
+
     async def events(self, name: str) -> list[ModelEvent]:
         """The audit trail of ``name``, oldest first; :class:`UnknownModel` when unknown."""
         async with self._conn.cursor(row_factory=dict_row) as cur:

@@ -22,9 +22,8 @@ from ray import serve
 from ray.actor import ActorHandle
 
 from serve.model_deployments import ScoreRequest, model_deployment_name
-from store.demand_cache import RedisDemand
-
 from store import CheckpointStore, DirectoryStore, TelemetryStore, TwinStateCache, open_postgres
+from store.demand_cache import RedisDemand
 from twins.battery_twin import TwinSnapshot
 from twins.directory import AssignmentStore, ShardDirectory
 from twins.fleet_query import Filter, GroupStats, TopNRow, merge_group_stats, merge_top_n

@@ -440,6 +440,23 @@ class TwinShard:
             return []
         return [e.to_dict() for e in list(self.scorer.events)[-limit:][::-1]]
 
+    async def health_rows(self) -> list[tuple[str, str, float, float, float, int]]:
+        """(battery, cohort, SOH %, health score, EFC, model version) of every scored twin.
+
+        The cohort is the month the twin was first seen (``YYYY-MM``), for fleet trends.
+        """
+        await self.start()
+        t = self.table
+        n = len(t)
+        scored = np.flatnonzero(np.isfinite(t.soh_model_pct[:n]) & np.isfinite(t.health_score[:n]))
+        first = t.first_ts[scored]
+        months = np.where(np.isfinite(first), first, 0).astype("datetime64[s]").astype("datetime64[M]")
+        return [
+            (t.ids[s], str(m), float(t.soh_model_pct[s]), float(t.health_score[s]), float(t.efc[s]),
+             int(t.health_model_version[s]))
+            for s, m in zip(scored.tolist(), months.tolist(), strict=True)
+        ]
+
     async def scoring_report(self) -> dict[str, Any]:
         await self.start()
         if self.scorer is None:

@@ -72,7 +72,7 @@ def _extra_inputs(name: str, rows: int, rng: np.random.Generator, ids: list[str]
 
 def _rate(fn: Callable[[], int], seconds: float) -> tuple[float, int]:
     """Rows per second of repeated ``fn`` calls for ``seconds``; (median rate, calls)."""
-    rates = []
+    rates: list[float] = []
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or not rates:
         t0 = time.perf_counter()
@@ -113,7 +113,12 @@ def run_serve_bench(
     from models.registry import ModelRegistry
     from models.served_model import ServedModel
     from models.training import TrainingPlan, register_all, train_all
-    from serve.model_deployments import ModelServer, ModelServerArgs, ScoreRequest, model_deployment_name
+    from serve.model_deployments import (
+        ModelServer,
+        ModelServerArgs,
+        ScoreRequest,
+        model_deployment_name,
+    )
     from store import open_postgres
     from store.model_registry_store import ModelRegistryStore
 

@@ -165,6 +165,9 @@ def system_settings(services: ServiceHandles) -> Settings:
         "bridge": {"workers": 1, "batch_max_wait_ms": 5, "session_expiry_s": 30},
         "serve": {"http_port": free_port()},
         "ray": {"namespace": services.namespace},
+        # Model artifacts go to a temporary registry root; fast ticks so tests see scores.
+        "data_dir": tempfile.mkdtemp(prefix="bms-it-data-"),
+        "models": {"score_interval_s": 1.0, "poll_interval_s": 0.5},
     })
 
 

@@ -58,7 +58,7 @@ def test_wrong_feature_width_and_wrong_artifact_are_clear_errors(
     model, _ = trained
     with pytest.raises(ValueError, match=r"shape \(n, 22\), got \(2, 3\)"):
         model.predict_features(np.zeros((2, 3), dtype=np.float32))
-    with pytest.raises(FileNotFoundError, match="meta.json"):
+    with pytest.raises(FileNotFoundError, match=r"meta\.json"):
         HealthXGB.load(tmp_path / "nothing")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from sim.ride_demand import RideDemandParams, RideHistory, expected_rides, ride_history
@@ -14,9 +15,13 @@ HOUR_S = 3600.0
 ZONES = ("z5800_1200", "z5800_1201", "z5801_1200", "z5801_1201")
 
 
+def _hour_starts(first_s: float, hours: int) -> npt.NDArray[np.float64]:
+    return np.asarray(first_s + HOUR_S * np.arange(hours), dtype=np.float64)
+
+
 def _weather(hours: int, temp_c: float = 21.0, precipitation_mm: float = 0.0) -> WeatherHours:
     return WeatherHours(
-        ts=T0_S + HOUR_S * np.arange(hours),
+        ts=_hour_starts(T0_S, hours),
         temp_c=np.full(hours, temp_c),
         precipitation_mm=np.full(hours, precipitation_mm),
     )
@@ -103,8 +108,8 @@ def test_mild_weather_beats_cold_and_heat() -> None:
 def test_weekends_peak_later_and_flatter() -> None:
     """The weekday peak is the evening rush; the weekend peak comes midday and is lower."""
     params = RideDemandParams(utc_offset_h=0.0)
-    monday = params.time_factor(T0_S + HOUR_S * np.arange(24))
-    saturday = params.time_factor(T0_S + 5 * 86_400 + HOUR_S * np.arange(24))
+    monday = params.time_factor(_hour_starts(T0_S, 24))
+    saturday = params.time_factor(_hour_starts(T0_S + 5 * 86_400, 24))
     assert int(np.argmax(monday)) == 17
     assert 12 <= int(np.argmax(saturday)) <= 16
     assert saturday.max() / saturday.mean() < monday.max() / monday.mean()
@@ -122,7 +127,7 @@ def test_history_is_validated() -> None:
     with pytest.raises(ValueError, match=r"Expected rides of shape \(2, 3\), got \(2, 2\)"):
         RideHistory(zone_ids=("a", "b"), rides=np.zeros((2, 2), dtype=np.int64), weather=weather)
     with pytest.raises(ValueError, match="Expected integer rides, got dtype float64"):
-        RideHistory(zone_ids=("a", "b"), rides=np.zeros((2, 3)), weather=weather)
+        RideHistory(zone_ids=("a", "b"), rides=np.zeros((2, 3)), weather=weather)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="Expected non-negative rides, got minimum -1"):
         RideHistory(zone_ids=("a",), rides=np.array([[0, -1, 0]]), weather=weather)
     with pytest.raises(ValueError, match=r"Expected unique zone ids, got duplicates \['a'\]"):

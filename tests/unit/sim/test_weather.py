@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from sim.weather import SimWeather, WeatherHours
@@ -105,28 +106,33 @@ def test_query_is_validated() -> None:
         SimWeather().hourly(T0_S, 0)
 
 
+def _f(*values: float) -> npt.NDArray[np.float64]:
+    return np.array(values, dtype=np.float64)
+
+
 def test_weather_hours_are_validated_and_read_only() -> None:
     """Lengths, whole consecutive hours and physical ranges are checked; arrays are frozen."""
-    ts = T0_S + HOUR_S * np.arange(3)
-    hours = WeatherHours(ts=ts, temp_c=[1.0, 2.0, 3.0], precipitation_mm=[0.0, 0.5, 0.0])
+    ts = _f(T0_S, T0_S + HOUR_S, T0_S + 2 * HOUR_S)
+    dry = _f(0.0, 0.0, 0.0)
+    hours = WeatherHours(ts=ts, temp_c=_f(1.0, 2.0, 3.0), precipitation_mm=_f(0.0, 0.5, 0.0))
     assert hours.temp_c.dtype == np.float64
     with pytest.raises(ValueError, match="read-only"):
         hours.temp_c[0] = 5.0
     with pytest.raises(ValueError, match="Expected arrays of equal length"):
-        WeatherHours(ts=ts, temp_c=[1.0, 2.0], precipitation_mm=[0.0, 0.0, 0.0])
+        WeatherHours(ts=ts, temp_c=_f(1.0, 2.0), precipitation_mm=dry)
     with pytest.raises(ValueError, match="Expected ts at whole hours"):
-        WeatherHours(ts=ts + 60, temp_c=[1.0] * 3, precipitation_mm=[0.0] * 3)
+        WeatherHours(ts=ts + 60, temp_c=_f(1.0, 1.0, 1.0), precipitation_mm=dry)
     with pytest.raises(
         ValueError, match=r"Expected ts one hour apart, got steps of \[3600.0, 7200.0\]"
     ):
         WeatherHours(
-            ts=np.array([T0_S, T0_S + 3600, T0_S + 10800]),
-            temp_c=[1.0] * 3,
-            precipitation_mm=[0.0] * 3,
+            ts=_f(T0_S, T0_S + HOUR_S, T0_S + 3 * HOUR_S),
+            temp_c=_f(1.0, 1.0, 1.0),
+            precipitation_mm=dry,
         )
     with pytest.raises(ValueError, match=r"Expected precipitation_mm in \[0, 500.0\]"):
-        WeatherHours(ts=ts, temp_c=[1.0] * 3, precipitation_mm=[0.0, -0.1, 0.0])
+        WeatherHours(ts=ts, temp_c=_f(1.0, 1.0, 1.0), precipitation_mm=_f(0.0, -0.1, 0.0))
     with pytest.raises(ValueError, match="Expected finite temp_c"):
-        WeatherHours(ts=ts, temp_c=[1.0, np.nan, 3.0], precipitation_mm=[0.0] * 3)
+        WeatherHours(ts=ts, temp_c=_f(1.0, np.nan, 3.0), precipitation_mm=dry)
     with pytest.raises(ValueError, match=r"Expected 0 <= start <= stop <= 3, got \(2, 5\)"):
         hours.window(2, 5)

@@ -1,0 +1,290 @@
+"""The scheduled model job: zone demand forecasts, fleet rescoring with health trends, retraining.
+
+Three periodic tasks, each also callable on demand (HTTP, tests):
+
+* :meth:`FleetModelJob.forecast_demand` (hourly): reads the observed ride starts per zone
+  (the shards count them), gets the weather (simulated, or an Open-Meteo-style service),
+  calls the demand deployment once for all zones and writes the next 24 h per zone to
+  Redis, where the shards' priority scoring reads them.
+* :meth:`FleetModelJob.rescore` (hourly): a scoring tick on every shard at once, then one
+  health row per battery into ``health_history`` and the SOH trend per battery and per
+  cohort over the look-back window.
+* :meth:`FleetModelJob.retrain` (daily): refits the label-free models on what the fleet
+  accumulated (the demand LSTM on the observed ride history) and registers the result as a
+  *candidate* version: a person (or an A/B split) decides whether it goes to production.
+  The health model is not retrained from the fleet: its label, true capacity, is only known
+  from depot capacity tests, which this system does not record yet.
+
+The class is plain asyncio with injected clients; :func:`start_model_job` runs it as a named,
+detached Ray actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from models.demand_lstm import HORIZON_HOURS, DemandInputs, DemandLstmParams
+from models.demand_lstm import train as train_demand
+from models.predictors import demand_request
+from models.registry import ModelRegistry, data_fingerprint
+from models.weather import WeatherSource
+from sim.ride_demand import RideHistory
+from store.demand_cache import RedisDemand
+from store.health_history import HealthHistoryStore, HealthRow
+from twins.scoring import ModelClient
+
+__all__ = ["MODEL_JOB_NAME", "FleetModelJob", "JobParams", "ModelJobSpec", "start_model_job"]
+
+log = logging.getLogger(__name__)
+MODEL_JOB_NAME = "bms-model-job"
+_HOUR_S = 3600
+
+
+class ShardFanout(Protocol):
+    async def call_all(self, method: str, *args: Any) -> list[Any]: ...
+
+
+@dataclass(frozen=True)
+class JobParams:
+    """Periods and windows of the job.
+
+    Parameters
+    ----------
+    demand_interval_s, rescore_interval_s, retrain_interval_s
+        Periods of the three tasks.
+    history_hours
+        Ride history the demand model reads (its ``history_hours``).
+    trend_window_days
+        Look-back of the SOH trends.
+    min_retrain_hours
+        Ride history needed before the demand model is refit from the fleet.
+    lat, lon
+        Where the weather is asked for (the fleet's centre).
+    """
+
+    demand_interval_s: float = 3600.0
+    rescore_interval_s: float = 3600.0
+    retrain_interval_s: float = 86_400.0
+    history_hours: int = 168
+    trend_window_days: float = 90.0
+    min_retrain_hours: int = 14 * 24
+    lat: float = 52.52
+    lon: float = 13.405
+
+    def __post_init__(self) -> None:
+        if min(self.demand_interval_s, self.rescore_interval_s, self.retrain_interval_s) <= 0:
+            raise ValueError("Expected positive job periods, got "
+                             f"{self.demand_interval_s}, {self.rescore_interval_s}, {self.retrain_interval_s}.")
+        if self.history_hours < 24 or self.min_retrain_hours < self.history_hours + HORIZON_HOURS:
+            raise ValueError(
+                f"Expected history_hours >= 24 and min_retrain_hours >= history_hours + 24, got "
+                f"{self.history_hours} and {self.min_retrain_hours}."
+            )
+
+
+class FleetModelJob:
+    """The periodic model work of a fleet (see the module docstring)."""
+
+    def __init__(
+        self,
+        shards: ShardFanout,
+        demand: RedisDemand,
+        models: ModelClient,
+        weather: WeatherSource,
+        open_registry: Callable[[], contextlib.AbstractAsyncContextManager[ModelRegistry]],
+        open_history: Callable[[], contextlib.AbstractAsyncContextManager[HealthHistoryStore]],
+        params: JobParams = JobParams(),
+        now_s: Callable[[], float] = time.time,
+    ) -> None:
+        self.shards = shards
+        self.demand = demand
+        self.models = models
+        self.weather = weather
+        self.open_registry = open_registry
+        self.open_history = open_history
+        self.params = params
+        self.now_s = now_s
+        self.last: dict[str, Any] = {}
+
+    async def _inputs(self, zones_rides: np.ndarray, end_hour_s: int) -> DemandInputs:
+        p = self.params
+        past = await self.weather.hourly(p.lat, p.lon, end_hour_s - p.history_hours * _HOUR_S, p.history_hours)
+        nxt = await self.weather.hourly(p.lat, p.lon, end_hour_s, HORIZON_HOURS)
+        return DemandInputs(history_rides=zones_rides, weather_past=past, weather_next=nxt)
+
+    async def forecast_demand(self) -> dict[str, Any]:
+        """Forecast the next 24 h of every zone with observed rides; write them to Redis."""
+        end_hour = int(self.now_s() // _HOUR_S) * _HOUR_S
+        zones, rides = await self.demand.ride_history(end_hour, self.params.history_hours)
+        if not zones:
+            out = {"zones": 0, "reason": "no ride starts observed yet"}
+        else:
+            inputs = await self._inputs(rides, end_hour)
+            res = await self.models.call("demand", zones, demand_request(inputs))
+            forecast = np.asarray(res["rides"], dtype=np.float64)
+            await self.demand.write_forecast(end_hour, dict(zip(zones, forecast, strict=True)))
+            out = {"zones": len(zones), "start_s": end_hour, "rides_next_24h": float(forecast.sum())}
+        self.last["forecast_demand"] = {**out, "at_s": self.now_s()}
+        return out
+
+    async def rescore(self) -> dict[str, Any]:
+        """Score every shard now, record health per battery, compute trends."""
+        now = self.now_s()
+        reports = await self.shards.call_all("score")
+        per_shard: list[list[tuple[str, str, float, float, float, int]]] = await self.shards.call_all("health_rows")
+        rows = [HealthRow(*r) for rows in per_shard for r in rows]
+        since = now - self.params.trend_window_days * 86_400.0
+        async with self.open_history() as history:
+            written = await history.append(rows, now)
+            batteries = await history.battery_trends(since, limit=20)
+            cohorts = await history.cohort_trends(since)
+        out = {
+            "twins_scored": sum(r.twins for r in reports),
+            "model_errors": sorted({m for r in reports for m in r.errors}),
+            "health_rows": written,
+            "fastest_fading": [asdict(t) for t in batteries if t.slope_pct_per_30d is not None][:10],
+            "cohorts": [asdict(t) for t in cohorts],
+        }
+        self.last["rescore"] = {**out, "at_s": now}
+        return out
+
+    async def retrain(self, actor: str = MODEL_JOB_NAME, min_hours: int | None = None) -> dict[str, Any]:
+        """Refit the demand LSTM on the fleet's ride history; register it as a candidate."""
+        need = self.params.min_retrain_hours if min_hours is None else min_hours
+        end_hour = int(self.now_s() // _HOUR_S) * _HOUR_S
+        zones, rides = await self.demand.ride_history(end_hour, need)
+        observed = int(np.flatnonzero(rides.sum(axis=0) > 0)[0]) if rides.size and rides.sum() else None
+        span = 0 if observed is None else need - observed
+        out: dict[str, Any]
+        if not zones or span < need:
+            out = {"registered": None, "reason": f"{span} h of ride history, {need} h needed"}
+            self.last["retrain"] = {**out, "at_s": self.now_s()}
+            return out
+        start = end_hour - need * _HOUR_S
+        weather = await self.weather.hourly(self.params.lat, self.params.lon, start, need)
+        history = RideHistory(zone_ids=tuple(zones), rides=rides.astype(np.int64), weather=weather)
+        params = DemandLstmParams(history_hours=min(self.params.history_hours, need - HORIZON_HOURS - 1))
+        model = await asyncio.to_thread(train_demand, history, params, 0)
+        with tempfile.TemporaryDirectory(prefix="bms-retrain-") as work:
+            model.save(Path(work))
+            async with self.open_registry() as registry:
+                version = await registry.register(
+                    "demand", Path(work), dict(model.metrics), {"source": "fleet", "hours": need, **params.as_dict()},
+                    data_fingerprint(rides), actor,
+                )
+        out = {"registered": {"name": "demand", "version": version.version}, "hours": need, "zones": len(zones)}
+        self.last["retrain"] = {**out, "at_s": self.now_s()}
+        return out
+
+    async def run_forever(self) -> None:
+        """The three tasks on their periods; a failing run is logged and retried next period."""
+        p = self.params
+
+        async def every(period_s: float, fn: Callable[[], Awaitable[Any]]) -> None:
+            while True:
+                try:
+                    await fn()
+                except Exception:
+                    log.exception("model job: %s failed", fn.__name__)
+                await asyncio.sleep(period_s)
+
+        await asyncio.gather(
+            every(p.demand_interval_s, self.forecast_demand),
+            every(p.rescore_interval_s, self.rescore),
+            every(p.retrain_interval_s, self.retrain),
+        )
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.last)
+
+
+
+@dataclass(frozen=True)
+class ModelJobSpec:
+    """What the job actor is started with (plain values: it crosses into Ray)."""
+
+    namespace: str
+    postgres_url: str
+    redis_url: str
+    redis_prefix: str
+    artifacts_root: str
+    weather_url: str | None
+    serve_app_name: str = "bms"
+    params: JobParams = JobParams()
+
+
+class _ModelJobActor:
+    """Ray actor around :class:`FleetModelJob` (async actor: one event loop)."""
+
+    def __init__(self, spec: ModelJobSpec) -> None:
+        import redis.asyncio as aioredis
+
+        from models.weather import weather_source_from_url
+        from store import open_postgres
+        from store.model_registry_store import ModelRegistryStore
+        from twins.runtime import FleetClient, ServeModelClient
+
+        @contextlib.asynccontextmanager
+        async def registry() -> Any:
+            async with open_postgres(spec.postgres_url, application_name="bms-model-job") as conn:
+                yield ModelRegistry(ModelRegistryStore(conn), Path(spec.artifacts_root))
+
+        @contextlib.asynccontextmanager
+        async def history() -> Any:
+            async with open_postgres(spec.postgres_url, application_name="bms-model-job") as conn:
+                yield HealthHistoryStore(conn)
+
+        redis = aioredis.Redis.from_url(spec.redis_url, decode_responses=False)
+        self.job = FleetModelJob(
+            FleetClient(spec.namespace),
+            RedisDemand(redis, key_prefix=spec.redis_prefix),
+            ServeModelClient(spec.serve_app_name),
+            weather_source_from_url(spec.weather_url),
+            registry,
+            history,
+            spec.params,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self.job.run_forever())
+
+    async def forecast_demand(self) -> dict[str, Any]:
+        return await self.job.forecast_demand()
+
+    async def rescore(self) -> dict[str, Any]:
+        return await self.job.rescore()
+
+    async def retrain(self, min_hours: int | None = None) -> dict[str, Any]:
+        return await self.job.retrain(min_hours=min_hours)
+
+    async def status(self) -> dict[str, Any]:
+        return self.job.status()
+
+
+def start_model_job(spec: ModelJobSpec, run_schedule: bool = True) -> Any:
+    """Start (or find) the named, detached job actor; start its schedule."""
+    import ray
+
+    handle = (
+        ray.remote(_ModelJobActor)
+        .options(
+            name=MODEL_JOB_NAME, namespace=spec.namespace, lifetime="detached",
+            get_if_exists=True, max_restarts=-1, num_cpus=0,
+        )
+        .remote(spec)
+    )
+    if run_schedule:
+        ray.get(handle.start.remote())  # type: ignore[attr-defined]  # ray types the handle as the class
+    return handle

@@ -1,0 +1,98 @@
+"""Per-battery health over time in Postgres, and the trends computed from it.
+
+The batch job appends one row per battery per run; a trend is the least-squares slope of
+SOH against time over a look-back window, per battery and per cohort (the month a battery
+was first seen), in SOH percentage points per 30 days.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from store.postgres import require_autocommit
+
+__all__ = ["HealthHistoryStore", "HealthRow", "HealthTrend"]
+
+_SLOPE = """
+    regr_slope(soh_pct, extract(epoch FROM scored_at)) * 30 * 86400 AS slope_pct_per_30d,
+    count(*) AS points,
+    avg(soh_pct) AS mean_soh_pct
+"""
+
+
+@dataclass(frozen=True)
+class HealthRow:
+    """One battery's scored health at one run."""
+
+    battery_id: str
+    cohort: str
+    soh_pct: float
+    health_score: float
+    efc: float
+    model_version: int
+
+
+@dataclass(frozen=True)
+class HealthTrend:
+    """SOH trend of a battery or a cohort: slope (None with fewer than two points)."""
+
+    key: str
+    slope_pct_per_30d: float | None
+    points: int
+    mean_soh_pct: float
+
+
+class HealthHistoryStore:
+    """Appends and reads ``health_history`` over one autocommit connection."""
+
+    def __init__(self, conn: psycopg.AsyncConnection) -> None:
+        require_autocommit(conn, "HealthHistoryStore")
+        self._conn = conn
+
+    async def append(self, rows: Sequence[HealthRow], scored_at_s: float) -> int:
+        """Insert the rows of one run (binary COPY); returns rows written."""
+        if not rows:
+            return 0
+        async with self._conn.transaction(), self._conn.cursor() as cur:
+            async with cur.copy(
+                "COPY health_history (battery_id, scored_at, cohort, soh_pct, health_score, efc,"
+                " model_version) FROM STDIN"
+            ) as copy:
+                at = datetime.fromtimestamp(scored_at_s, tz=UTC)
+                for r in rows:
+                    await copy.write_row(
+                        (r.battery_id, at, r.cohort, r.soh_pct, r.health_score, r.efc, r.model_version)
+                    )
+        return len(rows)
+
+    async def battery_trends(self, since_s: float, limit: int = 1000) -> list[HealthTrend]:
+        """Fastest-fading batteries first (most negative slope)."""
+        return await self._trends("battery_id", since_s, limit)
+
+    async def cohort_trends(self, since_s: float) -> list[HealthTrend]:
+        return await self._trends("cohort", since_s, 10_000)
+
+    async def _trends(self, key: str, since_s: float, limit: int) -> list[HealthTrend]:
+        q = (
+            f"SELECT {key} AS key, {_SLOPE} FROM health_history"
+            f" WHERE scored_at >= to_timestamp(%s) GROUP BY {key}"
+            " ORDER BY slope_pct_per_30d ASC NULLS LAST, key LIMIT %s"
+        )
+        async with self._conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(q, (since_s, limit))
+            rows: list[dict[str, Any]] = await cur.fetchall()
+        return [
+            HealthTrend(
+                str(r["key"]),
+                None if r["slope_pct_per_30d"] is None else float(r["slope_pct_per_30d"]),
+                int(r["points"]),
+                float(r["mean_soh_pct"]),
+            )
+            for r in rows
+        ]

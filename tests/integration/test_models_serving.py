@@ -1,0 +1,186 @@
+"""The models in the running system: Serve deployments, live twins scored, registry changes
+picked up without a restart, A/B split by battery hash, drift alerts, the batch job."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import ray
+from ray import serve
+
+from bms.settings import Settings
+from models.ab_split import route_versions
+from models.batch_job import MODEL_JOB_NAME
+from models.features import HEALTH_FEATURE_NAMES, TwinCounters, health_features
+from models.model_version import ServingConfig
+from models.registry import ModelRegistry, data_fingerprint
+from serve.model_deployments import ScoreRequest, model_deployment_name
+from sim.ageing import LifetimeSimulator
+from store import open_postgres
+from store.model_registry_store import ModelRegistryStore
+
+from .conftest import ServiceHandles
+from .test_system import _ids, _message, _publish, _sample, _wait
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def api(fleet_system: Any, system_settings: Settings) -> httpx.Client:
+    with httpx.Client(base_url=f"http://127.0.0.1:{system_settings.serve.http_port}", timeout=60) as c:
+        _wait(lambda: c.get("/healthz").status_code == 200, 120, "the HTTP app")
+        yield c
+
+
+def _health_handle() -> Any:
+    return serve.get_deployment_handle(model_deployment_name("health"), app_name="bms")
+
+
+def _features(n: int) -> np.ndarray:
+    sample = LifetimeSimulator(seed=9).run(n // 2 + 1, 600, 2)
+    return health_features(TwinCounters.from_lifetime(sample))[:n]
+
+
+def _call(ids: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
+    async def go() -> dict[str, np.ndarray]:
+        return await _health_handle().remote(ScoreRequest(ids, {"features": x}))  # type: ignore[no-any-return]
+
+    return asyncio.run(go())
+
+
+def _register_copy(services: ServiceHandles, settings: Settings, name: str) -> int:
+    """Register the production artifact of ``name`` again, as a new candidate version."""
+
+    async def go() -> int:
+        async with open_postgres(services.urls.postgres_url) as conn:
+            reg = ModelRegistry(ModelRegistryStore(conn), settings.artifacts_dir())
+            serving = await reg.store.serving(name)
+            assert serving is not None
+            src = await reg.artifact_dir(name, serving.production_version)
+            v = await reg.register(name, src, {"copy_of": float(serving.production_version)}, {}, data_fingerprint(np.arange(3)), "it")
+            return v.version
+
+    return asyncio.run(go())
+
+
+def test_every_model_is_deployed_and_in_production(api: httpx.Client) -> None:
+    """A fresh system trains, registers and promotes all five families, and serves them."""
+    models = {m["name"]: m for m in api.get("/api/v1/models").json()["models"]}
+    assert set(models) >= {"health", "priority", "anomaly", "degradation", "demand"}
+    for name in ("health", "priority", "anomaly", "degradation", "demand"):
+        assert models[name]["serving"]["production_version"] >= 1, name
+    _wait(
+        lambda: all((m.get("live") or {}).get("production_version") for m in api.get("/api/v1/models").json()["models"]),
+        60, "every replica to load its production version",
+    )
+
+
+def test_live_twins_show_model_outputs(api: httpx.Client, services: ServiceHandles) -> None:
+    """A battery that reports is scored by the shard's tick: SOH, health, priority, anomaly flags."""
+    vehicle, battery = _ids(services, "m")
+    t0 = time.time() - 120
+    items = [
+        (f"fleet/{vehicle}/telemetry", _message(vehicle, battery, k, [_sample(t0 + k * 5 + j, soc=80 - k) for j in range(5)]))
+        for k in range(12)
+    ]
+    _publish(services, items)
+
+    def scored() -> dict[str, Any] | None:
+        r = api.get(f"/api/v1/batteries/{battery}")
+        if r.status_code != 200:
+            return None
+        body = r.json()
+        return body if body["soh_model_pct"] is not None and body["priority"] is not None else None
+
+    twin = _wait(scored, 60, "the twin to be scored")
+    assert 0 < twin["soh_model_pct"] <= 120
+    assert 0 <= twin["health_score"] <= 100
+    assert 0 <= twin["priority"] <= 100
+    assert isinstance(twin["anomaly_flags"], list)
+    assert twin["health_model_version"] >= 1
+    top = api.get("/api/v1/fleet/top", params={"by": "priority", "n": 5}).json()
+    assert top["rows"]
+
+
+def test_promote_rollback_and_ab_split_without_restart(
+    api: httpx.Client, services: ServiceHandles, system_settings: Settings
+) -> None:
+    """Registry changes over HTTP reach the running replicas within seconds; the A/B split
+    answers each battery with the version its id hashes to."""
+    before = api.get("/api/v1/models/health").json()["serving"]["production_version"]
+    new = _register_copy(services, system_settings, "health")
+    x = _features(200)
+    ids = [f"ab-{k}" for k in range(len(x))]
+
+    r = api.post("/api/v1/models/health/promote", json={"version": new, "actor": "it"})
+    assert r.status_code == 200, r.text
+    _wait(lambda: set(_call(ids[:5], x[:5])["model_version"].tolist()) == {new}, 30, f"v{new} in production")
+
+    r = api.post("/api/v1/models/health/rollback", json={"actor": "it"})
+    assert r.status_code == 200 and r.json()["production_version"] == before
+    _wait(lambda: set(_call(ids[:5], x[:5])["model_version"].tolist()) == {before}, 30, "the rollback")
+
+    # The rolled-back version is archived; a fresh candidate goes into the A/B split.
+    new = _register_copy(services, system_settings, "health")
+    r = api.post("/api/v1/models/health/ab", json={"candidate_version": new, "fraction": 0.5, "actor": "it"})
+    assert r.status_code == 200, r.text
+    cfg = ServingConfig("health", before, new, 0.5, 0.0, "it")
+    expected = route_versions(ids, cfg)
+    _wait(lambda: np.array_equal(_call(ids, x)["model_version"], expected), 30, "the A/B split")
+    assert 0.3 < float(np.mean(expected == new)) < 0.7
+    status = api.get("/api/v1/models/health").json()["live"]["versions"]
+    assert str(new) in status and str(before) in status
+    assert api.delete("/api/v1/models/health/ab", params={"actor": "it"}).status_code == 200
+    events = [e["action"] for e in api.get("/api/v1/models/health").json()["events"]]
+    assert {"promoted", "rolled_back", "ab_started", "ab_stopped"} <= set(events)
+
+
+def test_registry_errors_are_clear_http_errors(api: httpx.Client) -> None:
+    """Unknown versions are 404, bad bodies 422, with messages that say what was wrong."""
+    r = api.post("/api/v1/models/health/promote", json={"version": 999, "actor": "it"})
+    assert r.status_code == 404 and "999" in r.text
+    r = api.post("/api/v1/models/health/ab", json={"candidate_version": 1, "fraction": 2.0, "actor": "it"})
+    assert r.status_code == 422
+    r = api.post("/api/v1/models/health/promote", json={"version": 1, "actor": "it", "extra": 1})
+    assert r.status_code == 422
+
+
+def test_drift_alert_when_live_features_shift(api: httpx.Client) -> None:
+    """Feeding the health deployment a fleet years older than its training data raises an alert."""
+    x = _features(1200)
+    x[:, HEALTH_FEATURE_NAMES.index("age_days")] += 3000.0
+    ids = [f"drift-{k}" for k in range(len(x))]
+    for _ in range(5):
+        _call(ids, x)
+
+    def alerted() -> list[dict[str, Any]]:
+        return [a for a in api.get("/api/v1/models/alerts").json()["alerts"] if a["model"] == "health" and a["feature"] == "age_days"]
+
+    alerts = _wait(alerted, 30, "a drift alert on age_days")
+    assert alerts[0]["psi"] > 0.25
+
+
+def test_batch_job_rescore_and_retrain(api: httpx.Client, fleet_system: Any) -> None:
+    """The scheduled job rescores every shard and records health rows; retraining with too
+    little ride history declines with the reason instead of registering a weak model."""
+    job = ray.get_actor(MODEL_JOB_NAME, namespace=fleet_system.namespace)
+    out = ray.get(job.rescore.remote(), timeout=120)
+    assert out["twins_scored"] >= 1 and out["health_rows"] >= 1
+    assert out["cohorts"]
+    fc = ray.get(job.forecast_demand.remote(), timeout=120)
+    assert "zones" in fc
+    rt = ray.get(job.retrain.remote(), timeout=120)
+    assert rt["registered"] is None and "needed" in rt["reason"]
+
+
+def test_artifacts_live_under_the_registry_root(system_settings: Settings) -> None:
+    """Each registered version's files sit in <artifacts>/<name>/v<version>/."""
+    root: Path = system_settings.artifacts_dir()
+    assert (root / "health" / "v1" / "meta.json").is_file()
+    assert (root / "degradation" / "v1").is_dir()
