@@ -31,6 +31,7 @@ from models.telemetry_windows import TelemetryWindows
 from models.voltage_regression import VoltageRegression, VoltageRegressionParams
 
 __all__ = [
+    "DETECTOR_KINDS",
     "AnomalyDetector",
     "AnomalyEvent",
     "AnomalyKind",
@@ -122,7 +123,9 @@ class AnomalyParams:
         try:
             return thresholds[kind]
         except KeyError:
-            raise ValueError(f"Expected one detector kind of {DETECTOR_KINDS}, got {kind!r}.") from None
+            raise ValueError(
+                f"Expected one detector kind of {DETECTOR_KINDS}, got {kind!r}."
+            ) from None
 
 
 @dataclass(frozen=True, eq=False)

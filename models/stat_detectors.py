@@ -17,6 +17,8 @@ statistic over normal training windows:
     voltage barely moves in seconds). The statistic is the median ``R`` of the recent
     steps minus the median of the older ones, so an old pack (high but steady ``R``) scores
     0 and a voltage sensor offset (which cancels in ``dV``) does not register at all.
+    Medians rather than an EWMA here: the one interval that straddles a voltage glitch gives
+    a wild ``R``, which a median of a handful of steps ignores and an average does not.
 ``CELL_IMBALANCE``
     Growth of the spread ``cell_max_v - cell_min_v``. The spread widens under load (the
     weak group also has the highest resistance), so each battery's spread is first
@@ -28,7 +30,8 @@ statistic over normal training windows:
     slope, and its load-widened spread is not taken for a growing imbalance.
 
 The z of the self-referenced statistics (sag, imbalance) divides by the larger of the fleet
-scale and the battery's own MAD, so a battery with noisy history needs a larger change.
+scale and the battery's own MAD (plus, for imbalance, the slope's uncertainty), so a battery
+with noisy history needs a larger change.
 A window too short, or (sag) without enough current steps, is not evaluable: score 0.
 """
 
@@ -313,7 +316,9 @@ class StatDetectors:
         spread, current, finite = self._spread(windows)
         ref = finite & windows.reference(p.reference_fraction, p.recent_samples)
         line = _LineStats.of(current, spread, ref)
-        good = (line.n >= p.min_reference_samples) & (line.sxx >= p.imbalance_well_determined_sxx_a2)
+        good = (line.n >= p.min_reference_samples) & (
+            line.sxx >= p.imbalance_well_determined_sxx_a2
+        )
         if int(good.sum()) < 10:
             raise ValueError(
                 f"Expected >= 10 training windows whose reference current varies by >= "
@@ -406,7 +411,9 @@ def _fit_heating(windows: TelemetryWindows) -> float:
     dt_s, pair = _pairs(windows, ts, temp, current)
     minutes = dt_s[pair] / 60.0
     if minutes.size < 2:
-        raise ValueError(f"Expected at least 2 sample intervals to fit heating, got {minutes.size}.")
+        raise ValueError(
+            f"Expected at least 2 sample intervals to fit heating, got {minutes.size}."
+        )
     d_temp = np.diff(temp, axis=1)[pair]
     i2 = 0.5 * (current[:, 1:] ** 2 + current[:, :-1] ** 2)[pair]
     # Rates weighted by interval length, so ΔT over a long parked interval counts as much as

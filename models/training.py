@@ -36,7 +36,7 @@ from models.model_version import ModelVersion
 from models.priority_rf import PriorityParams, train_priority
 from models.registry import ModelRegistry, data_fingerprint
 from models.served_model import DRIFT_REFERENCE_FILE
-from models.telemetry_windows import TelemetryWindows, windows_from_columns
+from models.telemetry_windows import TelemetryWindows, sliding_windows
 from sim.ageing import LifetimeSimulator
 from sim.faults import record_fleet
 from sim.fleet_params import FleetParams
@@ -89,7 +89,7 @@ class TrainingPlan:
     cells_dir: Path | None = field(default_factory=default_cells_dir)
     degradation_steps: int = 400
     anomaly_vehicles: int = 300
-    anomaly_hours: float = 6.0
+    anomaly_hours: float = 12.0
     demand_zones: int = 40
     demand_days: int = 90
 
@@ -99,7 +99,7 @@ class TrainingPlan:
         return cls(
             seed=seed, health_packs=400, health_days=900, health_snapshots=3,
             priority_scenarios=3000, degradation_steps=60, anomaly_vehicles=60,
-            anomaly_hours=2.0, demand_zones=8, demand_days=21,
+            anomaly_hours=6.0, demand_zones=8, demand_days=21,
         )  # fmt: skip
 
 
@@ -221,26 +221,23 @@ def _train_demand(plan: TrainingPlan, out: Path) -> TrainedModel:
 
 
 def normal_windows(vehicles: int, hours: float, seed: int, window_samples: int = 64) -> TelemetryWindows:
-    """Windows of healthy simulated telemetry, several per battery (the anomaly training set).
+    """Windows of healthy simulated telemetry at four times of day (the anomaly training set).
 
-    One window ends every ``window_samples // 2`` samples of each battery, so the set covers
-    riding, parking and charging at every time of the recording.
+    A detector trained on evening rides alone flags quiet night-time parking as odd, so the
+    recording is split over 03:00, 09:00, 15:00 and 21:00 UTC; a window ends every
+    ``window_samples // 4`` samples of each battery.
     """
-    # 15:00 UTC on a weekday: the run spans the evening peak, with many trips and parks.
-    columns = record_fleet(
-        FleetParams(vehicles=vehicles, seed=seed), hours * 3600.0, 1_764_172_800.0 - 3600.0, dt_s=2.0
-    )
-    series = list(columns.values())
-    stride = max(1, window_samples // 2)
-    source, end = [], []
-    for k, cols in enumerate(series):
-        n = len(cols["ts"])
-        for e in range(min(n, window_samples), n + 1, stride):
-            source.append(k)
-            end.append(e)
-    return windows_from_columns(
-        series, window_samples, battery_ids=list(columns), source=np.array(source), end=np.array(end)
-    )
+    day_start = 1_764_115_200.0  # 2025-11-26 00:00 UTC
+    parts = []
+    for k, hour in enumerate((3, 9, 15, 21)):
+        columns = record_fleet(
+            FleetParams(vehicles=vehicles, seed=seed + k), hours * 900.0, day_start + hour * 3600.0, dt_s=2.0
+        )
+        parts.append(sliding_windows(
+            list(columns.values()), window_samples, stride=max(1, window_samples // 4),
+            battery_ids=[f"{b}@{hour}" for b in columns],
+        ))  # fmt: skip
+    return TelemetryWindows.concat(parts)
 
 
 def _train_anomaly(plan: TrainingPlan, out: Path) -> TrainedModel:

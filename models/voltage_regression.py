@@ -269,7 +269,9 @@ class VoltageRegression:
             )
         # Noise and slope prior from windows that pin their own line down (plain OLS).
         ols = ref.sxy[good] / ref.sxx[good]
-        line = ref.r_mean[good, None] + ols[:, None] * (ref.current_a[good] - ref.i_mean[good, None])
+        line = ref.r_mean[good, None] + ols[:, None] * (
+            ref.current_a[good] - ref.i_mean[good, None]
+        )
         ref_mask = windows.reference(p.reference_fraction, p.recent_samples)[good]
         noise = (ref.residual_v[good] - line)[ref_mask & np.isfinite(line)]
         self.noise_v = max(_robust_scale(noise), p.min_scale_v)
@@ -342,9 +344,7 @@ class VoltageRegression:
         i_recent = np.where(ref.recent, ref.current_a, 0.0).sum(axis=1) / k
         n_ref = np.maximum(ref.n_ref, 1.0)
         step_var = noise2 / k + noise2 / n_ref + (i_recent - ref.i_mean) ** 2 * slope_var
-        intercept_se = np.sqrt(
-            noise2 / n_ref + ref.i_mean**2 * slope_var + self.intercept_std_v**2
-        )
+        intercept_se = np.sqrt(noise2 / n_ref + ref.i_mean**2 * slope_var + self.intercept_std_v**2)
         return _Baseline(
             residual_v=corrected,
             step_v=step_v,

@@ -119,7 +119,9 @@ def test_false_positive_rate_on_a_normal_fleet_is_low(
     assert every.flagged().mean() < 0.02
 
 
-def test_normal_batteries_among_faulty_ones_stay_quiet(report: AnomalyReport, judged: Judged) -> None:
+def test_normal_batteries_among_faulty_ones_stay_quiet(
+    report: AnomalyReport, judged: Judged
+) -> None:
     """Of the ridden batteries left normal, at most one is flagged."""
     normal = np.array([s is None for s in judged.specs])
     assert int(report.flagged()[normal].sum()) <= 1
@@ -237,6 +239,9 @@ def test_params_from_full_empty_and_bad_dicts() -> None:
     with pytest.raises(RuntimeError, match="not fitted"):
         AnomalyDetector(SMALL).score(
             TelemetryWindows(
-                np.zeros((0, W, 10), dtype=np.float32), np.zeros((0, W)), np.zeros(0, dtype=np.int64), ()
+                np.zeros((0, W, 10), dtype=np.float32),
+                np.zeros((0, W)),
+                np.zeros(0, dtype=np.int64),
+                (),
             )
         )

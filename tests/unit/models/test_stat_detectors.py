@@ -107,7 +107,9 @@ def test_sudden_sag_is_flagged_an_old_pack_or_an_offset_is_not(
     current = np.nan_to_num(win.column("current_a"))
     sudden = detectors.score(_shift(win, "pack_voltage_v", -0.1 * current * _last(win, 16)))
     assert sudden.voltage_sag.flag.mean() > 0.9
-    assert abs(float(np.median(sudden.voltage_sag.level - sudden.voltage_sag.baseline)) - 0.1) < 0.02
+    assert (
+        abs(float(np.median(sudden.voltage_sag.level - sudden.voltage_sag.baseline)) - 0.1) < 0.02
+    )
     old = detectors.score(_shift(win, "pack_voltage_v", -0.1 * current))
     assert old.voltage_sag.flag.mean() < 0.05
     offset = detectors.score(_shift(win, "pack_voltage_v", 2.0 * _last(win, 16)))

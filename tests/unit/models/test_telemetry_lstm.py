@@ -74,16 +74,23 @@ def test_abnormal_heating_is_badly_predicted(
     assert model.flags(model.score(hot)).mean() > 0.9
 
 
-def test_same_seed_same_model(train: TelemetryWindows, held_out: TelemetryWindows, model: TelemetryLSTM) -> None:
+def test_same_seed_same_model(
+    train: TelemetryWindows, held_out: TelemetryWindows, model: TelemetryLSTM
+) -> None:
     """Training twice with one seed gives bit-identical scores."""
     again = TelemetryLSTM(SMALL).train(train)
     np.testing.assert_array_equal(again.score(held_out), model.score(held_out))
 
 
-def test_save_load_round_trip(model: TelemetryLSTM, held_out: TelemetryWindows, tmp_path: Path) -> None:
+def test_save_load_round_trip(
+    model: TelemetryLSTM, held_out: TelemetryWindows, tmp_path: Path
+) -> None:
     """save() then load() reproduces the scores bit for bit; weights and JSON are on disk."""
     model.save(tmp_path / "lstm")
-    assert {p.name for p in (tmp_path / "lstm").iterdir()} == {"telemetry_lstm.pt", "telemetry_lstm.json"}
+    assert {p.name for p in (tmp_path / "lstm").iterdir()} == {
+        "telemetry_lstm.pt",
+        "telemetry_lstm.json",
+    }
     loaded = TelemetryLSTM.load(tmp_path / "lstm")
     assert loaded.params == model.params
     np.testing.assert_array_equal(loaded.score(held_out), model.score(held_out))

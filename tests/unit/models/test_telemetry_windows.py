@@ -26,9 +26,7 @@ Columns = dict[str, npt.NDArray[np.float64]]
 @pytest.fixture(scope="module")
 def recording() -> dict[str, Columns]:
     """12 busy scooters for 15 simulated minutes: some batteries exceed a window, some not."""
-    params = FleetParams(
-        vehicles=12, seed=5, demand=DemandProfile(trips_per_vehicle_per_day=150.0)
-    )
+    params = FleetParams(vehicles=12, seed=5, demand=DemandProfile(trips_per_vehicle_per_day=150.0))
     return record_fleet(params, 900.0, EVENING_S)
 
 
@@ -38,7 +36,9 @@ def _batches(recording: dict[str, Columns], chunk: int) -> list[TelemetryBatch]:
     longest = max(len(recording[b]["ts"]) for b in ids)
     batches = []
     for k, start in enumerate(range(0, longest, chunk)):
-        parts = [(b, {n: recording[b][n][start : start + chunk] for n in SAMPLE_FIELDS}) for b in ids]
+        parts = [
+            (b, {n: recording[b][n][start : start + chunk] for n in SAMPLE_FIELDS}) for b in ids
+        ]
         parts = [(b, cols) for b, cols in parts if cols["ts"].size]
         offsets = np.zeros(len(parts) + 1, dtype=np.int64)
         np.cumsum([cols["ts"].size for _, cols in parts], out=offsets[1:])

@@ -61,7 +61,9 @@ def _add_voltage(win: TelemetryWindows, delta_v: npt.NDArray[np.float64]) -> Tel
     return TelemetryWindows(values, win.ts_s, win.lengths, win.battery_ids)
 
 
-def test_fleet_fit_explains_normal_voltage(model: VoltageRegression, held_out: TelemetryWindows) -> None:
+def test_fleet_fit_explains_normal_voltage(
+    model: VoltageRegression, held_out: TelemetryWindows
+) -> None:
     """On another fleet the fleet-wide model is within a few tenths of a volt (pack-to-pack
     resistance spread), and each battery's own baseline brings that down to centivolts."""
     residual = held_out.column("pack_voltage_v") - model.expected_voltage_v(held_out)
@@ -72,7 +74,9 @@ def test_fleet_fit_explains_normal_voltage(model: VoltageRegression, held_out: T
     assert float(np.sqrt(np.mean(scores.step_v**2))) < 0.05
 
 
-def test_normal_windows_are_rarely_flagged(model: VoltageRegression, held_out: TelemetryWindows) -> None:
+def test_normal_windows_are_rarely_flagged(
+    model: VoltageRegression, held_out: TelemetryWindows
+) -> None:
     """Fewer than 1 % of normal held-out windows pass the threshold."""
     assert model.score(held_out).flag.mean() < 0.01
 
@@ -116,7 +120,9 @@ def test_recent_heating_does_not_move_the_voltage_score(
     np.testing.assert_array_equal(model.score(hot).score, model.score(held_out).score)
 
 
-def test_short_windows_are_not_evaluable(model: VoltageRegression, held_out: TelemetryWindows) -> None:
+def test_short_windows_are_not_evaluable(
+    model: VoltageRegression, held_out: TelemetryWindows
+) -> None:
     """A window with fewer samples than baseline plus recent part scores 0, unflagged."""
     short = held_out.take([0])
     keep = 20

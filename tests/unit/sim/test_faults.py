@@ -29,7 +29,7 @@ Columns = dict[str, npt.NDArray[np.float64]]
 
 def _series(n: int = 20, dt_s: float = 30.0) -> Columns:
     """A pack drawing 3 A, 48 V, 20 C, cells 3.70 / 3.72 V, one sample every dt_s."""
-    ts = 1.8e9 + dt_s * np.arange(n)
+    ts: npt.NDArray[np.float64] = 1.8e9 + dt_s * np.arange(n, dtype=np.float64)
     cols = {name: np.zeros(n) for name in SAMPLE_FIELDS}
     cols.update(
         ts=ts,
@@ -55,7 +55,9 @@ def test_thermal_runaway_heats_from_the_onset_and_accelerates() -> None:
     assert _changed(cols, out) == {"temp_c"}
     np.testing.assert_array_equal(out["temp_c"][:10], 20.0)
     minutes = (cols["ts"][10:] - onset) / 60.0
-    np.testing.assert_allclose(out["temp_c"][10:], 20.0 + 2.0 * minutes + 0.5 * minutes**2, atol=0.05)
+    np.testing.assert_allclose(
+        out["temp_c"][10:], 20.0 + 2.0 * minutes + 0.5 * minutes**2, atol=0.05
+    )
 
 
 def test_resistance_jump_sags_the_pack_voltage_by_current_times_ohms() -> None:
@@ -82,7 +84,9 @@ def test_weak_cell_drops_the_lowest_cell_and_the_pack_alike() -> None:
 def test_sensor_offset_shifts_only_the_pack_voltage() -> None:
     """A -1.5 V offset lowers every later pack-voltage reading by 1.5 V, nothing else."""
     cols = _series()
-    out = inject_fault(cols, FaultSpec(FaultKind.VOLTAGE_SENSOR_OFFSET, float(cols["ts"][15]), -1.5))
+    out = inject_fault(
+        cols, FaultSpec(FaultKind.VOLTAGE_SENSOR_OFFSET, float(cols["ts"][15]), -1.5)
+    )
     assert _changed(cols, out) == {"pack_voltage_v"}
     np.testing.assert_allclose(out["pack_voltage_v"][15:], 46.5)
     np.testing.assert_array_equal(out["pack_voltage_v"][:15], 48.0)
@@ -97,7 +101,10 @@ def test_inject_fault_copies_and_rounds_like_the_wire() -> None:
         np.testing.assert_array_equal(cols[k], before[k])
     np.testing.assert_array_equal(out["pack_voltage_v"], np.round(out["pack_voltage_v"], 2))
     with pytest.raises(ValueError, match="missing \\['cell_min_v'\\]"):
-        inject_fault({k: v for k, v in cols.items() if k != "cell_min_v"}, FaultSpec(FaultKind.WEAK_CELL, 0.0, 0.1))
+        inject_fault(
+            {k: v for k, v in cols.items() if k != "cell_min_v"},
+            FaultSpec(FaultKind.WEAK_CELL, 0.0, 0.1),
+        )
 
 
 def test_plan_faults_shares_kinds_evenly_and_is_seeded() -> None:
@@ -118,8 +125,9 @@ def test_inject_faults_draws_onsets_and_magnitudes_from_the_ranges() -> None:
     series = [_series() for _ in range(8)]
     plan = [FaultKind.VOLTAGE_SENSOR_OFFSET] * 4 + [FaultKind.THERMAL_RUNAWAY] * 3 + [None]
     cols, specs = inject_faults(series, plan, seed=9, params=params)
-    cols2, specs2 = inject_faults(series, plan, seed=9, params=params)
+    again, specs2 = inject_faults(series, plan, seed=9, params=params)
     assert specs == specs2
+    np.testing.assert_array_equal(again[0]["pack_voltage_v"], cols[0]["pack_voltage_v"])
     assert specs[-1] is None
     np.testing.assert_array_equal(cols[-1]["pack_voltage_v"], series[-1]["pack_voltage_v"])
     for spec, s in zip(specs[:-1], series[:-1], strict=True):
@@ -136,7 +144,7 @@ def test_inject_faults_draws_onsets_and_magnitudes_from_the_ranges() -> None:
 
 def test_fault_params_are_validated() -> None:
     """Inverted ranges and an empty onset range are refused with the offending values."""
-    with pytest.raises(ValueError, match="resistance_jump_ohm, got \\(0.2, 0.1\\)"):
+    with pytest.raises(ValueError, match=r"resistance_jump_ohm, got \(0.2, 0.1\)"):
         FaultParams(resistance_jump_ohm=(0.2, 0.1))
     with pytest.raises(ValueError, match="onset_samples_before_end"):
         FaultParams(onset_samples_before_end=(0, 5))
