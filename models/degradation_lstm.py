@@ -180,6 +180,8 @@ class DegradationParams:
     stretch_max: float = 1.35
     soh_shift_frac: float = 0.03
     mix_prob: float = 0.0
+    mix_varying: bool = False
+    synthetic_frac: float = 0.0
     mix_extrapolation: float = 0.3
     amplitude_min: float = 1.0
     amplitude_max: float = 1.0
@@ -577,7 +579,10 @@ class _Augmenter:
             # real ones, so that few training cells still span a continuum of fade rates.
             other = self.series[int(rng.choice([j for j in range(len(self.series)) if j != i]))]
             n = min(len(base), len(other))
-            lam = rng.uniform(-p.mix_extrapolation, 1.0 + p.mix_extrapolation)
+            lam0, lam1 = rng.uniform(-p.mix_extrapolation, 1.0 + p.mix_extrapolation, size=2)
+            if not p.mix_varying:
+                lam1 = lam0
+            lam = lam0 + (lam1 - lam0) * np.arange(n) / max(n - 1, 1)
             base = lam * base[:n] + (1.0 - lam) * other[:n]
         if p.amplitude_max > p.amplitude_min:
             # Scale the fade so far around the cell's initial level: same shape, more or
@@ -592,11 +597,32 @@ class _Augmenter:
         soh = soh + rng.uniform(-p.soh_shift_frac, p.soh_shift_frac)
         return soh + rng.normal(0.0, p.noise_frac, size=n_new) if p.noise_frac > 0 else soh
 
+    def synthetic(self, rng: np.random.Generator) -> FloatArray:
+        n = int(rng.integers(80, 260))
+        k = np.arange(n, dtype=np.float64)
+        s0 = rng.uniform(0.88, 1.02)
+        rate0 = math.exp(rng.uniform(math.log(0.001), math.log(0.004)))
+        accel = rng.uniform(-0.5, 1.0)
+        onset = rng.uniform(0.0, 0.3) * n
+        rate = rate0 * (1.0 + accel * k / n) * np.where(k < onset, 0.3, 1.0)
+        soh = s0 - np.cumsum(np.maximum(rate, 0.0))
+        at = rng.uniform(5, 40)
+        while at < n:
+            tau = rng.uniform(1.0, 6.0)
+            jump = rng.uniform(0.0, 0.04)
+            after = k >= int(at)
+            soh[after] += jump * np.exp(-(k[after] - int(at)) / tau)
+            at += rng.uniform(10, 40)
+        return soh + rng.normal(0.0, rng.uniform(0.0005, 0.003), size=n)
+
     def batch(
         self, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Inputs (B, T, 3), drop targets (B, T, K) and their mask (B, T, K)."""
-        seqs = [self.one(rng) for _ in range(self.params.batch_size)]
+        seqs = [
+            self.synthetic(rng) if rng.uniform() < self.params.synthetic_frac else self.one(rng)
+            for _ in range(self.params.batch_size)
+        ]
         x, _ = _pad([_sequence_inputs(s) for s in seqs])
         t_max, n_k = x.shape[1], len(self.knots)
         y = np.zeros((len(seqs), t_max, n_k), dtype=np.float32)

@@ -67,6 +67,26 @@ def bench_inputs(name: str, rows: int, seed: int = 0) -> Inputs:
 
 
 def _extra_inputs(name: str, rows: int, rng: np.random.Generator, ids: list[str]) -> Inputs:
+    if name == "anomaly":
+        from models.training import normal_windows
+
+        w = normal_windows(40, 4.0, seed=3)
+        take = np.arange(rows) % w.n  # tile the recorded windows up to ``rows``
+        return ids, {"values": w.values[take], "ts_s": w.ts_s[take], "lengths": w.lengths[take]}
+    if name == "demand":
+        from models.demand_lstm import DemandInputs
+        from models.predictors import demand_request
+        from sim.weather import SimWeather
+
+        hours = 168
+        end = 1_764_172_800.0
+        weather = SimWeather(seed=1)
+        inputs = DemandInputs(
+            history_rides=rng.poisson(3.0, (rows, hours)).astype(np.float64),
+            weather_past=weather.hourly(end - hours * 3600.0, hours),
+            weather_next=weather.hourly(end, 24),
+        )
+        return [f"z{k}" for k in range(rows)], demand_request(inputs)
     raise ValueError(f"Expected a model with benchmark inputs, got {name!r}.")
 
 
