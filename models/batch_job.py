@@ -132,7 +132,12 @@ class FleetModelJob:
             inputs = await self._inputs(rides, end_hour)
             res = await self.models.call("demand", zones, demand_request(inputs))
             forecast = np.asarray(res["rides"], dtype=np.float64)
-            await self.demand.write_forecast(end_hour, dict(zip(zones, forecast, strict=True)))
+            # The priority model works per vehicle: count the vehicles of each zone fleet-wide.
+            vehicles: dict[str, int] = {}
+            for groups in await self.shards.call_all("group_stats", "zone", ["soc_pct"], []):
+                for zone, g in groups.items():
+                    vehicles[zone] = vehicles.get(zone, 0) + int(g.count)
+            await self.demand.write_forecast(end_hour, dict(zip(zones, forecast, strict=True)), vehicles)
             out = {"zones": len(zones), "start_s": end_hour, "rides_next_24h": float(forecast.sum())}
         self.last["forecast_demand"] = {**out, "at_s": self.now_s()}
         return out

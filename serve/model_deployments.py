@@ -79,6 +79,7 @@ class ModelServer:
             description="Population stability index of a model input against its training data",
             tag_keys=("model", "version", "feature"),
         )
+        self._alerting: set[tuple[str, str]] = set()
         self._poller = asyncio.get_running_loop().create_task(self._poll())
 
     async def _registry(self) -> ModelRegistryStore:
@@ -115,16 +116,22 @@ class ModelServer:
 
     def _export_drift(self) -> None:
         status = self.model.status()
+        now_alerting: set[tuple[str, str]] = set()
         for version, d in status["drift"].items():
             for feature, value in d["psi"].items():
                 if np.isfinite(value):
                     tags = {"model": self.args.name, "version": version, "feature": feature}
                     self._psi_gauge.set(float(value), tags=tags)
             for alert in d["alerts"]:
-                log.warning(
-                    "model %s v%s: drift alert on %s, PSI %.3f (%s)",
-                    self.args.name, version, alert["feature"], alert["psi"], alert["level"],
-                )
+                # Log when a feature starts drifting, not on every poll while it stays so.
+                key = (version, alert["feature"])
+                if key not in self._alerting:
+                    log.warning(
+                        "model %s v%s: drift alert on %s, PSI %.3f (%s)",
+                        self.args.name, version, alert["feature"], alert["psi"], alert["level"],
+                    )
+                now_alerting.add(key)
+        self._alerting = now_alerting
 
     async def __call__(self, request: ScoreRequest) -> Arrays:
         return await self._batched(request)

@@ -3,7 +3,8 @@
 Keys (``<prefix>`` is the system's Redis prefix)::
 
     <prefix>rides:<hour start, Unix s>   hash  zone -> ride starts in that hour
-    <prefix>demand_forecast              hash  zone -> JSON {"start_s": ..., "rides": [24 floats]}
+    <prefix>demand_forecast              hash  zone -> JSON {"start_s": ..., "rides": [24 floats],
+                                                                 "vehicles": n}
 
 Shards add ride starts every scoring tick (``HINCRBY``, pipelined) and read forecasts for
 the priority model; the demand job reads the ride history hourly, runs the demand model and
@@ -75,18 +76,25 @@ class RedisDemand:
                 out[index[z.decode()], k] = float(n)
         return zones, out
 
-    async def write_forecast(self, start_s: int, forecasts: Mapping[str, npt.NDArray[np.float64]]) -> None:
-        """Replace the forecast of each given zone (24 hourly values from ``start_s``)."""
+    async def write_forecast(
+        self,
+        start_s: int,
+        forecasts: Mapping[str, npt.NDArray[np.float64]],
+        vehicles: Mapping[str, int],
+    ) -> None:
+        """Replace the forecast of each given zone (24 hourly rides from ``start_s``), with
+        the number of vehicles in the zone that share them."""
         if not forecasts:
             return
         mapping: dict[str | bytes, bytes | str] = {
-            z: orjson.dumps({"start_s": start_s, "rides": [float(x) for x in f]})
+            z: orjson.dumps({"start_s": start_s, "rides": [float(x) for x in f], "vehicles": int(vehicles.get(z, 0))})
             for z, f in forecasts.items()
         }
         await self._redis.hset(f"{self._prefix}demand_forecast", mapping=mapping)  # type: ignore[arg-type]
 
     async def forecast(self, zones: Sequence[str]) -> dict[str, npt.NDArray[np.float64]]:
-        """The forecast of each zone that has one, shifted to start at the current hour."""
+        """Ride requests per vehicle and hour in each zone that has a forecast, from the
+        current hour (the zone's rides divided among its vehicles)."""
         wanted = sorted(set(zones))
         if not wanted:
             return {}
@@ -97,7 +105,7 @@ class RedisDemand:
             if payload is None:
                 continue
             doc = orjson.loads(payload)
-            rides = np.asarray(doc["rides"], dtype=np.float64)
+            rides = np.asarray(doc["rides"], dtype=np.float64) / max(1, int(doc.get("vehicles", 1)))
             # A forecast issued earlier is still good for its remaining hours.
             skip = max(0, (now_hour - int(doc["start_s"])) // _HOUR_S)
             if skip < rides.size:

@@ -53,7 +53,7 @@ class ModelClient(Protocol):
 
 class DemandSource(Protocol):
     async def forecast(self, zones: Sequence[str]) -> dict[str, npt.NDArray[np.float64]]:
-        """The next 24 hourly ride forecasts of each zone that has one."""
+        """Per zone that has one: the next hourly ride requests per vehicle, from now."""
         ...
 
     async def add_ride_starts(self, counts: Mapping[tuple[str, int], int]) -> None:
@@ -84,8 +84,9 @@ class ScoringParams:
     ----------
     consumption_pct_new
         State of charge one ride takes from a new pack; an aged pack takes ``/ SOH`` more.
-    default_rides_per_zone_h
-        Demand assumed in a zone the demand model has not forecast yet (cold start).
+    default_rides_per_vehicle_h
+        Ride requests per vehicle and hour assumed where the demand model has no forecast
+        yet (cold start): 5 trips a day, a typical shared-scooter figure.
     utc_offset_h
         Local time of the fleet, for the hour-of-day input.
     ride_gap_s
@@ -95,16 +96,16 @@ class ScoringParams:
     """
 
     consumption_pct_new: float = 4.0
-    default_rides_per_zone_h: float = 2.0
+    default_rides_per_vehicle_h: float = 0.2
     utc_offset_h: float = 1.0
     ride_gap_s: float = 180.0
     max_events: int = 10_000
 
     def __post_init__(self) -> None:
-        if not self.consumption_pct_new > 0.0 or self.default_rides_per_zone_h < 0.0:
+        if not self.consumption_pct_new > 0.0 or self.default_rides_per_vehicle_h < 0.0:
             raise ValueError(
-                f"Expected consumption_pct_new > 0 and default_rides_per_zone_h >= 0, got "
-                f"{self.consumption_pct_new} and {self.default_rides_per_zone_h}."
+                f"Expected consumption_pct_new > 0 and default_rides_per_vehicle_h >= 0, got "
+                f"{self.consumption_pct_new} and {self.default_rides_per_vehicle_h}."
             )
 
 
@@ -245,14 +246,15 @@ class TwinScorer:
         self, t: TwinTable, slots: npt.NDArray[np.int64], ids: list[str], zones: list[str], now: float
     ) -> int:
         p = self.params
-        # Each forecast starts at the current hour: the next 3 and 6 values are what counts.
+        # Forecasts are per vehicle (the zone's rides shared by its vehicles) and start at
+        # the current hour: the next 3 and 6 values are what counts.
         forecasts = await self.demand.forecast(zones)
         d3 = np.empty(len(zones))
         d6 = np.empty(len(zones))
         for k, z in enumerate(zones):
             f = forecasts.get(z)
             if f is None:
-                d3[k], d6[k] = 3 * p.default_rides_per_zone_h, 6 * p.default_rides_per_zone_h
+                d3[k], d6[k] = 3 * p.default_rides_per_vehicle_h, 6 * p.default_rides_per_vehicle_h
             else:
                 d3[k], d6[k] = float(f[:3].sum()), float(f[:6].sum())
         soh = t.soh_model_pct[slots] / 100.0

@@ -87,10 +87,10 @@ async def test_low_charge_and_high_demand_raise_priority(
     """The zone forecast feeds priority: the same fleet in a busier zone scores higher."""
     table, now = fed_table
     n = len(table)
-    low = TwinScorer(models, MemoryDemand(), params=ScoringParams(default_rides_per_zone_h=0.05), clock=FixedClock(now))
+    low = TwinScorer(models, MemoryDemand(), params=ScoringParams(default_rides_per_vehicle_h=0.01), clock=FixedClock(now))
     await low.score(table)
     p_low = table.priority[:n].copy()
-    high = TwinScorer(models, MemoryDemand(), params=ScoringParams(default_rides_per_zone_h=8.0), clock=FixedClock(now))
+    high = TwinScorer(models, MemoryDemand(), params=ScoringParams(default_rides_per_vehicle_h=1.5), clock=FixedClock(now))
     await high.score(table)
     p_high = table.priority[:n].copy()
     assert p_high.mean() > p_low.mean()
