@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -106,6 +106,40 @@ class ModelSettings(BaseModel):
     utc_offset_h: float = Field(1.0, ge=-12, le=14, description="Fleet local time, for hour of day")
 
 
+Skill = Literal["swap", "replace", "inspect"]
+
+
+class TechnicianSettings(BaseModel):
+    model_config = _STRICT
+    id: str = Field(min_length=1)
+    depot_id: str = Field(min_length=1)
+    shift_start_h: float = Field(ge=0, le=48)
+    shift_end_h: float = Field(ge=0, le=48)
+    van_capacity: int = Field(30, ge=0, description="Charged batteries the van carries")
+    skills: list[Skill] = Field(default_factory=lambda: list[Skill](["swap"]))
+    fixed_cost_m: int = Field(2000, ge=0, description="Cost of sending the van out, metres of driving")
+
+
+class DepotSettings(BaseModel):
+    model_config = _STRICT
+    id: str = Field(min_length=1)
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    charged_stock: int = Field(ge=0, description="Charged batteries on the shelf")
+
+
+class PlannerSettings(BaseModel):
+    model_config = _STRICT
+    enabled: bool = Field(True, description="Run the planner actor (needs the models)")
+    plan_interval_s: float = Field(900.0, gt=0, description="Scheduled re-plan period")
+    urgent_delay_s: float = Field(2.0, ge=0, description="Re-plan this soon after an urgent event")
+    solve_time_limit_s: float = Field(20.0, gt=0, le=3600, description="Search budget per plan")
+    candidates_per_shard: int = Field(300, ge=1, description="Top batteries each shard reports")
+    default_technicians: int = Field(6, ge=1, le=500, description="Roster size when none is listed")
+    technicians: list[TechnicianSettings] = Field(default_factory=list)
+    depots: list[DepotSettings] = Field(default_factory=list)
+
+
 class Settings(BaseModel):
     """Everything a process of the system needs to know."""
 
@@ -120,6 +154,7 @@ class Settings(BaseModel):
     ray: RayClusterSettings = RayClusterSettings()
     sim: SimSettings = SimSettings()
     models: ModelSettings = ModelSettings()
+    planner: PlannerSettings = PlannerSettings()
 
     @field_validator("mqtt_url")
     @classmethod

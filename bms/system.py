@@ -27,13 +27,16 @@ from models.batch_job import MODEL_JOB_NAME, JobParams, ModelJobSpec, start_mode
 from models.predictors import PREDICTORS
 from models.registry import ModelRegistry
 from models.training import TrainingPlan, ensure_served
+from planners.planner import PlannerParams
+from planners.resources import Depot, Technician
+from planners.runtime import PlannerSpec, default_roster, start_planner
 from serve.app import AppArgs, build_app
 from serve.bridge_worker import bridge_actor_name, start_bridge_worker
 from serve.mqtt_bridge import BridgeConfig
 from serve.telemetry_contract import ContractLimits
 from store import apply_migrations, open_postgres
 from store.model_registry_store import ModelRegistryStore
-from twins.runtime import DIRECTORY_NAME, TwinRuntimeSpec, start_directory
+from twins.runtime import DIRECTORY_NAME, PLANNER_NAME, TwinRuntimeSpec, start_directory
 from twins.scoring import ScoringParams
 from twins.shard import shard_actor_name
 from twins.twin_table import TwinTableParams
@@ -193,6 +196,8 @@ class FleetSystem:
             )
             if models:
                 self._start_model_job()
+                if self.settings.planner.enabled:
+                    self._start_planner()
 
     async def _ensure_models(self) -> None:
         """Registry check at start: train (quick plan) what has never been trained."""
@@ -223,6 +228,33 @@ class FleetSystem:
             ),
         ))  # fmt: skip
 
+    def planner_spec(self) -> PlannerSpec:
+        """The planner's roster and knobs from ``[planner]`` (a default roster if none listed)."""
+        p = self.settings.planner
+        if p.technicians:
+            techs = tuple(
+                Technician(**{**t.model_dump(), "skills": frozenset(t.skills)}) for t in p.technicians
+            )
+            depots = tuple(Depot(**d.model_dump()) for d in p.depots)
+        else:
+            techs, depots = default_roster(
+                self.settings.sim.center_lat, self.settings.sim.center_lon, p.default_technicians
+            )
+        return PlannerSpec(
+            namespace=self.namespace,
+            postgres_url=self.urls.postgres_url,
+            technicians=techs,
+            depots=depots,
+            params=PlannerParams(
+                plan_interval_s=p.plan_interval_s, urgent_delay_s=p.urgent_delay_s,
+                solve_time_limit_s=p.solve_time_limit_s, candidates_per_shard=p.candidates_per_shard,
+                utc_offset_h=self.settings.models.utc_offset_h,
+            ),
+        )  # fmt: skip
+
+    def _start_planner(self) -> None:
+        start_planner(self.planner_spec())
+
     def supervise_once(self) -> None:
         """Restart the bridge loop of any worker that Ray restarted after a crash."""
         for name in self.bridge_names:
@@ -242,8 +274,9 @@ class FleetSystem:
                 ray.kill(h, no_restart=True)
             except Exception:
                 log.exception("stopping %s", name)
-        with contextlib.suppress(ValueError):  # no job actor: models were off
-            ray.kill(ray.get_actor(MODEL_JOB_NAME, namespace=self.namespace), no_restart=True)
+        for name in (MODEL_JOB_NAME, PLANNER_NAME):
+            with contextlib.suppress(ValueError):  # not started: models or planner were off
+                ray.kill(ray.get_actor(name, namespace=self.namespace), no_restart=True)
         if self.with_http:
             try:
                 serve.shutdown()  # type: ignore[no-untyped-call]  # ray: unannotated

@@ -19,6 +19,14 @@ Routes (all JSON)::
     POST /api/v1/models/{name}/ab                 {"candidate_version", "fraction", "actor"}
     DELETE /api/v1/models/{name}/ab?actor=        end the A/B split
     GET /api/v1/models/alerts                     drift alerts of every served model
+    GET /api/v1/planner/queue                     open jobs, most valuable first
+    GET /api/v1/planner/plan                      the latest plan: routes with ETAs, dropped jobs
+    POST /api/v1/planner/plan                     pull candidates and re-plan now
+    GET /api/v1/planner/roster                    technicians and depots
+    GET /api/v1/technicians/{id}/route            one technician's stops with ETAs
+    GET /api/v1/work-orders?state=&limit=         work orders
+    GET /api/v1/work-orders/{id}                  one order and its attributed history
+    POST /api/v1/work-orders/{id}/transition      {"state", "actor", "technician_id"?, "swap"?, "note"?}
     GET /                                         the fleet dashboard (HTML)
 """
 
@@ -41,10 +49,12 @@ from ray.serve.handle import DeploymentHandle
 
 from models.errors import RegistryError
 from models.model_version import ServingConfig
+from planners.work_orders import WorkOrder, WorkOrderError, WorkOrderState
 from store import DeadLetterStore, TelemetryStore
 from store.model_registry_store import ModelRegistryStore
+from store.work_order_store import WorkOrderStore
 from twins.fleet_query import CATEGORICAL_FIELDS, NUMERIC_FIELDS, Filter
-from twins.runtime import FleetClient
+from twins.runtime import PLANNER_NAME, FleetClient
 
 __all__ = ["ApiIngress", "IngressConfig", "api"]
 
@@ -92,6 +102,26 @@ def _serving_dict(cfg: ServingConfig) -> dict[str, Any]:
         "updated_at_s": cfg.updated_at_s,
         "updated_by": cfg.updated_by,
     }
+
+
+class SwapBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vehicle_id: str = Field(min_length=1, max_length=64)
+    battery_out_id: str = Field(min_length=1, max_length=64, description="Battery taken out")
+    battery_in_id: str = Field(min_length=1, max_length=64, description="Battery put in")
+
+
+class TransitionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    state: Literal["planned", "assigned", "en_route", "done", "failed", "cancelled"]
+    actor: str = Field(min_length=1, max_length=200, description="Who makes the change")
+    technician_id: str | None = Field(None, max_length=64, description="Only when assigning")
+    swap: SwapBody | None = Field(None, description="Required when a swap or replacement is done")
+    note: str | None = Field(None, max_length=2000)
+
+
+def _order_dict(o: WorkOrder) -> dict[str, Any]:
+    return {**o.__dict__, "kind": o.kind.value, "state": o.state.value}
 
 
 class IngressConfig(BaseModel):
@@ -384,4 +414,80 @@ class ApiIngress:
         self, name: _ModelName, actor: Annotated[str, Query(min_length=1, max_length=200)]
     ) -> dict[str, Any]:
         return await self._change(name, "stop_ab", actor)
+
+
+    # ------------------------------------------------------------------ planner
+    def _planner(self) -> Any:
+        try:
+            return ray.get_actor(PLANNER_NAME, namespace=self._config.namespace)
+        except ValueError:
+            raise HTTPException(503, "The planner is not running (needs [planner] enabled and the models).") from None
+
+    @api.get("/api/v1/planner/queue")
+    async def planner_queue(self, limit: Annotated[int, Query(ge=1, le=10_000)] = 200) -> dict[str, Any]:
+        jobs = await self._planner().queue.remote()
+        return _clean({"jobs": jobs[:limit], "total": len(jobs)})  # type: ignore[no-any-return]
+
+    @api.get("/api/v1/planner/plan")
+    async def planner_plan(self) -> dict[str, Any]:
+        plan = await self._planner().latest.remote()
+        if plan is None:
+            raise HTTPException(404, "No plan yet: the first scheduled round has not run (POST to plan now).")
+        return _clean(plan)  # type: ignore[no-any-return]
+
+    @api.post("/api/v1/planner/plan")
+    async def planner_replan(self) -> dict[str, Any]:
+        planner = self._planner()
+        await planner.pull.remote()
+        return _clean(await planner.plan.remote("manual"))  # type: ignore[no-any-return]
+
+    @api.get("/api/v1/planner/roster")
+    async def planner_roster(self) -> dict[str, Any]:
+        return await self._planner().roster.remote()  # type: ignore[no-any-return]
+
+    @api.get("/api/v1/technicians/{technician_id}/route")
+    async def technician_route(self, technician_id: _BatteryId) -> dict[str, Any]:
+        try:
+            route = await self._planner().route_of.remote(technician_id)
+        except KeyError as err:
+            raise HTTPException(404, str(err).strip("'\"")) from None
+        if route is None:
+            return {"technician_id": technician_id, "stops": [], "note": "not in the latest plan"}
+        return _clean(route)  # type: ignore[no-any-return]
+
+    @api.get("/api/v1/work-orders")
+    async def work_orders(
+        self,
+        state: Annotated[str | None, Query(pattern="^(planned|assigned|en_route|done|failed|cancelled)$")] = None,
+        limit: Annotated[int, Query(ge=1, le=5000)] = 100,
+    ) -> dict[str, Any]:
+        pool = await self._conn_pool()
+        async with pool.connection() as conn:
+            orders = await WorkOrderStore(conn).list(None if state is None else WorkOrderState(state), limit)
+        return {"orders": [_order_dict(o) for o in orders]}
+
+    @api.get("/api/v1/work-orders/{order_id}")
+    async def work_order(self, order_id: int) -> dict[str, Any]:
+        pool = await self._conn_pool()
+        async with pool.connection() as conn:
+            store = WorkOrderStore(conn)
+            try:
+                order = await store.get(order_id)
+            except KeyError:
+                raise HTTPException(404, f"No work order with id {order_id}.") from None
+            history = await store.history(order_id)
+        return _clean({**_order_dict(order), "history": history})  # type: ignore[no-any-return]
+
+    @api.post("/api/v1/work-orders/{order_id}/transition")
+    async def work_order_transition(self, order_id: int, body: TransitionBody) -> dict[str, Any]:
+        try:
+            order = await self._planner().report.remote(
+                order_id, body.state, body.actor, body.technician_id,
+                None if body.swap is None else body.swap.model_dump(), body.note,
+            )  # fmt: skip
+        except KeyError:
+            raise HTTPException(404, f"No work order with id {order_id}.") from None
+        except WorkOrderError as err:
+            raise HTTPException(409, str(err)) from None
+        return _clean(order)  # type: ignore[no-any-return]
 

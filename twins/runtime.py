@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 DIRECTORY_NAME = "bms-directory"
+PLANNER_NAME = "bms-planner"
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,17 @@ class _ShardActor(TwinShard):
 
         zones = ZoneGrid(spec.zone_cell_km)
         scorer = None
+        planner: list[Any] = []
+
+        async def push_urgent(rows: list[dict[str, Any]]) -> None:
+            # The planner may start after the shards, or not at all (models only).
+            if not planner:
+                try:
+                    planner.append(ray.get_actor(PLANNER_NAME, namespace=spec.namespace))
+                except ValueError:
+                    return
+            await planner[0].push.remote(rows)
+
         if spec.models_enabled:
             redis = aioredis.Redis.from_url(spec.redis_url, decode_responses=False)
             scorer = TwinScorer(
@@ -128,6 +140,7 @@ class _ShardActor(TwinShard):
             state_flush_interval_s=spec.state_flush_interval_s,
             scorer=scorer,
             score_interval_s=spec.score_interval_s,
+            push_urgent=push_urgent,
         )
 
 
@@ -274,6 +287,11 @@ class FleetClient:
             return None
         snap: TwinSnapshot | None = await self._h.handle(shard).get.remote(battery_id)
         return snap
+
+    async def set_vehicle(self, battery_id: str, vehicle_id: str | None) -> None:
+        """Record which vehicle a battery is in; a battery never seen gets its shard now."""
+        (shard,) = await self._h.assign([battery_id])
+        await self._h.handle(shard).set_vehicle.remote(battery_id, vehicle_id)
 
     async def window(self, battery_id: str) -> dict[str, Any] | None:
         shard = await self._h.lookup(battery_id)

@@ -25,7 +25,13 @@ import numpy.typing as npt
 
 from models.anomaly import AnomalyKind
 from models.degradation_lstm import cycle_inputs
-from models.features import PriorityInputs, TwinCounters, health_features, priority_features
+from models.features import (
+    PRIORITY_FEATURE_NAMES,
+    PriorityInputs,
+    TwinCounters,
+    health_features,
+    priority_features,
+)
 from models.telemetry_windows import windows_from_table
 from twins.clock import Clock, WallClock
 from twins.twin_table import TwinTable
@@ -272,7 +278,9 @@ class TwinScorer:
             hour_of_day=np.full(len(ids), ((now / 3600.0) + p.utc_offset_h) % 24.0),
             charging=t.charging[slots].copy(),
         )
-        out = await self.client.call("priority", ids, {"features": priority_features(inputs)})
+        x = priority_features(inputs)
+        out = await self.client.call("priority", ids, {"features": x})
+        t.hours_to_empty[slots] = x[:, PRIORITY_FEATURE_NAMES.index("hours_to_empty")]
         t.lost_rides_6h[slots] = out["lost_rides_6h"]
         t.priority[slots] = out["priority"]
         return len(ids)

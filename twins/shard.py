@@ -169,6 +169,7 @@ class TwinShard:
         max_pending_samples: int = 500_000,
         scorer: TwinScorer | None = None,
         score_interval_s: float = 10.0,
+        push_urgent: Callable[[list[dict[str, Any]]], Awaitable[Any]] | None = None,
     ) -> None:
         self.shard_id = shard_id
         self.params = params
@@ -195,6 +196,7 @@ class TwinShard:
         self._healthy: asyncio.Event | None = None
         self._recoveries = 0
         self.scorer = scorer
+        self.push_urgent = push_urgent
         self._score_interval_s = score_interval_s
         self._score_lock = asyncio.Lock()
 
@@ -431,7 +433,48 @@ class TwinShard:
         async with self._score_lock:
             report = await self.scorer.score(self.table)
         self._dirty.update(range(len(self.table)))
+        if report.new_anomalies and self.push_urgent is not None:
+            # New anomalies go to the planner now, not at its next pull.
+            fresh = {e.battery_id for e in list(self.scorer.events)[-report.new_anomalies:]}
+            slots = np.array(sorted(self.table.index[b] for b in fresh), dtype=np.int64)
+            try:
+                await self.push_urgent(self._candidate_rows(slots))
+            except Exception:  # the planner being down must not fail scoring
+                log.exception("shard %d: pushing %d urgent candidates failed", self.shard_id, len(slots))
         return report
+
+    def _candidate_rows(self, slots: np.ndarray) -> list[dict[str, Any]]:
+        t = self.table
+        soc = t.latest("soc_pct")
+        return [
+            {
+                "battery_id": t.ids[s], "vehicle_id": t.vehicle_ids[s],
+                "lat": float(t.last_lat[s]), "lon": float(t.last_lon[s]),
+                "soc_pct": float(soc[s]), "priority": float(t.priority[s]),
+                "lost_rides_6h": float(t.lost_rides_6h[s]), "hours_to_empty": float(t.hours_to_empty[s]),
+                "health_score": float(t.health_score[s]), "anomaly_flags": int(t.anomaly_flags[s]),
+                "charging": bool(t.charging[s]),
+            }
+            for s in slots.tolist()
+        ]
+
+    async def swap_candidates(self, n: int) -> list[dict[str, Any]]:
+        """The planner's pull: this shard's ``n`` most urgent scored twins, plus every twin
+        with an anomaly flag or a health score under 50 (replacement and inspection jobs)."""
+        await self.start()
+        t = self.table
+        m = len(t)
+        scored = np.flatnonzero(np.isfinite(t.priority[:m]))
+        top = scored[np.argsort(-t.priority[:m][scored], kind="stable")[:n]]
+        flagged = np.flatnonzero((t.anomaly_flags[:m] != 0) | (t.health_score[:m] < 50.0))
+        return self._candidate_rows(np.union1d(top, flagged))
+
+    async def set_vehicle(self, battery_id: str, vehicle_id: str | None) -> None:
+        """Record which vehicle a battery is in (a done swap); creates the twin if new."""
+        await self.start()
+        slot, _ = self.table.ensure(battery_id)
+        self.table.vehicle_ids[slot] = vehicle_id
+        self._dirty.add(slot)
 
     async def anomaly_events(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest anomaly events of this shard's twins, newest first."""

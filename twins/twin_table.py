@@ -159,6 +159,7 @@ _SCALARS: dict[str, tuple[type, float]] = {
     "rul80_p90_cycles": (np.float64, math.nan),
     "lost_rides_6h": (np.float64, math.nan),
     "priority": (np.float64, math.nan),
+    "hours_to_empty": (np.float64, math.nan),
 }
 
 
@@ -219,6 +220,7 @@ class TwinTable:
     rul80_p90_cycles: npt.NDArray[np.float64]
     lost_rides_6h: npt.NDArray[np.float64]
     priority: npt.NDArray[np.float64]
+    hours_to_empty: npt.NDArray[np.float64]
 
     def __init__(
         self,

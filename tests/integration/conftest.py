@@ -168,6 +168,18 @@ def system_settings(services: ServiceHandles) -> Settings:
         # Model artifacts go to a temporary registry root; fast ticks so tests see scores.
         "data_dir": tempfile.mkdtemp(prefix="bms-it-data-"),
         "models": {"score_interval_s": 1.0, "poll_interval_s": 0.5},
+        # A roster on shift around the clock (tests run at any hour), depot next to the
+        # test batteries; plans only when a test asks (plus the first scheduled round).
+        "planner": {
+            "plan_interval_s": 3600, "solve_time_limit_s": 2, "urgent_delay_s": 0.5,
+            "depots": [{"id": "it-depot", "lat": 52.521, "lon": 13.401, "charged_stock": 40}],
+            "technicians": [
+                {"id": "it-tech-1", "depot_id": "it-depot", "shift_start_h": 0, "shift_end_h": 24,
+                 "van_capacity": 10, "skills": ["swap", "replace", "inspect"], "fixed_cost_m": 0},
+                {"id": "it-tech-2", "depot_id": "it-depot", "shift_start_h": 0, "shift_end_h": 24,
+                 "van_capacity": 10, "fixed_cost_m": 0},
+            ],
+        },
     })
 
 

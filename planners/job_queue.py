@@ -1,0 +1,184 @@
+"""The planner's job queue: what the twins' scores ask technicians to do.
+
+Shards report *candidates* (their most urgent batteries, with the model outputs); the queue
+turns each into at most one open job per battery, by rules an operator can read:
+
+* **battery replacement** when a critical anomaly is flagged (temperature rise, voltage
+  sag, cell imbalance) or the health score is below ``replace_below_health``;
+* **inspection** for the softer anomaly signals (voltage residual, LSTM sequence error);
+* **battery swap** when the swap priority (expected lost rides) is at least
+  ``swap_min_priority``.
+
+A job's value, what the routing objective earns by serving it, is in euros: a swap is
+worth its expected lost rides times the revenue of a ride (``value_per_ride``), a
+replacement or inspection a fixed amount (the cost of a failing pack in the field), times
+``critical_multiplier`` for a critical anomaly (a safety issue). A swap's time window closes
+when the vehicle is predicted to become unrentable. A battery whose job is already with a
+technician (work order en route) is not re-queued until that order ends.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from planners.work_orders import WorkOrderKind
+
+__all__ = ["Candidate", "JobQueue", "JobRules", "QueuedJob", "Severity"]
+
+# AnomalyKind bits (models.anomaly), kept as numbers so the planner does not import torch.
+_TEMP_RISE, _VOLTAGE_SAG, _CELL_IMBALANCE = 2, 4, 8
+_CRITICAL_FLAGS = _TEMP_RISE | _VOLTAGE_SAG | _CELL_IMBALANCE
+_SOFT_FLAGS = 1 | 16  # VOLTAGE_RESIDUAL, SEQUENCE_ERROR
+
+
+class Severity(StrEnum):
+    NORMAL = "normal"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One battery as a shard reports it to the planner."""
+
+    battery_id: str
+    vehicle_id: str | None
+    lat: float
+    lon: float
+    soc_pct: float
+    priority: float
+    lost_rides_6h: float
+    hours_to_empty: float
+    health_score: float
+    anomaly_flags: int
+    charging: bool
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Candidate:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class JobRules:
+    """Thresholds and values of the queue rules (see the module docstring)."""
+
+    swap_min_priority: float = 30.0
+    replace_below_health: float = 35.0
+    value_per_ride: float = 3.5
+    replacement_value: float = 40.0
+    inspection_value: float = 15.0
+    critical_multiplier: float = 4.0
+    swap_service_s: int = 6 * 60
+    replacement_service_s: int = 15 * 60
+    inspection_service_s: int = 20 * 60
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.swap_min_priority <= 100 or not 0 <= self.replace_below_health <= 100:
+            raise ValueError(
+                f"Expected swap_min_priority and replace_below_health in [0, 100], got "
+                f"{self.swap_min_priority} and {self.replace_below_health}."
+            )
+        if min(self.value_per_ride, self.replacement_value, self.inspection_value) <= 0:
+            raise ValueError("Expected positive job values.")
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """An open job: where, what, until when, and what it is worth."""
+
+    battery_id: str
+    vehicle_id: str
+    kind: WorkOrderKind
+    lat: float
+    lon: float
+    value: float
+    priority: float
+    service_s: int
+    batteries_needed: int
+    skill: str
+    deadline_s: float | None
+    severity: Severity
+    queued_at_s: float
+    work_order_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "battery_id": self.battery_id, "vehicle_id": self.vehicle_id, "kind": self.kind.value,
+            "lat": self.lat, "lon": self.lon, "value": self.value, "priority": self.priority,
+            "service_s": self.service_s, "batteries_needed": self.batteries_needed,
+            "skill": self.skill, "deadline_s": self.deadline_s, "severity": self.severity.value,
+            "queued_at_s": self.queued_at_s, "work_order_id": self.work_order_id,
+        }  # fmt: skip
+
+
+@dataclass
+class JobQueue:
+    """Open jobs by battery id."""
+
+    rules: JobRules = field(default_factory=JobRules)
+    jobs: dict[str, QueuedJob] = field(default_factory=dict)
+    #: Batteries whose job is with a technician (en route): not re-queued meanwhile.
+    in_progress: set[str] = field(default_factory=set)
+
+    def job_for(self, c: Candidate, now_s: float) -> QueuedJob | None:
+        """The job a candidate calls for, or ``None`` (nothing to do, or no vehicle to visit)."""
+        r = self.rules
+        if c.vehicle_id is None or c.charging or not (math.isfinite(c.lat) and math.isfinite(c.lon)):
+            return None
+        critical = bool(c.anomaly_flags & _CRITICAL_FLAGS)
+        severity = Severity.CRITICAL if critical else Severity.NORMAL
+        if critical or (math.isfinite(c.health_score) and c.health_score < r.replace_below_health):
+            kind, value, service, skill = (
+                WorkOrderKind.BATTERY_REPLACEMENT, r.replacement_value, r.replacement_service_s, "replace"
+            )
+            deadline = None
+        elif c.anomaly_flags & _SOFT_FLAGS:
+            kind, value, service, skill = (
+                WorkOrderKind.INSPECTION, r.inspection_value, r.inspection_service_s, "inspect"
+            )
+            deadline = None
+        elif math.isfinite(c.priority) and c.priority >= r.swap_min_priority:
+            kind, service, skill = WorkOrderKind.BATTERY_SWAP, r.swap_service_s, "swap"
+            value = max(c.lost_rides_6h, 0.1) * r.value_per_ride
+            # The window closes when the vehicle is predicted to stop being rentable.
+            deadline = now_s + max(c.hours_to_empty, 0.0) * 3600.0 if math.isfinite(c.hours_to_empty) else None
+        else:
+            return None
+        if critical:
+            value *= r.critical_multiplier
+        return QueuedJob(
+            battery_id=c.battery_id, vehicle_id=c.vehicle_id, kind=kind, lat=c.lat, lon=c.lon,
+            value=float(value), priority=float(c.priority) if math.isfinite(c.priority) else 0.0,
+            service_s=service, batteries_needed=0 if kind is WorkOrderKind.INSPECTION else 1,
+            skill=skill, deadline_s=deadline, severity=severity, queued_at_s=now_s,
+        )  # fmt: skip
+
+    def update(self, candidates: list[Candidate], now_s: float) -> list[QueuedJob]:
+        """Merge candidates; returns the jobs that are new or became critical."""
+        escalated = []
+        for c in candidates:
+            if c.battery_id in self.in_progress:
+                continue
+            job = self.job_for(c, now_s)
+            old = self.jobs.get(c.battery_id)
+            if job is None:
+                continue
+            if old is not None:
+                # Keep the order and the queue time; a more severe kind or more value wins.
+                job = replace(job, work_order_id=old.work_order_id, queued_at_s=old.queued_at_s)
+                if old.kind is not WorkOrderKind.BATTERY_SWAP and job.kind is WorkOrderKind.BATTERY_SWAP:
+                    job = replace(old, value=max(old.value, job.value))
+            if old is None or (job.severity is Severity.CRITICAL and old.severity is not Severity.CRITICAL):
+                escalated.append(job)
+            self.jobs[c.battery_id] = job
+        return escalated
+
+    def remove(self, battery_id: str) -> QueuedJob | None:
+        self.in_progress.discard(battery_id)
+        return self.jobs.pop(battery_id, None)
+
+    def open_jobs(self) -> list[QueuedJob]:
+        """Jobs in a stable order (by battery id), so plans are reproducible."""
+        return [self.jobs[b] for b in sorted(self.jobs)]

@@ -1,0 +1,175 @@
+"""Ray glue of the planner: a named, detached actor around :class:`~planners.planner.Planner`.
+
+The actor pulls candidates from every twin shard (one call per shard, each returning its
+top batteries), keeps work orders in PostgreSQL and tells the twins about done swaps. Shards
+push urgent candidates (new anomalies) to it by name; the HTTP API reads plans and routes and
+sends work-order changes through it, so every change has its consequences (queue, twins,
+urgent re-plan) in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from planners.job_queue import Candidate, JobRules
+from planners.planner import Planner, PlannerParams
+from planners.resources import Depot, Technician
+from planners.routing_params import RoutingParams
+from planners.work_orders import SwapRecord, WorkOrderState
+
+__all__ = ["PlannerSpec", "default_roster", "start_planner"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlannerSpec:
+    """What the planner actor is started with (plain values: it crosses into Ray)."""
+
+    namespace: str
+    postgres_url: str
+    technicians: tuple[Technician, ...]
+    depots: tuple[Depot, ...]
+    params: PlannerParams = field(default_factory=PlannerParams)
+    rules: JobRules = field(default_factory=JobRules)
+    run_schedule: bool = True
+
+
+def default_roster(center_lat: float, center_lon: float, technicians: int = 6) -> tuple[tuple[Technician, ...], tuple[Depot, ...]]:
+    """Two depots 3 km north-west and south-east of the centre; early and late shifts.
+
+    Every third technician can also replace batteries and inspect vehicles; vans carry 30
+    charged batteries; each depot starts the day with 120.
+    """
+    dlat = 3.0 / 111.32 / math.sqrt(2)
+    dlon = dlat / math.cos(math.radians(center_lat))
+    depots = (
+        Depot(id="depot-nw", lat=center_lat + dlat, lon=center_lon - dlon, charged_stock=120),
+        Depot(id="depot-se", lat=center_lat - dlat, lon=center_lon + dlon, charged_stock=120),
+    )
+    techs = tuple(
+        Technician(
+            id=f"tech-{k + 1:02d}", depot_id=depots[k % 2].id,
+            shift_start_h=(7.0, 14.0)[(k // 2) % 2], shift_end_h=(15.0, 22.0)[(k // 2) % 2],
+            van_capacity=30,
+            skills=frozenset({"swap", "replace", "inspect"}) if k % 3 == 0 else frozenset({"swap"}),
+        )
+        for k in range(technicians)
+    )
+    return techs, depots
+
+
+class _PlannerActor:
+    """Async Ray actor: one event loop, one Postgres connection for work orders."""
+
+    def __init__(self, spec: PlannerSpec) -> None:
+        from store import open_postgres
+        from store.work_order_store import WorkOrderStore
+        from twins.runtime import FleetClient
+
+        self.spec = spec
+        self._fleet = FleetClient(spec.namespace)
+        self._stack = contextlib.AsyncExitStack()
+        self._open_postgres = open_postgres
+        self._store_cls = WorkOrderStore
+        self.planner: Planner | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready: asyncio.Task[None] | None = None
+
+    async def _candidates(self, n: int) -> list[Candidate]:
+        rows: list[list[dict[str, Any]]] = await self._fleet.call_all("swap_candidates", n)
+        return [Candidate.from_dict(r) for part in rows for r in part]
+
+    async def _apply_swap(self, swap: SwapRecord) -> None:
+        # The battery taken out is on the technician's van, in no vehicle; the one put in
+        # now rides in the vehicle (its twin is created if the fleet never saw it).
+        await self._fleet.set_vehicle(swap.battery_out_id, None)
+        await self._fleet.set_vehicle(swap.battery_in_id, swap.vehicle_id)
+
+    async def _start(self) -> None:
+        conn = await self._stack.enter_async_context(
+            self._open_postgres(self.spec.postgres_url, application_name="bms-planner")
+        )
+        routing = RoutingParams(time_limit_s=self.spec.params.solve_time_limit_s)
+        self.planner = Planner(
+            self.spec.technicians, self.spec.depots, self._store_cls(conn), self._candidates,
+            self._apply_swap, self.spec.params, routing,
+        )  # fmt: skip
+        self.planner.queue.rules = self.spec.rules
+        if self.spec.run_schedule:
+            self._task = asyncio.get_running_loop().create_task(self.planner.run_forever())
+
+    async def start(self) -> None:
+        if self._ready is None:
+            self._ready = asyncio.get_running_loop().create_task(self._start())
+        await asyncio.shield(self._ready)
+
+    async def _p(self) -> Planner:
+        await self.start()
+        assert self.planner is not None
+        return self.planner
+
+    async def push(self, rows: list[dict[str, Any]]) -> int:
+        return (await self._p()).push([Candidate.from_dict(r) for r in rows])
+
+    async def pull(self) -> int:
+        return await (await self._p()).pull()
+
+    async def plan(self, reason: str = "manual") -> dict[str, Any]:
+        planner = await self._p()
+        return (await planner.plan(reason)).to_dict()
+
+    async def latest(self) -> dict[str, Any] | None:
+        rec = (await self._p()).latest()
+        return None if rec is None else rec.to_dict()
+
+    async def queue(self) -> list[dict[str, Any]]:
+        p = await self._p()
+        return [
+            {**j.to_dict(), "in_progress": j.battery_id in p.queue.in_progress}
+            for j in sorted(p.queue.jobs.values(), key=lambda j: -j.value)
+        ]
+
+    async def route_of(self, technician_id: str) -> dict[str, Any] | None:
+        route = (await self._p()).route_of(technician_id)
+        return None if route is None else {**route.__dict__, "stops": [s.__dict__ for s in route.stops]}
+
+    async def roster(self) -> dict[str, Any]:
+        p = await self._p()
+        return {
+            "technicians": [{**t.__dict__, "skills": sorted(t.skills)} for t in p.technicians.values()],
+            "depots": [d.__dict__ for d in p.depots.values()],
+        }
+
+    async def report(
+        self, order_id: int, state: str, actor: str, technician_id: str | None,
+        swap: dict[str, str] | None, note: str | None,
+    ) -> dict[str, Any]:  # fmt: skip
+        order = await (await self._p()).report(
+            order_id, WorkOrderState(state), actor, technician_id=technician_id,
+            swap=None if swap is None else SwapRecord(**swap), note=note,
+        )  # fmt: skip
+        return {**order.__dict__, "kind": order.kind.value, "state": order.state.value}
+
+
+def start_planner(spec: PlannerSpec) -> Any:
+    """Start (or find) the named, detached planner actor and wait until it is ready."""
+    import ray
+
+    from twins.runtime import PLANNER_NAME
+
+    handle = (
+        ray.remote(_PlannerActor)
+        .options(
+            name=PLANNER_NAME, namespace=spec.namespace, lifetime="detached",
+            get_if_exists=True, max_restarts=-1, num_cpus=0,
+        )
+        .remote(spec)
+    )
+    ray.get(handle.start.remote())  # type: ignore[attr-defined]  # ray types the handle as the class
+    return handle

@@ -1,0 +1,92 @@
+"""The planner actor fed by real twin shards: candidates, plan, work orders, swaps into twins."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from bms.settings import Settings
+
+from .conftest import ServiceHandles
+from .test_system import _ids, _message, _publish, _sample, _wait
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def api(fleet_system: Any, system_settings: Settings) -> httpx.Client:
+    with httpx.Client(base_url=f"http://127.0.0.1:{system_settings.serve.http_port}", timeout=120) as c:
+        _wait(lambda: c.get("/healthz").status_code == 200, 120, "the HTTP app")
+        _wait(lambda: c.get("/api/v1/planner/roster").status_code == 200, 120, "the planner")
+        yield c
+
+
+def _low_battery(api: httpx.Client, services: ServiceHandles) -> tuple[str, str]:
+    """A riding vehicle whose battery is nearly empty, scored by the twins."""
+    vehicle, battery = _ids(services, "p")
+    t0 = time.time() - 60
+    samples = [_sample(t0 + k, soc=8.0 - 0.01 * k, lat=52.5215, lon=13.4025) for k in range(20)]
+    _publish(services, [(f"fleet/{vehicle}/telemetry", _message(vehicle, battery, 0, samples))])
+
+    def scored() -> bool:
+        r = api.get(f"/api/v1/batteries/{battery}")
+        return r.status_code == 200 and r.json()["priority"] is not None
+
+    _wait(scored, 90, "the low battery to be scored")
+    return vehicle, battery
+
+
+def test_planner_routes_a_low_battery_and_a_done_swap_moves_the_batteries(
+    api: httpx.Client, services: ServiceHandles
+) -> None:
+    """Pull from the shards, plan, assign a work order with an ETA; the technician's reports
+    move it through the state machine and the swap updates both twins' vehicle link."""
+    vehicle, battery = _low_battery(api, services)
+    assert api.get(f"/api/v1/batteries/{battery}").json()["priority"] >= 30
+
+    plan = api.post("/api/v1/planner/plan").json()
+    stops = {s["battery_id"]: (r["technician_id"], s) for r in plan["routes"] for s in r["stops"]}
+    assert battery in stops, plan
+    tech, stop = stops[battery]
+    assert stop["kind"] == "battery_swap" and stop["eta_s"] >= plan["created_at_s"] - 1
+    order_id = stop["work_order_id"]
+    route = api.get(f"/api/v1/technicians/{tech}/route").json()
+    assert battery in [s["battery_id"] for s in route["stops"]]
+    queue = api.get("/api/v1/planner/queue").json()["jobs"]
+    assert any(j["battery_id"] == battery and j["work_order_id"] == order_id for j in queue)
+
+    order = api.get(f"/api/v1/work-orders/{order_id}").json()
+    assert order["state"] == "assigned" and order["technician_id"] == tech
+
+    r = api.post(f"/api/v1/work-orders/{order_id}/transition", json={"state": "en_route", "actor": tech})
+    assert r.status_code == 200 and r.json()["state"] == "en_route"
+    # done without the swap record is refused: the record is the fleet's truth.
+    r = api.post(f"/api/v1/work-orders/{order_id}/transition", json={"state": "done", "actor": tech})
+    assert r.status_code == 409 and "swap record" in r.text
+    spare = f"{battery}-spare"
+    r = api.post(
+        f"/api/v1/work-orders/{order_id}/transition",
+        json={"state": "done", "actor": tech,
+              "swap": {"vehicle_id": vehicle, "battery_out_id": battery, "battery_in_id": spare}},
+    )
+    assert r.status_code == 200, r.text
+
+    assert api.get(f"/api/v1/batteries/{battery}").json()["vehicle_id"] is None
+    assert api.get(f"/api/v1/batteries/{spare}").json()["vehicle_id"] == vehicle
+    history = api.get(f"/api/v1/work-orders/{order_id}").json()["history"]
+    assert [h["to_state"] for h in history] == ["planned", "assigned", "en_route", "done"]
+    assert history[-1]["actor"] == tech and history[-1]["swap_battery_in"] == spare
+    assert battery not in [j["battery_id"] for j in api.get("/api/v1/planner/queue").json()["jobs"]]
+
+
+def test_work_order_errors_are_clear(api: httpx.Client) -> None:
+    """Unknown orders are 404; bodies with unknown fields or states are 422."""
+    assert api.get("/api/v1/work-orders/999999").status_code == 404
+    r = api.post("/api/v1/work-orders/999999/transition", json={"state": "en_route", "actor": "x"})
+    assert r.status_code == 404
+    r = api.post("/api/v1/work-orders/1/transition", json={"state": "flying", "actor": "x"})
+    assert r.status_code == 422
+    assert api.get("/api/v1/technicians/nobody/route").status_code == 404

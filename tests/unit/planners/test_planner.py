@@ -1,0 +1,181 @@
+"""The planner actor's logic without Ray: queue rules, plans, work orders, urgent re-plans."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+from dataclasses import replace
+
+import pytest
+
+from planners.job_queue import Candidate, JobQueue, JobRules
+from planners.planner import Planner, PlannerParams
+from planners.resources import Depot, Technician
+from planners.work_orders import SwapRecord, WorkOrder, WorkOrderKind, WorkOrderState, check_change
+
+# 2025-11-26 10:00 local (09:00 UTC): everyone's shift is on.
+NOW_S = 1_764_147_600.0
+CENTRE = (52.52, 13.405)
+
+
+class MemoryOrders:
+    """Work orders in memory, with the store's state-machine checks."""
+
+    def __init__(self) -> None:
+        self.orders: dict[int, WorkOrder] = {}
+        self.events: list[tuple[int, str, str]] = []
+        self._ids = itertools.count(1)
+
+    async def create(self, kind, vehicle_id, battery_id, lat, lon, priority, value, actor) -> WorkOrder:  # type: ignore[no-untyped-def]
+        oid = next(self._ids)
+        o = WorkOrder(oid, WorkOrderKind(kind), WorkOrderState.PLANNED, vehicle_id, battery_id, lat, lon,
+                      priority, value, NOW_S, None, NOW_S)
+        self.orders[oid] = o
+        self.events.append((oid, "planned", actor))
+        return o
+
+    async def transition(self, order_id, new_state, actor, *, technician_id=None, swap=None, note=None) -> WorkOrder:  # type: ignore[no-untyped-def]
+        o = self.orders[order_id]
+        check_change(o, WorkOrderState(new_state), technician_id=technician_id, swap=swap)
+        tech = technician_id if new_state is WorkOrderState.ASSIGNED else (None if new_state is WorkOrderState.PLANNED else o.technician_id)
+        o = replace(o, state=WorkOrderState(new_state), technician_id=tech)
+        self.orders[order_id] = o
+        self.events.append((order_id, str(new_state), actor))
+        return o
+
+    async def get(self, order_id: int) -> WorkOrder:
+        return self.orders[order_id]
+
+
+def _candidate(k: int, **over: object) -> Candidate:
+    angle = 2 * math.pi * k / 12
+    base = dict(
+        battery_id=f"b{k:03d}", vehicle_id=f"v{k:03d}",
+        lat=CENTRE[0] + 0.02 * math.sin(angle), lon=CENTRE[1] + 0.03 * math.cos(angle),
+        soc_pct=12.0, priority=80.0, lost_rides_6h=5.0, hours_to_empty=3.0,
+        health_score=80.0, anomaly_flags=0, charging=False,
+    )  # fmt: skip
+    base.update(over)
+    return Candidate(**base)  # type: ignore[arg-type]
+
+
+def _planner(cands: list[Candidate], stock: int = 20, techs: int = 2, **params: object) -> tuple[Planner, MemoryOrders, list[SwapRecord]]:
+    depots = [Depot(id="north", lat=CENTRE[0] + 0.02, lon=CENTRE[1], charged_stock=stock)]
+    roster = [
+        Technician(id=f"t{k}", depot_id="north", shift_start_h=7, shift_end_h=15, van_capacity=10,
+                   skills=frozenset({"swap", "replace", "inspect"}))
+        for k in range(techs)
+    ]
+    orders = MemoryOrders()
+    swaps: list[SwapRecord] = []
+
+    async def source(n: int) -> list[Candidate]:
+        return cands[:n]
+
+    async def apply(swap: SwapRecord) -> None:
+        swaps.append(swap)
+
+    p = Planner(roster, depots, orders, source, apply,
+                PlannerParams(solve_time_limit_s=1.0, urgent_delay_s=0.05, **params),  # type: ignore[arg-type]
+                now_s=lambda: NOW_S)
+    return p, orders, swaps
+
+
+def test_queue_rules_pick_the_job_kind() -> None:
+    """Critical anomaly or poor health: replacement; soft anomaly: inspection; urgency: swap."""
+    q = JobQueue(JobRules())
+    assert q.job_for(_candidate(0, anomaly_flags=2), NOW_S).kind is WorkOrderKind.BATTERY_REPLACEMENT  # type: ignore[union-attr]
+    assert q.job_for(_candidate(0, health_score=20.0), NOW_S).kind is WorkOrderKind.BATTERY_REPLACEMENT  # type: ignore[union-attr]
+    assert q.job_for(_candidate(0, anomaly_flags=1), NOW_S).kind is WorkOrderKind.INSPECTION  # type: ignore[union-attr]
+    swap = q.job_for(_candidate(0), NOW_S)
+    assert swap is not None and swap.kind is WorkOrderKind.BATTERY_SWAP
+    assert swap.deadline_s == pytest.approx(NOW_S + 3 * 3600)
+    assert q.job_for(_candidate(0, priority=5.0), NOW_S) is None
+    assert q.job_for(_candidate(0, charging=True), NOW_S) is None
+    assert q.job_for(_candidate(0, vehicle_id=None), NOW_S) is None
+
+
+async def test_plan_routes_jobs_and_creates_assigned_work_orders() -> None:
+    """A pull and a plan: every served job gets an order assigned to its technician, with ETAs."""
+    p, orders, _ = _planner([_candidate(k) for k in range(8)])
+    assert await p.pull() == 8
+    rec = await p.plan()
+    served = [s for r in rec.routes for s in r.stops]
+    assert len(served) + len(rec.dropped) == 8 and len(served) >= 6
+    for r in rec.routes:
+        last = r.depart_s
+        for s in r.stops:
+            assert s.eta_s >= last and s.service_start_s >= s.eta_s
+            last = s.service_start_s + s.service_s
+            o = orders.orders[s.work_order_id]  # type: ignore[index]
+            assert o.state is WorkOrderState.ASSIGNED and o.technician_id == r.technician_id
+    assert p.route_of(rec.routes[0].technician_id) == rec.routes[0]
+
+
+async def test_van_stock_limits_swaps_and_drops_least_valuable() -> None:
+    """With 3 charged batteries in the depot, only the 3 most valuable swaps are planned."""
+    cands = [_candidate(k, lost_rides_6h=float(k + 1)) for k in range(8)]
+    p, _, _ = _planner(cands, stock=3, techs=1)
+    await p.pull()
+    rec = await p.plan()
+    served = sorted(s.battery_id for r in rec.routes for s in r.stops)
+    assert served == ["b005", "b006", "b007"]
+    assert rec.value_dropped > 0
+
+
+async def test_done_swap_updates_twins_and_failed_visit_replans_urgently() -> None:
+    """done with a swap record reaches the twins and frees the queue; failed re-queues urgently."""
+    p, _, swaps = _planner([_candidate(k) for k in range(4)])
+    await p.pull()
+    rec = await p.plan()
+    stop = rec.routes[0].stops[0] if rec.routes[0].stops else rec.routes[1].stops[0]
+    oid = stop.work_order_id
+    assert oid is not None
+    await p.report(oid, WorkOrderState.EN_ROUTE, "tech")
+    assert stop.battery_id in p.queue.in_progress
+    swap = SwapRecord(stop.vehicle_id, stop.battery_id, "spare-1")
+    await p.report(oid, WorkOrderState.DONE, "tech", swap=swap)
+    assert swaps == [swap] and stop.battery_id not in p.queue.jobs
+
+    other = next(s for r in rec.routes for s in r.stops if s.battery_id != stop.battery_id)
+    await p.report(other.work_order_id, WorkOrderState.EN_ROUTE, "tech")  # type: ignore[arg-type]
+    await p.report(other.work_order_id, WorkOrderState.FAILED, "tech", note="vehicle not found")  # type: ignore[arg-type]
+    assert other.battery_id in p.queue.jobs and p.queue.jobs[other.battery_id].work_order_id is None
+    assert p._urgent.is_set()
+
+
+async def test_critical_push_triggers_an_urgent_replan_in_the_loop() -> None:
+    """A shard pushing a critical anomaly gets it planned within seconds, not at the next period."""
+    p, _, _ = _planner([_candidate(k) for k in range(3)], plan_interval_s=3600.0)
+    task = asyncio.create_task(p.run_forever())
+    try:
+        for _ in range(100):
+            if p.plans:
+                break
+            await asyncio.sleep(0.1)
+        assert p.plans and p.plans[-1].reason == "scheduled"
+        p.push([_candidate(9, anomaly_flags=2)])
+        for _ in range(100):
+            if p.plans[-1].reason == "urgent":
+                break
+            await asyncio.sleep(0.1)
+        rec = p.plans[-1]
+        assert rec.reason == "urgent"
+        assert "b009" in [s.battery_id for r in rec.routes for s in r.stops]
+        assert rec.warm_started
+    finally:
+        task.cancel()
+
+
+async def test_stops_under_way_stay_with_their_technician() -> None:
+    """An en-route stop is locked: the re-plan keeps it first on the same technician's route."""
+    p, _, _ = _planner([_candidate(k) for k in range(6)])
+    await p.pull()
+    first = await p.plan()
+    route = next(r for r in first.routes if r.stops)
+    stop = route.stops[-1]
+    await p.report(stop.work_order_id, WorkOrderState.EN_ROUTE, "tech")  # type: ignore[arg-type]
+    again = await p.plan()
+    mine = next(r for r in again.routes if r.technician_id == route.technician_id)
+    assert mine.stops[0].battery_id == stop.battery_id
