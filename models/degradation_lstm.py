@@ -131,10 +131,10 @@ def cycle_inputs(
     ).astype(np.float32)
 
 
-def _sequence_inputs(soh_frac: FloatArray) -> Float32Array:
+def _sequence_inputs(soh_frac: FloatArray, first_cycle: int = 1) -> Float32Array:
     """:func:`cycle_inputs` of every cycle of one history, shape (len, 3)."""
     prev = np.concatenate([[np.nan], soh_frac[:-1]])
-    return cycle_inputs(soh_frac, np.arange(1, len(soh_frac) + 1), prev)
+    return cycle_inputs(soh_frac, np.arange(first_cycle, first_cycle + len(soh_frac)), prev)
 
 
 @dataclass(frozen=True)
@@ -179,6 +179,8 @@ class DegradationParams:
     stretch_min: float = 0.75
     stretch_max: float = 1.35
     soh_shift_frac: float = 0.03
+    horizon_weight_power: float = 0.0
+    random_start_prob: float = 0.0
     mix_prob: float = 0.0
     mix_varying: bool = False
     synthetic_frac: float = 0.0
@@ -623,7 +625,14 @@ class _Augmenter:
             self.synthetic(rng) if rng.uniform() < self.params.synthetic_frac else self.one(rng)
             for _ in range(self.params.batch_size)
         ]
-        x, _ = _pad([_sequence_inputs(s) for s in seqs])
+        starts = [
+            int(rng.integers(0, max(1, len(s) - 20)))
+            if rng.uniform() < self.params.random_start_prob
+            else 0
+            for s in seqs
+        ]
+        seqs = [s[st:] for s, st in zip(seqs, starts, strict=True)]
+        x, _ = _pad([_sequence_inputs(s, st + 1) for s, st in zip(seqs, starts, strict=True)])
         t_max, n_k = x.shape[1], len(self.knots)
         y = np.zeros((len(seqs), t_max, n_k), dtype=np.float32)
         mask = np.zeros_like(y)
@@ -635,10 +644,12 @@ class _Augmenter:
         return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(mask)
 
 
-def _pinball(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _pinball(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
     q = torch.tensor(QUANTILES, dtype=pred.dtype)
     err = target.unsqueeze(-1) - pred
-    loss = torch.maximum(q * err, (q - 1) * err).sum(-1)
+    loss = torch.maximum(q * err, (q - 1) * err).sum(-1) * weight
     return (loss * mask).sum() / mask.sum().clamp(min=1.0)
 
 
@@ -683,12 +694,15 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * i / params.train_steps))
     )
+    knot_weight = torch.tensor(
+        model._knots.astype(np.float64) ** -params.horizon_weight_power, dtype=torch.float32
+    )
     started = time.perf_counter()
     losses: list[float] = []
     for i in range(params.train_steps):
         x, y, mask = aug.batch(rng)
         out, _ = net.lstm(x)
-        loss = _pinball(net.drops(out, model._widths), y, mask)
+        loss = _pinball(net.drops(out, model._widths), y, mask, knot_weight)
         opt.zero_grad()
         torch.autograd.backward(loss)
         nn.utils.clip_grad_norm_(net.parameters(), params.grad_clip_norm)
