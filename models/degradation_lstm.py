@@ -84,6 +84,8 @@ _CHANGE_SCALE = 0.02
 _CYCLE_SCALE = 100.0
 # Typical fade per cycle in SOH; the head's increment outputs are in these units.
 _RATE_UNIT = 0.003
+SYN_ACC = 0.6
+SYN_ACC2 = 0.6
 _WEIGHTS_FILE = "degradation_lstm.pt"
 _META_FILE = "degradation_lstm.json"
 _FORMAT_VERSION = 1
@@ -178,6 +180,7 @@ class DegradationParams:
     grad_clip_norm: float = 1.0
     stretch_min: float = 0.75
     stretch_max: float = 1.35
+    stretch_drift: float = 0.0
     soh_shift_frac: float = 0.03
     horizon_weight_power: float = 0.0
     random_start_prob: float = 0.0
@@ -593,9 +596,16 @@ class _Augmenter:
             amp = math.exp(rng.uniform(math.log(p.amplitude_min), math.log(p.amplitude_max)))
             base = start + amp * (base - start)
         stretch = math.exp(rng.uniform(math.log(p.stretch_min), math.log(p.stretch_max)))
-        n_new = max(2, round(len(base) * stretch))
-        pos = np.arange(n_new) * (len(base) - 1) / max(n_new - 1, 1)
+        drift = rng.uniform(-p.stretch_drift, p.stretch_drift)
+        # Source cycles advanced per new cycle: 1/stretch at the start, drifting (in log)
+        # by `drift` over the life, so the ageing speed changes smoothly but the SOH levels
+        # (and what happens at them) stay those of a real cell.
+        n_guess = round(len(base) * stretch)
+        speed = np.exp(-math.log(stretch) + drift * np.arange(4 * n_guess + 8) / max(n_guess, 1))
+        pos = np.concatenate([[0.0], np.cumsum(speed)])
+        pos = pos[pos <= len(base) - 1]
         soh = np.interp(pos, np.arange(len(base)), base)
+        n_new = len(soh)
         soh = soh + rng.uniform(-p.soh_shift_frac, p.soh_shift_frac)
         return soh + rng.normal(0.0, p.noise_frac, size=n_new) if p.noise_frac > 0 else soh
 
@@ -604,7 +614,7 @@ class _Augmenter:
         k = np.arange(n, dtype=np.float64)
         s0 = rng.uniform(0.88, 1.02)
         rate0 = math.exp(rng.uniform(math.log(0.001), math.log(0.004)))
-        accel = rng.uniform(-0.5, 1.0)
+        accel = rng.uniform(-SYN_ACC, SYN_ACC2)
         onset = rng.uniform(0.0, 0.3) * n
         rate = rate0 * (1.0 + accel * k / n) * np.where(k < onset, 0.3, 1.0)
         soh = s0 - np.cumsum(np.maximum(rate, 0.0))
