@@ -85,6 +85,7 @@ _CYCLE_SCALE = 100.0
 # Typical fade per cycle in SOH; the head's increment outputs are in these units.
 _RATE_UNIT = 0.003
 SYN_ACC = 0.6
+SYN_FLOOR = -9.0
 SYN_ACC2 = 0.6
 _WEIGHTS_FILE = "degradation_lstm.pt"
 _META_FILE = "degradation_lstm.json"
@@ -625,7 +626,11 @@ class _Augmenter:
             after = k >= int(at)
             soh[after] += jump * np.exp(-(k[after] - int(at)) / tau)
             at += rng.uniform(10, 40)
-        return soh + rng.normal(0.0, rng.uniform(0.0005, 0.003), size=n)
+        trend = s0 - np.cumsum(np.maximum(rate, 0.0))
+        below = np.flatnonzero(trend < SYN_FLOOR)
+        if len(below):
+            soh = soh[: max(int(below[0]), 20)]
+        return soh + rng.normal(0.0, rng.uniform(0.0005, 0.003), size=len(soh))
 
     def batch(
         self, rng: np.random.Generator
