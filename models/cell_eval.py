@@ -41,6 +41,7 @@ from models.fade_baselines import FadeCurve, MeanLifetime
 __all__ = [
     "METHODS",
     "METRICS",
+    "SEEN_FRACTIONS",
     "CellEvalParams",
     "evaluate_cells",
     "evaluate_histories",
@@ -54,6 +55,9 @@ FloatArray = npt.NDArray[np.float64]
 
 #: Predictors compared, in the order they appear in the result.
 METHODS: tuple[str, ...] = ("model", "fade_curve", "mean_lifetime")
+#: Fractions of the true life a predictor sees (the metric names carry them); the last one
+#: is also where the capacity-RMSE forecast starts.
+SEEN_FRACTIONS: tuple[float, float] = (0.25, 0.5)
 #: Metrics of each predictor, per cell and averaged.
 METRICS: tuple[str, ...] = (
     "rul_rel_error_at_25pct",
@@ -70,9 +74,6 @@ class CellEvalParams:
     ----------
     eol_fraction
         End of life as a fraction of nominal capacity.
-    seen_fractions
-        Fractions of the true life seen before predicting; one RUL error each. The last one
-        is also the start of the capacity-RMSE forecast.
     horizon_cycles
         Furthest forecast; an end of life not reached within it is scored as reached at
         its end (the error is then a lower bound) and flagged.
@@ -81,17 +82,12 @@ class CellEvalParams:
     """
 
     eol_fraction: float = 0.7
-    seen_fractions: tuple[float, float] = (0.25, 0.5)
     horizon_cycles: int = 500
     min_seen_cycles: int = 2
 
     def __post_init__(self) -> None:
         if not 0 < self.eol_fraction < 1:
             raise ValueError(f"Expected eol_fraction in (0, 1), got {self.eol_fraction}.")
-        if len(self.seen_fractions) != 2 or not 0 < self.seen_fractions[0] < self.seen_fractions[1] < 1:
-            raise ValueError(
-                f"Expected two seen_fractions with 0 < a < b < 1, got {self.seen_fractions}."
-            )
         if self.horizon_cycles < 1:
             raise ValueError(f"Expected horizon_cycles >= 1, got {self.horizon_cycles}.")
         if self.min_seen_cycles < 2:
@@ -114,32 +110,39 @@ class _Prediction:
     eol_cycle: float
     beyond_horizon: bool
     soh: FloatArray  # next cycles after the seen ones, length horizon
+    eol_band: tuple[float, ...] | None = None  # p10, p50, p90 where the predictor has one
 
 
 def _predict_all(
     model: DegradationLSTM,
-    fade_seen: Sequence[FloatArray],
+    seen_prefixes: Sequence[FloatArray],
     mean_lifetime: MeanLifetime | None,
     params: CellEvalParams,
 ) -> dict[str, list[_Prediction | None]]:
     """Every predictor on every seen prefix (the model batched over them)."""
     horizon = params.horizon_cycles
     out: dict[str, list[_Prediction | None]] = {m: [] for m in METHODS}
-    fc = model.forecast_histories(fade_seen, horizon_cycles=horizon)
-    for i, seen in enumerate(fade_seen):
+    h, _ = model.encode(seen_prefixes)
+    last = np.array([p[-1] for p in seen_prefixes])
+    fc = model.forecast(h, last, horizon_cycles=horizon)
+    rul = model.remaining_useful_life(h, last, params.eol_fraction)
+    for i, seen in enumerate(seen_prefixes):
         k = len(seen)
-        rul = float(fc.rul_70_cycles[i, 1]) if params.eol_fraction == 0.7 else math.nan
-        if params.eol_fraction != 0.7:
-            # The model reports RUL at 70 % and 80 %; any other threshold is read off the p50.
-            hit = np.flatnonzero(fc.soh[i, :, 1] <= params.eol_fraction)
-            rul = float(hit[0] + 1) if len(hit) else math.inf
+        rul50 = float(rul[i, 1])
         out["model"].append(
-            _Prediction(float(k + min(rul, horizon)), rul > horizon, fc.soh[i, :, 1])
+            _Prediction(
+                float(k + min(rul50, horizon)),
+                rul50 > horizon,
+                fc.soh[i, :, 1],
+                tuple(float(k + min(float(r), horizon)) for r in rul[i]),
+            )
         )
         curve = FadeCurve.fit(seen)
         eol = curve.end_of_life_cycle(params.eol_fraction, horizon)
         out["fade_curve"].append(
-            _Prediction(float(eol if eol is not None else k + horizon), eol is None, curve.forecast(horizon))
+            _Prediction(
+                float(eol if eol is not None else k + horizon), eol is None, curve.forecast(horizon)
+            )
         )
         if mean_lifetime is None:
             out["mean_lifetime"].append(None)
@@ -172,9 +175,9 @@ def _evaluate_fold(
     }
     if true_eol is None:
         # No RUL error without an end of life; the trajectory from half the data is scored.
-        points = {"rmse": len(soh) // 2}
+        points = {"half_of_data": len(soh) // 2}
     else:
-        points = {_pct(f): seen_cycles(true_eol, f) for f in params.seen_fractions}
+        points = {_pct(f): seen_cycles(true_eol, f) for f in SEEN_FRACTIONS}
     result["seen_cycles"] = points
     if min(points.values()) < params.min_seen_cycles:
         result["excluded_reason"] = (
@@ -198,6 +201,8 @@ def _evaluate_fold(
             if true_eol is not None:
                 metrics[f"rul_rel_error_at_{key}"] = abs(p.eol_cycle - true_eol) / true_eol
                 eols[key] = p.eol_cycle
+                if p.eol_band is not None:
+                    eols[f"{key}_p10"], eols[f"{key}_p90"] = p.eol_band[0], p.eol_band[2]
                 if p.beyond_horizon:
                     eols[f"{key}_beyond_horizon"] = True
             if key == rmse_key:
@@ -209,20 +214,12 @@ def _evaluate_fold(
         result["excluded_reason"] = (
             f"never reaches {params.eol_fraction:.0%} of nominal in {len(soh)} clean cycles"
         )
-    else:
-        # The model's band at the last seen point, for reading the uncertainty.
-        fc = model.forecast_histories([soh[:rmse_from]], horizon_cycles=1)
-        band = fc.rul_70_cycles[0] if params.eol_fraction == 0.7 else None
-        if band is not None:
-            predicted["model"][f"{rmse_key}_p10_p90"] = None  # replaced below
-            predicted["model"].pop(f"{rmse_key}_p10_p90")
-            result["model_eol_band_at_" + rmse_key] = [
-                float(rmse_from + min(v, params.horizon_cycles)) for v in band
-            ]
     return result
 
 
-def _mean(cells: dict[str, dict[str, Any]], included: Sequence[str]) -> dict[str, dict[str, float | None]]:
+def _mean(
+    cells: dict[str, dict[str, Any]], included: Sequence[str]
+) -> dict[str, dict[str, float | None]]:
     mean: dict[str, dict[str, float | None]] = {}
     for m in METHODS:
         mean[m] = {}

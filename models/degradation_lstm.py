@@ -28,20 +28,30 @@ Everything is in SOH space, so cells of any rated capacity share one model, and 
 twins keep only ``(h, c)`` of width ``hidden_size`` per battery: :meth:`DegradationLSTM.step`
 is the stateless batched step they call once per completed cycle.
 
-Training (:func:`train`) uses every prefix of every training history at once (the head is
-supervised after each step with all future knots the history covers) on randomly augmented
-copies: time-stretched (faster and slower ageing of the same shape), shifted in SOH and with
-measurement noise, so that three or four lab cells teach a fade *rate* read from the history
-rather than the cycle counts of those particular cells.
+Training (:func:`train`) uses every prefix of every history at once: the head is supervised
+after each step with all future knots the history covers. Each batch is freshly drawn:
+
+* training histories *replayed at another ageing speed*: stretched in time by a random factor
+  whose log also drifts over the life, shifted in SOH and with measurement noise added, so a
+  real cell stands for a family of faster and slower ones with the same SOH-dependent shape;
+* a share (``synthetic_frac``) of *generic synthetic fade curves* (random rate and curvature,
+  capacity recoveries after rests, noise; ``_synthetic_history``).
+
+Why both: with three or four lab cells an LSTM learns to recognise *which* cell it is looking
+at from the early cycles and replays that cell's future. The replayed and synthetic histories
+break that shortcut and teach the rule that generalises, that the fade rate shown by the
+recent history tends to persist; the real histories keep what happens near end of life.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,9 +94,6 @@ _CHANGE_SCALE = 0.02
 _CYCLE_SCALE = 100.0
 # Typical fade per cycle in SOH; the head's increment outputs are in these units.
 _RATE_UNIT = 0.003
-SYN_ACC = 0.6
-SYN_FLOOR = -9.0
-SYN_ACC2 = 0.6
 _WEIGHTS_FILE = "degradation_lstm.pt"
 _META_FILE = "degradation_lstm.json"
 _FORMAT_VERSION = 1
@@ -134,10 +141,10 @@ def cycle_inputs(
     ).astype(np.float32)
 
 
-def _sequence_inputs(soh_frac: FloatArray, first_cycle: int = 1) -> Float32Array:
+def _sequence_inputs(soh_frac: FloatArray) -> Float32Array:
     """:func:`cycle_inputs` of every cycle of one history, shape (len, 3)."""
     prev = np.concatenate([[np.nan], soh_frac[:-1]])
-    return cycle_inputs(soh_frac, np.arange(first_cycle, first_cycle + len(soh_frac)), prev)
+    return cycle_inputs(soh_frac, np.arange(1, len(soh_frac) + 1), prev)
 
 
 @dataclass(frozen=True)
@@ -162,35 +169,34 @@ class DegradationParams:
     grad_clip_norm
         Gradient norm clip.
     stretch_min, stretch_max
-        Range of the time-stretch factor of the augmentation (log-uniform); 1.25 makes a
-        history 25 % longer, i.e. ageing 25 % slower.
+        Range of the time-stretch factor of a replayed training history (log-uniform); 1.25
+        makes it 25 % longer, i.e. ageing 25 % slower.
+    stretch_drift
+        The ageing speed of a replayed history also drifts smoothly, its log by up to this
+        much (uniform, either sign) over the life: rates change within a history too.
     soh_shift_frac
-        Half-width of the uniform SOH shift added to a whole augmented history.
+        Half-width of the uniform SOH shift added to a whole replayed history.
+    synthetic_frac
+        Share of each batch drawn from the generic synthetic fade model instead of the
+        training histories (see ``_synthetic_history``); 0 trains on the histories only.
     noise_frac
-        Standard deviation of the Gaussian noise added to each cycle's SOH.
+        Standard deviation of the Gaussian noise added to each replayed cycle's SOH.
     torch_threads
         Threads torch may use while training and predicting (None leaves torch's setting).
     """
 
     hidden_size: int = 32
     horizon_knots_cycles: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 96, 128)
-    train_steps: int = 400
+    train_steps: int = 1000
     batch_size: int = 32
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     grad_clip_norm: float = 1.0
-    stretch_min: float = 0.75
-    stretch_max: float = 1.35
-    stretch_drift: float = 0.0
+    stretch_min: float = 0.6
+    stretch_max: float = 1.6
+    stretch_drift: float = 0.5
     soh_shift_frac: float = 0.03
-    horizon_weight_power: float = 0.0
-    random_start_prob: float = 0.0
-    mix_prob: float = 0.0
-    mix_varying: bool = False
-    synthetic_frac: float = 0.0
-    mix_extrapolation: float = 0.3
-    amplitude_min: float = 1.0
-    amplitude_max: float = 1.0
+    synthetic_frac: float = 0.5
     noise_frac: float = 0.002
     torch_threads: int | None = 1
 
@@ -198,7 +204,7 @@ class DegradationParams:
         if not 1 <= self.hidden_size <= 1024:
             raise ValueError(f"Expected hidden_size in [1, 1024], got {self.hidden_size}.")
         knots = self.horizon_knots_cycles
-        if not knots or knots[0] != 1 or any(b <= a for a, b in zip(knots, knots[1:], strict=False)):
+        if not knots or knots[0] != 1 or any(b <= a for a, b in itertools.pairwise(knots)):
             raise ValueError(
                 f"Expected horizon_knots_cycles strictly increasing from 1, got {knots}."
             )
@@ -208,9 +214,11 @@ class DegradationParams:
         for name in ("learning_rate", "grad_clip_norm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"Expected {name} > 0, got {getattr(self, name)}.")
-        for name in ("weight_decay", "soh_shift_frac", "noise_frac"):
+        for name in ("weight_decay", "soh_shift_frac", "noise_frac", "stretch_drift"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"Expected {name} >= 0, got {getattr(self, name)}.")
+        if not 0 <= self.synthetic_frac <= 1:
+            raise ValueError(f"Expected synthetic_frac in [0, 1], got {self.synthetic_frac}.")
         if not 0 < self.stretch_min <= self.stretch_max:
             raise ValueError(
                 "Expected 0 < stretch_min <= stretch_max, "
@@ -292,9 +300,19 @@ class _Net(nn.Module):
         return torch.stack([d10, d50, d90], dim=-1)
 
 
-def _set_threads(params: DegradationParams) -> None:
-    if params.torch_threads is not None:
-        torch.set_num_threads(params.torch_threads)
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    # The machine is shared (twins, Ray, other jobs): cap torch's pool while it works and
+    # give the previous setting back afterwards.
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _as_state(name: str, arr: npt.ArrayLike, n: int, hidden: int) -> torch.Tensor:
@@ -378,7 +396,7 @@ class DegradationLSTM:
         n = xa.shape[0]
         h0 = _as_state("h", h, n, self.hidden_size)
         c0 = _as_state("c", c, n, self.hidden_size)
-        with torch.no_grad():
+        with torch.no_grad(), _torch_threads(self.params.torch_threads):
             out, (h1, c1) = self._net.lstm(
                 torch.from_numpy(np.ascontiguousarray(xa)).unsqueeze(1),
                 (h0.unsqueeze(0), c0.unsqueeze(0)),
@@ -412,7 +430,7 @@ class DegradationLSTM:
                 f"Expected one or more non-empty SOH histories, got lengths {[len(s) for s in series]}."
             )
         x, lengths = _pad([_sequence_inputs(s) for s in series])
-        with torch.no_grad():
+        with torch.no_grad(), _torch_threads(self.params.torch_threads):
             packed = nn.utils.rnn.pack_padded_sequence(
                 torch.from_numpy(x), torch.from_numpy(lengths), batch_first=True, enforce_sorted=False
             )
@@ -424,8 +442,34 @@ class DegradationLSTM:
         ha = np.asarray(h, dtype=np.float32)
         if ha.ndim != 2 or ha.shape[1] != self.hidden_size:
             raise ValueError(f"Expected h of shape (n, {self.hidden_size}), got {ha.shape}.")
-        with torch.no_grad():
+        with torch.no_grad(), _torch_threads(self.params.torch_threads):
             return self._head(torch.from_numpy(np.ascontiguousarray(ha))).double().numpy()
+
+    def _drops_and_soh(
+        self, h: npt.ArrayLike, last_soh_frac: npt.ArrayLike
+    ) -> tuple[FloatArray, FloatArray]:
+        drops = self.drop_quantiles(h)
+        soh_now = np.asarray(last_soh_frac, dtype=np.float64).reshape(-1)
+        if soh_now.shape != (drops.shape[0],) or not bool(np.all(np.isfinite(soh_now))):
+            raise ValueError(
+                f"Expected finite last_soh_frac of shape ({drops.shape[0]},), "
+                f"got shape {soh_now.shape}: {soh_now.tolist()[:10]}."
+            )
+        return drops, soh_now
+
+    def remaining_useful_life(
+        self, h: npt.ArrayLike, last_soh_frac: npt.ArrayLike, threshold_frac: float
+    ) -> FloatArray:
+        """Cycles until SOH is first at or below ``threshold_frac``, p10/p50/p90, shape (n, 3).
+
+        Whole cycles after the last completed one; 0 if a battery is already at or below the
+        threshold. The drop curves are extrapolated past the last knot, so the RUL may exceed
+        any forecast horizon; it is ``inf`` only where a curve has stopped falling.
+        """
+        if not 0 < threshold_frac < 1.5:
+            raise ValueError(f"Expected threshold_frac in (0, 1.5), got {threshold_frac}.")
+        drops, soh_now = self._drops_and_soh(h, last_soh_frac)
+        return _cycles_to(self._knots, drops, soh_now, threshold_frac)
 
     def forecast(
         self, h: npt.ArrayLike, last_soh_frac: npt.ArrayLike, horizon_cycles: int = 200
@@ -449,12 +493,7 @@ class DegradationLSTM:
         """
         if horizon_cycles < 1:
             raise ValueError(f"Expected horizon_cycles >= 1, got {horizon_cycles}.")
-        drops = self.drop_quantiles(h)
-        soh_now = np.asarray(last_soh_frac, dtype=np.float64).reshape(-1)
-        if soh_now.shape != (drops.shape[0],):
-            raise ValueError(
-                f"Expected last_soh_frac of shape ({drops.shape[0]},), got {soh_now.shape}."
-            )
+        drops, soh_now = self._drops_and_soh(h, last_soh_frac)
         future = np.arange(1, horizon_cycles + 1, dtype=np.float64)
         drop_curve = _interp_knots(self._knots, drops, future)
         # p10 of SOH comes from p90 of the drop: reverse the last axis.
@@ -562,6 +601,35 @@ def _cycles_to(
     return out
 
 
+def _synthetic_history(rng: np.random.Generator) -> FloatArray:
+    """One synthetic SOH history of a generic fading cell (see :class:`DegradationParams`).
+
+    The trend fades at a base rate (log-uniform 0.1 %..0.4 % of rated per cycle) that changes
+    linearly over the life by up to +-60 % (decelerating and accelerating fade equally likely)
+    after an early slow phase of up to 30 % of the life. On top sit the capacity recoveries
+    seen after rest periods in lab data (every 10..40 cycles a jump of up to 4 % that relaxes
+    within a few cycles) and measurement noise. It teaches the one thing three or four lab
+    cells cannot: that a fade rate read from the recent history tends to persist.
+    """
+    n = int(rng.integers(80, 260))
+    k = np.arange(n, dtype=np.float64)
+    soh_start = rng.uniform(0.88, 1.02)
+    rate = math.exp(rng.uniform(math.log(0.001), math.log(0.004)))
+    accel = rng.uniform(-0.6, 0.6)
+    onset = rng.uniform(0.0, 0.3) * n
+    rates = rate * (1.0 + accel * k / n) * np.where(k < onset, 0.3, 1.0)
+    soh = soh_start - np.cumsum(np.maximum(rates, 0.0))
+    rest = rng.uniform(5, 40)
+    while rest < n:
+        tau = rng.uniform(1.0, 6.0)
+        jump = rng.uniform(0.0, 0.04)
+        after = k >= int(rest)
+        soh[after] += jump * np.exp(-(k[after] - int(rest)) / tau)
+        rest += rng.uniform(10, 40)
+    out: FloatArray = soh + rng.normal(0.0, rng.uniform(0.0005, 0.003), size=n)
+    return out
+
+
 @dataclass(frozen=True)
 class _Augmenter:
     """Random variants of the training histories (see :class:`DegradationParams`)."""
@@ -576,95 +644,47 @@ class _Augmenter:
         # Long histories carry most of the information about the later horizons.
         object.__setattr__(self, "weights", lengths / lengths.sum())
 
-    def one(self, rng: np.random.Generator) -> FloatArray:
+    def warped(self, rng: np.random.Generator) -> FloatArray:
+        """A training history replayed at another, smoothly drifting, ageing speed."""
         p = self.params
-        i = int(rng.choice(len(self.series), p=self.weights))
-        base = self.series[i]
-        if len(self.series) > 1 and rng.uniform() < p.mix_prob:
-            # Mixup of two cells cycle by cycle: a cell "between" (or a little beyond) two
-            # real ones, so that few training cells still span a continuum of fade rates.
-            other = self.series[int(rng.choice([j for j in range(len(self.series)) if j != i]))]
-            n = min(len(base), len(other))
-            lam0, lam1 = rng.uniform(-p.mix_extrapolation, 1.0 + p.mix_extrapolation, size=2)
-            if not p.mix_varying:
-                lam1 = lam0
-            lam = lam0 + (lam1 - lam0) * np.arange(n) / max(n - 1, 1)
-            base = lam * base[:n] + (1.0 - lam) * other[:n]
-        if p.amplitude_max > p.amplitude_min:
-            # Scale the fade so far around the cell's initial level: same shape, more or
-            # less severe ageing.
-            start = float(np.mean(base[: min(5, len(base))]))
-            amp = math.exp(rng.uniform(math.log(p.amplitude_min), math.log(p.amplitude_max)))
-            base = start + amp * (base - start)
+        base = self.series[int(rng.choice(len(self.series), p=self.weights))]
         stretch = math.exp(rng.uniform(math.log(p.stretch_min), math.log(p.stretch_max)))
         drift = rng.uniform(-p.stretch_drift, p.stretch_drift)
-        # Source cycles advanced per new cycle: 1/stretch at the start, drifting (in log)
-        # by `drift` over the life, so the ageing speed changes smoothly but the SOH levels
-        # (and what happens at them) stay those of a real cell.
-        n_guess = round(len(base) * stretch)
-        speed = np.exp(-math.log(stretch) + drift * np.arange(4 * n_guess + 8) / max(n_guess, 1))
+        # Source cycles advanced per new cycle: 1/stretch at the start, changing (in log) by
+        # `drift` per expected life. SOH levels, and whatever happens at them, stay real.
+        n_guess = max(1, round(len(base) * stretch))
+        speed = np.exp(-math.log(stretch) + drift * np.arange(4 * n_guess + 8) / n_guess)
         pos = np.concatenate([[0.0], np.cumsum(speed)])
         pos = pos[pos <= len(base) - 1]
         soh = np.interp(pos, np.arange(len(base)), base)
-        n_new = len(soh)
         soh = soh + rng.uniform(-p.soh_shift_frac, p.soh_shift_frac)
-        return soh + rng.normal(0.0, p.noise_frac, size=n_new) if p.noise_frac > 0 else soh
+        out: FloatArray = soh + rng.normal(0.0, p.noise_frac, size=len(soh))
+        return out
 
-    def synthetic(self, rng: np.random.Generator) -> FloatArray:
-        n = int(rng.integers(80, 260))
-        k = np.arange(n, dtype=np.float64)
-        s0 = rng.uniform(0.88, 1.02)
-        rate0 = math.exp(rng.uniform(math.log(0.001), math.log(0.004)))
-        accel = rng.uniform(-SYN_ACC, SYN_ACC2)
-        onset = rng.uniform(0.0, 0.3) * n
-        rate = rate0 * (1.0 + accel * k / n) * np.where(k < onset, 0.3, 1.0)
-        soh = s0 - np.cumsum(np.maximum(rate, 0.0))
-        at = rng.uniform(5, 40)
-        while at < n:
-            tau = rng.uniform(1.0, 6.0)
-            jump = rng.uniform(0.0, 0.04)
-            after = k >= int(at)
-            soh[after] += jump * np.exp(-(k[after] - int(at)) / tau)
-            at += rng.uniform(10, 40)
-        trend = s0 - np.cumsum(np.maximum(rate, 0.0))
-        below = np.flatnonzero(trend < SYN_FLOOR)
-        if len(below):
-            soh = soh[: max(int(below[0]), 20)]
-        return soh + rng.normal(0.0, rng.uniform(0.0005, 0.003), size=len(soh))
-
-    def batch(
-        self, rng: np.random.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Inputs (B, T, 3), drop targets (B, T, K) and their mask (B, T, K)."""
         seqs = [
-            self.synthetic(rng) if rng.uniform() < self.params.synthetic_frac else self.one(rng)
+            _synthetic_history(rng) if rng.uniform() < self.params.synthetic_frac else self.warped(rng)
             for _ in range(self.params.batch_size)
         ]
-        starts = [
-            int(rng.integers(0, max(1, len(s) - 20)))
-            if rng.uniform() < self.params.random_start_prob
-            else 0
-            for s in seqs
-        ]
-        seqs = [s[st:] for s, st in zip(seqs, starts, strict=True)]
-        x, _ = _pad([_sequence_inputs(s, st + 1) for s, st in zip(seqs, starts, strict=True)])
+        x, _ = _pad([_sequence_inputs(s) for s in seqs])
         t_max, n_k = x.shape[1], len(self.knots)
         y = np.zeros((len(seqs), t_max, n_k), dtype=np.float32)
         mask = np.zeros_like(y)
         for i, s in enumerate(seqs):
             for j, kk in enumerate(self.knots):
                 if kk < len(s):
+                    # Every prefix is a training example: the drop from each cycle to kk later.
                     y[i, : len(s) - kk, j] = s[: len(s) - kk] - s[kk:]
                     mask[i, : len(s) - kk, j] = 1.0
         return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(mask)
 
 
-def _pinball(
-    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor
-) -> torch.Tensor:
+def _pinball(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean pinball (quantile) loss of (..., K, 3) predictions over the unmasked targets."""
     q = torch.tensor(QUANTILES, dtype=pred.dtype)
     err = target.unsqueeze(-1) - pred
-    loss = torch.maximum(q * err, (q - 1) * err).sum(-1) * weight
+    loss = torch.maximum(q * err, (q - 1) * err).sum(-1)
     return (loss * mask).sum() / mask.sum().clamp(min=1.0)
 
 
@@ -693,7 +713,16 @@ def train(
         The model, with ``metrics`` holding the loss history and training time.
     """
     params = params or DegradationParams()
-    _set_threads(params)
+    with _torch_threads(params.torch_threads):
+        return _train(histories, params, seed, progress)
+
+
+def _train(
+    histories: Sequence[CellHistory],
+    params: DegradationParams,
+    seed: int,
+    progress: Callable[[int, float], None] | None,
+) -> DegradationLSTM:
     series = tuple(s for h in histories if len(s := h.clean().soh()) >= 2)
     if not series:
         raise ValueError(
@@ -709,15 +738,12 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * i / params.train_steps))
     )
-    knot_weight = torch.tensor(
-        model._knots.astype(np.float64) ** -params.horizon_weight_power, dtype=torch.float32
-    )
     started = time.perf_counter()
     losses: list[float] = []
     for i in range(params.train_steps):
         x, y, mask = aug.batch(rng)
         out, _ = net.lstm(x)
-        loss = _pinball(net.drops(out, model._widths), y, mask, knot_weight)
+        loss = _pinball(net.drops(out, model._widths), y, mask)
         opt.zero_grad()
         torch.autograd.backward(loss)
         nn.utils.clip_grad_norm_(net.parameters(), params.grad_clip_norm)

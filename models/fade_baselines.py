@@ -154,10 +154,15 @@ class FadeCurve:
         return self.a + self.b * np.exp(np.clip(self.c * k, -50.0, 50.0))
 
     def forecast(self, horizon_cycles: int) -> FloatArray:
-        """SOH of cycles ``n_seen + 1 .. n_seen + horizon_cycles``."""
+        """SOH of cycles ``n_seen + 1 .. n_seen + horizon_cycles``, floored at zero.
+
+        The floor only matters for an accelerating exponential extrapolated far: a capacity
+        below zero is no forecast, and would swamp any error measure.
+        """
         if horizon_cycles < 1:
             raise ValueError(f"Expected horizon_cycles >= 1, got {horizon_cycles}.")
-        return self.soh_at(np.arange(self.n_seen + 1, self.n_seen + horizon_cycles + 1))
+        k = np.arange(self.n_seen + 1, self.n_seen + horizon_cycles + 1)
+        return np.maximum(self.soh_at(k), 0.0)
 
     def end_of_life_cycle(self, fraction: float, horizon_cycles: int) -> int | None:
         """First cycle after the seen ones at or below ``fraction``, None within the horizon."""
