@@ -75,8 +75,9 @@ class CellEvalParams:
     eol_fraction
         End of life as a fraction of nominal capacity.
     horizon_cycles
-        Furthest forecast; an end of life not reached within it is scored as reached at
-        its end (the error is then a lower bound) and flagged.
+        Furthest forecast (extended to the cell's recorded length if that is longer); an
+        end of life not reached within it is scored as reached at its end (the error is then
+        a lower bound) and flagged ``"<point>_beyond_horizon"``.
     min_seen_cycles
         Fewest seen cycles to forecast from (the fade curve needs 2).
     """
@@ -118,9 +119,9 @@ def _predict_all(
     seen_prefixes: Sequence[FloatArray],
     mean_lifetime: MeanLifetime | None,
     params: CellEvalParams,
+    horizon: int,
 ) -> dict[str, list[_Prediction | None]]:
     """Every predictor on every seen prefix (the model batched over them)."""
-    horizon = params.horizon_cycles
     out: dict[str, list[_Prediction | None]] = {m: [] for m in METHODS}
     h, _ = model.encode(seen_prefixes)
     last = np.array([p[-1] for p in seen_prefixes])
@@ -160,12 +161,8 @@ def _rmse_pct(forecast: FloatArray, actual: FloatArray) -> float:
     return float(100.0 * np.sqrt(np.mean((forecast[:n] - actual[:n]) ** 2)))
 
 
-def _evaluate_fold(
-    cell: CellHistory,
-    model: DegradationLSTM,
-    mean_lifetime: MeanLifetime | None,
-    params: CellEvalParams,
-) -> dict[str, Any]:
+def _fold_header(cell: CellHistory, params: CellEvalParams) -> dict[str, Any]:
+    """What is known about a held-out cell before any training; excluded if not forecastable."""
     soh = cell.clean().soh()
     true_eol = cell.end_of_life_cycle(params.eol_fraction)
     result: dict[str, Any] = {
@@ -186,9 +183,23 @@ def _evaluate_fold(
         )
         for m in METHODS:
             result[m] = dict.fromkeys(METRICS)
-        return result
+    return result
+
+
+def _evaluate_fold(
+    cell: CellHistory,
+    result: dict[str, Any],
+    model: DegradationLSTM,
+    mean_lifetime: MeanLifetime | None,
+    params: CellEvalParams,
+) -> dict[str, Any]:
+    soh = cell.clean().soh()
+    true_eol = result["true_eol_cycle"]
+    points: dict[str, int] = result["seen_cycles"]
     keys = list(points)
-    preds = _predict_all(model, [soh[: points[k]] for k in keys], mean_lifetime, params)
+    # The forecast always covers the recorded data, however long the cell lived.
+    horizon = max(params.horizon_cycles, len(soh))
+    preds = _predict_all(model, [soh[: points[k]] for k in keys], mean_lifetime, params, horizon)
     rmse_key = keys[-1]
     rmse_from = points[rmse_key]
     predicted: dict[str, dict[str, float | bool | None]] = {}
@@ -251,16 +262,23 @@ def evaluate_histories(
     cells: dict[str, dict[str, Any]] = {}
     train_seconds = 0.0
     for i, cell in enumerate(histories):
-        others = [h for j, h in enumerate(histories) if j != i]
-        t0 = time.perf_counter()
-        model = train(others, params, seed=seed)
-        train_seconds += time.perf_counter() - t0
-        try:
-            mean_lifetime: MeanLifetime | None = MeanLifetime.fit(others, eval_params.eol_fraction)
-        except ValueError:
-            # No other cell reaches end of life: this baseline has nothing to average.
-            mean_lifetime = None
-        cells[cell.cell_id] = _evaluate_fold(cell, model, mean_lifetime, eval_params)
+        header = _fold_header(cell, eval_params)
+        if "excluded_reason" in header:
+            # Nothing to forecast from: spare the training.
+            cells[cell.cell_id] = header
+        else:
+            others = [h for j, h in enumerate(histories) if j != i]
+            t0 = time.perf_counter()
+            model = train(others, params, seed=seed)
+            train_seconds += time.perf_counter() - t0
+            try:
+                mean_lifetime: MeanLifetime | None = MeanLifetime.fit(
+                    others, eval_params.eol_fraction
+                )
+            except ValueError:
+                # No other cell reaches end of life: this baseline has nothing to average.
+                mean_lifetime = None
+            cells[cell.cell_id] = _evaluate_fold(cell, header, model, mean_lifetime, eval_params)
         if progress is not None:
             r = cells[cell.cell_id]
             progress(

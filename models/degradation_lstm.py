@@ -288,14 +288,16 @@ class _Net(nn.Module):
         first = raw[..., 0, :1] * _RATE_UNIT
         # Increments between knots, per cycle of horizon, in units of a typical fade rate.
         rate50 = nn.functional.softplus(raw[..., 0, 1:]) * _RATE_UNIT
-        below = nn.functional.softplus(raw[..., 1, :]) * _RATE_UNIT
+        # Channel 1: p10's offset at the first knot, then p10's share of p50's increments;
+        # channel 2: p90's offset, then its extra increments.
+        below = nn.functional.softplus(raw[..., 1, :1]) * _RATE_UNIT
         above = nn.functional.softplus(raw[..., 2, :]) * _RATE_UNIT
         d50 = torch.cat([first, first + torch.cumsum(rate50 * widths, dim=-1)], dim=-1)
         # p10 grows by a fraction of p50's increments, p90 by more: neither crosses p50.
         frac10 = torch.sigmoid(raw[..., 1, 1:])
         d10_inc = torch.cumsum(rate50 * frac10 * widths, dim=-1)
         d90_inc = torch.cumsum((rate50 + above[..., 1:]) * widths, dim=-1)
-        d10 = torch.cat([first - below[..., :1], first - below[..., :1] + d10_inc], dim=-1)
+        d10 = torch.cat([first - below, first - below + d10_inc], dim=-1)
         d90 = torch.cat([first + above[..., :1], first + above[..., :1] + d90_inc], dim=-1)
         return torch.stack([d10, d50, d90], dim=-1)
 
@@ -345,8 +347,12 @@ class DegradationLSTM:
         metrics: dict[str, Any] | None = None,
     ) -> None:
         self.params = params
-        torch.manual_seed(seed)
-        self._net = _Net(len(CYCLE_INPUT_NAMES), params.hidden_size, len(params.horizon_knots_cycles))
+        # Seed the initial weights without touching the caller's global torch RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self._net = _Net(
+                len(CYCLE_INPUT_NAMES), params.hidden_size, len(params.horizon_knots_cycles)
+            )
         if state_dict is not None:
             self._net.load_state_dict(state_dict)
         self._net.eval()
