@@ -24,6 +24,7 @@ Re-plans run every ``plan_interval_s`` and, within ``urgent_delay_s``, after an 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -496,8 +497,7 @@ class Planner:
                     await self.plan("urgent")
             except Exception:
                 log.exception("planning round failed; retrying next period")
-            try:
+            # Sleep until the next scheduled round, or less if an urgent event arrives.
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._urgent.wait(), max(0.0, next_scheduled - time.monotonic()))
-            except TimeoutError:
-                pass
 
