@@ -215,7 +215,8 @@ class MeanLifetime:
         return max(self.mean_eol_cycle, float(n_seen + 1))
 
     def forecast(self, soh_seen: npt.ArrayLike, horizon_cycles: int) -> FloatArray:
-        """SOH of the next ``horizon_cycles`` cycles: a ramp to the threshold at the mean EOL.
+        """SOH of the next ``horizon_cycles`` cycles: a ramp to the threshold at the mean EOL,
+        continued at the same slope and floored at zero.
 
         Parameters
         ----------
@@ -231,4 +232,6 @@ class MeanLifetime:
         steps = self.end_of_life_cycle(n) - n
         # Already at or below the threshold: nothing to ramp down to, hold the level.
         slope = max(float(soh[-1]) - self.eol_fraction, 0.0) / steps
-        return float(soh[-1]) - slope * np.arange(1, horizon_cycles + 1, dtype=np.float64)
+        ramp = float(soh[-1]) - slope * np.arange(1, horizon_cycles + 1, dtype=np.float64)
+        # As for the fade curve: no capacity below zero, however steep the ramp.
+        return np.maximum(ramp, 0.0)
