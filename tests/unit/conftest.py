@@ -12,8 +12,10 @@ from collections.abc import Callable
 
 import pytest
 
+from models.telemetry_windows import TelemetryWindows, sliding_windows
 from serve.telemetry_contract import decode_batch
 from sim.demand import DemandProfile
+from sim.faults import record_fleet
 from sim.fleet import FleetSimulator
 from sim.fleet_params import FleetParams
 from twins.samples import TelemetryBatch
@@ -65,3 +67,16 @@ def make_fleet_batches() -> Callable[..., list[TelemetryBatch]]:
 def fleet_telemetry() -> list[TelemetryBatch]:
     """20 busy vehicles for 40 simulated minutes."""
     return fleet_batches(20, 2400)
+
+
+def fleet_windows(seed: int, vehicles: int, stride: int = 16) -> TelemetryWindows:
+    """Normal 64-sample windows of a busy simulated fleet over 30 evening minutes."""
+    params = FleetParams(vehicles=vehicles, seed=seed, demand=DemandProfile(trips_per_vehicle_per_day=100.0))
+    rec = record_fleet(params, 1800.0, EVENING_S)
+    return sliding_windows(list(rec.values()), 64, stride, battery_ids=list(rec))
+
+
+@pytest.fixture(scope="session")
+def make_fleet_windows() -> Callable[..., TelemetryWindows]:
+    """:func:`fleet_windows`, for the anomaly detectors' tests (train on one seed, judge another)."""
+    return fleet_windows

@@ -7,6 +7,7 @@ straight into the windows, so each test states exactly what changed and where.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -14,32 +15,22 @@ import pytest
 
 from models.stat_detectors import StatDetectorParams, StatDetectors
 from models.telemetry_windows import FIELD_INDEX, TelemetryWindows, sliding_windows
-from sim.demand import DemandProfile
-from sim.faults import record_fleet
-from sim.fleet_params import FleetParams
 
 EVENING_S = 1_764_172_800.0
 FloatArray = npt.NDArray[np.float64]
 
 
-def _fleet_windows(seed: int, vehicles: int) -> TelemetryWindows:
-    params = FleetParams(
-        vehicles=vehicles, seed=seed, demand=DemandProfile(trips_per_vehicle_per_day=100.0)
-    )
-    rec = record_fleet(params, 1800.0, EVENING_S)
-    return sliding_windows(list(rec.values()), 64, 16, battery_ids=list(rec))
-
 
 @pytest.fixture(scope="module")
-def train() -> TelemetryWindows:
+def train(make_fleet_windows: Callable[..., TelemetryWindows]) -> TelemetryWindows:
     """Normal windows of 50 busy scooters over 30 minutes."""
-    return _fleet_windows(seed=31, vehicles=50)
+    return make_fleet_windows(seed=31, vehicles=50)
 
 
 @pytest.fixture(scope="module")
-def held_out() -> TelemetryWindows:
+def held_out(make_fleet_windows: Callable[..., TelemetryWindows]) -> TelemetryWindows:
     """Normal windows of another fleet (other seed)."""
-    return _fleet_windows(seed=32, vehicles=50)
+    return make_fleet_windows(seed=32, vehicles=50)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ simulated fleet and judged on another.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,33 +14,23 @@ import pytest
 import torch
 
 from models.telemetry_lstm import TelemetryLSTM, TelemetryLSTMParams
-from models.telemetry_windows import FIELD_INDEX, TelemetryWindows, sliding_windows
-from sim.demand import DemandProfile
-from sim.faults import record_fleet
-from sim.fleet_params import FleetParams
+from models.telemetry_windows import FIELD_INDEX, TelemetryWindows
 
 EVENING_S = 1_764_172_800.0
 SMALL = TelemetryLSTMParams(hidden_size=16, epochs=12, batch_size=32, seed=3)
 
 
-def _fleet_windows(seed: int, vehicles: int) -> TelemetryWindows:
-    params = FleetParams(
-        vehicles=vehicles, seed=seed, demand=DemandProfile(trips_per_vehicle_per_day=100.0)
-    )
-    rec = record_fleet(params, 1800.0, EVENING_S)
-    return sliding_windows(list(rec.values()), 64, 16, battery_ids=list(rec))
-
 
 @pytest.fixture(scope="module")
-def train() -> TelemetryWindows:
+def train(make_fleet_windows: Callable[..., TelemetryWindows]) -> TelemetryWindows:
     """Normal windows of 40 busy scooters over 30 minutes."""
-    return _fleet_windows(seed=41, vehicles=40)
+    return make_fleet_windows(seed=41, vehicles=40)
 
 
 @pytest.fixture(scope="module")
-def held_out() -> TelemetryWindows:
+def held_out(make_fleet_windows: Callable[..., TelemetryWindows]) -> TelemetryWindows:
     """Normal windows of another fleet (other seed)."""
-    return _fleet_windows(seed=42, vehicles=40)
+    return make_fleet_windows(seed=42, vehicles=40)
 
 
 @pytest.fixture(scope="module")

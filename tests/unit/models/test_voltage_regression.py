@@ -7,38 +7,29 @@ written straight into the windows' voltages, so each test controls exactly what 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from models.telemetry_windows import FIELD_INDEX, TelemetryWindows, sliding_windows
+from models.telemetry_windows import FIELD_INDEX, TelemetryWindows
 from models.voltage_regression import VoltageRegression, VoltageRegressionParams
-from sim.demand import DemandProfile
-from sim.faults import record_fleet
-from sim.fleet_params import FleetParams
 
 EVENING_S = 1_764_172_800.0
 
 
-def _fleet_windows(seed: int, vehicles: int, stride: int) -> TelemetryWindows:
-    params = FleetParams(
-        vehicles=vehicles, seed=seed, demand=DemandProfile(trips_per_vehicle_per_day=100.0)
-    )
-    rec = record_fleet(params, 1800.0, EVENING_S)
-    return sliding_windows(list(rec.values()), 64, stride, battery_ids=list(rec))
-
 
 @pytest.fixture(scope="module")
-def train() -> TelemetryWindows:
+def train(make_fleet_windows: Callable[..., TelemetryWindows]) -> TelemetryWindows:
     """Normal windows of 50 busy scooters over 30 minutes."""
-    return _fleet_windows(seed=21, vehicles=50, stride=16)
+    return make_fleet_windows(seed=21, vehicles=50, stride=16)
 
 
 @pytest.fixture(scope="module")
-def held_out() -> TelemetryWindows:
+def held_out(make_fleet_windows: Callable[..., TelemetryWindows]) -> TelemetryWindows:
     """Normal windows of another fleet (other seed)."""
-    return _fleet_windows(seed=22, vehicles=50, stride=16)
+    return make_fleet_windows(seed=22, vehicles=50, stride=16)
 
 
 @pytest.fixture(scope="module")
