@@ -18,7 +18,7 @@ from bms.models_cli import models_app
 from bms.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
-    from bms.system import FleetSystem
+    from runtime.system import FleetSystem
 
 app = typer.Typer(help="Battery-fleet digital twin.", no_args_is_help=True, add_completion=False)
 bench_app = typer.Typer(help="Benchmarks; each prints one JSON object as its last line.", no_args_is_help=True)
@@ -51,15 +51,15 @@ def run(
         settings = settings.model_copy(update={"sim": settings.sim.model_copy(update={"vehicles": vehicles})})
 
     from bms.services import EmbeddedServices
-    from bms.system import FleetSystem
+    from bms.system import FleetSystem, system_spec
 
     services = EmbeddedServices(settings)
     urls = services.start()
     shared = services.mqtt_supports_shared_subscriptions
-    system = FleetSystem(
+    system = FleetSystem(system_spec(
         settings, urls, shared_subscriptions=shared, mqtt_v5=shared,
         initial_shards=max(1, -(-settings.sim.vehicles // settings.twins.shard_size)),
-    )
+    ))
     stop = asyncio.Event()
     try:
         system.start()
@@ -91,14 +91,15 @@ async def _main_loop(
     settings: Settings, mqtt_url: str, system: FleetSystem, stop: asyncio.Event, duration_s: float | None, no_sim: bool
 ) -> None:
     """Publish the simulated fleet and keep the bridge workers alive until stopped."""
-    from sim import FleetParams, FleetSimulator, run_fleet
+    from bms.system import fleet_params
+    from sim import FleetSimulator, run_fleet
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     tasks = []
     if not no_sim:
-        sim = FleetSimulator(FleetParams.from_settings(settings.sim), seq_start=int(time.time()))
+        sim = FleetSimulator(fleet_params(settings.sim), seq_start=int(time.time()))
         tasks.append(asyncio.create_task(
             # A sped-up clock needs a known duration (the run ends at "now"; see run_fleet).
             run_fleet(sim, mqtt_url, duration_s, tick_s=1.0, stop=stop,
@@ -190,13 +191,13 @@ def bench_serve(
 
 @app.command()
 def schema(
-    write: Annotated[bool, typer.Option("--write", help="Rewrite serve/schemas/*.json")] = False,
+    write: Annotated[bool, typer.Option("--write", help="Rewrite contracts/schemas/*.json")] = False,
     check: Annotated[bool, typer.Option("--check", help="Fail if the committed schemas differ")] = False,
 ) -> None:
     """Print (or write, or check) the JSON Schema of every telemetry version."""
-    from serve.telemetry_contract import json_schemas
+    from contracts.telemetry import json_schemas
 
-    root = Path(__file__).resolve().parent.parent / "serve" / "schemas"
+    root = Path(__file__).resolve().parent.parent / "contracts" / "schemas"
     bad = []
     for version, doc in json_schemas().items():
         text = json.dumps(doc, indent=2, sort_keys=True) + "\n"

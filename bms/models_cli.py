@@ -34,7 +34,7 @@ def _with_registry(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``fn(registry)`` against the registry (BMS_POSTGRES_URL or the embedded server)."""
     from bms.services import EmbeddedServices
     from bms.system import run_migrations
-    from models.errors import RegistryError
+    from contracts.errors import RegistryError
     from models.registry import ModelRegistry
     from store import open_postgres
     from store.model_registry_store import ModelRegistryStore

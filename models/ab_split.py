@@ -7,7 +7,7 @@ A battery's place in a split is a pure function of its id and the experiment's s
 
 so every replica and every process agrees, a battery always sees the same version while the
 split runs, and raising the fraction only adds batteries to the candidate. The salt (use
-:attr:`models.model_version.ServingConfig.ab_salt`) keeps the split independent of the
+:attr:`contracts.model_registry.ServingConfig.ab_salt`) keeps the split independent of the
 shard placement, which hashes the bare battery id with the same function.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from models.model_version import ServingConfig
+from contracts.model_registry import ServingConfig
 
 __all__ = ["VersionMetrics", "VersionStats", "candidate_mask", "route_versions", "split_position"]
 

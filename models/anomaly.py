@@ -1,6 +1,6 @@
 """Battery anomaly detection: three detector families combined into one verdict per battery.
 
-:class:`AnomalyDetector` runs, over the same :class:`~models.telemetry_windows.TelemetryWindows`,
+:class:`AnomalyDetector` runs, over the same :class:`~twins.telemetry_windows.TelemetryWindows`,
 
 * the voltage regression (:mod:`models.voltage_regression`): ``VOLTAGE_RESIDUAL``;
 * the statistical detectors (:mod:`models.stat_detectors`): ``TEMP_RISE``, ``VOLTAGE_SAG``,
@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from enum import IntFlag
 from pathlib import Path
 from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
 
+from contracts.anomaly_kinds import DETECTOR_KINDS, AnomalyKind
 from models.stat_detectors import StatDetectorParams, StatDetectors
 from models.telemetry_lstm import TelemetryLSTM, TelemetryLSTMParams
-from models.telemetry_windows import TelemetryWindows
 from models.voltage_regression import VoltageRegression, VoltageRegressionParams
+from twins.telemetry_windows import TelemetryWindows
 
 __all__ = [
     "DETECTOR_KINDS",
@@ -47,27 +47,6 @@ BoolArray = npt.NDArray[np.bool_]
 _META_FILE = "anomaly_detector.json"
 _LSTM_DIR = "lstm"
 _FORMAT_VERSION = 1
-
-
-class AnomalyKind(IntFlag):
-    """Bits of :attr:`AnomalyReport.flags`, one per detector."""
-
-    NONE = 0
-    VOLTAGE_RESIDUAL = 1
-    TEMP_RISE = 2
-    VOLTAGE_SAG = 4
-    CELL_IMBALANCE = 8
-    SEQUENCE_ERROR = 16
-
-
-#: The detector kinds, in bit order (``NONE`` excluded).
-DETECTOR_KINDS: tuple[AnomalyKind, ...] = (
-    AnomalyKind.VOLTAGE_RESIDUAL,
-    AnomalyKind.TEMP_RISE,
-    AnomalyKind.VOLTAGE_SAG,
-    AnomalyKind.CELL_IMBALANCE,
-    AnomalyKind.SEQUENCE_ERROR,
-)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ Three periodic tasks, each also callable on demand (HTTP, tests):
   The health model is not retrained from the fleet: its label, true capacity, is only known
   from depot capacity tests, which this system does not record yet.
 
-The class is plain asyncio with injected clients; :func:`start_model_job` runs it as a named,
-detached Ray actor.
+The class is plain asyncio with injected clients (the protocols below); the runtime's
+:func:`runtime.model_job.start_model_job` runs it as a named, detached Ray actor.
 """
 
 from __future__ import annotations
@@ -26,32 +26,55 @@ import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
+from contracts.health import HealthRow, HealthTrend
 from models.demand_lstm import HORIZON_HOURS, DemandInputs, DemandLstmParams
 from models.demand_lstm import train as train_demand
 from models.predictors import demand_request
 from models.registry import ModelRegistry, data_fingerprint
 from models.weather import WeatherSource
 from sim.ride_demand import RideHistory
-from store.demand_cache import RedisDemand
-from store.health_history import HealthHistoryStore, HealthRow
 from twins.scoring import ModelClient
 
-__all__ = ["MODEL_JOB_NAME", "FleetModelJob", "JobParams", "ModelJobSpec", "start_model_job"]
+__all__ = ["JOB_ACTOR", "DemandCache", "FleetModelJob", "HealthHistory", "JobParams", "ShardFanout"]
 
 log = logging.getLogger(__name__)
-MODEL_JOB_NAME = "bms-model-job"
+#: Who the job's registry changes are attributed to (the audit trail's actor).
+JOB_ACTOR = "bms-model-job"
 _HOUR_S = 3600
 
 
 class ShardFanout(Protocol):
+    """Calls one method on every twin shard (:class:`runtime.twins.FleetClient`)."""
+
     async def call_all(self, method: str, *args: Any) -> list[Any]: ...
+
+
+class DemandCache(Protocol):
+    """Observed ride starts and zone forecasts (:class:`store.demand_cache.RedisDemand`)."""
+
+    async def ride_history(self, end_hour_s: int, hours: int) -> tuple[list[str], npt.NDArray[np.float64]]: ...
+
+    async def write_forecast(
+        self, start_s: int, forecasts: Mapping[str, npt.NDArray[np.float64]], vehicles: Mapping[str, int]
+    ) -> None: ...
+
+
+class HealthHistory(Protocol):
+    """Health rows over time (:class:`store.health_history.HealthHistoryStore`)."""
+
+    async def append(self, rows: Sequence[HealthRow], scored_at_s: float) -> int: ...
+
+    async def battery_trends(self, since_s: float, limit: int = 1000) -> list[HealthTrend]: ...
+
+    async def cohort_trends(self, since_s: float) -> list[HealthTrend]: ...
 
 
 @dataclass(frozen=True)
@@ -98,11 +121,11 @@ class FleetModelJob:
     def __init__(
         self,
         shards: ShardFanout,
-        demand: RedisDemand,
+        demand: DemandCache,
         models: ModelClient,
         weather: WeatherSource,
         open_registry: Callable[[], contextlib.AbstractAsyncContextManager[ModelRegistry]],
-        open_history: Callable[[], contextlib.AbstractAsyncContextManager[HealthHistoryStore]],
+        open_history: Callable[[], contextlib.AbstractAsyncContextManager[HealthHistory]],
         params: JobParams = JobParams(),
         now_s: Callable[[], float] = time.time,
     ) -> None:
@@ -146,8 +169,8 @@ class FleetModelJob:
         """Score every shard now, record health per battery, compute trends."""
         now = self.now_s()
         reports = await self.shards.call_all("score")
-        per_shard: list[list[tuple[str, str, float, float, float, int]]] = await self.shards.call_all("health_rows")
-        rows = [HealthRow(*r) for rows in per_shard for r in rows]
+        per_shard: list[list[HealthRow]] = await self.shards.call_all("health_rows")
+        rows = [r for part in per_shard for r in part]
         since = now - self.params.trend_window_days * 86_400.0
         async with self.open_history() as history:
             written = await history.append(rows, now)
@@ -163,7 +186,7 @@ class FleetModelJob:
         self.last["rescore"] = {**out, "at_s": now}
         return out
 
-    async def retrain(self, actor: str = MODEL_JOB_NAME, min_hours: int | None = None) -> dict[str, Any]:
+    async def retrain(self, actor: str = JOB_ACTOR, min_hours: int | None = None) -> dict[str, Any]:
         """Refit the demand LSTM on the fleet's ride history; register it as a candidate."""
         need = self.params.min_retrain_hours if min_hours is None else min_hours
         end_hour = int(self.now_s() // _HOUR_S) * _HOUR_S
@@ -211,85 +234,3 @@ class FleetModelJob:
 
     def status(self) -> dict[str, Any]:
         return dict(self.last)
-
-
-
-@dataclass(frozen=True)
-class ModelJobSpec:
-    """What the job actor is started with (plain values: it crosses into Ray)."""
-
-    namespace: str
-    postgres_url: str
-    redis_url: str
-    redis_prefix: str
-    artifacts_root: str
-    weather_url: str | None
-    serve_app_name: str = "bms"
-    params: JobParams = JobParams()
-
-
-class _ModelJobActor:
-    """Ray actor around :class:`FleetModelJob` (async actor: one event loop)."""
-
-    def __init__(self, spec: ModelJobSpec) -> None:
-        import redis.asyncio as aioredis
-
-        from models.weather import weather_source_from_url
-        from store import open_postgres
-        from store.model_registry_store import ModelRegistryStore
-        from twins.runtime import FleetClient, ServeModelClient
-
-        @contextlib.asynccontextmanager
-        async def registry() -> Any:
-            async with open_postgres(spec.postgres_url, application_name="bms-model-job") as conn:
-                yield ModelRegistry(ModelRegistryStore(conn), Path(spec.artifacts_root))
-
-        @contextlib.asynccontextmanager
-        async def history() -> Any:
-            async with open_postgres(spec.postgres_url, application_name="bms-model-job") as conn:
-                yield HealthHistoryStore(conn)
-
-        redis = aioredis.Redis.from_url(spec.redis_url, decode_responses=False)
-        self.job = FleetModelJob(
-            FleetClient(spec.namespace),
-            RedisDemand(redis, key_prefix=spec.redis_prefix),
-            ServeModelClient(spec.serve_app_name),
-            weather_source_from_url(spec.weather_url),
-            registry,
-            history,
-            spec.params,
-        )
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self.job.run_forever())
-
-    async def forecast_demand(self) -> dict[str, Any]:
-        return await self.job.forecast_demand()
-
-    async def rescore(self) -> dict[str, Any]:
-        return await self.job.rescore()
-
-    async def retrain(self, min_hours: int | None = None) -> dict[str, Any]:
-        return await self.job.retrain(min_hours=min_hours)
-
-    async def status(self) -> dict[str, Any]:
-        return self.job.status()
-
-
-def start_model_job(spec: ModelJobSpec, run_schedule: bool = True) -> Any:
-    """Start (or find) the named, detached job actor; start its schedule."""
-    import ray
-
-    handle = (
-        ray.remote(_ModelJobActor)
-        .options(
-            name=MODEL_JOB_NAME, namespace=spec.namespace, lifetime="detached",
-            get_if_exists=True, max_restarts=-1, num_cpus=0,
-        )
-        .remote(spec)
-    )
-    if run_schedule:
-        ray.get(handle.start.remote())  # type: ignore[attr-defined]  # ray types the handle as the class
-    return handle

@@ -1,6 +1,6 @@
 """Health scoring: XGBoost regression of state of health and a 0-100 health score.
 
-Inputs are :func:`models.features.health_features` of a twin's counters. Labels come
+Inputs are :func:`twins.features.health_features` of a twin's counters. Labels come
 from the ageing simulator (:mod:`sim.ageing`), which knows each pack's true SOH and
 resistance growth; the twin only has noisy coulomb-counted capacity and step-response
 resistance estimates, plus usage counters. The model learns to combine them: usage and
@@ -25,8 +25,8 @@ import numpy as np
 import numpy.typing as npt
 import xgboost as xgb
 
-from models.features import HEALTH_FEATURE_NAMES, TwinCounters, health_features
 from sim.ageing import LifetimeSample
+from twins.features import HEALTH_FEATURE_NAMES, TwinCounters, health_features
 
 __all__ = ["HealthParams", "HealthPrediction", "HealthXGB", "health_score_label", "train_health"]
 

@@ -1,6 +1,6 @@
 """How each model family is loaded from its artifact directory and run on a batch of arrays.
 
-One table, :data:`PREDICTORS`, used by the Serve deployments (:mod:`serve.model_deployments`)
+One table, :data:`PREDICTORS`, used by the Serve deployments (:mod:`runtime.model_deployments`)
 and by the in-process client the unit tests and benchmarks use, so the served and the bare
 paths run the same code. A request is a dict of row-aligned arrays (first axis: one row per
 battery, or per zone for demand); so is the response.
@@ -21,8 +21,8 @@ from models.degradation_lstm import DegradationLSTM
 from models.demand_lstm import HORIZON_HOURS, DemandInputs, DemandLSTM
 from models.health_xgb import HealthXGB
 from models.priority_rf import PriorityRF
-from models.telemetry_windows import TelemetryWindows
 from sim.weather import WeatherHours
+from twins.telemetry_windows import TelemetryWindows
 
 __all__ = ["PREDICTORS", "Arrays", "Predictor", "demand_request", "predictor"]
 

@@ -25,8 +25,8 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.ensemble import RandomForestRegressor
 
-from models.features import PRIORITY_FEATURE_NAMES, PriorityInputs, priority_features
 from sim.demand import DemandProfile
+from twins.features import PRIORITY_FEATURE_NAMES, PriorityInputs, priority_features
 
 __all__ = [
     "PriorityParams",

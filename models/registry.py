@@ -17,17 +17,42 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, SupportsFloat
+from typing import Any, Protocol, SupportsFloat
 
 import numpy as np
 
-from models.errors import ArtifactError
-from models.model_version import ModelVersion, check_actor, check_model_name
-from store.model_registry_store import ModelRegistryStore
+from contracts.errors import ArtifactError
+from contracts.model_registry import ModelVersion, ServingConfig, check_actor, check_model_name
 
-__all__ = ["ModelRegistry", "data_fingerprint"]
+__all__ = ["ModelRegistry", "RegistryRecords", "data_fingerprint"]
+
+
+class RegistryRecords(Protocol):
+    """The records side of the registry (:class:`store.model_registry_store.ModelRegistryStore`).
+
+    A protocol, so the model code never imports the store: the composition root hands in the
+    PostgreSQL store, tests may hand in anything with these methods.
+    """
+
+    async def register(
+        self,
+        name: str,
+        metrics: Mapping[str, SupportsFloat],
+        params: Mapping[str, Any],
+        data_fingerprint: str,
+        artifact_path: str | Callable[[int], str],
+        actor: str,
+        *,
+        before_commit: Callable[[ModelVersion], Awaitable[None]] | None = None,
+    ) -> ModelVersion: ...
+
+    async def get(self, name: str, version: int) -> ModelVersion: ...
+
+    async def serving_or_none(self, name: str) -> ServingConfig | None: ...
+
+    async def promote(self, name: str, version: int, actor: str) -> ServingConfig: ...
 
 
 def data_fingerprint(*arrays: np.ndarray) -> str:
@@ -103,12 +128,12 @@ class ModelRegistry:
         Directory holding every model's versions; created when missing.
     """
 
-    def __init__(self, store: ModelRegistryStore, artifacts_root: Path) -> None:
+    def __init__(self, store: RegistryRecords, artifacts_root: Path) -> None:
         self._store = store
         self._root = Path(artifacts_root)
 
     @property
-    def store(self) -> ModelRegistryStore:
+    def store(self) -> RegistryRecords:
         """The store, for promotion, rollback, A/B splits and the audit trail."""
         return self._store
 

@@ -1,7 +1,7 @@
 """One model as a Serve replica holds it: the loaded versions, the A/B split, metrics, drift.
 
-Plain Python (no Ray, no database): the replica in :mod:`serve.model_deployments` feeds it
-the registry's :class:`~models.model_version.ServingConfig` whenever that changes, and the
+Plain Python (no Ray, no database): the replica in :mod:`runtime.model_deployments` feeds it
+the registry's :class:`~contracts.model_registry.ServingConfig` whenever that changes, and the
 in-process client of the tests and benchmarks uses it directly, so both run the same code.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from contracts.model_registry import ServingConfig
 from models.ab_split import VersionMetrics, route_versions
 from models.drift import DriftMonitor, DriftReference
-from models.model_version import ServingConfig
 from models.predictors import Arrays, Predictor
 
 __all__ = ["DRIFT_REFERENCE_FILE", "InProcessModels", "NotServing", "ServedModel"]

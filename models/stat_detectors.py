@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.telemetry_windows import TelemetryWindows
+from twins.telemetry_windows import TelemetryWindows
 
 __all__ = ["DetectorScores", "StatDetectorParams", "StatDetectors", "StatScores"]
 
@@ -63,7 +63,7 @@ class StatDetectorParams:
         Size of the scored recent part (temperature, imbalance).
     reference_fraction
         The oldest this fraction of a window is the battery's reference (see
-        :meth:`~models.telemetry_windows.TelemetryWindows.reference`). The default, 24 of
+        :meth:`~twins.telemetry_windows.TelemetryWindows.reference`). The default, 24 of
         64 samples, keeps a fault that began up to 40 samples ago out of the reference.
     min_reference_samples
         Fewer reference samples: not evaluable.

@@ -31,7 +31,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from models.telemetry_windows import TelemetryWindows
+from twins.telemetry_windows import TelemetryWindows
 
 __all__ = ["TelemetryLSTM", "TelemetryLSTMParams"]
 

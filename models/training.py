@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from contracts.model_registry import ModelVersion
 from models.anomaly import AnomalyDetector, AnomalyParams
 from models.cell_data import CellHistory, load_cell_histories
 from models.degradation_lstm import DegradationParams
@@ -30,18 +31,17 @@ from models.demand_lstm import DemandLstmParams
 from models.demand_lstm import evaluate as evaluate_demand
 from models.demand_lstm import train as train_demand
 from models.drift import DriftReference
-from models.features import HEALTH_FEATURE_NAMES, PRIORITY_FEATURE_NAMES
 from models.health_xgb import HealthParams, train_health
-from models.model_version import ModelVersion
 from models.priority_rf import PriorityParams, train_priority
 from models.registry import ModelRegistry, data_fingerprint
 from models.served_model import DRIFT_REFERENCE_FILE
-from models.telemetry_windows import TelemetryWindows, sliding_windows
 from sim.ageing import LifetimeSimulator
 from sim.faults import record_fleet
 from sim.fleet_params import FleetParams
 from sim.ride_demand import ride_history
 from sim.weather import SimWeather
+from twins.features import HEALTH_FEATURE_NAMES, PRIORITY_FEATURE_NAMES
+from twins.telemetry_windows import TelemetryWindows, sliding_windows
 from twins.zones import ZoneGrid
 
 __all__ = ["TrainedModel", "TrainingPlan", "default_cells_dir", "register_all", "train_all"]

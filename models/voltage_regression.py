@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.telemetry_windows import TelemetryWindows
+from twins.telemetry_windows import TelemetryWindows
 
 __all__ = ["VoltageRegression", "VoltageRegressionParams", "VoltageResidualScores"]
 
@@ -62,7 +62,7 @@ class VoltageRegressionParams:
         The last this-many samples of a window are scored.
     reference_fraction
         The baseline is fitted on the oldest this fraction of the window (see
-        :meth:`~models.telemetry_windows.TelemetryWindows.reference`). The default, 24 of
+        :meth:`~twins.telemetry_windows.TelemetryWindows.reference`). The default, 24 of
         64 samples, keeps a fault that began up to 40 samples ago out of the reference.
     min_reference_samples
         Fewer baseline samples than this: the window is not evaluable (score 0).

@@ -24,40 +24,19 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from planners.work_orders import WorkOrderKind
+from contracts.anomaly_kinds import AnomalyKind
+from contracts.candidates import Candidate
+from contracts.work_orders import WorkOrderKind
 
-__all__ = ["Candidate", "JobQueue", "JobRules", "QueuedJob", "Severity"]
+__all__ = ["JobQueue", "JobRules", "QueuedJob", "Severity"]
 
-# AnomalyKind bits (models.anomaly), kept as numbers so the planner does not import torch.
-_TEMP_RISE, _VOLTAGE_SAG, _CELL_IMBALANCE = 2, 4, 8
-_CRITICAL_FLAGS = _TEMP_RISE | _VOLTAGE_SAG | _CELL_IMBALANCE
-_SOFT_FLAGS = 1 | 16  # VOLTAGE_RESIDUAL, SEQUENCE_ERROR
+_CRITICAL_FLAGS = int(AnomalyKind.TEMP_RISE | AnomalyKind.VOLTAGE_SAG | AnomalyKind.CELL_IMBALANCE)
+_SOFT_FLAGS = int(AnomalyKind.VOLTAGE_RESIDUAL | AnomalyKind.SEQUENCE_ERROR)
 
 
 class Severity(StrEnum):
     NORMAL = "normal"
     CRITICAL = "critical"
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One battery as a shard reports it to the planner."""
-
-    battery_id: str
-    vehicle_id: str | None
-    lat: float
-    lon: float
-    soc_pct: float
-    priority: float
-    lost_rides_6h: float
-    hours_to_empty: float
-    health_score: float
-    anomaly_flags: int
-    charging: bool
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Candidate:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)

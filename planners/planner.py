@@ -1,7 +1,7 @@
 """The planner: fleet-wide priorities in, technicians' routes and work orders out.
 
 Plain asyncio with injected seams (where candidates come from, where work orders live, how
-a done swap reaches the twins), so it is tested without Ray; :mod:`planners.runtime` runs it
+a done swap reaches the twins), so it is tested without Ray; :mod:`runtime.planner` runs it
 as a named, detached Ray actor.
 
 One planning round (:meth:`Planner.plan`):
@@ -35,14 +35,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from planners.job_queue import Candidate, JobQueue, QueuedJob, Severity
+from contracts.candidates import Candidate
+from contracts.work_orders import SwapRecord, WorkOrder, WorkOrderKind, WorkOrderState
+from planners.job_queue import JobQueue, QueuedJob, Severity
 from planners.plan import Plan
 from planners.problem import Job, RoutingProblem, Vehicle
 from planners.resources import Depot, Technician, shift_window_s
 from planners.routing import solve_async
 from planners.routing_params import RoutingParams
 from planners.travel import HaversineTravel, TravelMatrixSource
-from planners.work_orders import SwapRecord, WorkOrder, WorkOrderKind, WorkOrderState
 
 __all__ = [
     "PlanRecord",

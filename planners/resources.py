@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from planners.errors import ProblemError
 
-__all__ = ["Depot", "Technician", "shift_window_s"]
+__all__ = ["Depot", "Technician", "default_roster", "shift_window_s"]
 
 SKILLS = frozenset({"swap", "replace", "inspect"})
 
@@ -99,3 +99,27 @@ def shift_window_s(tech: Technician, now_s: float, utc_offset_h: float) -> tuple
     start = midnight + tech.shift_start_h * 3600.0
     end = midnight + tech.shift_end_h * 3600.0
     return None if end <= now_s else (start, end)
+
+
+def default_roster(center_lat: float, center_lon: float, technicians: int = 6) -> tuple[tuple[Technician, ...], tuple[Depot, ...]]:
+    """Two depots 3 km north-west and south-east of the centre; early and late shifts.
+
+    Every third technician can also replace batteries and inspect vehicles; vans carry 30
+    charged batteries; each depot starts the day with 120.
+    """
+    dlat = 3.0 / 111.32 / math.sqrt(2)
+    dlon = dlat / math.cos(math.radians(center_lat))
+    depots = (
+        Depot(id="depot-nw", lat=center_lat + dlat, lon=center_lon - dlon, charged_stock=120),
+        Depot(id="depot-se", lat=center_lat - dlat, lon=center_lon + dlon, charged_stock=120),
+    )
+    techs = tuple(
+        Technician(
+            id=f"tech-{k + 1:02d}", depot_id=depots[k % 2].id,
+            shift_start_h=(7.0, 14.0)[(k // 2) % 2], shift_end_h=(15.0, 22.0)[(k // 2) % 2],
+            van_capacity=30,
+            skills=frozenset({"swap", "replace", "inspect"}) if k % 3 == 0 else frozenset({"swap"}),
+        )
+        for k in range(technicians)
+    )
+    return techs, depots

@@ -47,14 +47,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from models.errors import RegistryError
-from models.model_version import ServingConfig
-from planners.work_orders import WorkOrder, WorkOrderError, WorkOrderState
+from contracts.errors import RegistryError
+from contracts.model_registry import ServingConfig
+from contracts.work_orders import WorkOrder, WorkOrderError, WorkOrderState
+from runtime.twins import PLANNER_NAME, FleetClient
 from store import DeadLetterStore, TelemetryStore
 from store.model_registry_store import ModelRegistryStore
 from store.work_order_store import WorkOrderStore
 from twins.fleet_query import CATEGORICAL_FIELDS, NUMERIC_FIELDS, Filter
-from twins.runtime import PLANNER_NAME, FleetClient
 
 __all__ = ["ApiIngress", "IngressConfig", "api"]
 

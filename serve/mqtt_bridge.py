@@ -37,10 +37,10 @@ import numpy as np
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from serve.telemetry_contract import TOPIC_FILTER, ContractLimits, TelemetryRejected, decode_batch
+from contracts.samples import TelemetryBatch
+from contracts.telemetry import TOPIC_FILTER, ContractLimits, TelemetryRejected, decode_batch
 from store.dead_letters import DeadLetter
 from twins.clock import Clock, WallClock
-from twins.samples import TelemetryBatch
 
 __all__ = ["BridgeConfig", "BridgeStats", "DeadLetterSink", "MqttBridge", "Router"]
 

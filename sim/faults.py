@@ -33,10 +33,10 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
-from serve.telemetry_contract import decode_batch
+from contracts.samples import SAMPLE_FIELDS, TelemetryBatch
+from contracts.telemetry import decode_batch
 from sim.fleet import FleetSimulator
 from sim.fleet_params import FleetParams
-from twins.samples import SAMPLE_FIELDS, TelemetryBatch
 
 __all__ = [
     "FAULT_UNITS",
@@ -168,7 +168,7 @@ def record_fleet(
     Returns
     -------
     dict
-        Battery id -> columns (``ts`` and every :data:`~twins.samples.WINDOW_FIELDS`
+        Battery id -> columns (``ts`` and every :data:`~contracts.samples.WINDOW_FIELDS`
         name), float64, ``ts`` strictly increasing. Batteries that never reported are
         absent.
     """

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from serve.telemetry_contract import topic_for
+from contracts.telemetry import topic_for
 from sim.battery_model import PackArray
 from sim.fleet_params import FleetParams
 from sim.telemetry_encoder import SAMPLE_COLUMNS, encode_messages

@@ -7,7 +7,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from bms.settings import SimSettings
 from sim.ambient import AmbientProfile
 from sim.battery_model import PackParams
 from sim.demand import DemandProfile
@@ -188,24 +187,6 @@ class FleetParams:
                     f"Expected {name} to start an id of the contract (letters, digits, "
                     f"_ . : -, at most 51 characters), got {getattr(self, name)!r}."
                 )
-
-    @classmethod
-    def from_settings(cls, settings: SimSettings, **overrides: Any) -> FleetParams:
-        """The fleet described by the ``[sim]`` settings section, plus keyword overrides.
-
-        ``time_scale`` is not a fleet property: :func:`~sim.publisher.run_fleet` takes it.
-        """
-        values: dict[str, Any] = {
-            "vehicles": settings.vehicles,
-            "report_interval_s": settings.report_interval_s,
-            "samples_per_message": settings.samples_per_message,
-            "center_lat": settings.center_lat,
-            "center_lon": settings.center_lon,
-            "radius_km": settings.radius_km,
-            "seed": settings.seed,
-        }
-        values.update(overrides)
-        return cls(**values)
 
     def replace(self, **changes: Any) -> FleetParams:
         """A copy with some fields changed (and validated again)."""

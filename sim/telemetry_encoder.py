@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from serve.telemetry_contract import CURRENT_SCHEMA_VERSION, TelemetrySampleV2, topic_for
+from contracts.telemetry import CURRENT_SCHEMA_VERSION, TelemetrySampleV2, topic_for
 
 __all__ = ["SAMPLE_COLUMNS", "encode_messages"]
 

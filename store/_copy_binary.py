@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from twins.samples import TelemetryBatch
+from contracts.samples import TelemetryBatch
 
 __all__ = ["COPY_COLUMNS", "encode_copy_binary"]
 

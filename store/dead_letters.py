@@ -30,7 +30,7 @@ class DeadLetter:
     topic
         The topic it arrived on.
     reason
-        The counter it goes to (a ``serve.telemetry_contract.RejectReason`` value).
+        The counter it goes to (a ``contracts.telemetry.RejectReason`` value).
     detail
         What was expected and what arrived.
     payload

@@ -8,44 +8,22 @@ was first seen), in SOH percentage points per 30 days.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
+from contracts.health import HealthRow, HealthTrend
 from store.postgres import require_autocommit
 
-__all__ = ["HealthHistoryStore", "HealthRow", "HealthTrend"]
+__all__ = ["HealthHistoryStore"]
 
 _SLOPE = """
     regr_slope(soh_pct, extract(epoch FROM scored_at)) * 30 * 86400 AS slope_pct_per_30d,
     count(*) AS points,
     avg(soh_pct) AS mean_soh_pct
 """
-
-
-@dataclass(frozen=True)
-class HealthRow:
-    """One battery's scored health at one run."""
-
-    battery_id: str
-    cohort: str
-    soh_pct: float
-    health_score: float
-    efc: float
-    model_version: int
-
-
-@dataclass(frozen=True)
-class HealthTrend:
-    """SOH trend of a battery or a cohort: slope (None with fewer than two points)."""
-
-    key: str
-    slope_pct_per_30d: float | None
-    points: int
-    mean_soh_pct: float
 
 
 class HealthHistoryStore:

@@ -13,13 +13,13 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from models.errors import (
+from contracts.errors import (
     InvalidServingChange,
     NoRollbackTarget,
     UnknownModel,
     UnknownModelVersion,
 )
-from models.model_version import (
+from contracts.model_registry import (
     ModelAction,
     ModelEvent,
     ModelStage,
@@ -218,7 +218,7 @@ class ModelRegistryStore:
         Parameters
         ----------
         name
-            The model, e.g. ``"health_xgb"`` (see :func:`models.model_version.check_model_name`).
+            The model, e.g. ``"health_xgb"`` (see :func:`contracts.model_registry.check_model_name`).
         metrics
             Offline evaluation metrics; finite real numbers (numpy scalars are converted).
         params

@@ -12,9 +12,9 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from contracts.samples import SAMPLE_FIELDS, TelemetryBatch
 from store._copy_binary import COPY_COLUMNS, encode_copy_binary
 from store.postgres import open_postgres, require_autocommit
-from twins.samples import SAMPLE_FIELDS, TelemetryBatch
 
 __all__ = ["HISTORY_COLUMNS", "TelemetryStore"]
 

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from planners.work_orders import (
+from contracts.work_orders import (
     SwapRecord,
     WorkOrder,
     WorkOrderKind,
@@ -78,7 +78,7 @@ class WorkOrderStore:
     """Work orders in ``work_orders``, their history in ``work_order_events``.
 
     Every change runs in one transaction that locks the order's row (``SELECT ... FOR
-    UPDATE``), checks the move with :func:`planners.work_orders.check_change`, updates the row
+    UPDATE``), checks the move with :func:`contracts.work_orders.check_change`, updates the row
     and appends one event; two changes to one order therefore serialise, and the second is
     checked against the state the first left.
 
@@ -137,7 +137,7 @@ class WorkOrderStore:
         order_id
             The order to change.
         new_state
-            Where it goes; see :data:`planners.work_orders.ALLOWED_TRANSITIONS`.
+            Where it goes; see :data:`contracts.work_orders.ALLOWED_TRANSITIONS`.
         actor
             Who made the change (a technician, a planner run, an operator).
         technician_id
@@ -152,7 +152,7 @@ class WorkOrderStore:
         ------
         KeyError
             No order has ``order_id``.
-        planners.work_orders.WorkOrderError
+        contracts.work_orders.WorkOrderError
             The change is not allowed; nothing is written.
         """
         _require_actor(actor)

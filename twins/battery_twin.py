@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.anomaly import AnomalyKind
+from contracts.anomaly_kinds import AnomalyKind
+from contracts.samples import SAMPLE_FIELDS, TelemetryBatch
 from twins.clock import Clock
-from twins.samples import SAMPLE_FIELDS, TelemetryBatch
 from twins.twin_table import DOD_BIN_EDGES_PCT, ApplyResult, TwinTable, TwinTableParams
 from twins.zones import ZoneGrid
 

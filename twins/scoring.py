@@ -1,7 +1,7 @@
 """A shard's scoring tick: its twins, batched, through every model deployment.
 
 Once per tick the scorer builds one array per model from the shard's columnar table (the
-features come from :mod:`models.features`, the one feature code), makes one call per model
+features come from :mod:`twins.features`, the one feature code), makes one call per model
 (not one per battery), and writes the answers back into the table's model columns: SOH and
 health score, anomaly flags (new ones become events on the twin), the degradation LSTM's
 step (the twin keeps h and c; the deployment is stateless) with remaining-life bands, and
@@ -23,17 +23,17 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from models.anomaly import AnomalyKind
-from models.degradation_lstm import cycle_inputs
-from models.features import (
+from contracts.anomaly_kinds import AnomalyKind
+from twins.clock import Clock, WallClock
+from twins.cycle_inputs import cycle_inputs
+from twins.features import (
     PRIORITY_FEATURE_NAMES,
     PriorityInputs,
     TwinCounters,
     health_features,
     priority_features,
 )
-from models.telemetry_windows import windows_from_table
-from twins.clock import Clock, WallClock
+from twins.telemetry_windows import windows_from_table
 from twins.twin_table import TwinTable
 from twins.zones import ZoneGrid
 

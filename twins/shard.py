@@ -20,21 +20,23 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
 
+from contracts.candidates import Candidate
+from contracts.health import HealthRow
+from contracts.samples import TelemetryBatch
 from twins.battery_twin import BatteryTwin, TwinSnapshot, health_bands
 from twins.clock import Clock, WallClock
 from twins.fleet_query import Filter, GroupStats, TopNRow, group_stats, top_n
-from twins.samples import TelemetryBatch
 from twins.scoring import ScoreReport, TwinScorer
 from twins.sinks import ShardBackends
 from twins.twin_table import TwinTable, TwinTableParams
 from twins.zones import ZoneGrid
 
-__all__ = ["IngestReport", "ShardStats", "TwinShard", "shard_actor_name"]
+__all__ = ["IngestReport", "ShardStats", "TwinShard", "UrgentSink"]
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,14 @@ _REPLAY_MARGIN_S = 600.0  # writes a restarted shard re-reads from before its ch
 _LATENCY_RESERVOIR = 65_536
 
 
-def shard_actor_name(shard_id: int) -> str:
-    return f"bms-shard-{shard_id}"
+class UrgentSink(Protocol):
+    """Where a shard pushes the candidates of new anomalies (the planner, in production).
+
+    The shard never looks the planner up: the runtime injects a sink, so the twins run and
+    test with no Ray at all.
+    """
+
+    async def __call__(self, candidates: list[Candidate]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -169,7 +177,7 @@ class TwinShard:
         max_pending_samples: int = 500_000,
         scorer: TwinScorer | None = None,
         score_interval_s: float = 10.0,
-        push_urgent: Callable[[list[dict[str, Any]]], Awaitable[Any]] | None = None,
+        push_urgent: UrgentSink | None = None,
     ) -> None:
         self.shard_id = shard_id
         self.params = params
@@ -443,22 +451,22 @@ class TwinShard:
                 log.exception("shard %d: pushing %d urgent candidates failed", self.shard_id, len(slots))
         return report
 
-    def _candidate_rows(self, slots: np.ndarray) -> list[dict[str, Any]]:
+    def _candidate_rows(self, slots: np.ndarray) -> list[Candidate]:
         t = self.table
         soc = t.latest("soc_pct")
         return [
-            {
-                "battery_id": t.ids[s], "vehicle_id": t.vehicle_ids[s],
-                "lat": float(t.last_lat[s]), "lon": float(t.last_lon[s]),
-                "soc_pct": float(soc[s]), "priority": float(t.priority[s]),
-                "lost_rides_6h": float(t.lost_rides_6h[s]), "hours_to_empty": float(t.hours_to_empty[s]),
-                "health_score": float(t.health_score[s]), "anomaly_flags": int(t.anomaly_flags[s]),
-                "charging": bool(t.charging[s]),
-            }
+            Candidate(
+                battery_id=t.ids[s], vehicle_id=t.vehicle_ids[s],
+                lat=float(t.last_lat[s]), lon=float(t.last_lon[s]),
+                soc_pct=float(soc[s]), priority=float(t.priority[s]),
+                lost_rides_6h=float(t.lost_rides_6h[s]), hours_to_empty=float(t.hours_to_empty[s]),
+                health_score=float(t.health_score[s]), anomaly_flags=int(t.anomaly_flags[s]),
+                charging=bool(t.charging[s]),
+            )
             for s in slots.tolist()
         ]
 
-    async def swap_candidates(self, n: int) -> list[dict[str, Any]]:
+    async def swap_candidates(self, n: int) -> list[Candidate]:
         """The planner's pull: this shard's ``n`` most urgent scored twins, plus every twin
         with an anomaly flag or a health score under 50 (replacement and inspection jobs)."""
         await self.start()
@@ -483,8 +491,8 @@ class TwinShard:
             return []
         return [e.to_dict() for e in list(self.scorer.events)[-limit:][::-1]]
 
-    async def health_rows(self) -> list[tuple[str, str, float, float, float, int]]:
-        """(battery, cohort, SOH %, health score, EFC, model version) of every scored twin.
+    async def health_rows(self) -> list[HealthRow]:
+        """One health row (battery, cohort, SOH %, health score, EFC, model version) per scored twin.
 
         The cohort is the month the twin was first seen (``YYYY-MM``), for fleet trends.
         """
@@ -495,8 +503,8 @@ class TwinShard:
         first = t.first_ts[scored]
         months = np.where(np.isfinite(first), first, 0).astype("datetime64[s]").astype("datetime64[M]")
         return [
-            (t.ids[s], str(m), float(t.soh_model_pct[s]), float(t.health_score[s]), float(t.efc[s]),
-             int(t.health_model_version[s]))
+            HealthRow(t.ids[s], str(m), float(t.soh_model_pct[s]), float(t.health_score[s]), float(t.efc[s]),
+                      int(t.health_model_version[s]))
             for s, m in zip(scored.tolist(), months.tolist(), strict=True)
         ]
 

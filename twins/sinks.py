@@ -13,8 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
+from contracts.samples import SAMPLE_FIELDS, TelemetryBatch
 from twins.clock import Clock
-from twins.samples import SAMPLE_FIELDS, TelemetryBatch
 
 __all__ = [
     "AssignmentSource",

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from contracts.samples import SAMPLE_FIELDS, WINDOW_FIELDS, TelemetryBatch
 from twins.clock import Clock, WallClock
-from twins.samples import SAMPLE_FIELDS, WINDOW_FIELDS, TelemetryBatch
 
 __all__ = ["DOD_BIN_EDGES_PCT", "ApplyResult", "TwinTable", "TwinTableParams"]
 

@@ -200,9 +200,9 @@ async def _measure_bare(urls: ServiceUrls, load: _Load, n_messages: int, run: st
 
 
 async def _bridge_totals(namespace: str, bridge_names: list[str]) -> dict[str, int]:
-    import ray
+    from runtime.system import bridge_stats
 
-    stats = [await ray.get_actor(n, namespace=namespace).stats.remote() for n in bridge_names]
+    stats = await bridge_stats(namespace, bridge_names)
     return {
         "accepted_samples": sum(s.accepted_samples for s in stats),
         "rejected_messages": sum(s.rejected_messages for s in stats),
@@ -225,8 +225,8 @@ def run_ingest_bench(p: IngestBenchParams, base: Settings | None = None) -> dict
     """Run the benchmark; returns the result object (also printed by the CLI)."""
     import ray
 
-    from bms.system import FleetSystem, init_ray
-    from twins.runtime import FleetClient
+    from bms.system import FleetSystem, init_ray, ray_options, system_spec
+    from runtime.twins import FleetClient
 
     run = uuid.uuid4().hex[:6]
     base = base or Settings.load()
@@ -244,12 +244,12 @@ def run_ingest_bench(p: IngestBenchParams, base: Settings | None = None) -> dict
         admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     urls = ServiceUrls(make_conninfo(urls.postgres_url, options=f"-c search_path={schema}"), urls.redis_url, urls.mqtt_url)
     shared = services.mqtt_supports_shared_subscriptions
-    system = FleetSystem(
+    system = FleetSystem(system_spec(
         settings, urls, shared_subscriptions=shared, mqtt_v5=shared, redis_prefix=f"bench{run}:",
-        with_http=False, initial_shards=math.ceil(p.batteries / p.shard_size),
-    )
+        with_http=False, initial_shards=math.ceil(p.batteries / p.shard_size), include_dashboard=False,
+    ))
     try:
-        init_ray(settings, include_dashboard=False)
+        init_ray(ray_options(settings, include_dashboard=False))
         t0 = time.time()
         system.start()
         startup_s = time.time() - t0

@@ -1,7 +1,7 @@
 """``bms bench serve``: model throughput through Ray Serve next to the bare model, same run.
 
 For each model family the benchmark trains a small version (quick plan), registers and
-promotes it in a fresh registry schema, deploys its :class:`~serve.model_deployments.ModelServer`
+promotes it in a fresh registry schema, deploys its :class:`~runtime.model_deployments.ModelServer`
 and then measures, one after the other on the same machine:
 
 * **bare**: :meth:`ServedModel.run <models.served_model.ServedModel.run>` in this process
@@ -43,21 +43,21 @@ def bench_inputs(name: str, rows: int, seed: int = 0) -> Inputs:
     rng = np.random.default_rng(seed)
     ids = [f"B{k:06d}" for k in range(rows)]
     if name == "health":
-        from models.features import TwinCounters, health_features
         from sim.ageing import LifetimeSimulator
+        from twins.features import TwinCounters, health_features
 
         sample = LifetimeSimulator(seed=seed).run(max(1, rows // 4 + 1), 600, 4)
         x = health_features(TwinCounters.from_lifetime(sample))[:rows]
         return ids, {"features": x}
     if name == "priority":
-        from models.features import priority_features
         from models.priority_rf import _scenarios
         from sim.demand import DemandProfile
+        from twins.features import priority_features
 
         inputs, _ = _scenarios(rows, rng, DemandProfile())
         return ids, {"features": priority_features(inputs)}
     if name == "degradation":
-        from models.degradation_lstm import cycle_inputs
+        from twins.cycle_inputs import cycle_inputs
 
         soh = rng.uniform(0.75, 1.0, rows)
         x = cycle_inputs(soh, rng.integers(1, 300, rows), soh + 0.002)
@@ -128,12 +128,12 @@ def run_serve_bench(
     from psycopg.conninfo import make_conninfo
     from ray import serve
 
-    from bms.system import init_ray, run_migrations
+    from bms.system import init_ray, ray_options, run_migrations
     from models.predictors import predictor
     from models.registry import ModelRegistry
     from models.served_model import ServedModel
     from models.training import TrainingPlan, register_all, train_all
-    from serve.model_deployments import (
+    from runtime.model_deployments import (
         ModelServer,
         ModelServerArgs,
         ScoreRequest,
@@ -168,7 +168,7 @@ def run_serve_bench(
                 return {v.name: root / v.artifact_path for v, _ in done}
 
         dirs = asyncio.run(setup())
-        init_ray(settings, include_dashboard=False)
+        init_ray(ray_options(settings, include_dashboard=False))
         os.nice(15 - os.nice(0))
         for name in models:
             result["models"][name] = _bench_one(
@@ -195,7 +195,7 @@ def _bench_one(
     serve: Any, server_cls: Any, args_cls: Any, request_cls: Any, deployment_name: Any,
     served_cls: Any, predictor: Any,
 ) -> dict[str, Any]:
-    from models.model_version import ServingConfig
+    from contracts.model_registry import ServingConfig
 
     ids, arrays = bench_inputs(name, rows)
     bare = served_cls(name, predictor(name))

@@ -186,15 +186,15 @@ def system_settings(services: ServiceHandles) -> Settings:
 @pytest.fixture(scope="session")
 def fleet_system(services: ServiceHandles, ray_session: None, system_settings: Settings) -> Iterator[object]:
     """The whole system (directory, shards, one bridge worker, HTTP app) for the session."""
-    from bms.system import FleetSystem
+    from bms.system import FleetSystem, system_spec
 
-    system = FleetSystem(
+    system = FleetSystem(system_spec(
         system_settings,
         services.urls,
         shared_subscriptions=services.shared_subscriptions,
         mqtt_v5=services.shared_subscriptions,
         redis_prefix=services.redis_prefix,
-    )
+    ))
     system.start()
     try:
         yield system

@@ -14,14 +14,14 @@ import numpy as np
 import psycopg
 import pytest
 
-from models.errors import (
+from contracts.errors import (
     ArtifactError,
     InvalidServingChange,
     NoRollbackTarget,
     UnknownModel,
     UnknownModelVersion,
 )
-from models.model_version import ModelAction, ModelStage
+from contracts.model_registry import ModelAction, ModelStage
 from models.registry import ModelRegistry, data_fingerprint
 from store import StoreUsageError, open_postgres
 from store.model_registry_store import LOCK_CLASS, ModelRegistryStore

@@ -15,15 +15,15 @@ import ray
 from ray import serve
 
 from bms.settings import Settings
+from contracts.model_registry import ServingConfig
 from models.ab_split import route_versions
-from models.batch_job import MODEL_JOB_NAME
-from models.features import HEALTH_FEATURE_NAMES, TwinCounters, health_features
-from models.model_version import ServingConfig
 from models.registry import ModelRegistry, data_fingerprint
-from serve.model_deployments import ScoreRequest, model_deployment_name
+from runtime.model_deployments import ScoreRequest, model_deployment_name
+from runtime.names import MODEL_JOB_NAME
 from sim.ageing import LifetimeSimulator
 from store import open_postgres
 from store.model_registry_store import ModelRegistryStore
+from twins.features import HEALTH_FEATURE_NAMES, TwinCounters, health_features
 
 from .conftest import ServiceHandles
 from .test_system import _ids, _message, _publish, _sample, _wait

@@ -9,7 +9,7 @@ import uuid
 import aiomqtt
 import pytest
 
-from serve.telemetry_contract import decode_message
+from contracts.telemetry import decode_message
 from sim import FleetParams, FleetPublisher, FleetSimulator, parse_mqtt_url
 
 from .conftest import ServiceHandles

@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from psycopg import sql
 
+from contracts.samples import SAMPLE_FIELDS, TelemetryBatch
 from store import (
     CheckpointStore,
     DeadLetter,
@@ -29,7 +30,6 @@ from store import (
     migration_versions,
     open_postgres,
 )
-from twins.samples import SAMPLE_FIELDS, TelemetryBatch
 
 from .conftest import ServiceHandles
 

@@ -303,8 +303,8 @@ def test_restarted_shard_restores_checkpoint_and_replays(services: ServiceHandle
 def test_shard_size_one_runs_one_actor_per_battery(services: ServiceHandles, ray_session: None) -> None:
     """With shard_size=1 the directory starts a separate TwinShard actor for every battery."""
     from bms.system import run_migrations
-    from twins.runtime import FleetClient, ShardRouter, TwinRuntimeSpec, start_directory
-    from twins.samples import TelemetryBatch
+    from contracts.samples import TelemetryBatch
+    from runtime.twins import FleetClient, ShardRouter, TwinRuntimeSpec, start_directory
     from twins.twin_table import TwinTableParams
 
     ns = f"{services.namespace}one"
@@ -322,7 +322,7 @@ def test_shard_size_one_runs_one_actor_per_battery(services: ServiceHandles, ray
     try:
         batteries = [f"{services.id_prefix}-one{i}" for i in range(4)]
         now = time.time()
-        from serve.telemetry_contract import decode_message, messages_to_batch
+        from contracts.telemetry import decode_message, messages_to_batch
 
         msgs = [decode_message(f"fleet/v{i}/telemetry", _message(f"v{i}", b, 0, [_sample(now)]), now) for i, b in enumerate(batteries)]
         batch: TelemetryBatch = messages_to_batch(msgs)

@@ -10,7 +10,7 @@ import asyncio
 import psycopg
 import pytest
 
-from planners.work_orders import (
+from contracts.work_orders import (
     InvalidTransition,
     SwapRecord,
     SwapRecordError,

@@ -12,13 +12,13 @@ from collections.abc import Callable
 
 import pytest
 
-from models.telemetry_windows import TelemetryWindows, sliding_windows
-from serve.telemetry_contract import decode_batch
+from contracts.samples import TelemetryBatch
+from contracts.telemetry import decode_batch
 from sim.demand import DemandProfile
 from sim.faults import record_fleet
 from sim.fleet import FleetSimulator
 from sim.fleet_params import FleetParams
-from twins.samples import TelemetryBatch
+from twins.telemetry_windows import TelemetryWindows, sliding_windows
 
 _RAY_INIT_MESSAGE = "Unit tests should not depend on Ray being initialized."
 

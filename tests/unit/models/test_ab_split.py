@@ -10,13 +10,13 @@ import threading
 import numpy as np
 import pytest
 
+from contracts.model_registry import ServingConfig
 from models.ab_split import (
     VersionMetrics,
     candidate_mask,
     route_versions,
     split_position,
 )
-from models.model_version import ServingConfig
 
 # Positions worked out once, by hand, from the documented formula:
 # blake2b(salt + "\x1f" + id, digest_size=8) read big-endian, divided by 2**64.

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from contracts.samples import SAMPLE_FIELDS, TelemetryBatch
 from models.anomaly import (
     AnomalyDetector,
     AnomalyKind,
@@ -22,16 +23,15 @@ from models.anomaly import (
     anomaly_events,
 )
 from models.telemetry_lstm import TelemetryLSTMParams
-from models.telemetry_windows import (
+from sim.demand import DemandProfile
+from sim.faults import FaultKind, FaultSpec, inject_faults, record_fleet
+from sim.fleet_params import FleetParams
+from twins.telemetry_windows import (
     TelemetryWindows,
     sliding_windows,
     windows_from_columns,
     windows_from_table,
 )
-from sim.demand import DemandProfile
-from sim.faults import FaultKind, FaultSpec, inject_faults, record_fleet
-from sim.fleet_params import FleetParams
-from twins.samples import SAMPLE_FIELDS, TelemetryBatch
 from twins.twin_table import TwinTable
 
 EVENING_S = 1_764_172_800.0

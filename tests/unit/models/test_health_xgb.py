@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.features import HEALTH_FEATURE_NAMES, TwinCounters
 from models.health_xgb import HealthParams, HealthXGB, health_score_label, train_health
 from sim.ageing import LifetimeSimulator
+from twins.features import HEALTH_FEATURE_NAMES, TwinCounters
 
 _SMALL = HealthParams(n_estimators=60, max_depth=4)
 

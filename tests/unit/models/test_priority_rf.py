@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.features import PriorityInputs, priority_features
 from models.priority_rf import (
     PriorityParams,
     PriorityRF,
@@ -15,6 +14,7 @@ from models.priority_rf import (
     simulate_lost_rides,
     train_priority,
 )
+from twins.features import PriorityInputs, priority_features
 
 
 def _inputs(soc: list[float], charging: bool = False) -> PriorityInputs:

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contracts.model_registry import ServingConfig
 from models.ab_split import route_versions
 from models.drift import DriftReference
-from models.features import HEALTH_FEATURE_NAMES, TwinCounters, health_features
 from models.health_xgb import HealthParams, train_health
-from models.model_version import ServingConfig
 from models.predictors import predictor
 from models.served_model import DRIFT_REFERENCE_FILE, NotServing, ServedModel
 from sim.ageing import LifetimeSimulator
+from twins.features import HEALTH_FEATURE_NAMES, TwinCounters, health_features
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import numpy.typing as npt
 import pytest
 
 from models.stat_detectors import StatDetectorParams, StatDetectors
-from models.telemetry_windows import FIELD_INDEX, TelemetryWindows, sliding_windows
+from twins.telemetry_windows import FIELD_INDEX, TelemetryWindows, sliding_windows
 
 EVENING_S = 1_764_172_800.0
 FloatArray = npt.NDArray[np.float64]

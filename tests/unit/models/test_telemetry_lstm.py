@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from models.telemetry_lstm import TelemetryLSTM, TelemetryLSTMParams
-from models.telemetry_windows import FIELD_INDEX, TelemetryWindows
+from twins.telemetry_windows import FIELD_INDEX, TelemetryWindows
 
 EVENING_S = 1_764_172_800.0
 SMALL = TelemetryLSTMParams(hidden_size=16, epochs=12, batch_size=32, seed=3)

@@ -13,8 +13,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from models.telemetry_windows import FIELD_INDEX, TelemetryWindows
 from models.voltage_regression import VoltageRegression, VoltageRegressionParams
+from twins.telemetry_windows import FIELD_INDEX, TelemetryWindows
 
 EVENING_S = 1_764_172_800.0
 

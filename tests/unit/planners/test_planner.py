@@ -9,10 +9,11 @@ from dataclasses import replace
 
 import pytest
 
-from planners.job_queue import Candidate, JobQueue, JobRules
+from contracts.candidates import Candidate
+from contracts.work_orders import SwapRecord, WorkOrder, WorkOrderKind, WorkOrderState, check_change
+from planners.job_queue import JobQueue, JobRules
 from planners.planner import Planner, PlannerParams
 from planners.resources import Depot, Technician
-from planners.work_orders import SwapRecord, WorkOrder, WorkOrderKind, WorkOrderState, check_change
 
 # 2025-11-26 10:00 local (09:00 UTC): everyone's shift is on.
 NOW_S = 1_764_147_600.0

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from contracts.samples import TelemetryBatch
+from contracts.telemetry import ContractLimits, RejectReason
 from serve.mqtt_bridge import BridgeConfig, MqttBridge
-from serve.telemetry_contract import ContractLimits, RejectReason
 from store.dead_letters import DeadLetter
 from twins.clock import ManualClock
-from twins.samples import TelemetryBatch
 
 NOW_S = 1.8e9
 

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from contracts.samples import SAMPLE_FIELDS
 from sim.demand import DemandProfile
 from sim.faults import (
     FaultKind,
@@ -21,7 +22,6 @@ from sim.faults import (
     record_fleet,
 )
 from sim.fleet_params import FleetParams
-from twins.samples import SAMPLE_FIELDS
 
 EVENING_S = 1_764_172_800.0
 Columns = dict[str, npt.NDArray[np.float64]]

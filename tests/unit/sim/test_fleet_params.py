@@ -1,37 +1,10 @@
-"""Tests for :mod:`sim.fleet_params`: validated fleet parameters and the settings bridge."""
+"""Tests for :mod:`sim.fleet_params`: validated fleet parameters."""
 
 from __future__ import annotations
 
 import pytest
 
-from bms.settings import SimSettings
 from sim.fleet_params import FleetParams
-
-
-def test_from_default_settings() -> None:
-    """An empty [sim] section gives the default fleet."""
-    params = FleetParams.from_settings(SimSettings())
-    assert params == FleetParams()
-
-
-def test_from_full_settings_and_overrides() -> None:
-    """Every [sim] key except time_scale lands in FleetParams; overrides win."""
-    settings = SimSettings(
-        vehicles=12,
-        report_interval_s=2.0,
-        samples_per_message=3,
-        center_lat=48.1,
-        center_lon=11.6,
-        radius_km=3.0,
-        seed=99,
-        time_scale=10.0,
-    )
-    params = FleetParams.from_settings(settings, vehicle_id_prefix="x-")
-    assert (params.vehicles, params.report_interval_s, params.samples_per_message) == (12, 2.0, 3)
-    assert (params.center_lat, params.center_lon, params.radius_km, params.seed) == (
-        48.1, 11.6, 3.0, 99,
-    )  # fmt: skip
-    assert params.vehicle_id_prefix == "x-"
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
-from serve.telemetry_contract import decode_message
+from contracts.telemetry import decode_message
 from sim.demand import DemandProfile
 from sim.fleet import FleetSimulator
 from sim.fleet_params import FleetParams

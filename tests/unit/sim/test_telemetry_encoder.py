@@ -6,7 +6,7 @@ import numpy as np
 import orjson
 import pytest
 
-from serve.telemetry_contract import TelemetryMessageV2, decode_message
+from contracts.telemetry import TelemetryMessageV2, decode_message
 from sim.telemetry_encoder import SAMPLE_COLUMNS, encode_messages
 
 NOW_S = 1_764_170_000.0

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from twins.samples import SAMPLE_FIELDS, TelemetryBatch
+from contracts.samples import SAMPLE_FIELDS, TelemetryBatch
 
 #: Start of every hand-made series (Unix seconds, inside the contract's ts bounds).
 T0_S = 1.8e9

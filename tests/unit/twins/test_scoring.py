@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contracts.samples import TelemetryBatch
 from models.served_model import InProcessModels
 from models.training import TrainingPlan, train_all
 from twins.battery_twin import BatteryTwin
 from twins.clock import Clock
-from twins.samples import TelemetryBatch
 from twins.scoring import MemoryDemand, ScoringParams, TwinScorer
 from twins.twin_table import TwinTable
 

@@ -14,10 +14,10 @@ import numpy as np
 import orjson
 import pytest
 
+from contracts.samples import SAMPLE_FIELDS, TelemetryBatch
 from twins.clock import ManualClock
 from twins.fleet_query import Filter
-from twins.samples import SAMPLE_FIELDS, TelemetryBatch
-from twins.shard import TwinShard, shard_actor_name
+from twins.shard import TwinShard
 from twins.sinks import (
     MemoryAssignments,
     MemoryCheckpoints,
@@ -85,11 +85,6 @@ def _drive(battery_id: str, seq: int, t_rel_s: list[float], **cols: object) -> T
 
 
 # ---------------------------------------------------------------------------- ingest
-def test_actor_name() -> None:
-    """Shard actors are named after their ring position."""
-    assert shard_actor_name(7) == "bms-shard-7"
-
-
 async def test_ingest_persists_accepted_samples(shard: TwinShard, backends: ShardBackends) -> None:
     """ingest() returns after the accepted samples are in history, and reports the counts."""
     batch = make_batch(

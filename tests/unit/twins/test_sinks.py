@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from contracts.samples import SAMPLE_FIELDS, TelemetryBatch
 from twins.clock import ManualClock
-from twins.samples import SAMPLE_FIELDS, TelemetryBatch
 from twins.sinks import (
     MemoryAssignments,
     MemoryCheckpoints,

@@ -14,8 +14,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from contracts.samples import TelemetryBatch
 from twins.clock import ManualClock
-from twins.samples import TelemetryBatch
 from twins.twin_table import DOD_BIN_EDGES_PCT, TwinTable, TwinTableParams
 
 from .factories import T0_S, Message, RandomWalk, make_batch, message, permuted

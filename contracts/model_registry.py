@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from models.errors import InvalidServingChange
+from contracts.errors import InvalidServingChange
 
 __all__ = [
     "ModelAction",

@@ -1,8 +1,13 @@
-"""Ray glue: shard and directory actors, the bridge's router and the fleet read client.
+"""Ray glue of the twins: shard and directory actors, the bridge's router, the fleet client.
 
 Everything stateful lives in plain classes (:class:`~twins.shard.TwinShard`,
-:class:`~twins.directory.ShardDirectory`); this module only names, starts and finds
-their actors, and fans calls out across shards.
+:class:`~twins.directory.ShardDirectory`); this module only starts and finds their actors,
+injects what they call (backends, the Serve model client, the planner as an
+:class:`~twins.shard.UrgentSink`), and fans calls out across shards.
+
+A shard process imports this module, so it must stay light: no model code (torch,
+xgboost, scikit-learn) is reachable from here; ``tests/unit/runtime/test_lean_shard.py``
+checks it.
 """
 
 from __future__ import annotations
@@ -21,31 +26,38 @@ import redis.asyncio as aioredis
 from ray import serve
 from ray.actor import ActorHandle
 
-from serve.model_deployments import ScoreRequest, model_deployment_name
+from contracts.candidates import Candidate
+from contracts.samples import TelemetryBatch
+from contracts.scoring import ScoreRequest
+from runtime.names import (
+    DEFAULT_NAMESPACE,
+    DIRECTORY_NAME,
+    PLANNER_NAME,
+    SERVE_APP_NAME,
+    model_deployment_name,
+    shard_actor_name,
+)
+from runtime.options import actor_options
 from store import CheckpointStore, DirectoryStore, TelemetryStore, TwinStateCache, open_postgres
 from store.demand_cache import RedisDemand
 from twins.battery_twin import TwinSnapshot
 from twins.directory import AssignmentStore, ShardDirectory
 from twins.fleet_query import Filter, GroupStats, TopNRow, merge_group_stats, merge_top_n
-from twins.samples import TelemetryBatch
 from twins.scoring import ScoringParams, TwinScorer
-from twins.shard import IngestReport, ShardStats, TwinShard, shard_actor_name
+from twins.shard import IngestReport, ShardStats, TwinShard
 from twins.sinks import ShardBackends
 from twins.twin_table import TwinTableParams
 from twins.zones import ZoneGrid
 
 __all__ = [
-    "DIRECTORY_NAME",
     "FleetClient",
+    "PlannerSink",
+    "ServeModelClient",
     "ShardRouter",
     "TwinRuntimeSpec",
     "connect_backends",
     "start_directory",
 ]
-
-DIRECTORY_NAME = "bms-directory"
-PLANNER_NAME = "bms-planner"
-
 
 @dataclass(frozen=True)
 class TwinRuntimeSpec:
@@ -54,7 +66,7 @@ class TwinRuntimeSpec:
     params: TwinTableParams
     postgres_url: str
     redis_url: str
-    namespace: str = "bms"
+    namespace: str = DEFAULT_NAMESPACE
     shard_size: int = 10_000
     initial_shards: int = 1
     zone_cell_km: float = 1.0
@@ -63,7 +75,7 @@ class TwinRuntimeSpec:
     redis_prefix: str = "bms:"
     models_enabled: bool = False
     score_interval_s: float = 10.0
-    serve_app_name: str = "bms"
+    serve_app_name: str = SERVE_APP_NAME
     scoring: ScoringParams = ScoringParams()
 
 
@@ -90,7 +102,7 @@ async def connect_backends(spec: TwinRuntimeSpec) -> ShardBackends:
 class ServeModelClient:
     """:class:`twins.scoring.ModelClient` over the Serve model deployments' handles."""
 
-    def __init__(self, app_name: str = "bms") -> None:
+    def __init__(self, app_name: str = SERVE_APP_NAME) -> None:
         self.app_name = app_name
         self._handles: dict[str, Any] = {}
 
@@ -105,6 +117,26 @@ class ServeModelClient:
         return out
 
 
+class PlannerSink:
+    """:class:`~twins.shard.UrgentSink` that forwards to the planner actor, when it runs.
+
+    The planner may start after the shards, or not at all (models without planning): then
+    the candidates are dropped here, and the planner's next pull finds them anyway.
+    """
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self._planner: ActorHandle[Any] | None = None
+
+    async def __call__(self, candidates: list[Candidate]) -> None:
+        if self._planner is None:
+            try:
+                self._planner = ray.get_actor(PLANNER_NAME, namespace=self.namespace)
+            except ValueError:
+                return
+        await self._planner.push.remote(candidates)
+
+
 class _ShardActor(TwinShard):
     def __init__(self, shard_id: int, spec: TwinRuntimeSpec) -> None:
         async def connect() -> ShardBackends:
@@ -112,17 +144,6 @@ class _ShardActor(TwinShard):
 
         zones = ZoneGrid(spec.zone_cell_km)
         scorer = None
-        planner: list[Any] = []
-
-        async def push_urgent(rows: list[dict[str, Any]]) -> None:
-            # The planner may start after the shards, or not at all (models only).
-            if not planner:
-                try:
-                    planner.append(ray.get_actor(PLANNER_NAME, namespace=spec.namespace))
-                except ValueError:
-                    return
-            await planner[0].push.remote(rows)
-
         if spec.models_enabled:
             redis = aioredis.Redis.from_url(spec.redis_url, decode_responses=False)
             scorer = TwinScorer(
@@ -140,7 +161,7 @@ class _ShardActor(TwinShard):
             state_flush_interval_s=spec.state_flush_interval_s,
             scorer=scorer,
             score_interval_s=spec.score_interval_s,
-            push_urgent=push_urgent,
+            push_urgent=PlannerSink(spec.namespace),
         )
 
 
@@ -151,19 +172,7 @@ async def spawn_shard(shard_id: int, spec: TwinRuntimeSpec) -> None:
     handle = cast(
         "ActorHandle[Any]",
         ray.remote(_ShardActor)
-        .options(
-            name=shard_actor_name(shard_id),
-            namespace=spec.namespace,
-            lifetime="detached",
-            get_if_exists=True,
-            # A crashed shard restarts, restores its checkpoint and replays; calls that were
-            # in flight are retried against the new process (they dedup by seq).
-            max_restarts=-1,
-            max_task_retries=-1,
-            # Shards mostly wait on I/O; reserving a CPU each would cap a 2-core machine at
-            # two shards, and shard_size=1 must still run one actor per battery.
-            num_cpus=0,
-        )
+        .options(**actor_options("shard", shard_actor_name(shard_id), spec.namespace))
         .remote(shard_id, spec),
     )
     await handle.start.remote()
@@ -186,15 +195,7 @@ def start_directory(spec: TwinRuntimeSpec) -> ActorHandle[Any]:
     return cast(
         "ActorHandle[Any]",
         ray.remote(_DirectoryActor)
-        .options(
-            name=DIRECTORY_NAME,
-            namespace=spec.namespace,
-            lifetime="detached",
-            get_if_exists=True,
-            max_restarts=-1,
-            max_task_retries=-1,
-            num_cpus=0,
-        )
+        .options(**actor_options("directory", DIRECTORY_NAME, spec.namespace))
         .remote(spec),
     )
 
@@ -244,7 +245,7 @@ class _ShardHandles:
 class ShardRouter:
     """Splits a validated batch by shard and ingests the parts concurrently."""
 
-    def __init__(self, namespace: str = "bms") -> None:
+    def __init__(self, namespace: str = DEFAULT_NAMESPACE) -> None:
         self._h = _ShardHandles(namespace)
 
     async def submit(self, batch: TelemetryBatch) -> Awaitable[dict[str, int]]:
@@ -278,7 +279,7 @@ class ShardRouter:
 class FleetClient:
     """Reads twins across shards: one battery, top-N, grouped stats, shard stats."""
 
-    def __init__(self, namespace: str = "bms") -> None:
+    def __init__(self, namespace: str = DEFAULT_NAMESPACE) -> None:
         self._h = _ShardHandles(namespace)
 
     async def get(self, battery_id: str) -> TwinSnapshot | None:

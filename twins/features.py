@@ -17,17 +17,18 @@ There are three ways to obtain counters, and all end in the same :func:`health_f
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from sim.ageing import LifetimeSample
-from twins.samples import TelemetryBatch
+from contracts.samples import TelemetryBatch
 from twins.twin_table import DOD_BIN_EDGES_PCT, TwinTable, TwinTableParams
 
 __all__ = [
     "HEALTH_FEATURE_NAMES",
     "PRIORITY_FEATURE_NAMES",
+    "LifetimeCounters",
     "PriorityInputs",
     "TwinCounters",
     "counters_from_history",
@@ -74,6 +75,41 @@ PRIORITY_FEATURE_NAMES: tuple[str, ...] = (
     "hour_of_day",
     "charging",
 )
+
+
+class LifetimeCounters(Protocol):
+    """What the synthetic path reads: the counters of :class:`sim.ageing.LifetimeSample`.
+
+    A protocol rather than the simulator's class, so the twins (and every shard process)
+    never import the simulator.
+    """
+
+    @property
+    def age_days(self) -> FloatArray: ...
+    @property
+    def efc(self) -> FloatArray: ...
+    @property
+    def ah_discharged_ah(self) -> FloatArray: ...
+    @property
+    def ah_charged_ah(self) -> FloatArray: ...
+    @property
+    def cycles_completed(self) -> IntArray: ...
+    @property
+    def dod_hist(self) -> IntArray: ...
+    @property
+    def time_hot_s(self) -> FloatArray: ...
+    @property
+    def max_temp_c(self) -> FloatArray: ...
+    @property
+    def rated_capacity_ah(self) -> FloatArray: ...
+    @property
+    def capacity_est_ah(self) -> FloatArray: ...
+    @property
+    def capacity_estimates(self) -> IntArray: ...
+    @property
+    def resistance_est_ohm(self) -> FloatArray: ...
+    @property
+    def resistance_samples(self) -> IntArray: ...
 
 
 @dataclass(frozen=True)
@@ -136,8 +172,8 @@ class TwinCounters:
         )
 
     @classmethod
-    def from_lifetime(cls, sample: LifetimeSample) -> TwinCounters:
-        """Synthetic path: the ageing simulator's snapshots."""
+    def from_lifetime(cls, sample: LifetimeCounters) -> TwinCounters:
+        """Synthetic path: the ageing simulator's snapshots (:class:`sim.ageing.LifetimeSample`)."""
         return cls(
             age_s=sample.age_days * 86_400.0,
             efc=sample.efc,

@@ -12,17 +12,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from planners.job_queue import Candidate, JobRules
+import ray
+
+from contracts.candidates import Candidate
+from contracts.work_orders import SwapRecord, WorkOrderState
+from planners.job_queue import JobRules
 from planners.planner import Planner, PlannerParams
 from planners.resources import Depot, Technician
 from planners.routing_params import RoutingParams
-from planners.work_orders import SwapRecord, WorkOrderState
+from runtime.names import PLANNER_NAME
+from runtime.options import actor_options
+from runtime.twins import FleetClient
+from store import open_postgres
+from store.work_order_store import WorkOrderStore
 
-__all__ = ["PlannerSpec", "default_roster", "start_planner"]
+__all__ = ["PlannerSpec", "start_planner"]
 
 log = logging.getLogger(__name__)
 
@@ -40,50 +47,21 @@ class PlannerSpec:
     run_schedule: bool = True
 
 
-def default_roster(center_lat: float, center_lon: float, technicians: int = 6) -> tuple[tuple[Technician, ...], tuple[Depot, ...]]:
-    """Two depots 3 km north-west and south-east of the centre; early and late shifts.
-
-    Every third technician can also replace batteries and inspect vehicles; vans carry 30
-    charged batteries; each depot starts the day with 120.
-    """
-    dlat = 3.0 / 111.32 / math.sqrt(2)
-    dlon = dlat / math.cos(math.radians(center_lat))
-    depots = (
-        Depot(id="depot-nw", lat=center_lat + dlat, lon=center_lon - dlon, charged_stock=120),
-        Depot(id="depot-se", lat=center_lat - dlat, lon=center_lon + dlon, charged_stock=120),
-    )
-    techs = tuple(
-        Technician(
-            id=f"tech-{k + 1:02d}", depot_id=depots[k % 2].id,
-            shift_start_h=(7.0, 14.0)[(k // 2) % 2], shift_end_h=(15.0, 22.0)[(k // 2) % 2],
-            van_capacity=30,
-            skills=frozenset({"swap", "replace", "inspect"}) if k % 3 == 0 else frozenset({"swap"}),
-        )
-        for k in range(technicians)
-    )
-    return techs, depots
-
-
 class _PlannerActor:
     """Async Ray actor: one event loop, one Postgres connection for work orders."""
 
     def __init__(self, spec: PlannerSpec) -> None:
-        from store import open_postgres
-        from store.work_order_store import WorkOrderStore
-        from twins.runtime import FleetClient
 
         self.spec = spec
         self._fleet = FleetClient(spec.namespace)
         self._stack = contextlib.AsyncExitStack()
-        self._open_postgres = open_postgres
-        self._store_cls = WorkOrderStore
         self.planner: Planner | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready: asyncio.Task[None] | None = None
 
     async def _candidates(self, n: int) -> list[Candidate]:
-        rows: list[list[dict[str, Any]]] = await self._fleet.call_all("swap_candidates", n)
-        return [Candidate.from_dict(r) for part in rows for r in part]
+        parts: list[list[Candidate]] = await self._fleet.call_all("swap_candidates", n)
+        return [c for part in parts for c in part]
 
     async def _apply_swap(self, swap: SwapRecord) -> None:
         # The battery taken out is on the technician's van, in no vehicle; the one put in
@@ -93,11 +71,11 @@ class _PlannerActor:
 
     async def _start(self) -> None:
         conn = await self._stack.enter_async_context(
-            self._open_postgres(self.spec.postgres_url, application_name="bms-planner")
+            open_postgres(self.spec.postgres_url, application_name="bms-planner")
         )
         routing = RoutingParams(time_limit_s=self.spec.params.solve_time_limit_s)
         self.planner = Planner(
-            self.spec.technicians, self.spec.depots, self._store_cls(conn), self._candidates,
+            self.spec.technicians, self.spec.depots, WorkOrderStore(conn), self._candidates,
             self._apply_swap, self.spec.params, routing,
         )  # fmt: skip
         self.planner.queue.rules = self.spec.rules
@@ -114,8 +92,8 @@ class _PlannerActor:
         assert self.planner is not None
         return self.planner
 
-    async def push(self, rows: list[dict[str, Any]]) -> int:
-        return (await self._p()).push([Candidate.from_dict(r) for r in rows])
+    async def push(self, candidates: list[Candidate]) -> int:
+        return (await self._p()).push(candidates)
 
     async def pull(self) -> int:
         return await (await self._p()).pull()
@@ -159,17 +137,6 @@ class _PlannerActor:
 
 def start_planner(spec: PlannerSpec) -> Any:
     """Start (or find) the named, detached planner actor and wait until it is ready."""
-    import ray
-
-    from twins.runtime import PLANNER_NAME
-
-    handle = (
-        ray.remote(_PlannerActor)
-        .options(
-            name=PLANNER_NAME, namespace=spec.namespace, lifetime="detached",
-            get_if_exists=True, max_restarts=-1, num_cpus=0,
-        )
-        .remote(spec)
-    )
+    handle = ray.remote(_PlannerActor).options(**actor_options("planner", PLANNER_NAME, spec.namespace)).remote(spec)
     ray.get(handle.start.remote())  # type: ignore[attr-defined]  # ray types the handle as the class
     return handle

@@ -11,17 +11,15 @@ import ray
 import redis.asyncio as aioredis
 from ray.actor import ActorHandle
 
+from runtime.names import bridge_actor_name
+from runtime.options import actor_options
+from runtime.twins import ShardRouter
 from serve.mqtt_bridge import BridgeConfig, BridgeStats, MqttBridge
 from store import DeadLetterStore, open_postgres
-from twins.runtime import ShardRouter
 
-__all__ = ["BridgeWorker", "bridge_actor_name", "start_bridge_worker"]
+__all__ = ["BridgeWorker", "start_bridge_worker"]
 
 log = logging.getLogger(__name__)
-
-
-def bridge_actor_name(index: int) -> str:
-    return f"bms-bridge-{index}"
 
 
 class BridgeWorker:
@@ -69,15 +67,8 @@ def start_bridge_worker(
     return cast(
         "ActorHandle[Any]",
         ray.remote(BridgeWorker)
-        .options(
-            name=bridge_actor_name(config.worker_index),
-            namespace=namespace,
-            lifetime="detached",
-            get_if_exists=True,
-            # The broker keeps unacknowledged messages in our persistent session, so a
-            # restarted worker picks up where the dead one stopped.
-            max_restarts=-1,
-            num_cpus=0,
-        )
+        # The broker keeps unacknowledged messages in our persistent session, so a
+        # restarted worker picks up where the dead one stopped.
+        .options(**actor_options("bridge", bridge_actor_name(config.worker_index), namespace))
         .remote(config, namespace, postgres_url, redis_url, redis_prefix),
     )

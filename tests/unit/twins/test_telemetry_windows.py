@@ -1,4 +1,4 @@
-"""Tests for :mod:`models.telemetry_windows`: live and offline windows are the same arrays."""
+"""Tests for :mod:`twins.telemetry_windows`: live and offline windows are the same arrays."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from models.telemetry_windows import (
+from contracts.samples import SAMPLE_FIELDS, WINDOW_FIELDS, TelemetryBatch
+from sim.demand import DemandProfile
+from sim.faults import record_fleet
+from sim.fleet_params import FleetParams
+from twins.telemetry_windows import (
     TelemetryWindows,
     sliding_windows,
     windows_from_columns,
     windows_from_table,
 )
-from sim.demand import DemandProfile
-from sim.faults import record_fleet
-from sim.fleet_params import FleetParams
-from twins.samples import SAMPLE_FIELDS, WINDOW_FIELDS, TelemetryBatch
 from twins.twin_table import TwinTable, TwinTableParams
 
 # 2025-11-26 16:00 UTC: the evening peak, so trips start quickly.

@@ -1,13 +1,13 @@
-"""Tests for :mod:`twins.samples`: the columnar batch that travels from bridge to shard."""
+"""Tests for :mod:`contracts.samples`: the columnar batch that travels from bridge to shard."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from twins.samples import SAMPLE_FIELDS, WINDOW_FIELDS, TelemetryBatch
+from contracts.samples import SAMPLE_FIELDS, WINDOW_FIELDS, TelemetryBatch
 
-from .factories import T0_S, make_batch, message
+from ..twins.factories import T0_S, make_batch, message
 
 
 @pytest.fixture

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.features import (
+from contracts.samples import TelemetryBatch
+from sim.ageing import LifetimeSimulator
+from twins.features import (
     HEALTH_FEATURE_NAMES,
     PRIORITY_FEATURE_NAMES,
     PriorityInputs,
@@ -14,8 +16,6 @@ from models.features import (
     health_features,
     priority_features,
 )
-from sim.ageing import LifetimeSimulator
-from twins.samples import TelemetryBatch
 from twins.twin_table import TwinTable
 
 

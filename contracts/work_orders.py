@@ -13,7 +13,7 @@ calls :func:`check_change` inside the transaction that applies a change.
 ``assigned -> planned`` un-assigns an order (the technician is cleared) when it is re-planned.
 ``done``, ``failed`` and ``cancelled`` are terminal.
 
-Errors (all ``ValueError``, under :class:`planners.PlannerError`)::
+Errors (all ``ValueError``, under :class:`contracts.errors.ContractError`)::
 
     WorkOrderError
     ├── InvalidTransition     the state machine does not allow the move
@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-from planners.errors import PlannerError
+from contracts.errors import InvalidTransition, SwapRecordError, WorkOrderError
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
@@ -79,18 +79,6 @@ SWAP_KINDS: frozenset[WorkOrderKind] = frozenset(
     {WorkOrderKind.BATTERY_SWAP, WorkOrderKind.BATTERY_REPLACEMENT}
 )
 """Kinds that exchange a battery, and so must record a :class:`SwapRecord` when done."""
-
-
-class WorkOrderError(PlannerError, ValueError):
-    """A change to a work order that is not allowed."""
-
-
-class InvalidTransition(WorkOrderError):
-    """The state machine does not allow moving a work order between these two states."""
-
-
-class SwapRecordError(WorkOrderError):
-    """A swap record is missing, not allowed, or does not match its work order."""
 
 
 def _order_name(order_id: int | None) -> str:

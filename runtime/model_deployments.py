@@ -15,29 +15,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.util.metrics import Gauge
 
+from contracts.scoring import ScoreRequest
 from models.predictors import Arrays, predictor
 from models.served_model import ServedModel
+from runtime.names import model_deployment_name
 from store.model_registry_store import ModelRegistryStore
 from store.postgres import open_postgres
 
 __all__ = ["ModelServer", "ModelServerArgs", "ScoreRequest", "model_deployment_name"]
 
 log = logging.getLogger(__name__)
-
-
-def model_deployment_name(model: str) -> str:
-    """Serve deployment name of a model family (``health`` → ``model-health``)."""
-    return f"model-{model}"
 
 
 class ModelServerArgs(BaseModel):
@@ -49,14 +44,6 @@ class ModelServerArgs(BaseModel):
     artifacts_root: str = Field(description="Directory of the registry's model artifacts")
     poll_interval_s: float = Field(2.0, gt=0, le=3600, description="Registry poll period")
     drift_threshold: float = Field(0.25, gt=0, description="PSI above which drift alerts")
-
-
-@dataclass(frozen=True)
-class ScoreRequest:
-    """One caller's rows: ids (batteries or zones) and row-aligned arrays."""
-
-    ids: list[str]
-    arrays: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from planners.work_orders import (
+from contracts.work_orders import (
     ALLOWED_TRANSITIONS,
     InvalidTransition,
     SwapRecord,

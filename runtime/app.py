@@ -1,8 +1,8 @@
-"""Typed builder of the Serve application (``serve run serve.app:build_app`` works too).
+"""Typed builder of the Serve application (``serve run runtime.app:build_app`` works too).
 
-The app is the HTTP ingress plus one :class:`~serve.model_deployments.ModelServer` per model
+The app is the HTTP ingress plus one :class:`~runtime.model_deployments.ModelServer` per model
 family; the ingress gets their handles injected (status, drift alerts), and the twin shards
-find them by name (:func:`~serve.model_deployments.model_deployment_name`).
+find them by name (:func:`~runtime.model_deployments.model_deployment_name`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any, cast
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application, Deployment
 
+from runtime.model_deployments import ModelServer, ModelServerArgs, model_deployment_name
 from serve.ingress import ApiIngress, IngressConfig
-from serve.model_deployments import ModelServer, ModelServerArgs, model_deployment_name
 
 __all__ = ["AppArgs", "build_app"]
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from twins.samples import WINDOW_FIELDS
+from contracts.samples import WINDOW_FIELDS
 from twins.twin_table import TwinTable
 
 __all__ = [
@@ -40,7 +40,7 @@ Float32Array = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
-#: Position of each :data:`~twins.samples.WINDOW_FIELDS` name on the last axis of ``values``.
+#: Position of each :data:`~contracts.samples.WINDOW_FIELDS` name on the last axis of ``values``.
 FIELD_INDEX: dict[str, int] = {name: i for i, name in enumerate(WINDOW_FIELDS)}
 
 
@@ -52,7 +52,7 @@ class TelemetryWindows:
     ----------
     values
         ``(n, W, len(WINDOW_FIELDS))`` float32 sample values, fields in
-        :data:`~twins.samples.WINDOW_FIELDS` order; NaN where a battery has no sample.
+        :data:`~contracts.samples.WINDOW_FIELDS` order; NaN where a battery has no sample.
     ts_s
         ``(n, W)`` float64 Unix timestamps, NaN where there is no sample.
     lengths
@@ -217,7 +217,7 @@ def windows_from_columns(
     ----------
     columns
         One mapping per battery with ``"ts"`` and every name of
-        :data:`~twins.samples.WINDOW_FIELDS`, equal lengths, ``ts`` strictly increasing
+        :data:`~contracts.samples.WINDOW_FIELDS`, equal lengths, ``ts`` strictly increasing
         (a twin drops samples that do not move its clock forward).
     window_samples
         ``W``; the twin table's ``window_samples``.

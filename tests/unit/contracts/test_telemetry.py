@@ -1,4 +1,4 @@
-"""Tests for :mod:`serve.telemetry_contract`: topic, versioned schema and both decode paths.
+"""Tests for :mod:`contracts.telemetry`: topic, versioned schema and both decode paths.
 
 ``decode_message`` (pydantic) is the reference: its verdict and reason are final.
 ``decode_batch`` (orjson + numpy) must accept exactly the messages the reference accepts,
@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-import serve.telemetry_contract as tc
-from serve.telemetry_contract import (
+import contracts.telemetry as tc
+from contracts.samples import SAMPLE_FIELDS, TelemetryBatch
+from contracts.telemetry import (
     ContractLimits,
     RejectReason,
     TelemetryMessageV2,
@@ -31,12 +32,11 @@ from serve.telemetry_contract import (
     messages_to_batch,
     topic_for,
 )
-from twins.samples import SAMPLE_FIELDS, TelemetryBatch
 
 NOW_S = 1.8e9
 LIMITS = ContractLimits()
 TOPIC = "fleet/v-1/telemetry"
-SCHEMA_DIR = Path(__file__).resolve().parents[3] / "serve" / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[3] / "contracts" / "schemas"
 
 # The documented physical bounds, inclusive (``ts`` has exclusive bounds 1e9 < ts < 1e10).
 _RANGES: dict[str, tuple[float, float]] = {
@@ -431,7 +431,7 @@ def test_messages_to_batch_without_receive_times_and_empty() -> None:
 
 @pytest.mark.parametrize("version", [1, 2])
 def test_committed_json_schema_is_up_to_date(version: int) -> None:
-    """serve/schemas/telemetry-v<N>.json is exactly what ``bms schema --write`` would write."""
+    """contracts/schemas/telemetry-v<N>.json is exactly what ``bms schema --write`` would write."""
     path = SCHEMA_DIR / f"telemetry-v{version}.json"
     assert path.exists(), f"{path} is missing; run 'bms schema --write'"
     expected = json.dumps(json_schemas()[version], indent=2, sort_keys=True) + "\n"

@@ -10,7 +10,7 @@ Vehicles publish to ``fleet/<vehicle_id>/telemetry`` a JSON object::
 
 ``seq`` increases with every message of a battery (by one; a gap, e.g. after a vehicle
 reboot that persisted its counter, is allowed); ``ts`` is Unix time in seconds (UTC);
-``current_a`` is positive while discharging. The JSON Schemas in ``serve/schemas/`` are
+``current_a`` is positive while discharging. The JSON Schemas in ``contracts/schemas/`` are
 generated from the pydantic models below (``bms schema --write``) and a test keeps them equal.
 
 Versions: the bridge accepts the current version (2) and the previous one (1, which had no
@@ -34,7 +34,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from twins.samples import SAMPLE_FIELDS, TelemetryBatch
+from contracts.samples import SAMPLE_FIELDS, TelemetryBatch
 
 __all__ = [
     "CURRENT_SCHEMA_VERSION",
@@ -170,7 +170,7 @@ _ADAPTER: TypeAdapter[TelemetryMessageV1 | TelemetryMessageV2] = TypeAdapter(_An
 
 
 def json_schemas() -> dict[int, dict[str, Any]]:
-    """The JSON Schema of each supported version, as committed under ``serve/schemas/``."""
+    """The JSON Schema of each supported version, as committed under ``contracts/schemas/``."""
     out: dict[int, dict[str, Any]] = {}
     for version, model in ((1, TelemetryMessageV1), (2, TelemetryMessageV2)):
         schema = model.model_json_schema()

@@ -1,0 +1,38 @@
+"""The options every actor of the system is started with, in one table.
+
+Why each value:
+
+* ``lifetime="detached"`` and a name: the ingress, the bridge and the CLI find the actors
+  after their creator exits (``bms run`` restarts, ``bms status`` from another shell).
+* ``max_restarts=-1``: a crashed actor comes back; twin shards restore their checkpoint and
+  replay, the bridge resumes its persistent MQTT session, the planner reloads work orders.
+* ``max_task_retries=-1`` where calls are idempotent: shard ingest dedups by
+  ``(battery_id, seq)`` and directory assignments are recorded in PostgreSQL, so a call that
+  was in flight when the process died is safely retried against the new one.
+* ``num_cpus=0``: these actors mostly wait on I/O; reserving a CPU each would cap a 2-core
+  machine at two of them, and ``shard_size=1`` must still run one actor per battery.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ACTOR_ROLES", "actor_options"]
+
+#: Role → options beyond name and namespace.
+ACTOR_ROLES: dict[str, dict[str, Any]] = {
+    "shard": {"max_restarts": -1, "max_task_retries": -1, "num_cpus": 0},
+    "directory": {"max_restarts": -1, "max_task_retries": -1, "num_cpus": 0},
+    "bridge": {"max_restarts": -1, "num_cpus": 0},
+    "planner": {"max_restarts": -1, "num_cpus": 0},
+    "model_job": {"max_restarts": -1, "num_cpus": 0},
+}
+
+
+def actor_options(role: str, name: str, namespace: str) -> dict[str, Any]:
+    """``.options(...)`` of a named, detached actor of ``role`` (get it if it already runs)."""
+    try:
+        extra = ACTOR_ROLES[role]
+    except KeyError:
+        raise ValueError(f"Expected an actor role in {sorted(ACTOR_ROLES)}, got {role!r}.") from None
+    return {"name": name, "namespace": namespace, "lifetime": "detached", "get_if_exists": True, **extra}

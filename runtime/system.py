@@ -1,0 +1,238 @@
+"""Bring the whole system up on Ray and take it down again.
+
+Order matters: migrations first (every component assumes the schema), then the models
+(trained on the quick plan when nothing is registered), the directory (which starts
+shards), the bridge workers (which route to shards), the Serve app (HTTP ingress and model
+deployments), and last the model job and the planner, which call all of them.
+
+:class:`SystemSpec` is plain values; :func:`bms.system.system_spec` builds it from the
+settings, so this module never reads a config file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import ray
+from ray import serve
+
+from models.registry import ModelRegistry
+from models.training import TrainingPlan, ensure_served
+from runtime.app import AppArgs, build_app
+from runtime.bridge import start_bridge_worker
+from runtime.model_job import ModelJobSpec, start_model_job
+from runtime.names import (
+    DEFAULT_NAMESPACE,
+    DIRECTORY_NAME,
+    MODEL_JOB_NAME,
+    PLANNER_NAME,
+    SERVE_APP_NAME,
+    bridge_actor_name,
+    shard_actor_name,
+)
+from runtime.planner import PlannerSpec, start_planner
+from runtime.twins import TwinRuntimeSpec, start_directory
+from serve.mqtt_bridge import BridgeConfig, BridgeStats
+from store import apply_migrations, open_postgres
+from store.model_registry_store import ModelRegistryStore
+
+__all__ = [
+    "FleetSystem",
+    "HttpSpec",
+    "RayOptions",
+    "SystemSpec",
+    "bridge_stats",
+    "init_ray",
+    "run_migrations",
+]
+
+log = logging.getLogger(__name__)
+
+#: Every worker runs single-threaded math: 2 cores are shared by shards, replicas and the
+#: bridge, and each library's own thread pool would fight the others for them.
+_WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How to reach (or start) Ray: an existing cluster's address, or a local one's size."""
+
+    address: str | None = None
+    num_cpus: int = 2
+    object_store_memory_mb: int = 512
+    dashboard_port: int = 8265
+    namespace: str = DEFAULT_NAMESPACE
+    include_dashboard: bool = True
+
+
+def init_ray(opts: RayOptions) -> None:
+    """Connect to the configured cluster, or start a local one sized for this machine."""
+    if ray.is_initialized():
+        return
+    env = {"env_vars": dict(_WORKER_ENV)}
+    if opts.address:
+        ray.init(address=opts.address, namespace=opts.namespace, runtime_env=env, logging_level=logging.WARNING)
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    ray.init(
+        num_cpus=opts.num_cpus,
+        object_store_memory=opts.object_store_memory_mb * 1024 * 1024,
+        include_dashboard=opts.include_dashboard,
+        dashboard_host="127.0.0.1",
+        dashboard_port=opts.dashboard_port,
+        namespace=opts.namespace,
+        runtime_env=env,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+    )
+
+
+async def run_migrations(postgres_url: str) -> list[str]:
+    """Apply the schema migrations that have not run yet; their versions."""
+    async with open_postgres(postgres_url, application_name="bms-migrate") as conn:
+        return await apply_migrations(conn)
+
+
+@dataclass(frozen=True)
+class HttpSpec:
+    """The Serve application: where it listens and what it deploys."""
+
+    host: str
+    port: int
+    app: AppArgs
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """Everything the system is started with (built from the settings by :mod:`bms.system`).
+
+    ``http`` None runs no Serve app (the ingest benchmark); ``model_job`` and ``planner``
+    None leave those actors off. ``train_on_start`` trains the quick plan into the registry
+    at ``artifacts_root`` when a served model has never been trained.
+    """
+
+    ray: RayOptions
+    twins: TwinRuntimeSpec
+    bridges: tuple[BridgeConfig, ...]
+    http: HttpSpec | None = None
+    model_job: ModelJobSpec | None = None
+    planner: PlannerSpec | None = None
+    train_on_start: bool = False
+    artifacts_root: Path | None = None
+    redis_prefix: str = "bms:"
+    bridge_names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bridge_names", tuple(bridge_actor_name(b.worker_index) for b in self.bridges))
+        if self.train_on_start and self.artifacts_root is None:
+            raise ValueError("Expected artifacts_root with train_on_start, got None.")
+
+
+async def bridge_stats(namespace: str, names: tuple[str, ...] | list[str]) -> list[BridgeStats]:
+    """Counters of the named bridge workers (every one must be running)."""
+    return [await ray.get_actor(n, namespace=namespace).stats.remote() for n in names]
+
+
+class FleetSystem:
+    """The running system: directory + shards, bridge workers, the Serve app, job, planner."""
+
+    def __init__(self, spec: SystemSpec) -> None:
+        self.spec = spec
+
+    @property
+    def namespace(self) -> str:
+        return self.spec.twins.namespace
+
+    @property
+    def bridge_names(self) -> list[str]:
+        return list(self.spec.bridge_names)
+
+    def start(self) -> None:
+        spec = self.spec
+        init_ray(spec.ray)
+        applied = asyncio.run(run_migrations(spec.twins.postgres_url))
+        if applied:
+            log.info("applied migrations %s", applied)
+        if spec.train_on_start:
+            asyncio.run(self._ensure_models())
+        directory = start_directory(spec.twins)
+        ray.get(directory.num_shards.remote())  # waits for restore + first shard
+        handles = [
+            start_bridge_worker(cfg, self.namespace, spec.twins.postgres_url, spec.twins.redis_url, spec.redis_prefix)
+            for cfg in spec.bridges
+        ]
+        ray.get([h.start.remote() for h in handles])
+        if spec.http is not None:
+            serve.start(http_options={"host": spec.http.host, "port": spec.http.port})
+            serve.run(build_app(spec.http.app), name=SERVE_APP_NAME, route_prefix="/")
+        if spec.model_job is not None:
+            start_model_job(spec.model_job)
+        if spec.planner is not None:
+            start_planner(spec.planner)
+
+    async def _ensure_models(self) -> None:
+        """Registry check at start: train (quick plan) what has never been trained."""
+        root = cast(Path, self.spec.artifacts_root)
+        async with open_postgres(self.spec.twins.postgres_url, application_name="bms-models") as conn:
+            registry = ModelRegistry(ModelRegistryStore(conn), root)
+            with tempfile.TemporaryDirectory(prefix="bms-train-") as work:
+                trained = await ensure_served(
+                    registry, TrainingPlan.quick(), Path(work), progress=lambda m: log.info("%s", m)
+                )
+            if trained:
+                log.info("trained and promoted %s (quick plan; run `bms models train` for full)", trained)
+
+    def supervise_once(self) -> None:
+        """Restart the bridge loop of any worker that Ray restarted after a crash."""
+        for name in self.spec.bridge_names:
+            try:
+                ray.get(ray.get_actor(name, namespace=self.namespace).start.remote(), timeout=30)
+            except Exception:
+                log.exception("bridge worker %s is not healthy", name)
+
+    def stop(self) -> None:
+        """Stop bridges first (no new work), then the app, shards and directory."""
+        if not ray.is_initialized():
+            return
+        for name in self.spec.bridge_names:
+            try:
+                h = ray.get_actor(name, namespace=self.namespace)
+                ray.get(h.stop.remote(), timeout=10)
+                ray.kill(h, no_restart=True)
+            except Exception:
+                log.exception("stopping %s", name)
+        for name in (MODEL_JOB_NAME, PLANNER_NAME):
+            with contextlib.suppress(ValueError):  # not started: models or planner were off
+                ray.kill(ray.get_actor(name, namespace=self.namespace), no_restart=True)
+        if self.spec.http is not None:
+            try:
+                serve.shutdown()  # type: ignore[no-untyped-call]  # ray: unannotated
+            except Exception:
+                log.exception("serve shutdown")
+        try:
+            d = ray.get_actor(DIRECTORY_NAME, namespace=self.namespace)
+        except ValueError:
+            return  # no directory: no shard was started either
+        n = cast(int, ray.get(d.num_shards.remote(), timeout=10))
+        for i in range(n):
+            try:
+                s = ray.get_actor(shard_actor_name(i), namespace=self.namespace)
+            except ValueError:
+                continue  # this shard never started
+            try:
+                ray.get(s.checkpoint.remote(), timeout=30)
+            except Exception:
+                log.exception("final checkpoint of shard %d", i)
+            ray.kill(s, no_restart=True)
+        ray.kill(d, no_restart=True)
+
+    def handle(self, name: str) -> Any:
+        """The named actor of this system (``runtime.names``), for CLI commands and tests."""
+        return ray.get_actor(name, namespace=self.namespace)

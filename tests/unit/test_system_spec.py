@@ -1,0 +1,73 @@
+"""Tests for :mod:`bms.system`: every component's params built from the settings, no Ray."""
+
+from __future__ import annotations
+
+from bms.services import ServiceUrls
+from bms.settings import Settings, SimSettings
+from bms.system import fleet_params, system_spec
+from runtime.names import bridge_actor_name
+from sim.fleet_params import FleetParams
+
+_URLS = ServiceUrls("postgresql://127.0.0.1/x", "redis://127.0.0.1:6379/0", "mqtt://127.0.0.1:1884")
+
+
+def test_fleet_from_default_settings() -> None:
+    """An empty [sim] section gives the default fleet."""
+    assert fleet_params(SimSettings()) == FleetParams()
+
+
+def test_fleet_from_full_settings_and_overrides() -> None:
+    """Every [sim] key except time_scale lands in FleetParams; overrides win."""
+    settings = SimSettings(
+        vehicles=12, report_interval_s=2.0, samples_per_message=3, center_lat=48.1, center_lon=11.6,
+        radius_km=3.0, seed=99, time_scale=10.0,
+    )  # fmt: skip
+    params = fleet_params(settings, vehicle_id_prefix="x-")
+    assert (params.vehicles, params.report_interval_s, params.samples_per_message) == (12, 2.0, 3)
+    assert (params.center_lat, params.center_lon, params.radius_km, params.seed) == (48.1, 11.6, 3.0, 99)
+    assert params.vehicle_id_prefix == "x-"
+
+
+def test_default_system_spec() -> None:
+    """Default settings: HTTP app with every model, the model job and the planner."""
+    spec = system_spec(Settings(), _URLS)
+    assert spec.twins.shard_size == Settings().twins.shard_size
+    assert spec.twins.models_enabled and spec.http is not None and spec.http.app.models
+    assert spec.model_job is not None and spec.planner is not None
+    assert spec.http.app.bridge_actor_names == [bridge_actor_name(0)]
+    assert spec.bridges[0].port == 1884 and spec.train_on_start
+
+
+def test_every_settings_section_reaches_its_component() -> None:
+    """A full config: each knob arrives in the params of the component that uses it."""
+    settings = Settings.model_validate({
+        "twins": {"shard_size": 123, "window_samples": 32, "zone_cell_km": 2.0},
+        "bridge": {"workers": 3, "batch_max_messages": 77, "max_age_s": 60.0},
+        "ray": {"namespace": "ns1", "num_cpus": 1},
+        "models": {"score_interval_s": 5.0, "utc_offset_h": 2.0, "retrain_interval_s": 100.0},
+        "planner": {"solve_time_limit_s": 3.0, "default_technicians": 2},
+        "serve": {"http_port": 8123},
+    })
+    spec = system_spec(settings, _URLS, shared_subscriptions=True, redis_prefix="p:")
+    assert (spec.twins.shard_size, spec.twins.params.window_samples, spec.twins.zone_cell_km) == (123, 32, 2.0)
+    assert spec.twins.score_interval_s == 5.0 and spec.twins.scoring.utc_offset_h == 2.0
+    assert len(spec.bridges) == 3 and spec.bridges[2].batch_max_messages == 77
+    assert spec.bridges[0].limits.max_age_s == 60.0
+    assert spec.ray.namespace == "ns1" == spec.twins.namespace and spec.ray.num_cpus == 1
+    assert spec.model_job is not None and spec.model_job.params.retrain_interval_s == 100.0
+    assert spec.planner is not None and len(spec.planner.technicians) == 2
+    assert spec.planner.params.solve_time_limit_s == 3.0 and spec.planner.params.utc_offset_h == 2.0
+    assert spec.http is not None and spec.http.port == 8123 and spec.redis_prefix == "p:"
+
+
+def test_without_shared_subscriptions_one_bridge_runs() -> None:
+    """A broker without $share gets one bridge worker, whatever [bridge] workers says."""
+    settings = Settings.model_validate({"bridge": {"workers": 4}})
+    assert len(system_spec(settings, _URLS, shared_subscriptions=False).bridges) == 1
+
+
+def test_models_off_runs_no_job_and_no_planner() -> None:
+    """[models] enabled = false: no model deployments, no job, no planner, no training."""
+    spec = system_spec(Settings.model_validate({"models": {"enabled": False}}), _URLS)
+    assert spec.model_job is None and spec.planner is None and not spec.train_on_start
+    assert spec.http is not None and spec.http.app.models == []
