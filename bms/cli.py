@@ -52,6 +52,7 @@ def run(
 
     from bms.services import EmbeddedServices
     from bms.system import FleetSystem, system_spec
+    from runtime.system import shutdown_ray
 
     services = EmbeddedServices(settings)
     urls = services.start()
@@ -80,10 +81,7 @@ def run(
         asyncio.run(_main_loop(settings, urls.mqtt_url, system, stop, duration_s, no_sim))
     finally:
         system.stop()
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
+        shutdown_ray()
         services.stop()
 
 
@@ -92,7 +90,8 @@ async def _main_loop(
 ) -> None:
     """Publish the simulated fleet and keep the bridge workers alive until stopped."""
     from bms.system import fleet_params
-    from sim import FleetSimulator, run_fleet
+    from sim.fleet import FleetSimulator
+    from sim.publisher import run_fleet
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -120,7 +119,7 @@ async def _main_loop(
 def bench_ingest(
     batteries: Annotated[int, typer.Option(help="Batteries (one twin each)")] = 10_000,
     seconds: Annotated[float, typer.Option(help="Timed publishing phase")] = 20.0,
-    shard_size: Annotated[int, typer.Option(help="Twins per TwinShard actor")] = 10_000,
+    shard_size: Annotated[Optional[int], typer.Option(help="Twins per TwinShard actor (default: [twins] shard_size)")] = None,  # noqa: UP045
     samples_per_message: Annotated[int, typer.Option(help="Samples per MQTT message")] = 50,
     report_interval_s: Annotated[Optional[float], typer.Option(help="Each battery reports every T s (default: as fast as possible)")] = None,  # noqa: UP045
     bridge_workers: Annotated[int, typer.Option(help="Bridge actors (shared subscription)")] = 1,
@@ -130,13 +129,26 @@ def bench_ingest(
     logging.basicConfig(level=logging.WARNING)
     from bms.bench.ingest import IngestBenchParams, run_ingest_bench
 
+    settings = _settings(config)
     params = IngestBenchParams(
-        batteries=batteries, seconds=seconds, shard_size=shard_size,
+        batteries=batteries, seconds=seconds,
+        shard_size=settings.twins.shard_size if shard_size is None else shard_size,
         samples_per_message=samples_per_message, report_interval_s=report_interval_s,
         bridge_workers=bridge_workers,
     )
-    result = run_ingest_bench(params, _settings(config))
+    result = run_ingest_bench(params, settings)
     sys.stdout.write(json.dumps(result) + "\n")
+
+
+@bench_app.command("shard-memory")
+def bench_shard_memory(
+    repeats: Annotated[int, typer.Option(min=1, help="Fresh processes per variant (median reported)")] = 3,
+) -> None:
+    """PSS of an idle shard process: models off, models on, and with the model code it once loaded."""
+    logging.basicConfig(level=logging.WARNING)
+    from bms.bench.shard_memory import run_shard_memory_bench
+
+    sys.stdout.write(json.dumps(run_shard_memory_bench(repeats)) + "\n")
 
 
 @bench_app.command("route")

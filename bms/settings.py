@@ -1,9 +1,15 @@
 """Validated settings for every component, from a TOML file and the environment.
 
-One section per component (``[twins]``, ``[bridge]``, ``[serve]``, ``[ray]``, ``[sim]``);
-a missing section or key falls back to its default, an unknown one is an error. Hosts
-and secrets come from the environment only: ``BMS_POSTGRES_URL``, ``BMS_REDIS_URL`` and
-``BMS_MQTT_URL``. When one is unset, ``bms run`` starts an embedded server for it.
+One section per component (``[twins]``, ``[bridge]``, ``[serve]``, ``[ray]``, ``[sim]``,
+``[models]``, ``[planner]``); a missing section or key falls back to its default, an unknown
+one is an error. Hosts and secrets come from the environment only: ``BMS_POSTGRES_URL``,
+``BMS_REDIS_URL`` and ``BMS_MQTT_URL``. When one is unset, ``bms run`` starts an embedded
+server for it.
+
+A knob is declared once: where a component's params object already has the knob, the
+section takes its default from there (``TwinTableParams.window_samples``), and adds only
+what a config file needs on top (bounds, a description). :mod:`bms.system` builds each
+component's params from its section, one function each.
 """
 
 from __future__ import annotations
@@ -14,6 +20,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from contracts.telemetry import ContractLimits
+from models.drift import MAJOR_PSI
+from models.job_params import JobParams
+from models.registry import POLL_INTERVAL_S
+from planners.planner import PlannerParams
+from serve.mqtt_bridge import BridgeConfig
+from sim.fleet_params import FleetParams
+from twins.scoring import ScoringParams
+from twins.twin_table import TwinTableParams
 
 __all__ = [
     "BridgeSettings",
@@ -34,15 +50,19 @@ class SettingsError(ValueError):
 
 class TwinSettings(BaseModel):
     model_config = _STRICT
-    window_samples: int = Field(64, ge=4, le=4096, description="Samples kept per twin")
+    window_samples: int = Field(TwinTableParams.window_samples, ge=4, le=4096, description="Samples kept per twin")
+    # A shard process costs ~80 MB before its first twin (~130 MB with the Serve model
+    # client) and ~10 KB per twin (`bms bench shard-memory`, `bms bench ingest`; see
+    # BENCHMARKS.md): at 25,000 twins the fixed part is a quarter of a shard, and a
+    # checkpoint (the whole table, one PostgreSQL row) stays a few hundred MB.
     shard_size: int = Field(
-        10_000, ge=1, le=1_000_000, description="Twins hosted by one TwinShard actor"
+        25_000, ge=1, le=1_000_000, description="Twins hosted by one TwinShard actor"
     )
     checkpoint_interval_s: float = Field(60.0, gt=0, description="Shard checkpoint period")
     redis_flush_interval_s: float = Field(1.0, gt=0, description="Latest-state push period")
-    lstm_hidden_size: int = Field(32, ge=1, le=1024, description="LSTM (h, c) width per twin")
-    rated_capacity_ah: float = Field(15.0, gt=0, le=200, description="Rated pack capacity")
-    hot_threshold_c: float = Field(45.0, description="Above this a pack counts as hot")
+    lstm_hidden_size: int = Field(TwinTableParams.lstm_hidden_size, ge=1, le=1024, description="LSTM (h, c) width per twin")
+    rated_capacity_ah: float = Field(TwinTableParams.rated_capacity_ah, gt=0, le=200, description="Rated pack capacity")
+    hot_threshold_c: float = Field(TwinTableParams.hot_threshold_c, description="Above this a pack counts as hot")
     zone_cell_km: float = Field(1.0, gt=0, le=100, description="Side of a square fleet zone")
 
 
@@ -51,17 +71,23 @@ class BridgeSettings(BaseModel):
     workers: int = Field(
         1, ge=1, le=64, description="Bridge actors; >1 needs a broker with $share support"
     )
-    share_group: str = Field("bms", pattern=r"^[A-Za-z0-9_-]+$")
-    batch_max_messages: int = Field(1000, ge=1, le=100_000)
-    batch_max_wait_ms: float = Field(20.0, ge=0, le=10_000)
-    max_inflight_batches: int = Field(4, ge=1, le=1024, description="Per worker, then backpressure")
-    receive_maximum: int = Field(
-        4000, ge=1, le=65535, description="Unacked QoS 1 messages the broker may send us"
+    share_group: str = Field(BridgeConfig.share_group, pattern=r"^[A-Za-z0-9_-]+$")
+    batch_max_messages: int = Field(BridgeConfig.batch_max_messages, ge=1, le=100_000)
+    batch_max_wait_ms: float = Field(BridgeConfig.batch_max_wait_ms, ge=0, le=10_000)
+    max_inflight_batches: int = Field(
+        BridgeConfig.max_inflight_batches, ge=1, le=1024, description="Per worker, then backpressure"
     )
-    max_payload_bytes: int = Field(256 * 1024, ge=256)
-    max_future_skew_s: float = Field(120.0, ge=0)
-    max_age_s: float = Field(7 * 24 * 3600.0, gt=0)
-    session_expiry_s: int = Field(3600, ge=0, description="Broker keeps our queue this long")
+    receive_maximum: int = Field(
+        BridgeConfig.receive_maximum, ge=1, le=65535, description="Unacked QoS 1 messages the broker may send us"
+    )
+    max_payload_bytes: int = Field(ContractLimits.max_payload_bytes, ge=256)
+    max_future_skew_s: float = Field(ContractLimits.max_future_skew_s, ge=0)
+    max_age_s: float = Field(ContractLimits.max_age_s, gt=0)
+    session_expiry_s: int = Field(BridgeConfig.session_expiry_s, ge=0, description="Broker keeps our queue this long")
+    max_batch_attempts: int = Field(
+        BridgeConfig.max_batch_attempts, ge=1, le=100,
+        description="Routing tries per batch (backoff up to 5 s between), then its messages are dead-lettered",
+    )
 
 
 class ServeSettings(BaseModel):
@@ -81,13 +107,13 @@ class RayClusterSettings(BaseModel):
 
 class SimSettings(BaseModel):
     model_config = _STRICT
-    vehicles: int = Field(1000, ge=1, le=1_000_000)
-    report_interval_s: float = Field(5.0, gt=0, description="While riding; parked is 12x longer")
-    samples_per_message: int = Field(5, ge=1, le=500)
-    center_lat: float = Field(52.5200, ge=-90, le=90)
-    center_lon: float = Field(13.4050, ge=-180, le=180)
-    radius_km: float = Field(6.0, gt=0)
-    seed: int = 7
+    vehicles: int = Field(FleetParams.vehicles, ge=1, le=1_000_000)
+    report_interval_s: float = Field(FleetParams.report_interval_s, gt=0, description="While riding; parked is 12x longer")
+    samples_per_message: int = Field(FleetParams.samples_per_message, ge=1, le=500)
+    center_lat: float = Field(FleetParams.center_lat, ge=-90, le=90)
+    center_lon: float = Field(FleetParams.center_lon, ge=-180, le=180)
+    radius_km: float = Field(FleetParams.radius_km, gt=0)
+    seed: int = FleetParams.seed
     time_scale: float = Field(1.0, gt=0, le=3600, description="Simulated seconds per real second")
 
 
@@ -96,14 +122,14 @@ class ModelSettings(BaseModel):
     enabled: bool = Field(True, description="Deploy the models and score the twins")
     artifacts_dir: Path | None = Field(None, description="Registry artifacts; default <data_dir>/models")
     score_interval_s: float = Field(10.0, gt=0, le=3600, description="Shard scoring tick")
-    poll_interval_s: float = Field(2.0, gt=0, le=3600, description="Replicas re-read the registry")
-    drift_threshold: float = Field(0.25, gt=0, description="PSI above which a feature alerts")
-    demand_interval_s: float = Field(3600.0, gt=0, description="Zone demand forecast period")
-    rescore_interval_s: float = Field(3600.0, gt=0, description="Fleet rescoring and health trends")
-    retrain_interval_s: float = Field(86_400.0, gt=0, description="Refit on fleet history (candidates)")
+    poll_interval_s: float = Field(POLL_INTERVAL_S, gt=0, le=3600, description="Replicas re-read the registry")
+    drift_threshold: float = Field(MAJOR_PSI, gt=0, description="PSI above which a feature alerts")
+    demand_interval_s: float = Field(JobParams.demand_interval_s, gt=0, description="Zone demand forecast period")
+    rescore_interval_s: float = Field(JobParams.rescore_interval_s, gt=0, description="Fleet rescoring and health trends")
+    retrain_interval_s: float = Field(JobParams.retrain_interval_s, gt=0, description="Refit on fleet history (candidates)")
     weather_url: str | None = Field(None, description="Open-Meteo-style API; None: simulated weather")
     train_on_start: bool = Field(True, description="Train (quick plan) when nothing is registered")
-    utc_offset_h: float = Field(1.0, ge=-12, le=14, description="Fleet local time, for hour of day")
+    utc_offset_h: float = Field(ScoringParams.utc_offset_h, ge=-12, le=14, description="Fleet local time, for hour of day")
 
 
 Skill = Literal["swap", "replace", "inspect"]
@@ -131,10 +157,10 @@ class DepotSettings(BaseModel):
 class PlannerSettings(BaseModel):
     model_config = _STRICT
     enabled: bool = Field(True, description="Run the planner actor (needs the models)")
-    plan_interval_s: float = Field(900.0, gt=0, description="Scheduled re-plan period")
-    urgent_delay_s: float = Field(2.0, ge=0, description="Re-plan this soon after an urgent event")
-    solve_time_limit_s: float = Field(20.0, gt=0, le=3600, description="Search budget per plan")
-    candidates_per_shard: int = Field(300, ge=1, description="Top batteries each shard reports")
+    plan_interval_s: float = Field(PlannerParams.plan_interval_s, gt=0, description="Scheduled re-plan period")
+    urgent_delay_s: float = Field(PlannerParams.urgent_delay_s, ge=0, description="Re-plan this soon after an urgent event")
+    solve_time_limit_s: float = Field(PlannerParams.solve_time_limit_s, gt=0, le=3600, description="Search budget per plan")
+    candidates_per_shard: int = Field(PlannerParams.candidates_per_shard, ge=1, description="Top batteries each shard reports")
     default_technicians: int = Field(6, ge=1, le=500, description="Roster size when none is listed")
     technicians: list[TechnicianSettings] = Field(default_factory=list)
     depots: list[DepotSettings] = Field(default_factory=list)

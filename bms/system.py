@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 from bms.services import ServiceUrls
 from bms.settings import Settings, SimSettings
 from contracts.telemetry import ContractLimits
-from models.batch_job import JobParams
+from models.job_params import JobParams
 from models.predictors import PREDICTORS
 from planners.planner import PlannerParams
 from planners.resources import Depot, Technician, default_roster
@@ -106,6 +106,7 @@ def bridge_configs(
             batch_max_messages=b.batch_max_messages, batch_max_wait_ms=b.batch_max_wait_ms,
             max_inflight_batches=b.max_inflight_batches, receive_maximum=b.receive_maximum,
             session_expiry_s=b.session_expiry_s,
+            max_batch_attempts=b.max_batch_attempts,
             limits=ContractLimits(
                 max_payload_bytes=b.max_payload_bytes, max_future_skew_s=b.max_future_skew_s,
                 max_age_s=b.max_age_s,

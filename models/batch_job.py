@@ -27,7 +27,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,12 +35,13 @@ import numpy as np
 import numpy.typing as npt
 
 from contracts.health import HealthRow, HealthTrend
+from contracts.ride_history import RideHistory
 from models.demand_lstm import HORIZON_HOURS, DemandInputs, DemandLstmParams
 from models.demand_lstm import train as train_demand
+from models.job_params import JobParams
 from models.predictors import demand_request
 from models.registry import ModelRegistry, data_fingerprint
 from models.weather import WeatherSource
-from sim.ride_demand import RideHistory
 from twins.scoring import ModelClient
 
 __all__ = ["JOB_ACTOR", "DemandCache", "FleetModelJob", "HealthHistory", "JobParams", "ShardFanout"]
@@ -75,44 +76,6 @@ class HealthHistory(Protocol):
     async def battery_trends(self, since_s: float, limit: int = 1000) -> list[HealthTrend]: ...
 
     async def cohort_trends(self, since_s: float) -> list[HealthTrend]: ...
-
-
-@dataclass(frozen=True)
-class JobParams:
-    """Periods and windows of the job.
-
-    Parameters
-    ----------
-    demand_interval_s, rescore_interval_s, retrain_interval_s
-        Periods of the three tasks.
-    history_hours
-        Ride history the demand model reads (its ``history_hours``).
-    trend_window_days
-        Look-back of the SOH trends.
-    min_retrain_hours
-        Ride history needed before the demand model is refit from the fleet.
-    lat, lon
-        Where the weather is asked for (the fleet's centre).
-    """
-
-    demand_interval_s: float = 3600.0
-    rescore_interval_s: float = 3600.0
-    retrain_interval_s: float = 86_400.0
-    history_hours: int = 168
-    trend_window_days: float = 90.0
-    min_retrain_hours: int = 14 * 24
-    lat: float = 52.52
-    lon: float = 13.405
-
-    def __post_init__(self) -> None:
-        if min(self.demand_interval_s, self.rescore_interval_s, self.retrain_interval_s) <= 0:
-            raise ValueError("Expected positive job periods, got "
-                             f"{self.demand_interval_s}, {self.rescore_interval_s}, {self.retrain_interval_s}.")
-        if self.history_hours < 24 or self.min_retrain_hours < self.history_hours + HORIZON_HOURS:
-            raise ValueError(
-                f"Expected history_hours >= 24 and min_retrain_hours >= history_hours + 24, got "
-                f"{self.history_hours} and {self.min_retrain_hours}."
-            )
 
 
 class FleetModelJob:

@@ -42,8 +42,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 from torch.nn import functional
 
-from sim.ride_demand import RideHistory
-from sim.weather import WeatherHours
+from contracts.ride_history import DEMAND_HORIZON_HOURS, RideHistory
+from contracts.weather import WeatherHours
 
 __all__ = [
     "DECODER_FEATURES",
@@ -63,7 +63,7 @@ __all__ = [
 FloatArray = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]
 
-HORIZON_HOURS = 24
+HORIZON_HOURS = DEMAND_HORIZON_HOURS
 #: Per-step inputs of the encoder LSTM, in order.
 ENCODER_FEATURES: tuple[str, ...] = (
     "rides_rel",

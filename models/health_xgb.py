@@ -19,14 +19,13 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import xgboost as xgb
 
-from sim.ageing import LifetimeSample
-from twins.features import HEALTH_FEATURE_NAMES, TwinCounters, health_features
+from twins.features import HEALTH_FEATURE_NAMES, LifetimeCounters, TwinCounters, health_features
 
 __all__ = ["HealthParams", "HealthPrediction", "HealthXGB", "health_score_label", "train_health"]
 
@@ -146,8 +145,23 @@ class HealthXGB:
         return cls(soh, score, HealthParams(**meta["params"]), meta["metrics"])
 
 
+class LabelledLifetime(LifetimeCounters, Protocol):
+    """Training rows: a twin's counters per (pack, day) with the true state to learn.
+
+    :class:`sim.ageing.LifetimeSample` is one; a protocol, so serving this model (which
+    imports this module) never loads the simulator.
+    """
+
+    @property
+    def pack(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def soh(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def resistance_ratio(self) -> npt.NDArray[np.float64]: ...
+
+
 def train_health(
-    sample: LifetimeSample, params: HealthParams = HealthParams(), seed: int = 0, test_fraction: float = 0.2
+    sample: LabelledLifetime, params: HealthParams = HealthParams(), seed: int = 0, test_fraction: float = 0.2
 ) -> tuple[HealthXGB, npt.NDArray[np.float32]]:
     """Fit on simulated lifetimes, holding out whole packs; (model, training features).
 

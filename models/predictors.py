@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from contracts.weather import WeatherHours
 from models.anomaly import AnomalyDetector
 from models.degradation_lstm import DegradationLSTM
 from models.demand_lstm import HORIZON_HOURS, DemandInputs, DemandLSTM
 from models.health_xgb import HealthXGB
 from models.priority_rf import PriorityRF
-from sim.weather import WeatherHours
 from twins.telemetry_windows import TelemetryWindows
 
 __all__ = ["PREDICTORS", "Arrays", "Predictor", "demand_request", "predictor"]

@@ -26,7 +26,11 @@ import numpy as np
 from contracts.errors import ArtifactError
 from contracts.model_registry import ModelVersion, ServingConfig, check_actor, check_model_name
 
-__all__ = ["ModelRegistry", "RegistryRecords", "data_fingerprint"]
+__all__ = ["POLL_INTERVAL_S", "ModelRegistry", "RegistryRecords", "data_fingerprint"]
+
+#: How often a model server re-reads what the registry says to serve: promotions, rollbacks
+#: and A/B changes reach every replica within this long, with no restart.
+POLL_INTERVAL_S = 2.0
 
 
 class RegistryRecords(Protocol):

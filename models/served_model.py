@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,8 @@ import numpy.typing as npt
 
 from contracts.model_registry import ServingConfig
 from models.ab_split import VersionMetrics, route_versions
-from models.drift import DriftMonitor, DriftReference
-from models.predictors import Arrays, Predictor
+from models.drift import MAJOR_PSI, DriftMonitor, DriftReference
+from models.predictors import Arrays, Predictor, predictor
 
 __all__ = ["DRIFT_REFERENCE_FILE", "InProcessModels", "NotServing", "ServedModel"]
 
@@ -47,7 +48,7 @@ class ServedModel:
         PSI above which a feature raises a drift alert.
     """
 
-    def __init__(self, name: str, predictor: Predictor, drift_threshold: float = 0.25) -> None:
+    def __init__(self, name: str, predictor: Predictor, drift_threshold: float = MAJOR_PSI) -> None:
         self.name = name
         self.predictor = predictor
         self.drift_threshold = drift_threshold
@@ -167,10 +168,6 @@ class InProcessModels:
     @classmethod
     def from_artifacts(cls, artifacts: Mapping[str, Path]) -> InProcessModels:
         """Version 1 of each model from its artifact directory."""
-        import time
-
-        from models.predictors import predictor
-
         out = {}
         for name, directory in artifacts.items():
             served = ServedModel(name, predictor(name))

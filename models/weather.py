@@ -25,7 +25,8 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sim.weather import SimWeather, WeatherHours
+from contracts.weather import WeatherHours
+from sim.weather import SimWeather
 
 __all__ = [
     "OpenMeteoWeatherSource",

@@ -12,8 +12,10 @@ from typing import Any, cast
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application, Deployment
 
+from models.drift import MAJOR_PSI
+from models.registry import POLL_INTERVAL_S
+from runtime.ingress import ApiIngress, IngressConfig
 from runtime.model_deployments import ModelServer, ModelServerArgs, model_deployment_name
-from serve.ingress import ApiIngress, IngressConfig
 
 __all__ = ["AppArgs", "build_app"]
 
@@ -30,8 +32,8 @@ class AppArgs(BaseModel):
     ingress_replicas: int = Field(1, ge=1, le=64)
     models: list[str] = Field(default_factory=list, description="Model families to deploy")
     artifacts_root: str | None = Field(None, description="Model registry artifacts (needed with models)")
-    model_poll_interval_s: float = Field(2.0, gt=0)
-    drift_threshold: float = Field(0.25, gt=0)
+    model_poll_interval_s: float = Field(POLL_INTERVAL_S, gt=0)
+    drift_threshold: float = Field(MAJOR_PSI, gt=0)
 
 
 def build_app(args: AppArgs) -> Application:

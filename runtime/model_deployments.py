@@ -24,7 +24,9 @@ from ray import serve
 from ray.util.metrics import Gauge
 
 from contracts.scoring import ScoreRequest
+from models.drift import MAJOR_PSI
 from models.predictors import Arrays, predictor
+from models.registry import POLL_INTERVAL_S
 from models.served_model import ServedModel
 from runtime.names import model_deployment_name
 from store.model_registry_store import ModelRegistryStore
@@ -42,8 +44,8 @@ class ModelServerArgs(BaseModel):
     name: str = Field(description="Registry name of the model, e.g. 'health'")
     postgres_url: str = Field(description="Where the registry lives")
     artifacts_root: str = Field(description="Directory of the registry's model artifacts")
-    poll_interval_s: float = Field(2.0, gt=0, le=3600, description="Registry poll period")
-    drift_threshold: float = Field(0.25, gt=0, description="PSI above which drift alerts")
+    poll_interval_s: float = Field(POLL_INTERVAL_S, gt=0, le=3600, description="Registry poll period")
+    drift_threshold: float = Field(MAJOR_PSI, gt=0, description="PSI above which drift alerts")
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)

@@ -13,12 +13,14 @@ from typing import Any
 import ray
 import redis.asyncio as aioredis
 
-from models.batch_job import FleetModelJob, HealthHistory, JobParams
+from models.batch_job import FleetModelJob, HealthHistory
+from models.job_params import JobParams
 from models.registry import ModelRegistry
 from models.weather import weather_source_from_url
+from runtime.model_client import ServeModelClient
 from runtime.names import MODEL_JOB_NAME, SERVE_APP_NAME
 from runtime.options import actor_options
-from runtime.twins import FleetClient, ServeModelClient
+from runtime.twins import FleetClient
 from store import open_postgres
 from store.demand_cache import RedisDemand
 from store.health_history import HealthHistoryStore

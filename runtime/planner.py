@@ -18,11 +18,12 @@ from typing import Any
 import ray
 
 from contracts.candidates import Candidate
-from contracts.work_orders import SwapRecord, WorkOrderState
+from contracts.work_orders import SwapRecord, WorkOrder, WorkOrderState
 from planners.job_queue import JobRules
-from planners.planner import Planner, PlannerParams
+from planners.planner import Planner, PlannerParams, PlanRecord, TechnicianRoute
 from planners.resources import Depot, Technician
 from planners.routing_params import RoutingParams
+from planners.views import QueueEntry, Roster, queue_entries, roster_of
 from runtime.names import PLANNER_NAME
 from runtime.options import actor_options
 from runtime.twins import FleetClient
@@ -98,41 +99,29 @@ class _PlannerActor:
     async def pull(self) -> int:
         return await (await self._p()).pull()
 
-    async def plan(self, reason: str = "manual") -> dict[str, Any]:
+    async def plan(self, reason: str = "manual") -> PlanRecord:
         planner = await self._p()
-        return (await planner.plan(reason)).to_dict()
+        return await planner.plan(reason)
 
-    async def latest(self) -> dict[str, Any] | None:
-        rec = (await self._p()).latest()
-        return None if rec is None else rec.to_dict()
+    async def latest(self) -> PlanRecord | None:
+        return (await self._p()).latest()
 
-    async def queue(self) -> list[dict[str, Any]]:
-        p = await self._p()
-        return [
-            {**j.to_dict(), "in_progress": j.battery_id in p.queue.in_progress}
-            for j in sorted(p.queue.jobs.values(), key=lambda j: -j.value)
-        ]
+    async def queue(self) -> list[QueueEntry]:
+        return queue_entries(await self._p())
 
-    async def route_of(self, technician_id: str) -> dict[str, Any] | None:
-        route = (await self._p()).route_of(technician_id)
-        return None if route is None else {**route.__dict__, "stops": [s.__dict__ for s in route.stops]}
+    async def route_of(self, technician_id: str) -> TechnicianRoute | None:
+        return (await self._p()).route_of(technician_id)
 
-    async def roster(self) -> dict[str, Any]:
-        p = await self._p()
-        return {
-            "technicians": [{**t.__dict__, "skills": sorted(t.skills)} for t in p.technicians.values()],
-            "depots": [d.__dict__ for d in p.depots.values()],
-        }
+    async def roster(self) -> Roster:
+        return roster_of(await self._p())
 
     async def report(
-        self, order_id: int, state: str, actor: str, technician_id: str | None,
-        swap: dict[str, str] | None, note: str | None,
-    ) -> dict[str, Any]:  # fmt: skip
-        order = await (await self._p()).report(
-            order_id, WorkOrderState(state), actor, technician_id=technician_id,
-            swap=None if swap is None else SwapRecord(**swap), note=note,
-        )  # fmt: skip
-        return {**order.__dict__, "kind": order.kind.value, "state": order.state.value}
+        self, order_id: int, state: WorkOrderState, actor: str, technician_id: str | None,
+        swap: SwapRecord | None, note: str | None,
+    ) -> WorkOrder:  # fmt: skip
+        return await (await self._p()).report(
+            order_id, state, actor, technician_id=technician_id, swap=swap, note=note
+        )
 
 
 def start_planner(spec: PlannerSpec) -> Any:

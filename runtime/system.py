@@ -29,7 +29,6 @@ from runtime.app import AppArgs, build_app
 from runtime.bridge import start_bridge_worker
 from runtime.model_job import ModelJobSpec, start_model_job
 from runtime.names import (
-    DEFAULT_NAMESPACE,
     DIRECTORY_NAME,
     MODEL_JOB_NAME,
     PLANNER_NAME,
@@ -51,6 +50,7 @@ __all__ = [
     "bridge_stats",
     "init_ray",
     "run_migrations",
+    "shutdown_ray",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,13 +62,16 @@ _WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THR
 
 @dataclass(frozen=True)
 class RayOptions:
-    """How to reach (or start) Ray: an existing cluster's address, or a local one's size."""
+    """How to reach (or start) Ray: an existing cluster's address, or a local one's size.
 
-    address: str | None = None
-    num_cpus: int = 2
-    object_store_memory_mb: int = 512
-    dashboard_port: int = 8265
-    namespace: str = DEFAULT_NAMESPACE
+    Built from ``[ray]`` by :func:`bms.system.ray_options` (the defaults live there).
+    """
+
+    address: str | None
+    num_cpus: int
+    object_store_memory_mb: int
+    dashboard_port: int
+    namespace: str
     include_dashboard: bool = True
 
 
@@ -92,6 +95,12 @@ def init_ray(opts: RayOptions) -> None:
         logging_level=logging.WARNING,
         log_to_driver=True,
     )
+
+
+def shutdown_ray() -> None:
+    """Disconnect from Ray (and stop the local cluster this process started)."""
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 async def run_migrations(postgres_url: str) -> list[str]:

@@ -14,27 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
-import numpy.typing as npt
 import psycopg
 import ray
 import redis.asyncio as aioredis
-from ray import serve
 from ray.actor import ActorHandle
 
 from contracts.candidates import Candidate
 from contracts.samples import TelemetryBatch
-from contracts.scoring import ScoreRequest
 from runtime.names import (
     DEFAULT_NAMESPACE,
     DIRECTORY_NAME,
     PLANNER_NAME,
     SERVE_APP_NAME,
-    model_deployment_name,
     shard_actor_name,
 )
 from runtime.options import actor_options
@@ -52,7 +48,6 @@ from twins.zones import ZoneGrid
 __all__ = [
     "FleetClient",
     "PlannerSink",
-    "ServeModelClient",
     "ShardRouter",
     "TwinRuntimeSpec",
     "connect_backends",
@@ -61,29 +56,35 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TwinRuntimeSpec:
-    """What every shard and the directory are started with."""
+    """What every shard and the directory are started with.
+
+    The knobs have no defaults here: they are declared once, in the ``[twins]`` and
+    ``[models]`` settings sections, and :func:`bms.system.twin_runtime_spec` fills them in.
+    """
 
     params: TwinTableParams
     postgres_url: str
     redis_url: str
+    shard_size: int
+    zone_cell_km: float
+    checkpoint_interval_s: float
+    state_flush_interval_s: float
+    score_interval_s: float
+    scoring: ScoringParams
     namespace: str = DEFAULT_NAMESPACE
-    shard_size: int = 10_000
     initial_shards: int = 1
-    zone_cell_km: float = 1.0
-    checkpoint_interval_s: float = 60.0
-    state_flush_interval_s: float = 1.0
     redis_prefix: str = "bms:"
     models_enabled: bool = False
-    score_interval_s: float = 10.0
     serve_app_name: str = SERVE_APP_NAME
-    scoring: ScoringParams = ScoringParams()
 
 
 async def connect_backends(spec: TwinRuntimeSpec) -> ShardBackends:
     """Open a shard's Postgres and Redis clients (one connection per concern)."""
     stack = contextlib.AsyncExitStack()
     # One connection per shard: with shard_size=1 there is a shard per battery, and
-    # PostgreSQL connections are the scarce resource (psycopg serialises the concerns).
+    # PostgreSQL connections are the scarce resource. psycopg serialises single statements
+    # but not transactions; the three stores take turns on it (store.connection_turn), so
+    # the writer, checkpoints and restores may call them concurrently.
     conn = await stack.enter_async_context(open_postgres(spec.postgres_url, application_name="bms-shard"))
     redis = aioredis.Redis.from_url(spec.redis_url, decode_responses=False)
     stack.push_async_callback(redis.aclose)
@@ -97,24 +98,6 @@ async def connect_backends(spec: TwinRuntimeSpec) -> ShardBackends:
     )
     backends.history.aclose = stack.aclose  # type: ignore[attr-defined]
     return backends
-
-
-class ServeModelClient:
-    """:class:`twins.scoring.ModelClient` over the Serve model deployments' handles."""
-
-    def __init__(self, app_name: str = SERVE_APP_NAME) -> None:
-        self.app_name = app_name
-        self._handles: dict[str, Any] = {}
-
-    async def call(
-        self, model: str, ids: list[str], arrays: Mapping[str, npt.NDArray[Any]]
-    ) -> dict[str, npt.NDArray[Any]]:
-        handle = self._handles.get(model)
-        if handle is None:
-            handle = serve.get_deployment_handle(model_deployment_name(model), app_name=self.app_name)
-            self._handles[model] = handle
-        out: dict[str, npt.NDArray[Any]] = await handle.remote(ScoreRequest(ids, dict(arrays)))
-        return out
 
 
 class PlannerSink:
@@ -145,6 +128,10 @@ class _ShardActor(TwinShard):
         zones = ZoneGrid(spec.zone_cell_km)
         scorer = None
         if spec.models_enabled:
+            # Imported here, not at the top: Serve (with FastAPI and pandas) costs a shard
+            # process about 80 MB, which a shard that scores nothing should not pay.
+            from runtime.model_client import ServeModelClient
+
             redis = aioredis.Redis.from_url(spec.redis_url, decode_responses=False)
             scorer = TwinScorer(
                 ServeModelClient(spec.serve_app_name),

@@ -11,6 +11,10 @@ committed it to history (or after its dead letter is stored). Until then the bro
 it in our persistent session, and a bridge that dies gets it again on reconnect; shards
 drop the redelivered copy by ``(battery_id, seq)``.
 
+A batch the shards keep refusing is tried ``max_batch_attempts`` times, then its messages
+are dead-lettered as ``routing_failed`` and acknowledged: they are stored, so nothing is
+lost, and the batch gives its in-flight slot back instead of stalling ingest for good.
+
 Backpressure: at most ``max_inflight_batches`` batches are in the shards at once, and the
 broker may send at most ``receive_maximum`` unacknowledged messages (MQTT 5), so a slow
 shard slows the broker down instead of growing a queue here. MQTT 3.1.1 brokers (the
@@ -42,9 +46,23 @@ from contracts.telemetry import TOPIC_FILTER, ContractLimits, TelemetryRejected,
 from store.dead_letters import DeadLetter
 from twins.clock import Clock, WallClock
 
-__all__ = ["BridgeConfig", "BridgeStats", "DeadLetterSink", "MqttBridge", "Router"]
+__all__ = [
+    "ROUTING_FAILED",
+    "BridgeConfig",
+    "BridgeStats",
+    "DeadLetterSink",
+    "MqttBridge",
+    "Router",
+]
 
 log = logging.getLogger(__name__)
+
+#: Dead-letter reason of a valid message whose batch the shards refused on every attempt.
+ROUTING_FAILED = "routing_failed"
+#: Longest wait between two attempts at one batch (the wait doubles from retry_backoff_s).
+_MAX_RETRY_DELAY_S = 5.0
+#: Characters of the last routing error kept in a routing_failed letter's detail.
+_MAX_ERROR_CHARS = 300
 
 
 class Router(Protocol):
@@ -64,7 +82,12 @@ class DeadLetterSink(Protocol):
 
 @dataclass(frozen=True)
 class BridgeConfig:
-    """One worker's connection and batching knobs (see ``BridgeSettings``)."""
+    """One worker's connection and batching knobs (see ``BridgeSettings``).
+
+    ``max_batch_attempts`` bounds how often one batch is routed to the shards before its
+    messages are dead-lettered as ``routing_failed``; between attempts the bridge waits
+    ``retry_backoff_s``, doubled after each failure up to 5 s.
+    """
 
     host: str
     port: int
@@ -78,7 +101,22 @@ class BridgeConfig:
     max_inflight_batches: int = 4
     receive_maximum: int = 4000
     session_expiry_s: int = 3600
+    # About 30 s of retries (backoff 0.2, 0.4 ... 5 s): long enough to ride out a shard
+    # restart (a few seconds) before a batch is judged poison.
+    max_batch_attempts: int = 10
+    retry_backoff_s: float = 0.2
     limits: ContractLimits = ContractLimits()
+
+    def __post_init__(self) -> None:
+        attempts = self.max_batch_attempts
+        # bool is an int subclass; True would silently mean "one attempt".
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ValueError(f"Expected max_batch_attempts to be an int >= 1, got {attempts!r}.")
+        backoff = self.retry_backoff_s
+        if not (isinstance(backoff, int | float) and 0 <= backoff <= _MAX_RETRY_DELAY_S):
+            raise ValueError(
+                f"Expected retry_backoff_s in [0, {_MAX_RETRY_DELAY_S}] seconds, got {backoff!r}."
+            )
 
     @property
     def client_id(self) -> str:
@@ -93,6 +131,15 @@ class BridgeConfig:
 
 @dataclass(frozen=True)
 class BridgeStats:
+    """One worker's counters since it started.
+
+    Every received message ends up in exactly one of ``accepted_messages``,
+    ``duplicate_messages``, ``rejected_messages`` (invalid, dead-lettered with the reason in
+    ``rejected_by_reason``) or ``failed_messages`` (valid, but the shards refused its batch
+    on every attempt; dead-lettered as ``routing_failed``). ``failed_batches`` counts those
+    batches.
+    """
+
     received_messages: int
     accepted_messages: int
     accepted_samples: int
@@ -106,6 +153,8 @@ class BridgeStats:
     inflight_batches: int
     connected: bool
     reconnects: int
+    failed_batches: int = 0
+    failed_messages: int = 0
 
 
 # (topic, payload, received_at_s, mid, qos, connection generation)
@@ -155,6 +204,13 @@ class MqttBridge:
         Nothing a vehicle sends may crash the bridge: an unexpected error while decoding
         one message dead-letters that message as ``internal_error``.
         """
+        batch, _, letters = self._split(raws)
+        return batch, letters
+
+    def _split(
+        self, raws: Sequence[_Raw]
+    ) -> tuple[TelemetryBatch, list[_Raw], list[DeadLetter]]:
+        """:meth:`decode`, plus the raw messages of the batch in batch order."""
         now = self._clock.now_s()
         batch, accepted, rejected = decode_batch([(r[0], r[1]) for r in raws], now, self.config.limits)
         letters: list[DeadLetter] = []
@@ -170,41 +226,73 @@ class MqttBridge:
             battery_ids=batch.battery_ids, vehicle_ids=batch.vehicle_ids, seqs=batch.seqs,
             msg_offsets=batch.msg_offsets, columns=batch.columns, received_at_s=received,
         )
-        return batch, letters
+        return batch, [raws[k] for k in accepted], letters
 
     async def process(self, raws: Sequence[_Raw]) -> None:
-        """Validate, deliver and dead-letter one micro-batch, retrying until it lands."""
-        batch, letters = self.decode(raws)
-        delay_s = 0.05
-        counts: dict[str, int] | None = None
-        while True:
-            try:
-                # Route only until it succeeded once: when only the dead-letter write failed,
-                # re-sending the batch made the shards report it as duplicates, so the stats
-                # lost its accepted messages and applied samples.
-                if counts is None and batch.n_messages:
-                    # Submit in arrival order, collect concurrently: a batch that waits on
-                    # the directory (new batteries) must not let the next batch overtake it
-                    # at the shard, or that battery's older samples would arrive "late".
+        """Validate, deliver and dead-letter one micro-batch, then acknowledge it.
+
+        Routing to the shards is tried at most ``max_batch_attempts`` times, with backoff in
+        between. When every attempt failed, each valid message of the batch is dead-lettered
+        as ``routing_failed`` with the last error, and acknowledged like the rest: it is
+        stored, and the batch frees its in-flight slot (shards may hold part of it already;
+        they drop a later resend by seq). The dead-letter write is retried until it lands,
+        since a message is acknowledged only once it is stored somewhere. A bridge stopped
+        while retrying gives up, counts and acknowledges nothing; the broker redelivers.
+        """
+        batch, good, letters = self._split(raws)
+        counts: dict[str, int] = {}
+        unroutable: list[DeadLetter] = []
+        if batch.n_messages:
+            # Route once per batch, never again after it succeeded: re-sending a delivered
+            # batch (when only the dead-letter write failed) made the shards report it as
+            # duplicates, so the stats lost its accepted messages and applied samples.
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    # Submit in arrival order, collect concurrently: a batch that waits on the
+                    # directory (new batteries) must not let the next batch overtake it at the
+                    # shard, or that battery's older samples would arrive "late".
                     async with self._order:
                         pending = await self._router.submit(batch)
                     counts = await pending
-                elif counts is None:
-                    counts = {}
-                if letters:
-                    await self._dead_letters.record(letters)
+                    break
+                except Exception as err:
+                    if attempt >= self.config.max_batch_attempts:
+                        log.error(
+                            "routing a batch of %d messages failed %d times; dead-lettering "
+                            "them as %s", len(good), attempt, ROUTING_FAILED, exc_info=err,
+                        )  # fmt: skip
+                        unroutable = self._routing_failed(good, attempt, err)
+                        break
+                    # A shard restarting: hold the messages (unacked) and try again; the
+                    # shards drop what they already applied by seq.
+                    log.warning(
+                        "routing a batch of %d messages failed (attempt %d of %d); retrying",
+                        len(good), attempt, self.config.max_batch_attempts, exc_info=err,
+                    )  # fmt: skip
+                    if not await self._backoff(attempt):
+                        return
+        stored = letters + unroutable
+        attempt = 0
+        while stored:
+            try:
+                await self._dead_letters.record(stored)
                 break
             except Exception:
-                # A shard restarting or a database blip: hold the messages (unacked) and try
-                # again; the shards drop what they already applied by seq.
-                log.exception("delivering a batch of %d messages failed; retrying", len(raws))
-                if self._stop.is_set():
+                # A database blip: the letters are not stored yet, so the messages stay
+                # unacknowledged until they are.
+                attempt += 1
+                log.exception("storing %d dead letters failed; retrying", len(stored))
+                if not await self._backoff(attempt):
                     return
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 2.0)
         c = self._counts
         c["received_messages"] += len(raws)
-        c["accepted_messages"] += batch.n_messages - counts.get("duplicate_messages", 0)
+        if unroutable:
+            c["failed_batches"] += 1
+            c["failed_messages"] += len(unroutable)
+        else:
+            c["accepted_messages"] += batch.n_messages - counts.get("duplicate_messages", 0)
         for k in ("accepted_samples", "applied_samples", "late_samples", "duplicate_samples", "duplicate_messages"):
             c[k] += counts.get(k, 0)
         c["rejected_messages"] += len(letters)
@@ -212,6 +300,31 @@ class MqttBridge:
         for letter in letters:
             self._rejected[letter.reason] += 1
         self._ack(raws)
+
+    @staticmethod
+    def _routing_failed(good: Sequence[_Raw], attempts: int, err: Exception) -> list[DeadLetter]:
+        """One ``routing_failed`` letter per message of a batch the shards never took."""
+        error = f"{type(err).__name__}: {err}"
+        if len(error) > _MAX_ERROR_CHARS:
+            error = error[: _MAX_ERROR_CHARS - 3] + "..."
+        detail = (
+            f"Expected the twin shards to take this message; routing its batch failed "
+            f"{attempts} times, the last with {error}"
+        )
+        return [
+            DeadLetter(topic, ROUTING_FAILED, detail, payload, received_at_s)
+            for topic, payload, received_at_s, *_ in good
+        ]
+
+    async def _backoff(self, failures: int) -> bool:
+        """Wait before the next attempt; False as soon as the bridge is stopping."""
+        delay_s = min(self.config.retry_backoff_s * 2 ** (failures - 1), _MAX_RETRY_DELAY_S)
+        if not self._stop.is_set():
+            # Wait on the stop event, not a plain sleep: a stopping bridge should not sit
+            # out a backoff for a batch the broker will redeliver anyway.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay_s)
+        return not self._stop.is_set()
 
     def _ack(self, raws: Sequence[_Raw]) -> None:
         client = self._client
@@ -284,13 +397,16 @@ class MqttBridge:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _reader(self, client: aiomqtt.Client, generation: int) -> None:
-        cap = self.config.batch_max_messages
         async for m in client.messages:
             payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
-            self._buf.append((m.topic.value, payload, time.time(), m.mid, m.qos, generation))
-            if len(self._buf) >= cap:
-                self._full.set()
-            self._nonempty.set()
+            self._enqueue((m.topic.value, payload, time.time(), m.mid, m.qos, generation))
+
+    def _enqueue(self, raw: _Raw) -> None:
+        """Queue one received message for the batcher (the unit tests' way in, too)."""
+        self._buf.append(raw)
+        if len(self._buf) >= self.config.batch_max_messages:
+            self._full.set()
+        self._nonempty.set()
 
     async def _batcher(self) -> None:
         wait_s = self.config.batch_max_wait_ms / 1000.0
@@ -340,5 +456,7 @@ class MqttBridge:
             inflight_batches=self.config.max_inflight_batches - self._inflight._value,
             connected=self._connected,
             reconnects=c["reconnects"],
+            failed_batches=c["failed_batches"],
+            failed_messages=c["failed_messages"],
         )
 

@@ -1,41 +1,11 @@
-"""The fleet simulator: scooters, their batteries and the telemetry they publish.
+"""The fleet simulator: vehicles, packs, trips and swaps; pack ageing, weather and ride demand.
 
-``FleetSimulator`` advances a whole fleet with numpy and returns the MQTT messages that
-are due; ``run_fleet`` drives it in real time and publishes through ``FleetPublisher``.
+``sim.fleet.FleetSimulator`` advances a whole fleet with numpy and returns the MQTT messages
+that are due; ``sim.publisher.run_fleet`` drives it in real time and publishes through
+``FleetPublisher``. The model code trains on ``sim.ageing`` (pack ageing over years),
+``sim.ride_demand`` (rides per zone and hour) and ``sim.weather``.
+
+Nothing is re-exported here on purpose: a model module that needs one small part (the
+demand profile, say) must not load the whole simulator and its MQTT publisher. Import from
+the modules themselves.
 """
-
-from sim.ambient import AmbientProfile
-from sim.battery_model import PackArray, PackParams, ocv_cell_v
-from sim.demand import DemandProfile
-from sim.fleet import FleetSimulator, SwapEvent
-from sim.fleet_params import FleetParams
-from sim.publisher import (
-    ClientFactory,
-    FleetPublisher,
-    FleetRunSummary,
-    PublishClient,
-    parse_mqtt_url,
-    run_fleet,
-)
-from sim.telemetry_encoder import SAMPLE_COLUMNS, encode_messages
-from sim.traction import TractionParams
-
-__all__ = [
-    "SAMPLE_COLUMNS",
-    "AmbientProfile",
-    "ClientFactory",
-    "DemandProfile",
-    "FleetParams",
-    "FleetPublisher",
-    "FleetRunSummary",
-    "FleetSimulator",
-    "PackArray",
-    "PackParams",
-    "PublishClient",
-    "SwapEvent",
-    "TractionParams",
-    "encode_messages",
-    "ocv_cell_v",
-    "parse_mqtt_url",
-    "run_fleet",
-]

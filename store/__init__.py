@@ -1,8 +1,10 @@
 """Persistence: Postgres for telemetry, dead letters, checkpoints, the shard directory and
 technician work orders; Redis for the latest twin states and the live dead-letter stream.
 
-``store.work_order_store`` is not re-exported here: it needs the planner's work-order model
-(and so OR-Tools), which the shards and the bridge should not load.
+The stores depend on :mod:`contracts` only, never on the domain packages (an import-linter
+contract). Stores that share a connection take turns on it (:func:`connection_turn`), so
+one store's statement never lands inside another's transaction. The model registry, health
+history, demand cache and work-order stores are imported from their modules.
 """
 
 from store.checkpoints import CheckpointStore
@@ -10,7 +12,7 @@ from store.dead_letters import DeadLetter, DeadLetterStore
 from store.directory_store import DirectoryStore
 from store.errors import MigrationError, StoreError, StoreUsageError
 from store.migrate import apply_migrations, migration_versions
-from store.postgres import open_postgres
+from store.postgres import connection_lock, connection_turn, open_postgres
 from store.telemetry_store import HISTORY_COLUMNS, TelemetryStore
 from store.twin_state import TwinStateCache
 
@@ -26,6 +28,8 @@ __all__ = [
     "TelemetryStore",
     "TwinStateCache",
     "apply_migrations",
+    "connection_lock",
+    "connection_turn",
     "migration_versions",
     "open_postgres",
 ]

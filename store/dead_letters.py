@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
 from store._redis import as_bytes, require_bytes_responses
-from store.postgres import require_autocommit
+from store.postgres import own_transaction, require_autocommit
 
 __all__ = ["DeadLetter", "DeadLetterStore"]
 
@@ -62,6 +62,16 @@ class DeadLetterStore:
         Payload bytes kept per letter, in both stores; the full size is kept alongside.
     stream_max_len
         Approximate length the Redis stream is trimmed to.
+
+    Notes
+    -----
+    :meth:`record` may be called from concurrent tasks (the bridge stores the rejects of
+    several in-flight batches at once); the calls take turns on the connection with each
+    other and with every other store on it (:func:`store.postgres.connection_turn`). Two
+    transactions cannot interleave on one connection: psycopg would open the second as a
+    savepoint inside the first, both exits would fail out of order, and the connection would
+    be left inside a transaction that nothing commits any more. Every later write would then
+    "succeed" into that transaction, counted in Redis but never visible in the table.
     """
 
     def __init__(
@@ -90,13 +100,23 @@ class DeadLetterStore:
     async def record(self, letters: Sequence[DeadLetter]) -> None:
         """Store ``letters``: one COPY into Postgres, then one pipelined Redis round trip.
 
-        Postgres is written first, as the record of truth; if Redis then fails, the stream
-        and counts miss these letters but the table has them.
+        Postgres is written first, as the record of truth, and Redis only once the COPY has
+        committed: the counts never show a letter the table lacks. If Redis then fails, the
+        stream and counts miss these letters but the table has them.
+
+        Raises
+        ------
+        StoreUsageError
+            If the connection is already inside a transaction: the COPY would only be a
+            savepoint of it, and nothing here would commit it.
+        psycopg.Error
+            If the COPY failed; nothing was written to Redis then.
         """
         if not letters:
             return
         cut = self._max_payload_bytes
-        async with self._conn.transaction(), self._conn.cursor() as cur:
+        action = f"storing {len(letters)} letters"
+        async with own_transaction(self._conn, "dead-letter", action), self._conn.cursor() as cur:
             async with cur.copy(_COPY_SQL) as copy:
                 for letter in letters:
                     await copy.write_row(
@@ -109,6 +129,8 @@ class DeadLetterStore:
                             len(letter.payload),
                         )
                     )
+        # Redis outside the connection's turn: waiting on it does not touch Postgres, and
+        # the other stores on the connection should not wait for it.
         pipe = self._redis.pipeline(transaction=False)
         per_reason: dict[str, int] = {}
         for letter in letters:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import psycopg
 
-from store.postgres import require_autocommit
+from store.postgres import connection_turn, own_transaction, require_autocommit
 
 __all__ = ["DirectoryStore"]
 
@@ -28,7 +28,9 @@ class DirectoryStore:
     Parameters
     ----------
     conn
-        An autocommit Postgres connection with the migrations applied.
+        An autocommit Postgres connection with the migrations applied. It may be shared
+        with other stores (a twin shard's telemetry, checkpoint and directory stores share
+        one): their calls take turns on it (:func:`store.postgres.connection_turn`).
     """
 
     def __init__(self, conn: psycopg.AsyncConnection) -> None:
@@ -37,25 +39,37 @@ class DirectoryStore:
 
     async def load_all(self) -> dict[str, int]:
         """Every stored assignment, battery id -> shard id."""
-        cur = await self._conn.execute("SELECT battery_id, shard_id FROM battery_shards")
-        return {battery_id: shard_id for battery_id, shard_id in await cur.fetchall()}
+        async with connection_turn(self._conn):
+            cur = await self._conn.execute("SELECT battery_id, shard_id FROM battery_shards")
+            rows = await cur.fetchall()
+        return {battery_id: shard_id for battery_id, shard_id in rows}
 
     async def batteries_of(self, shard_id: int) -> list[str]:
         """Batteries placed on ``shard_id`` (a restarted shard replays their history)."""
-        cur = await self._conn.execute(
-            "SELECT battery_id FROM battery_shards WHERE shard_id = %s ORDER BY battery_id", (shard_id,)
-        )
-        return [row[0] for row in await cur.fetchall()]
+        async with connection_turn(self._conn):
+            cur = await self._conn.execute(
+                "SELECT battery_id FROM battery_shards WHERE shard_id = %s ORDER BY battery_id",
+                (shard_id,),
+            )
+            rows = await cur.fetchall()
+        return [row[0] for row in rows]
 
     async def save(self, assignments: Mapping[str, int]) -> None:
         """Insert or update ``assignments`` in one transaction.
 
         Uses COPY into a temporary table and one merge, so saving a whole fleet is a
         single round of statements. ``assigned_at`` changes only when the shard does.
+
+        Raises
+        ------
+        StoreUsageError
+            If the connection is already inside a transaction: this one would only be a
+            savepoint of it, and nothing here would commit it.
         """
         if not assignments:
             return
-        async with self._conn.transaction(), self._conn.cursor() as cur:
+        action = f"saving {len(assignments)} assignments"
+        async with own_transaction(self._conn, "directory", action), self._conn.cursor() as cur:
             await cur.execute(_STAGE)
             async with cur.copy(
                 "COPY battery_shards_stage (battery_id, shard_id) FROM STDIN"

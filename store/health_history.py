@@ -15,7 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from contracts.health import HealthRow, HealthTrend
-from store.postgres import require_autocommit
+from store.postgres import connection_turn, own_transaction, require_autocommit
 
 __all__ = ["HealthHistoryStore"]
 
@@ -27,7 +27,11 @@ _SLOPE = """
 
 
 class HealthHistoryStore:
-    """Appends and reads ``health_history`` over one autocommit connection."""
+    """Appends and reads ``health_history`` over one autocommit connection.
+
+    The connection may be shared with other stores and tasks: their calls take turns on it
+    (:func:`store.postgres.connection_turn`).
+    """
 
     def __init__(self, conn: psycopg.AsyncConnection) -> None:
         require_autocommit(conn, "HealthHistoryStore")
@@ -37,7 +41,11 @@ class HealthHistoryStore:
         """Insert the rows of one run (binary COPY); returns rows written."""
         if not rows:
             return 0
-        async with self._conn.transaction(), self._conn.cursor() as cur:
+        action = f"appending {len(rows)} rows"
+        async with (
+            own_transaction(self._conn, "health-history", action),
+            self._conn.cursor() as cur,
+        ):
             async with cur.copy(
                 "COPY health_history (battery_id, scored_at, cohort, soh_pct, health_score, efc,"
                 " model_version) FROM STDIN"
@@ -62,7 +70,7 @@ class HealthHistoryStore:
             f" WHERE scored_at >= to_timestamp(%s) GROUP BY {key}"
             " ORDER BY slope_pct_per_30d ASC NULLS LAST, key LIMIT %s"
         )
-        async with self._conn.cursor(row_factory=dict_row) as cur:
+        async with connection_turn(self._conn), self._conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(q, (since_s, limit))
             rows: list[dict[str, Any]] = await cur.fetchall()
         return [

@@ -11,7 +11,7 @@ from importlib import resources
 import psycopg
 
 from store.errors import MigrationError
-from store.postgres import require_autocommit
+from store.postgres import own_transaction, require_autocommit
 
 __all__ = ["apply_migrations", "migration_versions"]
 
@@ -58,15 +58,19 @@ async def apply_migrations(conn: psycopg.AsyncConnection) -> list[str]:
     ------
     MigrationError
         Naming the file that failed; that file and later ones are not applied.
+    StoreUsageError
+        If ``conn`` is inside a transaction, which would swallow the migrations uncommitted.
     """
     require_autocommit(conn, "apply_migrations")
-    async with conn.transaction():
+    # Each transaction takes the connection's turn, like every store method: migrating a
+    # connection that stores already use must not nest into one of their transactions.
+    async with own_transaction(conn, "migration", "creating schema_migrations"):
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         await conn.execute(_CREATE_LEDGER)
     applied: list[str] = []
     for version, sql in _migrations():
         try:
-            async with conn.transaction():
+            async with own_transaction(conn, "migration", f"applying {version}.sql"):
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
                 cur = await conn.execute(
                     "SELECT 1 FROM schema_migrations WHERE version = %s", (version,)

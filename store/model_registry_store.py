@@ -28,7 +28,7 @@ from contracts.model_registry import (
     check_actor,
     check_model_name,
 )
-from store.postgres import require_autocommit
+from store.postgres import connection_turn, own_transaction, require_autocommit
 
 __all__ = ["LOCK_CLASS", "ModelRegistryStore"]
 
@@ -194,8 +194,9 @@ class ModelRegistryStore:
     Parameters
     ----------
     conn
-        An autocommit Postgres connection with the migrations applied. Use one connection
-        per concurrent task: psycopg runs one transaction at a time on a connection.
+        An autocommit Postgres connection with the migrations applied. Concurrent tasks and
+        other stores may share it: their calls take turns on it
+        (:func:`store.postgres.connection_turn`), one transaction at a time.
     """
 
     def __init__(self, conn: psycopg.AsyncConnection) -> None:
@@ -233,7 +234,9 @@ class ModelRegistryStore:
             Awaited with the new version inside the transaction, while the model's lock is
             held; if it raises, nothing is recorded. :class:`models.registry.ModelRegistry`
             moves the artifact directory into place here, so a committed version always has
-            its files.
+            its files. It holds the connection's turn meanwhile, so other stores on the
+            connection wait for it; it may call this store's reads (they run inside the
+            transaction), but not from a task of its own, which would wait for it forever.
 
         Returns
         -------
@@ -246,7 +249,10 @@ class ModelRegistryStore:
             raise ValueError(f"Expected a non-empty data fingerprint, got {data_fingerprint!r}.")
         metrics_json = _metrics_json(metrics)
         params_json = _params_json(params)
-        async with self._conn.transaction(), self._conn.cursor(row_factory=dict_row) as cur:
+        async with (
+            own_transaction(self._conn, "model-registry", f"changing model {name!r}"),
+            self._conn.cursor(row_factory=dict_row) as cur,
+        ):
             await cur.execute(_LOCK, (LOCK_CLASS, name))
             await cur.execute(_NEXT_VERSION, (name,))
             next_row = await cur.fetchone()
@@ -282,12 +288,12 @@ class ModelRegistryStore:
 
     async def get(self, name: str, version: int) -> ModelVersion:
         """Version ``version`` of ``name``; :class:`UnknownModelVersion` when there is none."""
-        async with self._conn.cursor(row_factory=dict_row) as cur:
+        async with connection_turn(self._conn), self._conn.cursor(row_factory=dict_row) as cur:
             return await self._get(cur, name, version)
 
     async def versions(self, name: str) -> list[ModelVersion]:
         """Every version of ``name``, oldest first; :class:`UnknownModel` when there is none."""
-        async with self._conn.cursor(row_factory=dict_row) as cur:
+        async with connection_turn(self._conn), self._conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 f"SELECT {_VERSION_COLUMNS} FROM model_versions WHERE name = %s ORDER BY version",
                 (name,),
@@ -299,7 +305,7 @@ class ModelRegistryStore:
 
     async def names(self) -> list[str]:
         """The name of every registered model, sorted."""
-        async with self._conn.cursor() as cur:
+        async with connection_turn(self._conn), self._conn.cursor() as cur:
             await cur.execute("SELECT DISTINCT name FROM model_versions ORDER BY name")
             rows = await cur.fetchall()
         return [row[0] for row in rows]
@@ -312,7 +318,7 @@ class ModelRegistryStore:
         UnknownModel
             No version of ``name`` is registered.
         """
-        async with self._conn.cursor(row_factory=dict_row) as cur:
+        async with connection_turn(self._conn), self._conn.cursor(row_factory=dict_row) as cur:
             config = await self._serving_of(cur, name)
             if config is None:
                 await self._require_known(cur, name)
@@ -324,12 +330,12 @@ class ModelRegistryStore:
         For callers that poll for what to serve (replicas, the start-up check), where an
         unknown model simply means nothing to load yet.
         """
-        async with self._conn.cursor(row_factory=dict_row) as cur:
+        async with connection_turn(self._conn), self._conn.cursor(row_factory=dict_row) as cur:
             return await self._serving_of(cur, name)
 
     async def events(self, name: str) -> list[ModelEvent]:
         """The audit trail of ``name``, oldest first; :class:`UnknownModel` when unknown."""
-        async with self._conn.cursor(row_factory=dict_row) as cur:
+        async with connection_turn(self._conn), self._conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 f"SELECT {_EVENT_COLUMNS} FROM model_events WHERE name = %s ORDER BY id",
                 (name,),
@@ -355,7 +361,10 @@ class ModelRegistryStore:
             ``version`` is already in production.
         """
         check_actor(actor)
-        async with self._conn.transaction(), self._conn.cursor(row_factory=dict_row) as cur:
+        async with (
+            own_transaction(self._conn, "model-registry", f"changing model {name!r}"),
+            self._conn.cursor(row_factory=dict_row) as cur,
+        ):
             await cur.execute(_LOCK, (LOCK_CLASS, name))
             target = await self._get(cur, name, version)
             if target.stage is ModelStage.PRODUCTION:
@@ -381,7 +390,10 @@ class ModelRegistryStore:
             ``name`` was never promoted, or its current production version is the first.
         """
         check_actor(actor)
-        async with self._conn.transaction(), self._conn.cursor(row_factory=dict_row) as cur:
+        async with (
+            own_transaction(self._conn, "model-registry", f"changing model {name!r}"),
+            self._conn.cursor(row_factory=dict_row) as cur,
+        ):
             await cur.execute(_LOCK, (LOCK_CLASS, name))
             current = await self._serving_of(cur, name)
             if current is None:
@@ -436,7 +448,10 @@ class ModelRegistryStore:
         """
         check_actor(actor)
         share = _check_fraction(fraction)
-        async with self._conn.transaction(), self._conn.cursor(row_factory=dict_row) as cur:
+        async with (
+            own_transaction(self._conn, "model-registry", f"changing model {name!r}"),
+            self._conn.cursor(row_factory=dict_row) as cur,
+        ):
             await cur.execute(_LOCK, (LOCK_CLASS, name))
             candidate = await self._get(cur, name, candidate_version)
             current = await self._serving_of(cur, name)
@@ -492,7 +507,10 @@ class ModelRegistryStore:
             No split is running.
         """
         check_actor(actor)
-        async with self._conn.transaction(), self._conn.cursor(row_factory=dict_row) as cur:
+        async with (
+            own_transaction(self._conn, "model-registry", f"changing model {name!r}"),
+            self._conn.cursor(row_factory=dict_row) as cur,
+        ):
             await cur.execute(_LOCK, (LOCK_CLASS, name))
             current = await self._serving_of(cur, name)
             if current is None:
@@ -523,7 +541,10 @@ class ModelRegistryStore:
             ``version`` is in production, already archived, or the running A/B candidate.
         """
         check_actor(actor)
-        async with self._conn.transaction(), self._conn.cursor(row_factory=dict_row) as cur:
+        async with (
+            own_transaction(self._conn, "model-registry", f"changing model {name!r}"),
+            self._conn.cursor(row_factory=dict_row) as cur,
+        ):
             await cur.execute(_LOCK, (LOCK_CLASS, name))
             target = await self._get(cur, name, version)
             if target.stage is not ModelStage.CANDIDATE:

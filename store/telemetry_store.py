@@ -14,7 +14,7 @@ from psycopg import sql
 
 from contracts.samples import SAMPLE_FIELDS, TelemetryBatch
 from store._copy_binary import COPY_COLUMNS, encode_copy_binary
-from store.postgres import open_postgres, require_autocommit
+from store.postgres import connection_turn, open_postgres, require_autocommit, require_idle
 
 __all__ = ["HISTORY_COLUMNS", "TelemetryStore"]
 
@@ -38,7 +38,9 @@ class TelemetryStore:
     ----------
     conn
         An autocommit connection (see :func:`store.open_postgres`); the migrations must
-        have been applied in its ``search_path``.
+        have been applied in its ``search_path``. It may be shared with other stores (a
+        twin shard's telemetry, checkpoint and directory stores share one): their calls
+        take turns on it (:func:`store.postgres.connection_turn`).
     partition_days_back, partition_days_ahead
         Daily partitions are created on demand only for days this close to ``clock()``; rows
         of other days (a vehicle with a broken clock) go to the default partition instead of
@@ -84,24 +86,40 @@ class TelemetryStore:
         Missing daily partitions for the batch's days are created first. NaN cell
         voltages are stored as NULL.
 
+        Concurrent calls, and calls of other stores sharing the connection, take turns on
+        it (:func:`store.postgres.connection_turn`).
+
         Returns
         -------
         int
             Rows written (``batch.n_samples``).
+
+        Raises
+        ------
+        StoreUsageError
+            If the connection is already inside a transaction: the COPY would only be a
+            savepoint of it, and nothing here would commit it.
         """
         n = batch.n_samples
         if n == 0:
             return 0
-        await self._ensure_partitions(batch.columns["ts"])
+        # Encoded before taking the connection's turn: the other stores on it need not wait
+        # for this CPU work.
         payload = encode_copy_binary(batch)
         view = memoryview(payload)
-        async with self._conn.transaction(), self._conn.cursor() as cur:
-            async with cur.copy(_COPY_SQL) as copy:
-                for at in range(0, len(view), _COPY_CHUNK_BYTES):
-                    await copy.write(view[at : at + _COPY_CHUNK_BYTES])
+        async with connection_turn(self._conn):
+            require_idle(self._conn, "telemetry", f"writing {n} samples")
+            # In the same turn: partition DDL run inside another store's transaction would
+            # be rolled back with it while _known_days already counts the partition.
+            await self._ensure_partitions(batch.columns["ts"])
+            async with self._conn.transaction(), self._conn.cursor() as cur:
+                async with cur.copy(_COPY_SQL) as copy:
+                    for at in range(0, len(view), _COPY_CHUNK_BYTES):
+                        await copy.write(view[at : at + _COPY_CHUNK_BYTES])
         return n
 
     async def _ensure_partitions(self, ts_s: np.ndarray[Any, np.dtype[np.float64]]) -> None:
+        # Called in the connection's turn, with the connection idle (see write()).
         today = int(self._clock() // _SECONDS_PER_DAY)
         finite = ts_s[np.isfinite(ts_s)]
         days = np.unique(np.floor(finite / _SECONDS_PER_DAY).astype(np.int64))
@@ -160,8 +178,9 @@ class TelemetryStore:
             where=sql.SQL(" AND ").join(conditions),
         )
         params = {"battery_id": battery_id, "from_ts": from_ts, "to_ts": to_ts, "limit": limit}
-        cur = await self._conn.execute(query, params)
-        rows = await cur.fetchall()
+        async with connection_turn(self._conn):
+            cur = await self._conn.execute(query, params)
+            rows = await cur.fetchall()
         if not rows:
             return {name: [] for name in HISTORY_COLUMNS}
         return {
@@ -201,10 +220,11 @@ class TelemetryStore:
                 for c in _VALUE_FIELDS
             )
         )
-        cur = await self._conn.execute(
-            query, (list(battery_ids), ingested_since_s, ingested_since_s - max_sample_age_s)
-        )
-        rows = await cur.fetchall()
+        async with connection_turn(self._conn):
+            cur = await self._conn.execute(
+                query, (list(battery_ids), ingested_since_s, ingested_since_s - max_sample_age_s)
+            )
+            rows = await cur.fetchall()
         if not rows:
             return TelemetryBatch.empty()
         batteries, vehicles, seqs, *values = zip(*rows, strict=True)

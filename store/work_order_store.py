@@ -15,7 +15,7 @@ from contracts.work_orders import (
     WorkOrderState,
     check_change,
 )
-from store.postgres import require_autocommit
+from store.postgres import connection_turn, own_transaction, require_autocommit
 
 __all__ = ["WorkOrderStore"]
 
@@ -85,8 +85,9 @@ class WorkOrderStore:
     Parameters
     ----------
     conn
-        An autocommit Postgres connection with the migrations applied. Use one connection
-        per concurrent task: psycopg runs one transaction at a time on a connection.
+        An autocommit Postgres connection with the migrations applied. Concurrent tasks and
+        other stores may share it: their calls take turns on it
+        (:func:`store.postgres.connection_turn`), one transaction at a time.
     """
 
     def __init__(self, conn: psycopg.AsyncConnection) -> None:
@@ -107,7 +108,11 @@ class WorkOrderStore:
         """Create a ``planned`` work order and record its creation by ``actor``."""
         _require_actor(actor)
         kind = WorkOrderKind(kind)
-        async with self._conn.transaction(), self._conn.cursor(row_factory=dict_row) as cur:
+        action = f"creating a {kind.value} work order"
+        async with (
+            own_transaction(self._conn, "work-order", action),
+            self._conn.cursor(row_factory=dict_row) as cur,
+        ):
             await cur.execute(
                 _INSERT, (kind.value, vehicle_id, battery_id, lat, lon, priority, value)
             )
@@ -157,7 +162,11 @@ class WorkOrderStore:
         """
         _require_actor(actor)
         new_state = WorkOrderState(new_state)
-        async with self._conn.transaction(), self._conn.cursor(row_factory=dict_row) as cur:
+        action = f"moving work order {order_id} to {new_state.value}"
+        async with (
+            own_transaction(self._conn, "work-order", action),
+            self._conn.cursor(row_factory=dict_row) as cur,
+        ):
             await cur.execute(_SELECT_ONE + " FOR UPDATE", (order_id,))
             row = await cur.fetchone()
             if row is None:
@@ -191,7 +200,7 @@ class WorkOrderStore:
 
     async def get(self, order_id: int) -> WorkOrder:
         """The order with ``order_id``; :class:`KeyError` when there is none."""
-        async with self._conn.cursor(row_factory=dict_row) as cur:
+        async with connection_turn(self._conn), self._conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(_SELECT_ONE, (order_id,))
             row = await cur.fetchone()
         if row is None:
@@ -204,7 +213,7 @@ class WorkOrderStore:
         """Up to ``limit`` orders, in the given ``state`` if any, oldest first."""
         if limit <= 0:
             raise ValueError(f"Expected limit > 0, got {limit}.")
-        async with self._conn.cursor(row_factory=dict_row) as cur:
+        async with connection_turn(self._conn), self._conn.cursor(row_factory=dict_row) as cur:
             if state is None:
                 await cur.execute(
                     f"SELECT {_COLUMNS} FROM work_orders ORDER BY id LIMIT %s", (limit,)
@@ -224,7 +233,7 @@ class WorkOrderStore:
         creation), ``to_state``, ``actor``, ``technician_id``, ``note``, ``swap_vehicle_id``,
         ``swap_battery_out``, ``swap_battery_in``. :class:`KeyError` for an unknown order.
         """
-        async with self._conn.cursor(row_factory=dict_row) as cur:
+        async with connection_turn(self._conn), self._conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(_HISTORY, (order_id,))
             rows = await cur.fetchall()
             if not rows:

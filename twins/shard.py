@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,7 +31,7 @@ from contracts.samples import TelemetryBatch
 from twins.battery_twin import BatteryTwin, TwinSnapshot, health_bands
 from twins.clock import Clock, WallClock
 from twins.fleet_query import Filter, GroupStats, TopNRow, group_stats, top_n
-from twins.scoring import ScoreReport, TwinScorer
+from twins.scoring import AnomalyEvent, ScoreReport, TwinScorer
 from twins.sinks import ShardBackends
 from twins.twin_table import TwinTable, TwinTableParams
 from twins.zones import ZoneGrid
@@ -484,12 +484,12 @@ class TwinShard:
         self.table.vehicle_ids[slot] = vehicle_id
         self._dirty.add(slot)
 
-    async def anomaly_events(self, limit: int = 100) -> list[dict[str, Any]]:
+    async def anomaly_events(self, limit: int = 100) -> list[AnomalyEvent]:
         """The newest anomaly events of this shard's twins, newest first."""
         await self.start()
         if self.scorer is None:
             return []
-        return [e.to_dict() for e in list(self.scorer.events)[-limit:][::-1]]
+        return list(self.scorer.events)[-limit:][::-1]
 
     async def health_rows(self) -> list[HealthRow]:
         """One health row (battery, cohort, SOH %, health score, EFC, model version) per scored twin.
@@ -508,11 +508,13 @@ class TwinShard:
             for s, m in zip(scored.tolist(), months.tolist(), strict=True)
         ]
 
-    async def scoring_report(self) -> dict[str, Any]:
+    async def scoring_report(self) -> ScoreReport | None:
+        """What the last scoring tick did (a copy), or ``None`` when models are not enabled."""
         await self.start()
         if self.scorer is None:
-            return {}
-        return asdict(self.scorer.last_report)
+            return None
+        last = self.scorer.last_report
+        return replace(last, rows=dict(last.rows), errors=dict(last.errors))
 
     # ------------------------------------------------------------------ reads
     async def get(self, battery_id: str) -> TwinSnapshot | None:

@@ -41,7 +41,7 @@ from bms.settings import Settings
 from sim.publisher import FleetPublisher, parse_mqtt_url
 from sim.telemetry_encoder import SAMPLE_COLUMNS, encode_messages
 
-__all__ = ["IngestBenchParams", "run_ingest_bench", "system_rss_mb"]
+__all__ = ["IngestBenchParams", "ray_pss_mb", "run_ingest_bench", "system_rss_mb"]
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,10 @@ log = logging.getLogger(__name__)
 class IngestBenchParams:
     batteries: int
     seconds: float
-    shard_size: int = 10_000
+    shard_size: int
     samples_per_message: int = 50
     report_interval_s: float | None = None
     bridge_workers: int = 1
-    window_samples: int = 64
     chunk_messages: int = 500
 
     def __post_init__(self) -> None:
@@ -69,14 +68,16 @@ class IngestBenchParams:
             raise ValueError(f"Expected report_interval_s > 0, got {self.report_interval_s}.")
 
 
-def system_rss_mb(exclude_pids: set[int]) -> float:
-    """Proportional set size of Ray's processes (GCS, raylet, dashboard, workers).
+def ray_pss_mb(exclude_pids: set[int]) -> dict[str, list[float]]:
+    """Proportional set size of Ray's processes (GCS, raylet, dashboard, workers), by role.
 
     PSS charges each shared page to its sharers pro rata, so summing it over processes
     counts the memory once. Database and broker servers are not Ray processes and are
-    not counted; neither is the benchmark's own publisher (``exclude_pids``).
+    not counted; neither is the benchmark's own publisher (``exclude_pids``). Roles: twin
+    shards (``shard``), bridge workers (``bridge``), the directory, and ``other`` (GCS,
+    raylet, dashboard, idle workers).
     """
-    total = 0
+    out: dict[str, list[float]] = {"shard": [], "bridge": [], "directory": [], "other": []}
     for p in psutil.process_iter(["pid", "name", "cmdline"]):
         if p.info["pid"] in exclude_pids:
             continue
@@ -85,10 +86,18 @@ def system_rss_mb(exclude_pids: set[int]) -> float:
         if not ("ray" in name or "/ray/" in cmd or cmd.startswith("ray::") or "gcs_server" in cmd or "raylet" in cmd):
             continue
         try:
-            total += p.memory_full_info().pss
+            pss = p.memory_full_info().pss / 2**20
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return total / 2**20
+        role = ("shard" if "_ShardActor" in cmd else "bridge" if "BridgeWorker" in cmd
+                else "directory" if "_DirectoryActor" in cmd else "other")  # fmt: skip
+        out[role].append(pss)
+    return out
+
+
+def system_rss_mb(exclude_pids: set[int]) -> float:
+    """Total PSS of Ray's processes, in MB (see :func:`ray_pss_mb`)."""
+    return sum(sum(v) for v in ray_pss_mb(exclude_pids).values())
 
 
 class _Load:
@@ -233,7 +242,7 @@ def run_ingest_bench(p: IngestBenchParams, base: Settings | None = None) -> dict
     tmp = tempfile.TemporaryDirectory(prefix="bms-bench-")
     settings = base.model_copy(update={
         "data_dir": Path(tmp.name),
-        "twins": base.twins.model_copy(update={"shard_size": p.shard_size, "window_samples": p.window_samples, "checkpoint_interval_s": 3600.0}),
+        "twins": base.twins.model_copy(update={"shard_size": p.shard_size, "checkpoint_interval_s": 3600.0}),
         "bridge": base.bridge.model_copy(update={"workers": p.bridge_workers, "session_expiry_s": 60}),
         "ray": base.ray.model_copy(update={"namespace": f"bench{run}"}),
     })
@@ -253,11 +262,21 @@ def run_ingest_bench(p: IngestBenchParams, base: Settings | None = None) -> dict
         t0 = time.time()
         system.start()
         startup_s = time.time() - t0
+        # Shards start empty: their PSS now is a shard's fixed cost, the growth is the twins'.
+        empty = ray_pss_mb({os.getpid()})["shard"]
         # Ray runs its workers at niceness 15; the load generator gets the same, so it does
         # not starve the system it is measuring (they share this machine's two cores).
         os.nice(15 - os.nice(0))
         result = asyncio.run(_bench(p, system, urls, run, FleetClient(system.namespace)))
         result["startup_s"] = round(startup_s, 1)
+        result["broker"] = "mosquitto/external" if shared else "amqtt"
+        full = ray_pss_mb({os.getpid()})
+        twins = max(1, int(result["twins_resident"]))
+        result["empty_shard_pss_mb"] = round(float(np.median(empty)), 1) if empty else None
+        result["shard_pss_mb"] = [round(v, 1) for v in sorted(full["shard"])]
+        result["shard_mb_per_twin"] = round((sum(full["shard"]) - sum(empty)) / twins, 4)
+        result["mb_per_twin"] = round(result["rss_mb"] / twins, 4)
+        result["pss_by_role_mb"] = {k: round(sum(v), 1) for k, v in full.items()}
         return result
     finally:
         with contextlib.suppress(Exception):
@@ -336,6 +355,11 @@ async def _bench(p: IngestBenchParams, system: Any, urls: ServiceUrls, run: str,
         rss_peak = max(rss_peak, system_rss_mb(me))
 
     shard_stats = await fleet.shard_stats()
+    # What a bigger shard costs besides memory: one checkpoint of the whole table (the
+    # shards checkpoint concurrently; a restarted shard reloads one of these).
+    t_ckpt = time.time()
+    ckpt_bytes: list[int] = await fleet.call_all("checkpoint")
+    checkpoint_s = time.time() - t_ckpt
     last_apply = max((s.last_apply_at_s or 0.0) for s in shard_stats)
     lat = await fleet.latencies()
     accepted = end["accepted_samples"] - base["accepted_samples"]
@@ -365,7 +389,8 @@ async def _bench(p: IngestBenchParams, system: Any, urls: ServiceUrls, run: str,
         "freshness_p50_s": round(float(np.percentile(lat, 50)), 4) if lat.size else None,
         "freshness_p99_s": round(float(np.percentile(lat, 99)), 4) if lat.size else None,
         "rss_mb": round(rss_peak, 1),
+        "checkpoint_s": round(checkpoint_s, 2),
+        "checkpoint_mb_per_shard": round(max(ckpt_bytes) / 2**20, 1) if ckpt_bytes else None,
         "bare_subscriber_samples_per_s": round(bare["samples_per_s"], 1),
         "ratio_to_bare": round(sps / bare["samples_per_s"], 3) if bare["samples_per_s"] else None,
-        "broker": "mosquitto/external" if system.shared_subscriptions else "amqtt",
     }

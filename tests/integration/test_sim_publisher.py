@@ -10,7 +10,9 @@ import aiomqtt
 import pytest
 
 from contracts.telemetry import decode_message
-from sim import FleetParams, FleetPublisher, FleetSimulator, parse_mqtt_url
+from sim.fleet import FleetSimulator
+from sim.fleet_params import FleetParams
+from sim.publisher import FleetPublisher, parse_mqtt_url
 
 from .conftest import ServiceHandles
 

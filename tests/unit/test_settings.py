@@ -38,6 +38,7 @@ max_payload_bytes = 65536
 max_future_skew_s = 30.0
 max_age_s = 3600.0
 session_expiry_s = 60
+max_batch_attempts = 3
 
 [serve]
 http_host = "0.0.0.0"
@@ -106,7 +107,7 @@ def test_full_config_sets_every_section(tmp_path: Path) -> None:
     assert s.bridge == BridgeSettings(
         workers=4, share_group="west_1", batch_max_messages=500, batch_max_wait_ms=5.0,
         max_inflight_batches=8, receive_maximum=2000, max_payload_bytes=65536,
-        max_future_skew_s=30.0, max_age_s=3600.0, session_expiry_s=60,
+        max_future_skew_s=30.0, max_age_s=3600.0, session_expiry_s=60, max_batch_attempts=3,
     )  # fmt: skip
     assert s.serve == ServeSettings(http_host="0.0.0.0", http_port=8080)
     assert s.ray == RayClusterSettings(
@@ -172,6 +173,14 @@ def test_unknown_key_or_section_is_rejected(tmp_path: Path, text: str, key: str)
         ),
         ("[sim]\ntime_scale = 0\n", "sim.time_scale: Input should be greater than 0 (got 0)"),
         ("[bridge]\nshare_group = 'a/b'\n", "bridge.share_group: String should match pattern"),
+        (
+            "[bridge]\nmax_batch_attempts = 0\n",
+            "bridge.max_batch_attempts: Input should be greater than or equal to 1 (got 0)",
+        ),
+        (
+            "[bridge]\nmax_batch_attempts = 101\n",
+            "bridge.max_batch_attempts: Input should be less than or equal to 100 (got 101)",
+        ),
         ("[ray]\nnum_cpus = 'many'\n", "ray.num_cpus: Input should be a valid integer"),
     ],
 )

@@ -71,3 +71,17 @@ def test_models_off_runs_no_job_and_no_planner() -> None:
     spec = system_spec(Settings.model_validate({"models": {"enabled": False}}), _URLS)
     assert spec.model_job is None and spec.planner is None and not spec.train_on_start
     assert spec.http is not None and spec.http.app.models == []
+
+
+def test_settings_defaults_are_the_components_defaults() -> None:
+    """Each knob is declared once: an empty config gives every component its own defaults."""
+    from models.job_params import JobParams
+    from planners.planner import PlannerParams
+    from twins.scoring import ScoringParams
+    from twins.twin_table import TwinTableParams
+
+    spec = system_spec(Settings(), _URLS)
+    assert spec.twins.params == TwinTableParams()
+    assert spec.twins.scoring == ScoringParams()
+    assert spec.planner is not None and spec.planner.params == PlannerParams()
+    assert spec.model_job is not None and spec.model_job.params == JobParams()

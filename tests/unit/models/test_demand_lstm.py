@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from contracts.ride_history import RideHistory
 from models.demand_lstm import (
     DECODER_FEATURES,
     ENCODER_FEATURES,
@@ -21,7 +22,7 @@ from models.demand_lstm import (
     evaluate,
     train,
 )
-from sim.ride_demand import RideDemandParams, RideHistory, ride_history
+from sim.ride_demand import RideDemandParams, ride_history
 from sim.weather import SimWeather
 
 # 2024-05-06 00:00 UTC, a Monday.

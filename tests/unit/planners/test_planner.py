@@ -14,6 +14,7 @@ from contracts.work_orders import SwapRecord, WorkOrder, WorkOrderKind, WorkOrde
 from planners.job_queue import JobQueue, JobRules
 from planners.planner import Planner, PlannerParams
 from planners.resources import Depot, Technician
+from planners.views import queue_entries, roster_of
 
 # 2025-11-26 10:00 local (09:00 UTC): everyone's shift is on.
 NOW_S = 1_764_147_600.0
@@ -180,3 +181,20 @@ async def test_stops_under_way_stay_with_their_technician() -> None:
     again = await p.plan()
     mine = next(r for r in again.routes if r.technician_id == route.technician_id)
     assert mine.stops[0].battery_id == stop.battery_id
+
+
+async def test_read_views_answer_the_queue_and_roster_as_records() -> None:
+    """What the actor answers readers: open jobs most valuable first, each flagged once its
+    order is en route, and the roster as given (technicians, depots)."""
+    cands = [_candidate(k, lost_rides_6h=float(k + 1)) for k in range(3)]
+    p, _, _ = _planner(cands)
+    await p.pull()
+    rec = await p.plan()
+    stop = next(s for r in rec.routes for s in r.stops)
+    assert stop.work_order_id is not None
+    await p.report(stop.work_order_id, WorkOrderState.EN_ROUTE, "tech")
+    entries = queue_entries(p)
+    assert [e.job.battery_id for e in entries] == ["b002", "b001", "b000"]
+    assert {e.job.battery_id for e in entries if e.in_progress} == {stop.battery_id}
+    roster = roster_of(p)
+    assert [t.id for t in roster.technicians] == ["t0", "t1"] and [d.id for d in roster.depots] == ["north"]

@@ -7,8 +7,11 @@ tuples as the MQTT reader would queue them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -337,3 +340,174 @@ async def test_batches_reach_the_router_in_arrival_order(dead_letters: FakeDeadL
     second = asyncio.create_task(bridge.process([_raw(_payload("b-2"), 2.0, mid=2)]))
     await asyncio.gather(first, second)
     assert router.submitted == [["b-1"], ["b-2"]]
+
+
+# -- bounded routing retries --------------------------------------------------------------
+
+
+class FakePaho:
+    """Stands in for the paho client inside aiomqtt: records the mids acknowledged."""
+
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+
+    def ack(self, mid: int, qos: int) -> None:
+        self.acked.append(mid)
+
+
+def _connected(bridge: MqttBridge) -> FakePaho:
+    """Give ``bridge`` a fake connection (generation 1, as ``_raw`` tags messages), so
+    ``process`` acknowledges through it."""
+    paho = FakePaho()
+    bridge._client = SimpleNamespace(_client=paho)  # type: ignore[assignment]
+    bridge._generation = 1
+    return paho
+
+
+class PoisonRouter(FakeRouter):
+    """Refuses every batch holding battery ``b-poison`` with a very long error; takes the rest."""
+
+    async def route(self, batch: TelemetryBatch) -> dict[str, int]:
+        if "b-poison" in list(batch.battery_ids):
+            self.calls += 1
+            raise RuntimeError("shard rejected the batch: " + "x" * 2000)
+        return await super().route(batch)
+
+
+async def test_batch_the_shards_always_refuse_is_dead_lettered_acked_and_counted(
+    dead_letters: FakeDeadLetters, mixed: list[Any]
+) -> None:
+    """After max_batch_attempts failed routings, each valid message of the batch becomes a
+    routing_failed dead letter (same topic, payload and receive time, the last error in the
+    detail), stored with the batch's rejects; every message is acknowledged and counted."""
+    router = FakeRouter(fail_times=1_000)
+    bridge = _bridge(router, dead_letters, max_batch_attempts=3, retry_backoff_s=0.0)
+    paho = _connected(bridge)
+    await asyncio.wait_for(bridge.process(mixed), 5.0)
+    assert router.calls == 3 and router.batches == []
+    (stored,) = dead_letters.recorded
+    assert [(d.topic, d.reason, d.payload, d.received_at_s) for d in stored[3:]] == [
+        ("fleet/v-1/telemetry", "routing_failed", mixed[0][1], 1.0),
+        ("fleet/v-1/telemetry", "routing_failed", mixed[3][1], 4.0),
+    ]
+    assert [d.reason for d in stored[:3]] == ["out_of_range", "malformed_json", "bad_topic"]
+    assert "failed 3 times" in stored[3].detail
+    assert "ConnectionError: shard restarting" in stored[3].detail
+    assert sorted(paho.acked) == [1, 2, 3, 4, 5]
+    s = bridge.stats()
+    assert (s.received_messages, s.accepted_messages, s.rejected_messages, s.batches) == (5, 0, 3, 1)
+    assert (s.failed_batches, s.failed_messages, s.accepted_samples, s.inflight_batches) == (1, 2, 0, 0)
+    assert s.rejected_by_reason == {"out_of_range": 1, "malformed_json": 1, "bad_topic": 1}
+
+
+async def test_routing_error_in_the_dead_letter_detail_is_truncated(
+    dead_letters: FakeDeadLetters,
+) -> None:
+    """A huge error message is cut short in the letter's detail, which still names its type."""
+    bridge = _bridge(PoisonRouter(), dead_letters, max_batch_attempts=1)
+    await bridge.process([_raw(_payload("b-poison"), 1.0)])
+    ((letter,),) = dead_letters.recorded
+    assert letter.reason == "routing_failed"
+    assert "RuntimeError: shard rejected the batch: xxx" in letter.detail
+    assert len(letter.detail) < 500 and letter.detail.endswith("...")
+
+
+async def test_refused_batch_frees_its_inflight_slot_for_the_next_batch(
+    dead_letters: FakeDeadLetters,
+) -> None:
+    """With one in-flight slot, a batch the shards always refuse gives the slot back after
+    its attempts, so the good batch queued behind it is delivered (ingest does not stall)."""
+    router = PoisonRouter()
+    bridge = _bridge(
+        router, dead_letters, max_inflight_batches=1, batch_max_messages=1, batch_max_wait_ms=0,
+        max_batch_attempts=2, retry_backoff_s=0.01,
+    )  # fmt: skip
+    paho = _connected(bridge)
+    batcher = asyncio.create_task(bridge._batcher())
+    try:
+        bridge._enqueue(_raw(_payload("b-poison"), 1.0, mid=1))
+        bridge._enqueue(_raw(_payload("b-good"), 2.0, mid=2))
+        async with asyncio.timeout(5.0):
+            while bridge.stats().batches < 2:
+                await asyncio.sleep(0.01)
+    finally:
+        batcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await batcher
+    assert [list(b.battery_ids) for b in router.batches] == [["b-good"]]
+    assert [[d.reason for d in ls] for ls in dead_letters.recorded] == [["routing_failed"]]
+    assert sorted(paho.acked) == [1, 2]
+    s = bridge.stats()
+    assert (s.failed_batches, s.failed_messages, s.accepted_messages, s.inflight_batches) == (1, 1, 1, 0)
+
+
+async def test_transient_routing_failures_deliver_without_a_dead_letter(
+    dead_letters: FakeDeadLetters,
+) -> None:
+    """A router that fails twice and then succeeds gets the batch on the third attempt:
+    delivered and acknowledged, no dead letter, nothing counted as failed."""
+    router = FakeRouter(fail_times=2)
+    bridge = _bridge(router, dead_letters, max_batch_attempts=3, retry_backoff_s=0.0)
+    paho = _connected(bridge)
+    await bridge.process([_raw(_payload("b-1"), 1.0, mid=1), _raw(_payload("b-2"), 2.0, mid=2)])
+    assert router.calls == 3 and [list(b.battery_ids) for b in router.batches] == [["b-1", "b-2"]]
+    assert dead_letters.recorded == []
+    assert sorted(paho.acked) == [1, 2]
+    s = bridge.stats()
+    assert (s.accepted_messages, s.failed_batches, s.failed_messages, s.rejected_messages) == (2, 0, 0, 0)
+
+
+class StopWhileFailingDeadLetters(FakeDeadLetters):
+    """Fails every write (the database is down) and stops the bridge on the second one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bridge: MqttBridge | None = None
+        self.calls = 0
+
+    async def record(self, letters: Sequence[DeadLetter]) -> None:
+        self.calls += 1
+        if self.calls == 2 and self.bridge is not None:
+            self.bridge.stop()
+        raise ConnectionError("postgres down")
+
+
+async def test_routing_failed_letters_that_cannot_be_stored_are_not_acknowledged() -> None:
+    """A refused batch is acknowledged only once its dead letters are stored: while the
+    store fails, the messages stay unacknowledged, and a stopping bridge gives them back to
+    the broker uncounted."""
+    sink = StopWhileFailingDeadLetters()
+    bridge = _bridge(FakeRouter(fail_times=1_000), sink, max_batch_attempts=2, retry_backoff_s=0.0)
+    sink.bridge = bridge
+    paho = _connected(bridge)
+    await asyncio.wait_for(bridge.process([_raw(_payload("b-1"), 1.0, mid=1)]), 5.0)
+    assert sink.calls == 2 and sink.recorded == []
+    assert paho.acked == []
+    s = bridge.stats()
+    assert (s.received_messages, s.failed_batches, s.failed_messages) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("max_batch_attempts", 0, "Expected max_batch_attempts to be an int >= 1, got 0."),
+        ("max_batch_attempts", -3, "Expected max_batch_attempts to be an int >= 1, got -3."),
+        ("max_batch_attempts", 2.5, "Expected max_batch_attempts to be an int >= 1, got 2.5."),
+        ("max_batch_attempts", True, "Expected max_batch_attempts to be an int >= 1, got True."),
+        ("retry_backoff_s", -0.1, "Expected retry_backoff_s in [0, 5.0] seconds, got -0.1."),
+        ("retry_backoff_s", float("nan"), "Expected retry_backoff_s in [0, 5.0] seconds, got nan."),
+        ("retry_backoff_s", 30.0, "Expected retry_backoff_s in [0, 5.0] seconds, got 30.0."),
+    ],
+)
+def test_bad_retry_knobs_are_rejected_with_expected_and_got(field: str, value: Any, message: str) -> None:
+    """BridgeConfig refuses attempts below one (or not an int) and a negative, non-finite or
+    over-long backoff, saying what it expected and what it got."""
+    with pytest.raises(ValueError) as info:
+        BridgeConfig(host="127.0.0.1", port=1, **{field: value})
+    assert str(info.value) == message
+
+
+def test_retry_knob_defaults() -> None:
+    """By default a batch is tried five times, the first retry after 0.2 s."""
+    cfg = BridgeConfig(host="127.0.0.1", port=1)
+    assert (cfg.max_batch_attempts, cfg.retry_backoff_s) == (10, 0.2)

@@ -6,8 +6,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from sim.ride_demand import RideDemandParams, RideHistory, expected_rides, ride_history
-from sim.weather import SimWeather, WeatherHours
+from contracts.ride_history import RideHistory
+from contracts.weather import WeatherHours
+from sim.ride_demand import RideDemandParams, expected_rides, ride_history
+from sim.weather import SimWeather
 
 # 2024-06-03 00:00 UTC, a Monday.
 T0_S = 1_717_372_800.0

@@ -6,7 +6,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from sim.weather import SimWeather, WeatherHours
+from contracts.weather import WeatherHours
+from sim.weather import SimWeather
 
 # 2024-01-01 00:00 UTC, a Monday.
 T0_S = 1_704_067_200.0

@@ -17,6 +17,7 @@ import pytest
 from contracts.samples import SAMPLE_FIELDS, TelemetryBatch
 from twins.clock import ManualClock
 from twins.fleet_query import Filter
+from twins.scoring import AnomalyEvent, MemoryDemand, ScoreReport, TwinScorer
 from twins.shard import TwinShard
 from twins.sinks import (
     MemoryAssignments,
@@ -511,3 +512,45 @@ async def test_start_connects_once(clock: ManualClock) -> None:
         assert calls == 1
     finally:
         await s.aclose()
+
+
+# ---------------------------------------------------------------------------- scoring reads
+class _NoModels:
+    """A :class:`twins.scoring.ModelClient` whose every model is down."""
+
+    async def call(self, model: str, ids: list[str], arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise ConnectionError(f"{model} is not deployed")
+
+
+async def test_scoring_reads_are_typed_records(clock: ManualClock) -> None:
+    """anomaly_events answers the scorer's AnomalyEvent records, newest first, at most
+    ``limit``; scoring_report answers a copy of the last ScoreReport (None without models)."""
+    scorer = TwinScorer(_NoModels(), MemoryDemand(), clock=clock)
+    backends = _backends()
+
+    async def connect() -> ShardBackends:
+        return backends
+
+    s = TwinShard(
+        0, PARAMS, connect, clock=clock, checkpoint_interval_s=3600.0,
+        state_flush_interval_s=3600.0, scorer=scorer, score_interval_s=3600.0,
+    )  # fmt: skip
+    plain = _make_shard(_backends(), clock)
+    try:
+        await s.ingest(_drive("bat-a", 0, [0.0, 1.0]))
+        report = await s.score()
+        assert report.errors and report.twins == 1
+        copy = await s.scoring_report()
+        assert isinstance(copy, ScoreReport) and copy == report
+        copy.errors.clear()  # the caller's copy: the shard's own report is untouched
+        assert scorer.last_report.errors
+        scorer.events.extend(
+            AnomalyEvent("bat-a", kind, 0.5, T0_S + k) for k, kind in enumerate(("temp_rise", "voltage_sag", "cell_imbalance"))
+        )
+        events = await s.anomaly_events(limit=2)
+        assert all(isinstance(e, AnomalyEvent) for e in events)
+        assert [e.kind for e in events] == ["cell_imbalance", "voltage_sag"]
+        assert await plain.scoring_report() is None and await plain.anomaly_events() == []
+    finally:
+        await s.aclose()
+        await plain.aclose()

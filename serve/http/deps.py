@@ -1,0 +1,257 @@
+"""What the HTTP routes call, as small protocols, and the one object that carries them.
+
+The routes never look a service up: :func:`serve.http.app.create_api` takes an
+:class:`ApiDeps`, and each route reads it through :func:`get_deps`. The runtime implements
+the protocols over Ray actors, Serve handles, a PostgreSQL pool and Redis
+(:mod:`runtime.api_deps`); unit tests implement them in memory. Implementations raise the
+original exceptions of the layers below (``KeyError``, ``ValueError``,
+:class:`contracts.errors.WorkOrderError`, :class:`contracts.errors.UnknownModel`), never a
+Ray wrapper, and :class:`serve.http.errors.PlannerNotRunning` when there is no planner.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
+
+from fastapi import Depends, Request
+
+if TYPE_CHECKING:
+    from contracts.model_registry import ModelEvent, ModelVersion, ServingConfig
+    from contracts.work_orders import SwapRecord, WorkOrder, WorkOrderState
+    from planners.planner import PlanRecord, TechnicianRoute
+    from planners.views import QueueEntry, Roster
+    from serve.mqtt_bridge import BridgeStats
+    from twins.battery_twin import TwinSnapshot
+    from twins.fleet_query import Filter, GroupStats, TopNRow
+    from twins.scoring import AnomalyEvent
+    from twins.shard import ShardStats
+
+__all__ = [
+    "ApiDeps",
+    "BridgeStatsSource",
+    "DeadLetterReader",
+    "Deps",
+    "FleetReader",
+    "ModelRegistryAccess",
+    "ModelStatusSource",
+    "PlannerClient",
+    "Stores",
+    "TelemetryHistory",
+    "WorkOrderReader",
+    "get_deps",
+]
+
+
+class FleetReader(Protocol):
+    """Reads of the twins across every shard (:class:`runtime.twins.FleetClient`)."""
+
+    async def get(self, battery_id: str) -> TwinSnapshot | None:
+        """One twin's state, or ``None`` when no shard has the battery."""
+        ...
+
+    async def window(self, battery_id: str) -> dict[str, list[float | None]] | None:
+        """One twin's rolling window, one list per sample column, oldest first."""
+        ...
+
+    async def top_n(
+        self, by: str, n: int, *, descending: bool, filters: Sequence[Filter]
+    ) -> list[TopNRow]:
+        """The ``n`` twins with the largest (or smallest) ``by``; ``ValueError`` for a bad field."""
+        ...
+
+    async def group_stats(
+        self, group_by: str | None, fields: Sequence[str], *, filters: Sequence[Filter] = ()
+    ) -> dict[str, GroupStats]:
+        """Count and per-field sums by group; ``ValueError`` for an unknown field."""
+        ...
+
+    async def shard_stats(self) -> list[ShardStats]:
+        """Every shard's counters."""
+        ...
+
+    async def num_shards(self) -> int:
+        """How many shards the directory has started."""
+        ...
+
+    async def ping(self) -> None:
+        """Return once every shard has answered (raise if one cannot)."""
+        ...
+
+    async def anomaly_events(self, limit: int) -> list[AnomalyEvent]:
+        """Up to ``limit`` newest anomaly events of each shard, in no particular order."""
+        ...
+
+
+class PlannerClient(Protocol):
+    """The planner's reads and changes; each raises :class:`PlannerNotRunning` without one."""
+
+    async def queue(self) -> list[QueueEntry]:
+        """Open jobs, most valuable first."""
+        ...
+
+    async def latest(self) -> PlanRecord | None:
+        """The latest plan, or ``None`` before the first round."""
+        ...
+
+    async def pull(self) -> int:
+        """Pull candidates from the shards now; returns how many came."""
+        ...
+
+    async def plan(self, reason: str) -> PlanRecord:
+        """Plan now."""
+        ...
+
+    async def roster(self) -> Roster:
+        """Technicians and depots."""
+        ...
+
+    async def route_of(self, technician_id: str) -> TechnicianRoute | None:
+        """The technician's route in the latest plan; ``KeyError`` for an unknown technician."""
+        ...
+
+    async def report(
+        self,
+        order_id: int,
+        state: WorkOrderState,
+        actor: str,
+        technician_id: str | None,
+        swap: SwapRecord | None,
+        note: str | None,
+    ) -> WorkOrder:
+        """Change a work order; ``KeyError`` when unknown, ``WorkOrderError`` when refused."""
+        ...
+
+
+class BridgeStatsSource(Protocol):
+    """The MQTT bridge workers' counters."""
+
+    async def stats(self) -> dict[str, BridgeStats | None]:
+        """Per worker name, its counters, or ``None`` when it is not running."""
+        ...
+
+
+class ModelStatusSource(Protocol):
+    """The live status of the deployed models (one Serve deployment per family)."""
+
+    def names(self) -> list[str]:
+        """The deployed model families, sorted."""
+        ...
+
+    async def status(self, name: str) -> Mapping[str, Any] | None:
+        """What :meth:`models.served_model.ServedModel.status` reports, ``None`` when not
+        deployed; raises whatever the replica raised when it cannot answer."""
+        ...
+
+
+class TelemetryHistory(Protocol):
+    """Telemetry history (:class:`store.TelemetryStore`)."""
+
+    async def history(
+        self, battery_id: str, from_ts: float | None, to_ts: float | None, limit: int
+    ) -> dict[str, list[Any]]:
+        """The newest ``limit`` samples in ``[from_ts, to_ts]``, oldest first, by column."""
+        ...
+
+
+class DeadLetterReader(Protocol):
+    """Rejected messages (:class:`store.DeadLetterStore`)."""
+
+    async def counts(self) -> dict[str, int]:
+        """Letters so far, per reason."""
+        ...
+
+    async def recent(self, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` letters, newest first."""
+        ...
+
+
+class ModelRegistryAccess(Protocol):
+    """The model registry (:class:`store.model_registry_store.ModelRegistryStore`)."""
+
+    async def names(self) -> list[str]: ...
+
+    async def versions(self, name: str) -> list[ModelVersion]: ...
+
+    async def serving(self, name: str) -> ServingConfig | None: ...
+
+    async def serving_or_none(self, name: str) -> ServingConfig | None: ...
+
+    async def events(self, name: str) -> list[ModelEvent]: ...
+
+    async def promote(self, name: str, version: int, actor: str) -> ServingConfig: ...
+
+    async def rollback(self, name: str, actor: str) -> ServingConfig: ...
+
+    async def start_ab(
+        self, name: str, candidate_version: int, fraction: float, actor: str
+    ) -> ServingConfig: ...
+
+    async def stop_ab(self, name: str, actor: str) -> ServingConfig: ...
+
+
+class WorkOrderReader(Protocol):
+    """Work orders (:class:`store.work_order_store.WorkOrderStore`); changes go through the planner."""
+
+    async def list(self, state: WorkOrderState | None, limit: int) -> list[WorkOrder]: ...
+
+    async def get(self, order_id: int) -> WorkOrder: ...
+
+    async def history(self, order_id: int) -> builtins.list[dict[str, Any]]: ...
+
+
+class Stores(Protocol):
+    """Opens a store for the length of one request (a pooled connection, in production)."""
+
+    def history(self) -> AbstractAsyncContextManager[TelemetryHistory]: ...
+
+    def dead_letters(self) -> AbstractAsyncContextManager[DeadLetterReader]: ...
+
+    def registry(self) -> AbstractAsyncContextManager[ModelRegistryAccess]: ...
+
+    def work_orders(self) -> AbstractAsyncContextManager[WorkOrderReader]: ...
+
+
+@dataclass(frozen=True)
+class ApiDeps:
+    """Everything the routes call.
+
+    Parameters
+    ----------
+    fleet
+        Twin reads across shards.
+    planner
+        The planner actor.
+    bridges
+        The MQTT bridge workers' counters.
+    models
+        Live status of the model deployments.
+    stores
+        PostgreSQL (and Redis) stores, one per request.
+    max_history_rows
+        Most telemetry rows one history request returns, whatever ``limit`` asks.
+    """
+
+    fleet: FleetReader
+    planner: PlannerClient
+    bridges: BridgeStatsSource
+    models: ModelStatusSource
+    stores: Stores
+    max_history_rows: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.max_history_rows < 1:
+            raise ValueError(f"Expected max_history_rows >= 1, got {self.max_history_rows}.")
+
+
+def get_deps(request: Request) -> ApiDeps:
+    """The app's :class:`ApiDeps` (set by :func:`serve.http.app.create_api`)."""
+    deps: ApiDeps = request.app.state.deps
+    return deps
+
+
+#: Route parameter type: ``deps: Deps`` injects the app's :class:`ApiDeps`.
+Deps = Annotated[ApiDeps, Depends(get_deps)]

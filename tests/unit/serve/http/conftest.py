@@ -1,0 +1,79 @@
+"""Fixtures of the HTTP API tests: the app over in-memory fakes, and a client for it.
+
+No Ray and no servers: :func:`serve.http.app.create_api` gets :class:`ApiDeps` built from
+:mod:`.fakes`, and FastAPI's ``TestClient`` calls it in process.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from starlette.exceptions import StarletteDeprecationWarning
+
+from contracts.work_orders import WorkOrderState
+from serve.http import ApiDeps, create_api
+
+with warnings.catch_warnings():
+    # Starlette asks for the httpx2 package; the installed httpx works the same for these
+    # in-process calls, and warnings are errors in this suite.
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from fastapi.testclient import TestClient
+
+from .fakes import (
+    FakeBridges,
+    FakeFleet,
+    FakeModels,
+    FakePlanner,
+    MemoryDeadLetters,
+    MemoryRegistry,
+    MemoryStores,
+    MemoryTelemetry,
+    MemoryWorkOrders,
+    bridge_stats,
+    live_status,
+    work_order,
+)
+
+
+@dataclass
+class Fakes:
+    """The fakes behind one app, for tests to arrange and inspect."""
+
+    fleet: FakeFleet
+    planner: FakePlanner
+    bridges: FakeBridges
+    models: FakeModels
+    stores: MemoryStores
+
+    def deps(self, max_history_rows: int = 10_000) -> ApiDeps:
+        return ApiDeps(
+            fleet=self.fleet, planner=self.planner, bridges=self.bridges, models=self.models,
+            stores=self.stores, max_history_rows=max_history_rows,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def fakes() -> Fakes:
+    """A three-twin fleet, a running planner with orders 1 (assigned) and 2 (en route), one
+    running and one stopped bridge, the deployed model ``health`` (registered, with a drift
+    alert), and empty history and dead letters."""
+    orders = {1: work_order(1), 2: work_order(2, WorkOrderState.EN_ROUTE)}
+    registry = MemoryRegistry()
+    registry.add("health")
+    return Fakes(
+        fleet=FakeFleet(),
+        planner=FakePlanner(orders),
+        bridges=FakeBridges({"bms-bridge-0": bridge_stats(), "bms-bridge-1": None}),
+        models=FakeModels({"health": live_status("health")}),
+        stores=MemoryStores(MemoryTelemetry(), MemoryDeadLetters(), registry, MemoryWorkOrders(orders)),
+    )
+
+
+@pytest.fixture
+def client(fakes: Fakes) -> Iterator[TestClient]:
+    """A client of the API over ``fakes`` (arrange the fakes before calling it)."""
+    with TestClient(create_api(fakes.deps())) as c:
+        yield c
