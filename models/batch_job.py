@@ -27,7 +27,6 @@ import logging
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from contracts.health import HealthRow, HealthTrend
+from contracts.job_reports import DemandForecastReport, RescoreReport, RetrainReport
 from contracts.ride_history import RideHistory
 from models.demand_lstm import HORIZON_HOURS, DemandInputs, DemandLstmParams
 from models.demand_lstm import train as train_demand
@@ -42,7 +42,7 @@ from models.job_params import JobParams
 from models.predictors import demand_request
 from models.registry import ModelRegistry, data_fingerprint
 from models.weather import WeatherSource
-from twins.scoring import ModelClient
+from twins.scoring import ModelClient, ScoreReport
 
 __all__ = ["JOB_ACTOR", "DemandCache", "FleetModelJob", "HealthHistory", "JobParams", "ShardFanout"]
 
@@ -53,9 +53,19 @@ _HOUR_S = 3600
 
 
 class ShardFanout(Protocol):
-    """Calls one method on every twin shard (:class:`runtime.twins.FleetClient`)."""
+    """The twin shards, all at once (:class:`runtime.twins.FleetClient`)."""
 
-    async def call_all(self, method: str, *args: Any) -> list[Any]: ...
+    async def score_all(self) -> list[ScoreReport]:
+        """One scoring tick on every shard now; each shard's report."""
+        ...
+
+    async def health_rows(self) -> list[HealthRow]:
+        """One health row per scored twin, fleet-wide."""
+        ...
+
+    async def vehicles_per_zone(self) -> dict[str, int]:
+        """How many vehicles (twins) each zone holds, fleet-wide."""
+        ...
 
 
 class DemandCache(Protocol):
@@ -100,7 +110,7 @@ class FleetModelJob:
         self.open_history = open_history
         self.params = params
         self.now_s = now_s
-        self.last: dict[str, Any] = {}
+        self.last: dict[str, DemandForecastReport | RescoreReport | RetrainReport] = {}
 
     async def _inputs(self, zones_rides: np.ndarray, end_hour_s: int) -> DemandInputs:
         p = self.params
@@ -108,58 +118,59 @@ class FleetModelJob:
         nxt = await self.weather.hourly(p.lat, p.lon, end_hour_s, HORIZON_HOURS)
         return DemandInputs(history_rides=zones_rides, weather_past=past, weather_next=nxt)
 
-    async def forecast_demand(self) -> dict[str, Any]:
+    async def forecast_demand(self) -> DemandForecastReport:
         """Forecast the next 24 h of every zone with observed rides; write them to Redis."""
         end_hour = int(self.now_s() // _HOUR_S) * _HOUR_S
         zones, rides = await self.demand.ride_history(end_hour, self.params.history_hours)
         if not zones:
-            out = {"zones": 0, "reason": "no ride starts observed yet"}
+            out = DemandForecastReport(at_s=self.now_s(), zones=0, reason="no ride starts observed yet")
         else:
             inputs = await self._inputs(rides, end_hour)
             res = await self.models.call("demand", zones, demand_request(inputs))
             forecast = np.asarray(res["rides"], dtype=np.float64)
-            # The priority model works per vehicle: count the vehicles of each zone fleet-wide.
-            vehicles: dict[str, int] = {}
-            for groups in await self.shards.call_all("group_stats", "zone", ["soc_pct"], []):
-                for zone, g in groups.items():
-                    vehicles[zone] = vehicles.get(zone, 0) + int(g.count)
+            # The priority model works per vehicle: the vehicles of each zone, fleet-wide.
+            vehicles = await self.shards.vehicles_per_zone()
             await self.demand.write_forecast(end_hour, dict(zip(zones, forecast, strict=True)), vehicles)
-            out = {"zones": len(zones), "start_s": end_hour, "rides_next_24h": float(forecast.sum())}
-        self.last["forecast_demand"] = {**out, "at_s": self.now_s()}
+            out = DemandForecastReport(
+                at_s=self.now_s(), zones=len(zones), start_s=end_hour, rides_next_24h=float(forecast.sum())
+            )
+        self.last["forecast_demand"] = out
         return out
 
-    async def rescore(self) -> dict[str, Any]:
+    async def rescore(self) -> RescoreReport:
         """Score every shard now, record health per battery, compute trends."""
         now = self.now_s()
-        reports = await self.shards.call_all("score")
-        per_shard: list[list[HealthRow]] = await self.shards.call_all("health_rows")
-        rows = [r for part in per_shard for r in part]
+        reports = await self.shards.score_all()
+        rows = await self.shards.health_rows()
         since = now - self.params.trend_window_days * 86_400.0
         async with self.open_history() as history:
             written = await history.append(rows, now)
             batteries = await history.battery_trends(since, limit=20)
             cohorts = await history.cohort_trends(since)
-        out = {
-            "twins_scored": sum(r.twins for r in reports),
-            "model_errors": sorted({m for r in reports for m in r.errors}),
-            "health_rows": written,
-            "fastest_fading": [asdict(t) for t in batteries if t.slope_pct_per_30d is not None][:10],
-            "cohorts": [asdict(t) for t in cohorts],
-        }
-        self.last["rescore"] = {**out, "at_s": now}
+        out = RescoreReport(
+            at_s=now,
+            twins_scored=sum(r.twins for r in reports),
+            model_errors=tuple(sorted({m for r in reports for m in r.errors})),
+            health_rows=written,
+            fastest_fading=tuple(t for t in batteries if t.slope_pct_per_30d is not None)[:10],
+            cohorts=tuple(cohorts),
+        )
+        self.last["rescore"] = out
         return out
 
-    async def retrain(self, actor: str = JOB_ACTOR, min_hours: int | None = None) -> dict[str, Any]:
+    async def retrain(self, actor: str = JOB_ACTOR, min_hours: int | None = None) -> RetrainReport:
         """Refit the demand LSTM on the fleet's ride history; register it as a candidate."""
         need = self.params.min_retrain_hours if min_hours is None else min_hours
         end_hour = int(self.now_s() // _HOUR_S) * _HOUR_S
         zones, rides = await self.demand.ride_history(end_hour, need)
         observed = int(np.flatnonzero(rides.sum(axis=0) > 0)[0]) if rides.size and rides.sum() else None
         span = 0 if observed is None else need - observed
-        out: dict[str, Any]
         if not zones or span < need:
-            out = {"registered": None, "reason": f"{span} h of ride history, {need} h needed"}
-            self.last["retrain"] = {**out, "at_s": self.now_s()}
+            out = RetrainReport(
+                at_s=self.now_s(), model="demand", registered_version=None, hours=span, zones=len(zones),
+                reason=f"{span} h of ride history, {need} h needed",
+            )  # fmt: skip
+            self.last["retrain"] = out
             return out
         start = end_hour - need * _HOUR_S
         weather = await self.weather.hourly(self.params.lat, self.params.lon, start, need)
@@ -173,8 +184,10 @@ class FleetModelJob:
                     "demand", Path(work), dict(model.metrics), {"source": "fleet", "hours": need, **params.as_dict()},
                     data_fingerprint(rides), actor,
                 )
-        out = {"registered": {"name": "demand", "version": version.version}, "hours": need, "zones": len(zones)}
-        self.last["retrain"] = {**out, "at_s": self.now_s()}
+        out = RetrainReport(
+            at_s=self.now_s(), model="demand", registered_version=version.version, hours=need, zones=len(zones)
+        )
+        self.last["retrain"] = out
         return out
 
     async def run_forever(self) -> None:
@@ -195,5 +208,6 @@ class FleetModelJob:
             every(p.retrain_interval_s, self.retrain),
         )
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, DemandForecastReport | RescoreReport | RetrainReport]:
+        """The last report of each task that has run, by task name."""
         return dict(self.last)

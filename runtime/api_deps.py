@@ -115,13 +115,10 @@ class RayFleetReader:
         return await self._call(self._fleet.num_shards())
 
     async def ping(self) -> None:
-        await self._call(self._fleet.call_all("ping"))
+        await self._call(self._fleet.ping_all())
 
     async def anomaly_events(self, limit: int) -> list[AnomalyEvent]:
-        per_shard: list[list[AnomalyEvent]] = await self._call(
-            self._fleet.call_all("anomaly_events", limit)
-        )
-        return [e for events in per_shard for e in events]
+        return await self._call(self._fleet.anomaly_events(limit))
 
 
 class RayPlannerClient:

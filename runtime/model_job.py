@@ -13,6 +13,7 @@ from typing import Any
 import ray
 import redis.asyncio as aioredis
 
+from contracts.job_reports import DemandForecastReport, RescoreReport, RetrainReport
 from models.batch_job import FleetModelJob, HealthHistory
 from models.job_params import JobParams
 from models.registry import ModelRegistry
@@ -73,16 +74,16 @@ class _ModelJobActor:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self.job.run_forever())
 
-    async def forecast_demand(self) -> dict[str, Any]:
+    async def forecast_demand(self) -> DemandForecastReport:
         return await self.job.forecast_demand()
 
-    async def rescore(self) -> dict[str, Any]:
+    async def rescore(self) -> RescoreReport:
         return await self.job.rescore()
 
-    async def retrain(self, min_hours: int | None = None) -> dict[str, Any]:
+    async def retrain(self, min_hours: int | None = None) -> RetrainReport:
         return await self.job.retrain(min_hours=min_hours)
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, DemandForecastReport | RescoreReport | RetrainReport]:
         return self.job.status()
 
 

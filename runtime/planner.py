@@ -61,8 +61,7 @@ class _PlannerActor:
         self._ready: asyncio.Task[None] | None = None
 
     async def _candidates(self, n: int) -> list[Candidate]:
-        parts: list[list[Candidate]] = await self._fleet.call_all("swap_candidates", n)
-        return [c for part in parts for c in part]
+        return await self._fleet.swap_candidates(n)
 
     async def _apply_swap(self, swap: SwapRecord) -> None:
         # The battery taken out is on the technician's van, in no vehicle; the one put in

@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from ray.actor import ActorHandle
 
 from contracts.candidates import Candidate
+from contracts.health import HealthRow
 from contracts.samples import TelemetryBatch
 from runtime.names import (
     DEFAULT_NAMESPACE,
@@ -39,7 +40,7 @@ from store.demand_cache import RedisDemand
 from twins.battery_twin import TwinSnapshot
 from twins.directory import AssignmentStore, ShardDirectory
 from twins.fleet_query import Filter, GroupStats, TopNRow, merge_group_stats, merge_top_n
-from twins.scoring import ScoringParams, TwinScorer
+from twins.scoring import AnomalyEvent, ScoreReport, ScoringParams, TwinScorer
 from twins.shard import IngestReport, ShardStats, TwinShard
 from twins.sinks import ShardBackends
 from twins.twin_table import TwinTableParams
@@ -318,6 +319,45 @@ class FleetClient:
         """Call ``method`` on every shard (checkpoint, flush_state, reset_latency...)."""
         handles = await self._h.all_handles()
         return list(await asyncio.gather(*(getattr(h, method).remote(*args) for h in handles)))
+
+    async def score_all(self) -> list[ScoreReport]:
+        """One scoring tick on every shard now (:class:`models.batch_job.ShardFanout`)."""
+        reports: list[ScoreReport] = await self.call_all("score")
+        return reports
+
+    async def health_rows(self) -> list[HealthRow]:
+        """One health row per scored twin, fleet-wide."""
+        parts: list[list[HealthRow]] = await self.call_all("health_rows")
+        return [r for part in parts for r in part]
+
+    async def vehicles_per_zone(self) -> dict[str, int]:
+        """Twins (one per vehicle) in each zone, fleet-wide."""
+        counts: dict[str, int] = {}
+        for groups in await self.group_stats_per_shard("zone", []):
+            for zone, g in groups.items():
+                counts[zone] = counts.get(zone, 0) + int(g.count)
+        return counts
+
+    async def group_stats_per_shard(self, group_by: str, fields: Sequence[str]) -> list[dict[str, GroupStats]]:
+        handles = await self._h.all_handles()
+        parts: list[dict[str, GroupStats]] = await asyncio.gather(
+            *(h.group_stats.remote(group_by, list(fields), []) for h in handles)
+        )
+        return parts
+
+    async def swap_candidates(self, n: int) -> list[Candidate]:
+        """Each shard's ``n`` most urgent twins plus its flagged ones (the planner's pull)."""
+        parts: list[list[Candidate]] = await self.call_all("swap_candidates", n)
+        return [c for part in parts for c in part]
+
+    async def anomaly_events(self, limit: int) -> list[AnomalyEvent]:
+        """The newest ``limit`` anomaly events of each shard (not merged)."""
+        parts: list[list[AnomalyEvent]] = await self.call_all("anomaly_events", limit)
+        return [e for part in parts for e in part]
+
+    async def ping_all(self) -> None:
+        """Every shard answers (and has restored itself)."""
+        await self.call_all("ping")
 
     async def num_shards(self) -> int:
         n: int = await self._h.directory.num_shards.remote()

@@ -171,12 +171,13 @@ def test_batch_job_rescore_and_retrain(api: httpx.Client, fleet_system: Any) -> 
     little ride history declines with the reason instead of registering a weak model."""
     job = ray.get_actor(MODEL_JOB_NAME, namespace=fleet_system.namespace)
     out = ray.get(job.rescore.remote(), timeout=120)
-    assert out["twins_scored"] >= 1 and out["health_rows"] >= 1
-    assert out["cohorts"]
+    assert out.twins_scored >= 1 and out.health_rows >= 1
+    assert out.cohorts and all(c.points >= 1 for c in out.cohorts)
     fc = ray.get(job.forecast_demand.remote(), timeout=120)
-    assert "zones" in fc
+    assert fc.zones >= 0 and (fc.zones > 0) == (fc.reason is None)
     rt = ray.get(job.retrain.remote(), timeout=120)
-    assert rt["registered"] is None and "needed" in rt["reason"]
+    assert rt.registered_version is None and rt.reason is not None and "needed" in rt.reason
+    assert set(ray.get(job.status.remote(), timeout=30)) == {"rescore", "forecast_demand", "retrain"}
 
 
 def test_artifacts_live_under_the_registry_root(system_settings: Settings) -> None:
