@@ -332,18 +332,7 @@ class FleetClient:
 
     async def vehicles_per_zone(self) -> dict[str, int]:
         """Twins (one per vehicle) in each zone, fleet-wide."""
-        counts: dict[str, int] = {}
-        for groups in await self.group_stats_per_shard("zone", []):
-            for zone, g in groups.items():
-                counts[zone] = counts.get(zone, 0) + int(g.count)
-        return counts
-
-    async def group_stats_per_shard(self, group_by: str, fields: Sequence[str]) -> list[dict[str, GroupStats]]:
-        handles = await self._h.all_handles()
-        parts: list[dict[str, GroupStats]] = await asyncio.gather(
-            *(h.group_stats.remote(group_by, list(fields), []) for h in handles)
-        )
-        return parts
+        return {zone: int(g.count) for zone, g in (await self.group_stats("zone", [])).items()}
 
     async def swap_candidates(self, n: int) -> list[Candidate]:
         """Each shard's ``n`` most urgent twins plus its flagged ones (the planner's pull)."""

@@ -209,8 +209,8 @@ class MqttBridge:
 
     def _split(
         self, raws: Sequence[_Raw]
-    ) -> tuple[TelemetryBatch, list[_Raw], list[DeadLetter]]:
-        """:meth:`decode`, plus the raw messages of the batch in batch order."""
+    ) -> tuple[TelemetryBatch, list[int], list[DeadLetter]]:
+        """:meth:`decode`, plus the index in ``raws`` of each message of the batch."""
         now = self._clock.now_s()
         batch, accepted, rejected = decode_batch([(r[0], r[1]) for r in raws], now, self.config.limits)
         letters: list[DeadLetter] = []
@@ -226,7 +226,7 @@ class MqttBridge:
             battery_ids=batch.battery_ids, vehicle_ids=batch.vehicle_ids, seqs=batch.seqs,
             msg_offsets=batch.msg_offsets, columns=batch.columns, received_at_s=received,
         )
-        return batch, [raws[k] for k in accepted], letters
+        return batch, accepted, letters
 
     async def process(self, raws: Sequence[_Raw]) -> None:
         """Validate, deliver and dead-letter one micro-batch, then acknowledge it.
@@ -239,7 +239,7 @@ class MqttBridge:
         since a message is acknowledged only once it is stored somewhere. A bridge stopped
         while retrying gives up, counts and acknowledges nothing; the broker redelivers.
         """
-        batch, good, letters = self._split(raws)
+        batch, accepted, letters = self._split(raws)
         counts: dict[str, int] = {}
         unroutable: list[DeadLetter] = []
         if batch.n_messages:
@@ -261,15 +261,15 @@ class MqttBridge:
                     if attempt >= self.config.max_batch_attempts:
                         log.error(
                             "routing a batch of %d messages failed %d times; dead-lettering "
-                            "them as %s", len(good), attempt, ROUTING_FAILED, exc_info=err,
+                            "them as %s", len(accepted), attempt, ROUTING_FAILED, exc_info=err,
                         )  # fmt: skip
-                        unroutable = self._routing_failed(good, attempt, err)
+                        unroutable = self._routing_failed([raws[k] for k in accepted], attempt, err)
                         break
                     # A shard restarting: hold the messages (unacked) and try again; the
                     # shards drop what they already applied by seq.
                     log.warning(
                         "routing a batch of %d messages failed (attempt %d of %d); retrying",
-                        len(good), attempt, self.config.max_batch_attempts, exc_info=err,
+                        len(accepted), attempt, self.config.max_batch_attempts, exc_info=err,
                     )  # fmt: skip
                     if not await self._backoff(attempt):
                         return

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis.asyncio as aioredis
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -204,3 +205,17 @@ def fleet_system(services: ServiceHandles, ray_session: None, system_settings: S
 
 def run(coro: object) -> object:
     return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def redis_client(services: ServiceHandles) -> AsyncIterator[tuple[aioredis.Redis, str]]:
+    """A bytes-mode Redis client and a random key prefix whose keys are deleted after."""
+    client = aioredis.Redis.from_url(services.urls.redis_url)
+    prefix = f"{services.redis_prefix}{uuid.uuid4().hex[:12]}:"
+    try:
+        yield client, prefix
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()

@@ -9,8 +9,6 @@ every later letter was counted in Redis but never reached the table.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
@@ -18,25 +16,9 @@ import redis.asyncio as aioredis
 
 from store import DeadLetter, DeadLetterStore, StoreUsageError
 
-from .conftest import ServiceHandles
-
 pytestmark = pytest.mark.integration
 
 NOW_S = 1_773_144_000.0
-
-
-@pytest.fixture
-async def redis_prefix(services: ServiceHandles) -> AsyncIterator[tuple[aioredis.Redis, str]]:
-    """A bytes-mode Redis client and a random key prefix whose keys are deleted after."""
-    client = aioredis.Redis.from_url(services.urls.redis_url)
-    prefix = f"{services.redis_prefix}{uuid.uuid4().hex[:12]}:"
-    try:
-        yield client, prefix
-    finally:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
 
 
 def _letters(tag: str, n: int) -> list[DeadLetter]:
@@ -48,11 +30,11 @@ def _letters(tag: str, n: int) -> list[DeadLetter]:
 
 
 async def test_concurrent_records_all_commit_and_match_the_counts(
-    conn: psycopg.AsyncConnection, schema_url: str, redis_prefix: tuple[aioredis.Redis, str]
+    conn: psycopg.AsyncConnection, schema_url: str, redis_client: tuple[aioredis.Redis, str]
 ) -> None:
     """Eight writers sharing one connection all succeed; afterwards the connection is idle,
     and a separate connection sees every letter the Redis counts show, and no more."""
-    client, prefix = redis_prefix
+    client, prefix = redis_client
     store = DeadLetterStore(conn, client, key_prefix=prefix)
     await asyncio.gather(*(store.record(_letters(f"v-{w}", 40)) for w in range(8)))
     await store.record(_letters("v-late", 1))
@@ -65,11 +47,11 @@ async def test_concurrent_records_all_commit_and_match_the_counts(
 
 
 async def test_record_on_a_connection_inside_a_transaction_is_refused(
-    conn: psycopg.AsyncConnection, redis_prefix: tuple[aioredis.Redis, str]
+    conn: psycopg.AsyncConnection, redis_client: tuple[aioredis.Redis, str]
 ) -> None:
     """A connection left inside a transaction would turn the COPY into an uncommitted
     savepoint; record() refuses it, names the status, and counts nothing in Redis."""
-    client, prefix = redis_prefix
+    client, prefix = redis_client
     store = DeadLetterStore(conn, client, key_prefix=prefix)
     await conn.execute("BEGIN")
     try:

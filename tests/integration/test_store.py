@@ -7,8 +7,6 @@ Every test gets its own Postgres schema (dropped afterwards) and its own Redis k
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import numpy as np
@@ -42,20 +40,6 @@ DAY_S = 86_400.0
 
 
 # -- fixtures -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def redis_client(services: ServiceHandles) -> AsyncIterator[tuple[aioredis.Redis, str]]:
-    """A bytes-mode Redis client and a random key prefix whose keys are deleted after."""
-    client = aioredis.Redis.from_url(services.urls.redis_url)
-    prefix = f"{services.redis_prefix}{uuid.uuid4().hex[:12]}:"
-    try:
-        yield client, prefix
-    finally:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
 
 
 def make_batch(
