@@ -22,8 +22,19 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/bms run
 
-test: $(STAMP)
-	$(PY) -m pytest
+# Browser tests drive Debian's Chromium through Playwright (Playwright's own browser
+# download cannot reach the internet on these machines).
+CHROMIUM ?= /usr/bin/chromium
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null); \
+	else \
+		echo "The browser tests need Chromium at $(CHROMIUM): 'sudo apt-get install chromium', or set CHROMIUM=/path (BMS_CHROMIUM for pytest)."; exit 1; \
+	fi
+
+test: $(STAMP) $(CHROMIUM)
+	BMS_CHROMIUM=$(CHROMIUM) $(PY) -m pytest
 
 # The import contracts (pyproject.toml, [tool.importlinter]) are the architecture: a new
 # import that runs back up a layer fails here.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -16,14 +17,19 @@ import typer
 
 from bms.models_cli import models_app
 from bms.settings import Settings, SettingsError
+from bms.tokens_cli import tokens_app
+from bms.vehicles_cli import vehicles_app
 
 if TYPE_CHECKING:
     from runtime.system import FleetSystem
+    from sim.publisher import VehicleCredentials
 
 app = typer.Typer(help="Battery-fleet digital twin.", no_args_is_help=True, add_completion=False)
 bench_app = typer.Typer(help="Benchmarks; each prints one JSON object as its last line.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(models_app, name="models")
+app.add_typer(vehicles_app, name="vehicles")
+app.add_typer(tokens_app, name="tokens")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML settings file")]  # noqa: UP045
 
@@ -36,6 +42,14 @@ def _settings(config: Path | None) -> Settings:
         raise typer.Exit(2) from None
 
 
+def _redact_logs() -> None:
+    """The catch-all: a URL with a password inside any log message is printed redacted."""
+    from contracts.redaction import RedactingFilter
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
+
+
 @app.command()
 def run(
     config: ConfigOpt = None,
@@ -46,6 +60,7 @@ def run(
     """Start servers (embedded unless BMS_*_URL are set), the twins, the bridge, the HTTP
     API and a simulated fleet publishing over MQTT. Ctrl-C stops everything."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _redact_logs()
     settings = _settings(config)
     if vehicles is not None:
         settings = settings.model_copy(update={"sim": settings.sim.model_copy(update={"vehicles": vehicles})})
@@ -65,6 +80,11 @@ def run(
     try:
         system.start()
         s = settings.serve
+        from bms.system import planner_spec
+        from bms.tokens_cli import issue_demo_tokens
+        from contracts.redaction import redact_url
+
+        demo = asyncio.run(issue_demo_tokens(urls.postgres_url, planner_spec(settings, urls).technicians[0].id))
         typer.echo(
             "\n".join([
                 "",
@@ -73,12 +93,17 @@ def run(
                 f"  API docs       http://{s.http_host}:{s.http_port}/docs",
                 f"  Fleet summary  http://{s.http_host}:{s.http_port}/api/v1/fleet/summary",
                 f"  Ray dashboard  http://127.0.0.1:{settings.ray.dashboard_port}/",
-                f"  MQTT broker    {urls.mqtt_url}  (topic fleet/<vehicle_id>/telemetry)",
+                f"  MQTT broker    {redact_url(urls.mqtt_url)}  (topic fleet/<vehicle_id>/telemetry)",
                 f"  Simulated fleet: {0 if no_sim else settings.sim.vehicles} vehicles. Ctrl-C stops.",
+                "",
+                "Demo API tokens (12 h; the next run revokes them; paste one into the dashboard,",
+                "or send 'Authorization: Bearer <token>'; 'bms tokens create' makes real ones):",
+                *(f"  {role.value:<14} {token}" for role, token in demo.items()),
                 "",
             ])
         )
-        asyncio.run(_main_loop(settings, urls.mqtt_url, system, stop, duration_s, no_sim))
+        asyncio.run(_main_loop(settings, urls.mqtt_url, system, stop, duration_s, no_sim,
+                               vehicle_credentials=services.mqtt_identities.vehicles))
     finally:
         system.stop()
         shutdown_ray()
@@ -86,11 +111,17 @@ def run(
 
 
 async def _main_loop(
-    settings: Settings, mqtt_url: str, system: FleetSystem, stop: asyncio.Event, duration_s: float | None, no_sim: bool
+    settings: Settings, mqtt_url: str, system: FleetSystem, stop: asyncio.Event, duration_s: float | None, no_sim: bool,
+    *, vehicle_credentials: VehicleCredentials | None = None,
 ) -> None:
-    """Publish the simulated fleet and keep the bridge workers alive until stopped."""
+    """Publish the simulated fleet and keep the bridge workers alive until stopped.
+
+    With ``vehicle_credentials`` each simulated vehicle connects as itself (the embedded
+    broker admits no one else).
+    """
+    from bms.fleet_state import SNAPSHOT_INTERVAL_S, fleet_snapshot_path, load_fleet, resume_fleet
     from bms.system import fleet_params
-    from sim.fleet import FleetSimulator
+    from sim.fleet_snapshot import write_snapshot_file
     from sim.publisher import run_fleet
 
     loop = asyncio.get_running_loop()
@@ -98,11 +129,20 @@ async def _main_loop(
         loop.add_signal_handler(sig, stop.set)
     tasks = []
     if not no_sim:
-        sim = FleetSimulator(fleet_params(settings.sim), seq_start=int(time.time()))
+        # The fleet outlives the process, as the twins do: resume the saved one, which
+        # stood still while the system was down, and save it as it runs.
+        path = fleet_snapshot_path(settings.data_dir)
+        sim = await asyncio.to_thread(load_fleet, path, fleet_params(settings.sim), seq_start=int(time.time()))
+        # A sped-up clock needs a known duration (the run ends at "now"; see run_fleet).
+        time_scale = resume_fleet(
+            sim, now_s=time.time(), duration_s=duration_s,
+            time_scale=settings.sim.time_scale if duration_s is not None else 1.0,
+        )  # fmt: skip
         tasks.append(asyncio.create_task(
-            # A sped-up clock needs a known duration (the run ends at "now"; see run_fleet).
-            run_fleet(sim, mqtt_url, duration_s, tick_s=1.0, stop=stop,
-                      time_scale=settings.sim.time_scale if duration_s is not None else 1.0)
+            run_fleet(sim, mqtt_url, duration_s, tick_s=1.0, stop=stop, time_scale=time_scale,
+                      credentials=vehicle_credentials,
+                      save_snapshot=functools.partial(write_snapshot_file, path),
+                      snapshot_interval_s=SNAPSHOT_INTERVAL_S)
         ))
     deadline = None if duration_s is None else time.time() + duration_s
     while not stop.is_set():

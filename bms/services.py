@@ -15,6 +15,11 @@ MQTT        ``mosquitto``, else an ``amqtt`` broker     ``mqtt://127.0.0.1:<port
 
 All URLs work from any process on this machine (Ray workers included). Postgres and Redis
 keep their data in ``data_dir`` across runs; the MQTT broker is memory-only.
+
+The embedded broker admits no anonymous client: it knows the vehicles the settings simulate
+(``[sim] vehicles``, the simulator's ids), each by its own password, the bridge as
+``bms-bridge``, and (for ``bms bench`` only) the ``bms-loadgen`` identity; see
+:mod:`bms.broker_auth`. :attr:`EmbeddedServices.mqtt_identities` says who logs in how.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import atexit
 import contextlib
 import enum
 import json
+import logging
 import os
 import shutil
 import socket
@@ -38,7 +44,23 @@ from typing import Any, Self
 
 import psutil
 
+from bms.broker_auth import (
+    BrokerIdentities,
+    MqttLogin,
+    VehicleCredentials,
+    amqtt_acl,
+    amqtt_password_hash,
+    bridge_login,
+    load_provisioning_key,
+    loadgen_login,
+    mosquitto_acl_text,
+    mosquitto_passwd_text,
+    write_secret_file,
+)
 from bms.settings import Settings
+from contracts.redaction import redact_url
+from sim.fleet import fleet_ids
+from sim.fleet_params import FleetParams
 
 __all__ = [
     "EmbeddedServices",
@@ -47,6 +69,8 @@ __all__ = [
     "free_port",
     "reachable",
 ]
+
+log = logging.getLogger(__name__)
 
 _LOCALHOST = "127.0.0.1"
 _MOSQUITTO_FALLBACK_PATH = Path("/usr/sbin/mosquitto")
@@ -77,11 +101,23 @@ class ServiceUrls:
         ``redis://host:port/db``.
     mqtt_url
         ``mqtt://host:port``.
+    mqtt_login
+        What the bridge logs in to the broker with; None: no credentials (an anonymous
+        broker). Its password never shows in a repr.
     """
 
     postgres_url: str
     redis_url: str
     mqtt_url: str
+    mqtt_login: MqttLogin | None = None
+
+    def __repr__(self) -> str:
+        # The URLs of external servers may carry passwords: never print them.
+        return (
+            f"ServiceUrls(postgres_url={redact_url(self.postgres_url)!r}, "
+            f"redis_url={redact_url(self.redis_url)!r}, mqtt_url={redact_url(self.mqtt_url)!r}, "
+            f"mqtt_login={self.mqtt_login!r})"
+        )
 
 
 def free_port(host: str = _LOCALHOST) -> int:
@@ -324,6 +360,12 @@ class EmbeddedServices:
         which speaks MQTT 3.1.1 only and has no shared subscriptions.
     start_timeout_s
         How long each server may take to accept connections.
+    loadgen
+        Also admit ``bms-loadgen``, which may publish for every vehicle: for the broker of
+        ``bms bench`` only, a test harness that must never reach a production ACL.
+    mqtt_auth
+        False starts an anonymous broker, like the machine's own broker that the
+        integration tests use when there is one (their fallback when there is not).
 
     Notes
     -----
@@ -342,14 +384,19 @@ class EmbeddedServices:
         *,
         prefer_mosquitto: bool = True,
         start_timeout_s: float = 30.0,
+        loadgen: bool = False,
+        mqtt_auth: bool = True,
     ) -> None:
         if start_timeout_s <= 0:
             raise ValueError(f"Expected start_timeout_s > 0, got {start_timeout_s}.")
         self._settings = settings
         self._prefer_mosquitto = prefer_mosquitto
         self._start_timeout_s = start_timeout_s
+        self._loadgen = loadgen
+        self._mqtt_auth = mqtt_auth
         self._state = _State.UNSTARTED
         self._urls: ServiceUrls | None = None
+        self._identities: BrokerIdentities | None = None
         self._postgres: _EmbeddedPostgres | None = None
         self._processes: dict[str, _ManagedProcess] = {}
         self._mqtt_kind = "external"
@@ -371,6 +418,20 @@ class EmbeddedServices:
         if self._urls is None:
             raise ServiceError(f"Expected started services, they are {self._state.value}.")
         return self._mqtt_kind != "amqtt"
+
+    @property
+    def mqtt_identities(self) -> BrokerIdentities:
+        """Who logs in to the broker how: the bridge (also in ``urls.mqtt_login``), each
+        simulated vehicle, and the load generator (only with ``loadgen=True``).
+
+        On an external broker the bridge uses ``BMS_MQTT_USERNAME`` / ``BMS_MQTT_PASSWORD``
+        (none when unset) and vehicles their keys' derived passwords, which a broker
+        provisioned with ``bms vehicles provision`` and the same key accepts (and an
+        anonymous broker ignores).
+        """
+        if self._identities is None:
+            raise ServiceError(f"Expected started services, they are {self._state.value}.")
+        return self._identities
 
     @property
     def pids(self) -> Mapping[str, int]:
@@ -401,12 +462,16 @@ class EmbeddedServices:
             if self._settings.mqtt_url:
                 self._mqtt_kind = "external"
                 mqtt_url = self._settings.mqtt_url
+                identities = self._external_identities(data_dir)
             else:
-                mqtt_url = self._start_mqtt(data_dir / "mqtt")
+                mqtt_url, identities = self._start_mqtt(data_dir)
         except BaseException:
             self.stop()
             raise
-        self._urls = ServiceUrls(postgres_url=pg_url, redis_url=redis_url, mqtt_url=mqtt_url)
+        self._identities = identities
+        self._urls = ServiceUrls(
+            postgres_url=pg_url, redis_url=redis_url, mqtt_url=mqtt_url, mqtt_login=identities.bridge
+        )
         return self._urls
 
     def stop(self) -> None:
@@ -418,6 +483,7 @@ class EmbeddedServices:
             return
         self._state = _State.STOPPED
         self._urls = None
+        self._identities = None
         errors: list[str] = []
         # Broker first: clients see the broker go before their stores do.
         for name in ("mqtt", "redis"):
@@ -487,30 +553,118 @@ class EmbeddedServices:
         self._processes["redis"] = managed
         return f"redis://{_LOCALHOST}:{port}/0"
 
-    def _start_mqtt(self, mqtt_dir: Path) -> str:
+    def _external_identities(self, data_dir: Path) -> BrokerIdentities:
+        s = self._settings
+        if (s.mqtt_username is None) != (s.mqtt_password is None):
+            given = "BMS_MQTT_USERNAME" if s.mqtt_username is not None else "BMS_MQTT_PASSWORD"
+            raise ServiceError(
+                f"Expected BMS_MQTT_USERNAME and BMS_MQTT_PASSWORD together (the bridge's login "
+                f"on {s.mqtt_url}), got only {given}."
+            )
+        bridge = None
+        if s.mqtt_username is not None and s.mqtt_password is not None:
+            bridge = MqttLogin(s.mqtt_username, s.mqtt_password)
+        return BrokerIdentities(
+            bridge=bridge, vehicles=VehicleCredentials(load_provisioning_key(data_dir))
+        )
+
+    def _embedded_identities(self, data_dir: Path) -> BrokerIdentities:
+        if not self._mqtt_auth:
+            return BrokerIdentities(bridge=None, vehicles=None)
+        return BrokerIdentities(
+            bridge=bridge_login(data_dir),
+            vehicles=VehicleCredentials(load_provisioning_key(data_dir)),
+            loadgen=loadgen_login() if self._loadgen else None,
+        )
+
+    def _broker_logins(self, identities: BrokerIdentities) -> tuple[list[str], list[MqttLogin]]:
+        """The vehicles the settings simulate, and every login the broker must know."""
+        vehicle_ids = fleet_ids(FleetParams.vehicle_id_prefix, self._settings.sim.vehicles)
+        assert identities.vehicles is not None and identities.bridge is not None
+        logins = [identities.vehicles.login(v) for v in vehicle_ids] + [identities.bridge]
+        if identities.loadgen is not None:
+            logins.append(identities.loadgen)
+        return vehicle_ids, logins
+
+    def _start_mqtt(self, data_dir: Path) -> tuple[str, BrokerIdentities]:
+        mqtt_dir = data_dir / "mqtt"
         mqtt_dir.mkdir(parents=True, exist_ok=True)
+        identities = self._embedded_identities(data_dir)
         mosquitto = _mosquitto_binary() if self._prefer_mosquitto else None
         if mosquitto is not None:
             self._mqtt_kind = "mosquitto"
+            auth = self._write_mosquitto_auth(mqtt_dir, identities) if self._mqtt_auth else None
             managed, port = _start_listening(
                 "mosquitto",
-                lambda port: self._spawn_mosquitto(mosquitto, mqtt_dir, port),
+                lambda port: self._spawn_mosquitto(mosquitto, mqtt_dir, port, auth),
                 self._start_timeout_s,
             )
         else:
             self._mqtt_kind = "amqtt"
+            plugins = self._amqtt_auth_plugins(mqtt_dir, identities)
+            if plugins is None:
+                identities = BrokerIdentities(bridge=None, vehicles=None)
             managed, port = _start_listening(
-                "amqtt", lambda port: self._spawn_amqtt(mqtt_dir, port), self._start_timeout_s
+                "amqtt",
+                lambda port: self._spawn_amqtt(mqtt_dir, port, plugins),
+                self._start_timeout_s,
             )
         self._processes["mqtt"] = managed
-        return f"mqtt://{_LOCALHOST}:{port}"
+        return f"mqtt://{_LOCALHOST}:{port}", identities
+
+    def _write_mosquitto_auth(self, mqtt_dir: Path, identities: BrokerIdentities) -> tuple[Path, Path]:
+        """Write the password and ACL files once; every port attempt reuses them."""
+        vehicle_ids, logins = self._broker_logins(identities)
+        passwd, acl = mqtt_dir / "passwd", mqtt_dir / "acl"
+        # The hashes are safe to show, but a password file is a secret's neighbour: 0600.
+        write_secret_file(passwd, mosquitto_passwd_text(logins).encode())
+        acl.write_text(mosquitto_acl_text(loadgen=identities.loadgen is not None))
+        log.info(
+            "embedded mosquitto: %d vehicles (%s...), %s%s; no anonymous clients",
+            len(vehicle_ids), vehicle_ids[0], identities.bridge.username if identities.bridge else "",
+            f", {identities.loadgen.username}" if identities.loadgen else "",
+        )  # fmt: skip
+        return passwd, acl
+
+    def _amqtt_auth_plugins(self, mqtt_dir: Path, identities: BrokerIdentities) -> dict[str, Any] | None:
+        """amqtt's plugins: a password file and topic lists equal to mosquitto's ACL.
+
+        None for an anonymous broker: when asked for one, or when amqtt cannot check
+        passwords here (argon2-cffi missing; then with a warning).
+        """
+        if not self._mqtt_auth:
+            return None
+        vehicle_ids, logins = self._broker_logins(identities)
+        try:
+            lines = [f"{x.username}:{amqtt_password_hash(x.password.get_secret_value())}" for x in logins]
+        except ImportError as err:
+            log.warning(
+                "the amqtt fallback broker runs ANONYMOUS (any client may publish for any "
+                "vehicle): hashing its passwords needs argon2-cffi (%s). Install mosquitto.", err,
+            )  # fmt: skip
+            return None
+        passwd = mqtt_dir / "amqtt-passwd"
+        write_secret_file(passwd, ("\n".join(lines) + "\n").encode())
+        return {
+            "amqtt.plugins.authentication.FileAuthPlugin": {"password_file": str(passwd)},
+            "amqtt.plugins.topic_checking.TopicAccessControlListPlugin": amqtt_acl(
+                vehicle_ids, loadgen=identities.loadgen is not None
+            ),
+        }
 
     @staticmethod
-    def _spawn_mosquitto(binary: str, mqtt_dir: Path, port: int) -> _ManagedProcess:
+    def _spawn_mosquitto(
+        binary: str, mqtt_dir: Path, port: int, auth: tuple[Path, Path] | None
+    ) -> _ManagedProcess:
         log_path = mqtt_dir / "mosquitto.log"
+        if auth is None:
+            access = ["allow_anonymous true"]
+        else:
+            passwd, acl = auth
+            access = ["allow_anonymous false", f"password_file {passwd}", f"acl_file {acl}"]
         lines = [
             f"listener {port} {_LOCALHOST}",
-            "allow_anonymous true",
+            *access,
             # 0 = unlimited. The bridge's persistent session must never lose a queued QoS 1
             # message while it is slow or reconnecting (default: 1000, then silent drops).
             "max_queued_messages 0",
@@ -530,26 +684,25 @@ class EmbeddedServices:
         return _spawn("mosquitto", [binary, "-c", str(config)], log_path, mqtt_dir)
 
     @staticmethod
-    def _spawn_amqtt(mqtt_dir: Path, port: int) -> _ManagedProcess:
+    def _spawn_amqtt(
+        mqtt_dir: Path, port: int, plugins: dict[str, Any] | None
+    ) -> _ManagedProcess:
         log_path = mqtt_dir / "amqtt.log"
+        if plugins is None:
+            plugins = {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
         # JSON is YAML, and amqtt reads its config with a YAML loader.
         config = mqtt_dir / "amqtt.yaml"
         config.write_text(
             json.dumps(
                 {
                     "listeners": {"default": {"type": "tcp", "bind": f"{_LOCALHOST}:{port}"}},
-                    "plugins": {
-                        "amqtt.plugins.authentication.AnonymousAuthPlugin": {
-                            "allow_anonymous": True
-                        }
-                    },
+                    "plugins": plugins,
                 },
                 indent=2,
             )
         )
         argv = [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(config)]
         return _spawn("amqtt", argv, log_path, mqtt_dir)
-
 
 def _mosquitto_binary() -> str | None:
     found = shutil.which("mosquitto")

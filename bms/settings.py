@@ -4,7 +4,8 @@ One section per component (``[twins]``, ``[bridge]``, ``[serve]``, ``[ray]``, ``
 ``[models]``, ``[planner]``); a missing section or key falls back to its default, an unknown
 one is an error. Hosts and secrets come from the environment only: ``BMS_POSTGRES_URL``,
 ``BMS_REDIS_URL`` and ``BMS_MQTT_URL``. When one is unset, ``bms run`` starts an embedded
-server for it.
+server for it. On an external broker the bridge logs in with ``BMS_MQTT_USERNAME`` and
+``BMS_MQTT_PASSWORD`` (the embedded broker makes its own credentials: ``bms.broker_auth``).
 
 A knob is declared once: where a component's params object already has the knob, the
 section takes its default from there (``TwinTableParams.window_samples``), and adds only
@@ -19,8 +20,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from contracts.redaction import REDACTED, redact_text, redact_url
 from contracts.telemetry import ContractLimits
 from models.drift import MAJOR_PSI
 from models.job_params import JobParams
@@ -42,6 +44,13 @@ __all__ = [
 ]
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+def _shown(err: Any) -> str:
+    """The rejected input of a validation error, as safe to print: secrets redacted."""
+    if any("password" in str(p) for p in err["loc"]):
+        return repr(REDACTED)
+    return redact_text(repr(err.get("input")))
 
 
 class SettingsError(ValueError):
@@ -170,9 +179,14 @@ class Settings(BaseModel):
     """Everything a process of the system needs to know."""
 
     model_config = _STRICT
-    postgres_url: str | None = None
-    redis_url: str | None = None
-    mqtt_url: str | None = None
+    # Out of reprs (a URL may carry a password); see contracts.redaction for printing one.
+    postgres_url: str | None = Field(None, repr=False)
+    redis_url: str | None = Field(None, repr=False)
+    mqtt_url: str | None = Field(None, repr=False)
+    # The bridge's login on an external broker (BMS_MQTT_USERNAME / BMS_MQTT_PASSWORD); the
+    # embedded broker ignores them and gives the bridge its own (bms.broker_auth).
+    mqtt_username: str | None = Field(None, min_length=1)
+    mqtt_password: SecretStr | None = None
     data_dir: Path = Path(".bms-data")
     twins: TwinSettings = TwinSettings()
     bridge: BridgeSettings = BridgeSettings()
@@ -186,7 +200,7 @@ class Settings(BaseModel):
     @classmethod
     def _mqtt_scheme(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("mqtt://", "tcp://")):
-            raise ValueError(f"Expected an mqtt://host:port URL, got {v!r}")
+            raise ValueError(f"Expected an mqtt://host:port URL, got {redact_url(v)!r}")
         return v
 
     def artifacts_dir(self) -> Path:
@@ -217,7 +231,7 @@ class Settings(BaseModel):
         weather = env.get("BMS_WEATHER_URL")
         if weather:
             data.setdefault("models", {})["weather_url"] = weather
-        for key in ("postgres_url", "redis_url", "mqtt_url", "data_dir"):
+        for key in ("postgres_url", "redis_url", "mqtt_url", "mqtt_username", "mqtt_password", "data_dir"):
             value = env.get(f"BMS_{key.upper()}")
             if value:
                 data[key] = value
@@ -229,7 +243,7 @@ class Settings(BaseModel):
             # Name the variable for values taken from the environment: the header names the
             # config file whenever there is one, which sent people looking for mqtt_url there.
             lines = [
-                f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+                f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {_shown(e)})"
                 + (f" from {from_env[str(e['loc'][0])]}" if e["loc"] and str(e["loc"][0]) in from_env else "")
                 for e in err.errors(include_url=False)
             ]

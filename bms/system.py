@@ -92,9 +92,13 @@ def twin_runtime_spec(
 def bridge_configs(
     settings: Settings, urls: ServiceUrls, *, shared_subscriptions: bool, mqtt_v5: bool
 ) -> tuple[BridgeConfig, ...]:
-    """``[bridge]``: one config per worker (one worker when the broker cannot share)."""
+    """``[bridge]``: one config per worker (one worker when the broker cannot share).
+
+    Every worker logs in as ``urls.mqtt_login`` (``bms-bridge`` on the embedded broker).
+    """
     b = settings.bridge
     u = urlparse(urls.mqtt_url)
+    login = urls.mqtt_login
     workers = b.workers if shared_subscriptions else 1
     if b.workers > 1 and not shared_subscriptions:
         log.warning("broker has no shared subscriptions: running 1 bridge worker, not %d", b.workers)
@@ -107,6 +111,7 @@ def bridge_configs(
             max_inflight_batches=b.max_inflight_batches, receive_maximum=b.receive_maximum,
             session_expiry_s=b.session_expiry_s,
             max_batch_attempts=b.max_batch_attempts,
+            username=login.username if login else None, password=login.password if login else None,
             limits=ContractLimits(
                 max_payload_bytes=b.max_payload_bytes, max_future_skew_s=b.max_future_skew_s,
                 max_age_s=b.max_age_s,

@@ -38,10 +38,13 @@ from contracts.samples import SAMPLE_FIELDS, TelemetryBatch
 
 __all__ = [
     "CURRENT_SCHEMA_VERSION",
+    "ID_PATTERN",
     "SUPPORTED_SCHEMA_VERSIONS",
     "TOPIC_FILTER",
+    "TWIN_REJECT_REASONS",
     "ContractLimits",
     "RejectReason",
+    "RejectedMessage",
     "TelemetryMessageV1",
     "TelemetryMessageV2",
     "TelemetryRejected",
@@ -58,6 +61,9 @@ CURRENT_SCHEMA_VERSION = 2
 SUPPORTED_SCHEMA_VERSIONS = (1, 2)
 TOPIC_FILTER = "fleet/+/telemetry"
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+#: What a vehicle or battery id may look like; a vehicle's MQTT username is its id, so
+#: ``bms vehicles provision`` checks ids against the same pattern.
+ID_PATTERN = _ID_PATTERN
 MAX_SAMPLES_PER_MESSAGE = 500
 
 
@@ -67,7 +73,12 @@ def topic_for(vehicle_id: str) -> str:
 
 
 class RejectReason(StrEnum):
-    """Why a message went to the dead-letter store (one counter per reason)."""
+    """Why a message went to the dead-letter store (one counter per reason).
+
+    The bridge decides the first ten from the message alone (:func:`decode_message`); a
+    twin decides the last three against what it already knows of the battery
+    (``twins.twin_table``): the message is well-formed but cannot be this battery's.
+    """
 
     OVERSIZED = "oversized"
     BAD_TOPIC = "bad_topic"
@@ -79,6 +90,42 @@ class RejectReason(StrEnum):
     TOPIC_MISMATCH = "topic_mismatch"
     FUTURE_TIMESTAMP = "future_timestamp"
     STALE_TIMESTAMP = "stale_timestamp"
+    #: The battery reports from another vehicle than its twin's, with no swap in between.
+    BATTERY_CLAIM_CONFLICT = "battery_claim_conflict"
+    #: ``seq`` far ahead of or behind the battery's stream (forged, or a reset counter).
+    SEQ_OUT_OF_RANGE = "seq_out_of_range"
+    #: Physically impossible next to the battery's last sample (SoC or position jump).
+    IMPLAUSIBLE_TELEMETRY = "implausible_telemetry"
+
+
+#: The reasons a twin refuses a valid message for; the bridge's decoder never gives them.
+TWIN_REJECT_REASONS: frozenset[RejectReason] = frozenset(
+    {
+        RejectReason.BATTERY_CLAIM_CONFLICT,
+        RejectReason.SEQ_OUT_OF_RANGE,
+        RejectReason.IMPLAUSIBLE_TELEMETRY,
+    }
+)
+
+
+@dataclass(frozen=True)
+class RejectedMessage:
+    """A valid message a twin refused to apply.
+
+    Parameters
+    ----------
+    index
+        Position of the message in the batch that was applied.
+    reason
+        One of the twin's reasons (``battery_claim_conflict``, ``seq_out_of_range``,
+        ``implausible_telemetry``).
+    detail
+        What was expected and what arrived.
+    """
+
+    index: int
+    reason: RejectReason
+    detail: str
 
 
 class TelemetryRejected(ValueError):

@@ -69,6 +69,7 @@ class WorkOrderSink(Protocol):
     async def transition(
         self, order_id: int, new_state: WorkOrderState, actor: str, *,
         technician_id: str | None = None, swap: SwapRecord | None = None, note: str | None = None,
+        assigned_to: str | None = None,
     ) -> WorkOrder: ...  # fmt: skip
 
     async def get(self, order_id: int) -> WorkOrder: ...
@@ -259,16 +260,19 @@ class Planner:
         technician_id: str | None = None,
         swap: SwapRecord | None = None,
         note: str | None = None,
+        assigned_to: str | None = None,
     ) -> WorkOrder:
         """A technician's (or operator's) change to a work order, with its consequences.
 
         ``en_route`` locks the stop in later plans; ``done`` takes the job off the queue and,
         for a swap, moves the batteries in the twins and counts the battery off the van;
         ``failed`` puts the job back and re-plans urgently; ``cancelled`` drops the job.
+        With ``assigned_to``, only an order assigned to that technician may change.
         """
         order = await self.orders.transition(
-            order_id, WorkOrderState(state), actor, technician_id=technician_id, swap=swap, note=note
-        )
+            order_id, WorkOrderState(state), actor, technician_id=technician_id, swap=swap,
+            note=note, assigned_to=assigned_to,
+        )  # fmt: skip
         battery = order.battery_id
         if order.state is WorkOrderState.EN_ROUTE:
             self.queue.in_progress.add(battery)

@@ -28,20 +28,23 @@ from serve.http.deps import (
     DeadLetterReader,
     ModelRegistryAccess,
     TelemetryHistory,
+    TokenAdmin,
     WorkOrderReader,
 )
 from serve.http.errors import PlannerNotRunning, ServiceUnavailable
 from store import DeadLetterStore, TelemetryStore
 from store.model_registry_store import ModelRegistryStore
+from store.token_store import TokenStore
 from store.work_order_store import WorkOrderStore
 
 if TYPE_CHECKING:
     from contracts.work_orders import SwapRecord, WorkOrder, WorkOrderState
+    from planners.plan_jobs import PlanJob
     from planners.planner import PlanRecord, TechnicianRoute
     from planners.views import QueueEntry, Roster
     from serve.mqtt_bridge import BridgeStats
     from twins.battery_twin import TwinSnapshot
-    from twins.fleet_query import Filter, GroupStats, TopNRow
+    from twins.fleet_query import AvailableVehicle, Filter, GroupStats, TopNRow
     from twins.scoring import AnomalyEvent
     from twins.shard import ShardStats
 
@@ -120,6 +123,11 @@ class RayFleetReader:
     async def anomaly_events(self, limit: int) -> list[AnomalyEvent]:
         return await self._call(self._fleet.anomaly_events(limit))
 
+    async def available_vehicles(
+        self, lat: float, lon: float, radius_m: float, limit: int
+    ) -> list[AvailableVehicle]:
+        return await self._call(self._fleet.available_vehicles(lat, lon, radius_m, limit))
+
 
 class RayPlannerClient:
     """:class:`serve.http.deps.PlannerClient` over the named planner actor.
@@ -149,8 +157,12 @@ class RayPlannerClient:
         out: int = await unwrapped(self._actor().pull.remote())
         return out
 
-    async def plan(self, reason: str) -> PlanRecord:
-        out: PlanRecord = await unwrapped(self._actor().plan.remote(reason))
+    async def submit_plan(self, reason: str, requested_by: str) -> PlanJob:
+        out: PlanJob = await unwrapped(self._actor().submit_plan.remote(reason, requested_by))
+        return out
+
+    async def plan_job(self, job_id: str) -> PlanJob:
+        out: PlanJob = await unwrapped(self._actor().plan_job.remote(job_id))
         return out
 
     async def roster(self) -> Roster:
@@ -169,8 +181,11 @@ class RayPlannerClient:
         technician_id: str | None,
         swap: SwapRecord | None,
         note: str | None,
+        assigned_to: str | None = None,
     ) -> WorkOrder:
-        call: Awaitable[WorkOrder] = self._actor().report.remote(order_id, state, actor, technician_id, swap, note)
+        call: Awaitable[WorkOrder] = self._actor().report.remote(
+            order_id, state, actor, technician_id, swap, note, assigned_to
+        )
         out: WorkOrder = await unwrapped(call)
         return out
 
@@ -248,3 +263,8 @@ class PostgresStores:
     async def work_orders(self) -> AsyncIterator[WorkOrderReader]:
         async with self._pool.connection() as conn:
             yield WorkOrderStore(conn)
+
+    @asynccontextmanager
+    async def tokens(self) -> AsyncIterator[TokenAdmin]:
+        async with self._pool.connection() as conn:
+            yield TokenStore(conn)

@@ -25,8 +25,9 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     namespace: str = Field("bms", description="Ray namespace of the twin actors")
-    postgres_url: str
-    redis_url: str
+    # Out of reprs: a URL may carry a password.
+    postgres_url: str = Field(repr=False)
+    redis_url: str = Field(repr=False)
     redis_prefix: str = "bms:"
     bridge_actor_names: list[str] = Field(default_factory=list)
     ingress_replicas: int = Field(1, ge=1, le=64)

@@ -37,8 +37,8 @@ class IngressConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     namespace: str = Field(DEFAULT_NAMESPACE, description="Ray namespace of the twin actors")
-    postgres_url: str = Field(description="PostgreSQL URL for telemetry history")
-    redis_url: str = Field(description="Redis URL for dead-letter counters")
+    postgres_url: str = Field(description="PostgreSQL URL for telemetry history", repr=False)
+    redis_url: str = Field(description="Redis URL for dead-letter counters", repr=False)
     redis_prefix: str = "bms:"
     bridge_actor_names: list[str] = Field(default_factory=list)
     max_history_rows: int = Field(10_000, ge=1, le=1_000_000)

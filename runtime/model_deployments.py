@@ -42,7 +42,7 @@ class ModelServerArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(description="Registry name of the model, e.g. 'health'")
-    postgres_url: str = Field(description="Where the registry lives")
+    postgres_url: str = Field(description="Where the registry lives", repr=False)
     artifacts_root: str = Field(description="Directory of the registry's model artifacts")
     poll_interval_s: float = Field(POLL_INTERVAL_S, gt=0, le=3600, description="Registry poll period")
     drift_threshold: float = Field(MAJOR_PSI, gt=0, description="PSI above which drift alerts")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,9 @@ class ModelJobSpec:
     """What the job actor is started with (plain values: it crosses into Ray)."""
 
     namespace: str
-    postgres_url: str
-    redis_url: str
+    # Out of reprs: a URL may carry a password, and Ray prints actor arguments in errors.
+    postgres_url: str = field(repr=False)
+    redis_url: str = field(repr=False)
     redis_prefix: str
     artifacts_root: str
     weather_url: str | None

@@ -20,6 +20,7 @@ import ray
 from contracts.candidates import Candidate
 from contracts.work_orders import SwapRecord, WorkOrder, WorkOrderState
 from planners.job_queue import JobRules
+from planners.plan_jobs import PlanJob, PlanJobs
 from planners.planner import Planner, PlannerParams, PlanRecord, TechnicianRoute
 from planners.resources import Depot, Technician
 from planners.routing_params import RoutingParams
@@ -40,7 +41,7 @@ class PlannerSpec:
     """What the planner actor is started with (plain values: it crosses into Ray)."""
 
     namespace: str
-    postgres_url: str
+    postgres_url: str = field(repr=False)  # may carry a password
     technicians: tuple[Technician, ...]
     depots: tuple[Depot, ...]
     params: PlannerParams = field(default_factory=PlannerParams)
@@ -59,6 +60,7 @@ class _PlannerActor:
         self.planner: Planner | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready: asyncio.Task[None] | None = None
+        self._jobs: PlanJobs | None = None
 
     async def _candidates(self, n: int) -> list[Candidate]:
         return await self._fleet.swap_candidates(n)
@@ -79,6 +81,7 @@ class _PlannerActor:
             self._apply_swap, self.spec.params, routing,
         )  # fmt: skip
         self.planner.queue.rules = self.spec.rules
+        self._jobs = PlanJobs(self.planner.plan)
         if self.spec.run_schedule:
             self._task = asyncio.get_running_loop().create_task(self.planner.run_forever())
 
@@ -102,6 +105,16 @@ class _PlannerActor:
         planner = await self._p()
         return await planner.plan(reason)
 
+    async def submit_plan(self, reason: str, requested_by: str) -> PlanJob:
+        await self.start()
+        assert self._jobs is not None
+        return self._jobs.submit(reason, requested_by)
+
+    async def plan_job(self, job_id: str) -> PlanJob:
+        await self.start()
+        assert self._jobs is not None
+        return self._jobs.get(job_id)
+
     async def latest(self) -> PlanRecord | None:
         return (await self._p()).latest()
 
@@ -116,11 +129,12 @@ class _PlannerActor:
 
     async def report(
         self, order_id: int, state: WorkOrderState, actor: str, technician_id: str | None,
-        swap: SwapRecord | None, note: str | None,
+        swap: SwapRecord | None, note: str | None, assigned_to: str | None = None,
     ) -> WorkOrder:  # fmt: skip
         return await (await self._p()).report(
-            order_id, state, actor, technician_id=technician_id, swap=swap, note=note
-        )
+            order_id, state, actor, technician_id=technician_id, swap=swap, note=note,
+            assigned_to=assigned_to,
+        )  # fmt: skip
 
 
 def start_planner(spec: PlannerSpec) -> Any:

@@ -76,9 +76,25 @@ class RayOptions:
 
 
 def init_ray(opts: RayOptions) -> None:
-    """Connect to the configured cluster, or start a local one sized for this machine."""
+    """Connect to the configured cluster, or start a local one sized for this machine.
+
+    Ray's token authentication stays on: Ray's gRPC servers (GCS, raylets) listen on every
+    interface whatever the node address, and a caller without the cluster's token can run
+    no code there. Ray keeps a local cluster's token in ``~/.ray/auth_token`` (0600);
+    ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` give a remote cluster's. The dashboard
+    listens on 127.0.0.1 only.
+    """
     if ray.is_initialized():
         return
+    # Not set here when unset: Ray turns token mode on for a new local cluster itself, and
+    # reads its C++ config at import, so setting the variable now would leave the two halves
+    # of this process disagreeing (InvalidAuthToken at start).
+    if os.environ.get("RAY_AUTH_MODE", "token") != "token":
+        log.warning(
+            "RAY_AUTH_MODE=%s turns off Ray's token authentication: anyone who can reach the "
+            "cluster's ports can run code on it. Unset it unless the cluster is isolated.",
+            os.environ["RAY_AUTH_MODE"],
+        )
     env = {"env_vars": dict(_WORKER_ENV)}
     if opts.address:
         ray.init(address=opts.address, namespace=opts.namespace, runtime_env=env, logging_level=logging.WARNING)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -39,7 +39,15 @@ from store import CheckpointStore, DirectoryStore, TelemetryStore, TwinStateCach
 from store.demand_cache import RedisDemand
 from twins.battery_twin import TwinSnapshot
 from twins.directory import AssignmentStore, ShardDirectory
-from twins.fleet_query import Filter, GroupStats, TopNRow, merge_group_stats, merge_top_n
+from twins.fleet_query import (
+    AvailableVehicle,
+    Filter,
+    GroupStats,
+    TopNRow,
+    merge_group_stats,
+    merge_top_n,
+    merge_vehicles_near,
+)
 from twins.scoring import AnomalyEvent, ScoreReport, ScoringParams, TwinScorer
 from twins.shard import IngestReport, ShardStats, TwinShard
 from twins.sinks import ShardBackends
@@ -64,8 +72,9 @@ class TwinRuntimeSpec:
     """
 
     params: TwinTableParams
-    postgres_url: str
-    redis_url: str
+    # Out of reprs: a URL may carry a password, and Ray prints actor arguments in errors.
+    postgres_url: str = field(repr=False)
+    redis_url: str = field(repr=False)
     shard_size: int
     zone_cell_km: float
     checkpoint_interval_s: float
@@ -236,31 +245,31 @@ class ShardRouter:
     def __init__(self, namespace: str = DEFAULT_NAMESPACE) -> None:
         self._h = _ShardHandles(namespace)
 
-    async def submit(self, batch: TelemetryBatch) -> Awaitable[dict[str, int]]:
+    async def submit(self, batch: TelemetryBatch) -> Awaitable[IngestReport]:
         """Place the batch's batteries and send each shard its part (in call order).
 
         Ray runs one caller's calls to an actor in submission order, so batches submitted
         one after another reach each shard in that order. The returned awaitable gives the
-        summed :class:`IngestReport` counts.
+        shards' :class:`IngestReport` summed, its rejected messages indexed into ``batch``.
         """
         shards = np.asarray(await self._h.assign(batch.battery_ids), dtype=np.int64)
         calls: list[ray.ObjectRef[IngestReport]] = []
+        positions: list[list[int]] = []
         for s in np.unique(shards).tolist():
-            part = batch.select_messages(shards == s)
-            calls.append(self._h.handle(s).ingest.remote(part))
-        return self._collect(calls)
+            mine = shards == s
+            calls.append(self._h.handle(s).ingest.remote(batch.select_messages(mine)))
+            positions.append(np.flatnonzero(mine).tolist())
+        return self._collect(calls, positions)
 
     @staticmethod
-    async def _collect(calls: list[ray.ObjectRef[IngestReport]]) -> dict[str, int]:
+    async def _collect(
+        calls: list[ray.ObjectRef[IngestReport]], positions: list[list[int]]
+    ) -> IngestReport:
         reports: list[IngestReport] = await asyncio.gather(*calls)
-        out: dict[str, int] = {}
-        for r in reports:
-            for k, v in r.__dict__.items():
-                out[k] = out.get(k, 0) + v
-        return out
+        return IngestReport.total(list(zip(reports, positions, strict=True)))
 
-    async def route(self, batch: TelemetryBatch) -> dict[str, int]:
-        """Submit and wait: the counts of one batch."""
+    async def route(self, batch: TelemetryBatch) -> IngestReport:
+        """Submit and wait: what the shards did with one batch."""
         return await (await self.submit(batch))
 
 
@@ -295,6 +304,16 @@ class FleetClient:
         handles = await self._h.all_handles()
         parts: list[list[TopNRow]] = await asyncio.gather(*(h.top_n.remote(by, n, descending, list(filters)) for h in handles))
         return merge_top_n(parts, n, descending=descending)
+
+    async def available_vehicles(
+        self, lat: float, lon: float, radius_m: float, limit: int
+    ) -> list[AvailableVehicle]:
+        """Rentable vehicles within ``radius_m`` of a point, nearest first, fleet-wide."""
+        handles = await self._h.all_handles()
+        parts: list[list[AvailableVehicle]] = await asyncio.gather(
+            *(h.vehicles_near.remote(lat, lon, radius_m, limit) for h in handles)
+        )
+        return merge_vehicles_near(parts, limit)
 
     async def group_stats(
         self, group_by: str | None, fields: Sequence[str], *, filters: Sequence[Filter] = ()

@@ -4,7 +4,13 @@ Data path per worker::
 
     broker --QoS 1--> reader task --> micro-batch (<= batch_max_messages or batch_max_wait_ms)
            --> validate (dead-letter rejects) --> route by shard --> TwinShard.ingest
-           --> PUBACK every message of the batch
+           --> dead-letter what the twins refused --> PUBACK every message of the batch
+
+A twin refuses a valid message that cannot be its battery's (another vehicle claiming it
+without a swap, a ``seq`` far off the battery's stream, physically impossible values): the
+shard reports it, and the bridge stores it as a dead letter with that reason and its raw
+payload. It is then handled, so it is acknowledged like every other message, never
+redelivered.
 
 Delivery is at-least-once end to end: a message is acknowledged only after its shard has
 committed it to history (or after its dead letter is stored). Until then the broker holds
@@ -40,11 +46,13 @@ import aiomqtt
 import numpy as np
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from pydantic import SecretStr
 
 from contracts.samples import TelemetryBatch
 from contracts.telemetry import TOPIC_FILTER, ContractLimits, TelemetryRejected, decode_batch
 from store.dead_letters import DeadLetter
 from twins.clock import Clock, WallClock
+from twins.shard import IngestReport
 
 __all__ = [
     "ROUTING_FAILED",
@@ -66,9 +74,10 @@ _MAX_ERROR_CHARS = 300
 
 
 class Router(Protocol):
-    async def submit(self, batch: TelemetryBatch) -> Awaitable[dict[str, int]]:
-        """Hand ``batch`` to its shards and return an awaitable of the summed counts
-        (accepted_samples, ...).
+    async def submit(self, batch: TelemetryBatch) -> Awaitable[IngestReport]:
+        """Hand ``batch`` to its shards and return an awaitable of what they did: the
+        summed counts (accepted_samples, ...) and the messages the twins refused, indexed
+        into ``batch``.
 
         Everything that fixes the order in which shards see batches happens before this
         returns, so batches submitted one after another reach every shard in that order.
@@ -87,6 +96,10 @@ class BridgeConfig:
     ``max_batch_attempts`` bounds how often one batch is routed to the shards before its
     messages are dead-lettered as ``routing_failed``; between attempts the bridge waits
     ``retry_backoff_s``, doubled after each failure up to 5 s.
+
+    ``username`` and ``password`` are the bridge's broker login (``bms-bridge`` on the
+    embedded broker); both None connects without credentials. The password is a
+    :class:`~pydantic.SecretStr`, so it never shows in a repr, a log line or Ray's dashboard.
     """
 
     host: str
@@ -106,8 +119,13 @@ class BridgeConfig:
     max_batch_attempts: int = 10
     retry_backoff_s: float = 0.2
     limits: ContractLimits = ContractLimits()
+    username: str | None = None
+    password: SecretStr | None = None
 
     def __post_init__(self) -> None:
+        if (self.username is None) != (self.password is None):
+            given = "username" if self.username is not None else "password"
+            raise ValueError(f"Expected a username and a password together, got only a {given}.")
         attempts = self.max_batch_attempts
         # bool is an int subclass; True would silently mean "one attempt".
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
@@ -134,10 +152,10 @@ class BridgeStats:
     """One worker's counters since it started.
 
     Every received message ends up in exactly one of ``accepted_messages``,
-    ``duplicate_messages``, ``rejected_messages`` (invalid, dead-lettered with the reason in
-    ``rejected_by_reason``) or ``failed_messages`` (valid, but the shards refused its batch
-    on every attempt; dead-lettered as ``routing_failed``). ``failed_batches`` counts those
-    batches.
+    ``duplicate_messages``, ``rejected_messages`` (invalid, or refused by its twin;
+    dead-lettered with the reason in ``rejected_by_reason``) or ``failed_messages``
+    (valid, but the shards refused its batch on every attempt; dead-lettered as
+    ``routing_failed``). ``failed_batches`` counts those batches.
     """
 
     received_messages: int
@@ -240,7 +258,7 @@ class MqttBridge:
         while retrying gives up, counts and acknowledges nothing; the broker redelivers.
         """
         batch, accepted, letters = self._split(raws)
-        counts: dict[str, int] = {}
+        report: IngestReport | None = None
         unroutable: list[DeadLetter] = []
         if batch.n_messages:
             # Route once per batch, never again after it succeeded: re-sending a delivered
@@ -255,7 +273,7 @@ class MqttBridge:
                     # shard, or that battery's older samples would arrive "late".
                     async with self._order:
                         pending = await self._router.submit(batch)
-                    counts = await pending
+                    report = await pending
                     break
                 except Exception as err:
                     if attempt >= self.config.max_batch_attempts:
@@ -273,6 +291,8 @@ class MqttBridge:
                     )  # fmt: skip
                     if not await self._backoff(attempt):
                         return
+        refused = self._refused(raws, accepted, report)
+        letters += refused
         stored = letters + unroutable
         attempt = 0
         while stored:
@@ -291,15 +311,30 @@ class MqttBridge:
         if unroutable:
             c["failed_batches"] += 1
             c["failed_messages"] += len(unroutable)
-        else:
-            c["accepted_messages"] += batch.n_messages - counts.get("duplicate_messages", 0)
-        for k in ("accepted_samples", "applied_samples", "late_samples", "duplicate_samples", "duplicate_messages"):
-            c[k] += counts.get(k, 0)
+        elif report is not None:
+            c["accepted_messages"] += batch.n_messages - report.duplicate_messages - len(refused)
+        if report is not None:
+            for k in ("accepted_samples", "applied_samples", "late_samples", "duplicate_samples", "duplicate_messages"):
+                c[k] += getattr(report, k)
         c["rejected_messages"] += len(letters)
         c["batches"] += 1
         for letter in letters:
             self._rejected[letter.reason] += 1
         self._ack(raws)
+
+    @staticmethod
+    def _refused(
+        raws: Sequence[_Raw], accepted: Sequence[int], report: IngestReport | None
+    ) -> list[DeadLetter]:
+        """One letter per message the twins refused, with their reason and the raw payload
+        (``accepted`` maps the batch's message indices back to ``raws``)."""
+        if report is None:
+            return []
+        letters: list[DeadLetter] = []
+        for r in report.rejected:
+            topic, payload, received_at_s, *_ = raws[accepted[r.index]]
+            letters.append(DeadLetter(topic, r.reason.value, r.detail, payload, received_at_s))
+        return letters
 
     @staticmethod
     def _routing_failed(good: Sequence[_Raw], attempts: int, err: Exception) -> list[DeadLetter]:
@@ -340,6 +375,7 @@ class MqttBridge:
     # ------------------------------------------------------------------ MQTT loop
     def _make_client(self) -> aiomqtt.Client:
         cfg = self.config
+        password = cfg.password.get_secret_value() if cfg.password is not None else None
         if cfg.mqtt_v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: unannotated __init__
             props.SessionExpiryInterval = cfg.session_expiry_s
@@ -347,12 +383,13 @@ class MqttBridge:
             client = aiomqtt.Client(
                 cfg.host, cfg.port, identifier=cfg.client_id,
                 protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=props,
-                keepalive=30,
+                keepalive=30, username=cfg.username, password=password,
             )
         else:
             client = aiomqtt.Client(
                 cfg.host, cfg.port, identifier=cfg.client_id,
                 protocol=aiomqtt.ProtocolVersion.V311, clean_session=False, keepalive=30,
+                username=cfg.username, password=password,
             )
         # Acknowledge only after the shard committed the message (see module docstring).
         client._client.manual_ack_set(True)

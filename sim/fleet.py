@@ -17,12 +17,18 @@ as numpy arrays; only the JSON of the messages that are due is built per message
 
 Batteries and vehicles are separate: ``battery_of`` maps vehicle -> battery and the
 reverse map marks pool batteries, so swaps change the link as they would in the field.
+
+A fleet outlives the process that simulates it, as a real one outlives a server restart:
+:meth:`FleetSimulator.snapshot` saves its whole state (format: :mod:`sim.fleet_snapshot`),
+:meth:`FleetSimulator.restore` brings it back, and :meth:`FleetSimulator.stand_still_until`
+lets it resume after a downtime.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,9 +36,10 @@ import numpy.typing as npt
 from contracts.telemetry import topic_for
 from sim.battery_model import PackArray
 from sim.fleet_params import FleetParams
+from sim.fleet_snapshot import FleetSnapshotError, decode_snapshot, encode_snapshot, params_record
 from sim.telemetry_encoder import SAMPLE_COLUMNS, encode_messages
 
-__all__ = ["FleetSimulator", "SwapEvent"]
+__all__ = ["FleetSimulator", "SwapEvent", "fleet_ids"]
 
 FloatArray = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.intp]
@@ -55,7 +62,12 @@ class SwapEvent:
     installed_battery_id: str
 
 
-def _ids(prefix: str, n: int) -> list[str]:
+def fleet_ids(prefix: str, n: int) -> list[str]:
+    """The ids a simulator of ``n`` vehicles (or batteries) gives them: ``prefix`` and a
+    zero-padded index, at least 5 digits (``v-00000`` ... ``v-00999``).
+
+    ``bms vehicles provision --count`` and the embedded broker provision the same ids.
+    """
     width = max(5, len(str(max(n - 1, 0))))
     return [f"{prefix}{k:0{width}d}" for k in range(n)]
 
@@ -84,8 +96,8 @@ class FleetSimulator:
         n = p.vehicles
         n_spares = max(p.min_spares, math.ceil(p.spare_fraction * n))
         n_batteries = n + n_spares
-        self._vehicle_ids = _ids(p.vehicle_id_prefix, n)
-        self._battery_ids = _ids(p.battery_id_prefix, n_batteries)
+        self._vehicle_ids = fleet_ids(p.vehicle_id_prefix, n)
+        self._battery_ids = fleet_ids(p.battery_id_prefix, n_batteries)
         self._topics = [topic_for(v) for v in self._vehicle_ids]
         self._vehicle_index: dict[str, int] | None = None
         self._battery_index: dict[str, int] | None = None
@@ -102,10 +114,13 @@ class FleetSimulator:
         self._battery_of = np.arange(n, dtype=np.intp)
         self._vehicle_of = np.full(n_batteries, _NO_VEHICLE, dtype=np.intp)
         self._vehicle_of[:n] = np.arange(n)
+        # When each battery went into the pool (the first spares: ready from the start).
+        self._pooled_at_s = np.full(n_batteries, -np.inf)
         self._current_a = np.zeros(n_batteries)
-        # Real vehicles keep their seq counter across reboots; a restarted simulator gets
-        # the same effect from a seq_start above anything it sent before (bms run passes
-        # the Unix time), so restored twins do not take its messages for replays.
+        # Real vehicles keep their seq counter across reboots. A restored simulator keeps
+        # its own (restore); a fresh one that replaces an earlier fleet gets the same
+        # effect from a seq_start above anything that one sent (bms run passes the Unix
+        # time), so restored twins do not take its messages for replays.
         self._seq = np.full(n_batteries, seq_start, dtype=np.int64)
 
         # Vehicles: uniform over the disc, parked.
@@ -123,7 +138,9 @@ class FleetSimulator:
         # in lockstep; the phases become times at the first advance.
         self._sample_phase_s = rng.uniform(0.0, p.report_interval_s * p.parked_report_factor, n)
         self._next_sample_s = np.zeros(n)
-        self._buffer = np.empty((n, p.samples_per_message, len(SAMPLE_COLUMNS)))
+        # Zeros, not np.empty: unused slots are saved in snapshots, which should not differ
+        # by whatever memory held before.
+        self._buffer = np.zeros((n, p.samples_per_message, len(SAMPLE_COLUMNS)))
         self._buffered = np.zeros(n, dtype=np.int64)
         # Each vehicle's first message is cut short at a random count, so a fresh fleet
         # publishes at its steady rate at once instead of in a burst one buffer later.
@@ -193,6 +210,148 @@ class FleetSimulator:
         events, self._swap_events = self._swap_events, []
         return events
 
+    # -- snapshots -------------------------------------------------------------------
+
+    def _state_arrays(self) -> dict[str, npt.NDArray[Any]]:
+        """Every array of the fleet's state, by snapshot member name: the live arrays.
+
+        Everything else follows from the params (ids, topics, look-ups) or is a scalar of
+        the snapshot's record (the clock, the swap count, the random generator).
+        """
+        packs = self._packs
+        return {
+            # Batteries: the links, the pool, the charger targets, seq counters, packs.
+            "battery_of": self._battery_of,
+            "vehicle_of": self._vehicle_of,
+            "pooled_at_s": self._pooled_at_s,
+            "charge_target_pct": self._charge_target_pct,
+            "current_a": self._current_a,
+            "seq": self._seq,
+            "pack_soh": packs.soh,
+            "pack_capacity_ah": packs.capacity_ah,
+            "pack_resistance_ohm": packs.resistance_ohm,
+            "pack_imbalance_v": packs.imbalance_v,
+            "pack_soc_pct": packs.soc_pct,
+            "pack_temp_c": packs.temp_c,
+            # Vehicles: position and motion, the ride, the report schedule and buffer.
+            "x_km": self._x_km,
+            "y_km": self._y_km,
+            "heading_rad": self._heading_rad,
+            "odometer_km": self._odometer_km,
+            "riding": self._riding,
+            "trip_end_s": self._trip_end_s,
+            "cruise_kmh": self._cruise_kmh,
+            "speed_kmh": self._speed_kmh,
+            "sample_phase_s": self._sample_phase_s,
+            "next_sample_s": self._next_sample_s,
+            "buffer": self._buffer,
+            "buffered": self._buffered,
+            "flush_at": self._flush_at,
+        }
+
+    def snapshot(self) -> bytes:
+        """The fleet's whole state as bytes, for :meth:`restore`.
+
+        Links, pool, packs (charge, temperature, ageing), positions, rides, report
+        buffers, ``seq`` counters, the random generator and the clock: a restored fleet
+        fed the same :meth:`advance` calls emits the same bytes as this one would. Swap
+        events not yet drained (:meth:`drain_swap_events`) are its consumer's queue, not
+        fleet state, and are left out. Call it between ticks, never during one.
+        """
+        meta = {
+            "params": params_record(self.params),
+            "rng": self._rng.bit_generator.state,
+            "now_s": self._now_s,
+            "swap_count": self._swap_count,
+        }
+        return encode_snapshot(meta, self._state_arrays())
+
+    @classmethod
+    def restore(cls, data: bytes, params: FleetParams, *, seq_margin: int = 0) -> FleetSimulator:
+        """The fleet a :meth:`snapshot` saved, continuing from where it stood.
+
+        Parameters
+        ----------
+        data
+            Bytes from :meth:`snapshot`.
+        params
+            Must equal the params of the saved fleet.
+        seq_margin
+            Added to every battery's ``seq`` counter. A snapshot taken a while before the
+            process died misses the messages sent since; restarting their counters there
+            would repeat ``seq`` values the receivers already saw (as duplicates). A
+            margin above the messages one battery can send between two snapshots skips
+            past them.
+
+        Raises
+        ------
+        FleetSnapshotError
+            Not a snapshot, a damaged or inconsistent one, or one made with other params
+            (the message names the differences).
+        ValueError
+            If ``seq_margin`` is negative.
+        """
+        if seq_margin < 0:
+            raise ValueError(f"Expected seq_margin >= 0, got {seq_margin}.")
+        sim = cls(params)
+        live = sim._state_arrays()
+        meta, arrays = decode_snapshot(
+            data, params, {name: (a.shape, a.dtype) for name, a in live.items()}
+        )
+        _check_state(arrays, params)
+        now_s, swap_count = meta.get("now_s"), meta.get("swap_count")
+        if now_s is not None and not (
+            isinstance(now_s, float | int) and _MIN_TS_S < now_s < _MAX_TS_S
+        ):
+            raise FleetSnapshotError(
+                f"Expected the snapshot's clock as Unix seconds in (1e9, 1e10) or null, got "
+                f"{now_s!r}."
+            )
+        if not (isinstance(swap_count, int) and not isinstance(swap_count, bool) and swap_count >= 0):
+            raise FleetSnapshotError(f"Expected a swap count >= 0, got {swap_count!r}.")
+        rng_state = meta.get("rng")
+        try:
+            if not (isinstance(rng_state, dict) and rng_state.get("bit_generator") == "PCG64"):
+                raise ValueError("not a PCG64 state")
+            sim._rng.bit_generator.state = rng_state
+        except (TypeError, ValueError, KeyError) as err:
+            raise FleetSnapshotError(
+                f"Expected the snapshot's random generator state (PCG64), got one numpy "
+                f"refuses: {err}"
+            ) from None
+        for name, arr in live.items():
+            np.copyto(arr, arrays[name])
+        sim._seq += seq_margin
+        sim._now_s = None if now_s is None else float(now_s)
+        sim._swap_count = swap_count
+        return sim
+
+    def stand_still_until(self, now_s: float) -> None:
+        """Move the clock to ``now_s`` as if the fleet stood still since its last tick.
+
+        What a restored fleet does for the time the system was down: nothing charged,
+        drained or moved, and no message was sent (``seq`` continues where it was). Rides
+        whose end passed in the meantime end at the next tick, where the vehicle stands;
+        each vehicle's report schedule keeps its phase (so the fleet does not report all
+        at once); a battery's time in the pool counts towards its rest. A fleet that
+        never ticked has nothing to resume: the call does nothing.
+
+        Raises
+        ------
+        ValueError
+            If ``now_s`` is before the last tick, or not Unix seconds.
+        """
+        if not _MIN_TS_S < now_s < _MAX_TS_S:
+            raise ValueError(f"Expected now_s as Unix seconds in (1e9, 1e10), got {now_s}.")
+        if self._now_s is None:
+            return
+        if now_s < self._now_s:
+            raise ValueError(
+                f"Expected now_s at or after the last tick ({self._now_s}), got {now_s}."
+            )
+        self._next_sample_s += now_s - self._now_s
+        self._now_s = now_s
+
     def _vehicle(self, vehicle_id: str) -> int:
         if self._vehicle_index is None:
             self._vehicle_index = {v: i for i, v in enumerate(self._vehicle_ids)}
@@ -245,7 +404,7 @@ class FleetSimulator:
         soc_v = self._packs.soc_pct[self._battery_of]
         parked_now = self._end_trips(now_s, soc_v)
         self._take_samples(now_s, parked_now)
-        swap_vehicles, new_batteries = self._plan_swaps(soc_v)
+        swap_vehicles, new_batteries = self._plan_swaps(soc_v, now_s)
         messages = self._emit(parked_now, swap_vehicles)
         self._swap(now_s, swap_vehicles, new_batteries)
         soc_v[swap_vehicles] = self._packs.soc_pct[new_batteries]
@@ -344,13 +503,16 @@ class FleetSimulator:
         )
         self._next_sample_s[due] = now_s + interval_s
 
-    def _plan_swaps(self, soc_v: FloatArray) -> tuple[IndexArray, IndexArray]:
-        """Parked vehicles below the swap threshold, paired with charged pool batteries."""
+    def _plan_swaps(self, soc_v: FloatArray, now_s: float) -> tuple[IndexArray, IndexArray]:
+        """Parked vehicles below the swap threshold, paired with charged pool batteries
+        that have rested ``pool_rest_s`` since they were taken out."""
         low = np.flatnonzero(~self._riding & (soc_v < self.params.swap_below_soc_pct))
         if not low.size:
             return low, low
         ready = np.flatnonzero(
-            (self._vehicle_of == _NO_VEHICLE) & (self._packs.soc_pct >= self._charge_target_pct)
+            (self._vehicle_of == _NO_VEHICLE)
+            & (self._packs.soc_pct >= self._charge_target_pct)
+            & (now_s - self._pooled_at_s >= self.params.pool_rest_s)
         )
         # With too few charged spares the rest wait for the next tick.
         k = min(low.size, ready.size)
@@ -394,6 +556,7 @@ class FleetSimulator:
         self._battery_of[vehicles] = new_batteries
         self._vehicle_of[new_batteries] = vehicles
         self._vehicle_of[old] = _NO_VEHICLE
+        self._pooled_at_s[old] = now_s
         self._charge_target_pct[old] = self._rng.uniform(
             p.swapped_soc_min_pct, p.swapped_soc_max_pct, old.size
         )
@@ -425,4 +588,52 @@ class FleetSimulator:
         self._heading_rad[starts] = rng.uniform(0.0, 2.0 * np.pi, k)
         self._next_sample_s[starts] = np.minimum(
             self._next_sample_s[starts], now_s + p.report_interval_s
+        )
+
+
+def _check_state(arrays: dict[str, npt.NDArray[Any]], params: FleetParams) -> None:
+    """Refuse restored arrays that break the simulator's invariants (a doctored file): the
+    links, index and count ranges, finite values, ``seq`` far from overflow."""
+    n = params.vehicles
+    battery_of, vehicle_of = arrays["battery_of"], arrays["vehicle_of"]
+    n_batteries = vehicle_of.size
+    problems: list[str] = []
+    if battery_of.size and not (
+        battery_of.min() >= 0 and battery_of.max() < n_batteries
+        and np.unique(battery_of).size == n
+    ):  # fmt: skip
+        problems.append("battery_of: each vehicle one distinct battery index")
+    elif not (
+        vehicle_of.min() >= _NO_VEHICLE and vehicle_of.max() < n
+        and np.count_nonzero(vehicle_of != _NO_VEHICLE) == n
+        and np.array_equal(vehicle_of[battery_of], np.arange(n))
+    ):  # fmt: skip
+        problems.append("vehicle_of: the inverse of battery_of, -1 for the pool")
+    spm = params.samples_per_message
+    if not (arrays["buffered"].min() >= 0 and arrays["buffered"].max() <= spm):
+        problems.append(f"buffered: in [0, {spm}]")
+    if not (arrays["flush_at"].min() >= 1 and arrays["flush_at"].max() <= spm):
+        problems.append(f"flush_at: in [1, {spm}]")
+    if not (arrays["seq"].min() >= 0 and arrays["seq"].max() < 2**62):
+        problems.append("seq: in [0, 2**62)")
+    soc = arrays["pack_soc_pct"]
+    if not (np.all(soc >= 0.0) and np.all(soc <= 100.0)):
+        problems.append("pack_soc_pct: in [0, 100]")
+    if not (np.all(arrays["pack_capacity_ah"] > 0.0) and np.all(arrays["pack_resistance_ohm"] > 0.0)):
+        problems.append("pack_capacity_ah, pack_resistance_ohm: > 0")
+    pooled = arrays["pooled_at_s"]
+    if np.isnan(pooled).any() or np.isposinf(pooled).any():
+        problems.append("pooled_at_s: finite or -inf")
+    # The report buffer's unused slots hold stale samples (or whatever a doctored file put
+    # there, never sent): only the rest must be finite.
+    floats = [
+        name for name, a in arrays.items()
+        if a.dtype.kind == "f" and name not in ("buffer", "pooled_at_s") and not np.isfinite(a).all()
+    ]  # fmt: skip
+    if floats:
+        problems.append(f"{', '.join(sorted(floats))}: finite")
+    if problems:
+        raise FleetSnapshotError(
+            f"Expected a consistent fleet state, got a snapshot whose arrays break: "
+            f"{'; '.join(problems)}."
         )

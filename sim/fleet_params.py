@@ -73,6 +73,13 @@ class FleetParams:
         * vehicles))``.
     charge_current_a
         Constant current of the pool's chargers.
+    pool_rest_s
+        A battery taken out of a vehicle stays in the pool at least this long before it
+        goes into another (charging, cooling down, the depot round trip). The twins take a
+        battery reporting from a new vehicle for a swap only after it has been silent for
+        their ``claim_after_silence_s`` (1800 s), so this must not be shorter, or the
+        fleet's own swaps look like forged claims. (At the default 7.5 A charging alone
+        takes over an hour, 10 % to 95 % of an 11 Ah pack; a faster charger would not.)
     vehicle_id_prefix, battery_id_prefix
         Id prefixes; battery ``j`` is ``f"{battery_id_prefix}{j:05d}"``.
     pack, traction, demand, ambient
@@ -108,6 +115,7 @@ class FleetParams:
     spare_fraction: float = 0.06
     min_spares: int = 4
     charge_current_a: float = 7.5
+    pool_rest_s: float = 1800.0
     vehicle_id_prefix: str = "v-"
     battery_id_prefix: str = "b-"
     pack: PackParams = field(default_factory=PackParams)
@@ -181,6 +189,8 @@ class FleetParams:
             )
         if not self.charge_current_a > 0:
             raise ValueError(f"Expected charge_current_a > 0, got {self.charge_current_a}.")
+        if not self.pool_rest_s >= 0:
+            raise ValueError(f"Expected pool_rest_s >= 0, got {self.pool_rest_s}.")
         for name in ("vehicle_id_prefix", "battery_id_prefix"):
             if not _PREFIX.match(getattr(self, name)):
                 raise ValueError(

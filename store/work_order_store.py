@@ -11,6 +11,7 @@ from psycopg.rows import dict_row
 from contracts.work_orders import (
     SwapRecord,
     WorkOrder,
+    WorkOrderError,
     WorkOrderKind,
     WorkOrderState,
     check_change,
@@ -134,6 +135,7 @@ class WorkOrderStore:
         technician_id: str | None = None,
         swap: SwapRecord | None = None,
         note: str | None = None,
+        assigned_to: str | None = None,
     ) -> WorkOrder:
         """Move an order to ``new_state`` and record the change, atomically.
 
@@ -152,6 +154,10 @@ class WorkOrderStore:
             Required when a battery swap or replacement goes to ``done``, forbidden otherwise.
         note
             Free text kept with the event.
+        assigned_to
+            When given, refuse the change unless the order is assigned to this technician
+            (checked under the row lock: a technician's change to an order reassigned a
+            moment ago is refused, not applied).
 
         Raises
         ------
@@ -172,6 +178,11 @@ class WorkOrderStore:
             if row is None:
                 raise KeyError(f"No work order with id {order_id}.")
             order = _order(row)
+            if assigned_to is not None and order.technician_id != assigned_to:
+                raise WorkOrderError(
+                    f"Expected work order {order_id} to be assigned to {assigned_to!r}, "
+                    f"got {order.technician_id!r}."
+                )
             check_change(order, new_state, technician_id=technician_id, swap=swap)
             if new_state is WorkOrderState.ASSIGNED:
                 technician = technician_id
@@ -208,21 +219,25 @@ class WorkOrderStore:
         return _order(row)
 
     async def list(
-        self, state: WorkOrderState | None = None, limit: int = 100
+        self,
+        state: WorkOrderState | None = None,
+        limit: int = 100,
+        *,
+        technician_id: str | None = None,
     ) -> builtins.list[WorkOrder]:
-        """Up to ``limit`` orders, in the given ``state`` if any, oldest first."""
+        """Up to ``limit`` orders, oldest first; only those in ``state`` and assigned to
+        ``technician_id`` when given."""
         if limit <= 0:
             raise ValueError(f"Expected limit > 0, got {limit}.")
+        state_value = None if state is None else WorkOrderState(state).value
         async with connection_turn(self._conn), self._conn.cursor(row_factory=dict_row) as cur:
-            if state is None:
-                await cur.execute(
-                    f"SELECT {_COLUMNS} FROM work_orders ORDER BY id LIMIT %s", (limit,)
-                )
-            else:
-                await cur.execute(
-                    f"SELECT {_COLUMNS} FROM work_orders WHERE state = %s ORDER BY id LIMIT %s",
-                    (WorkOrderState(state).value, limit),
-                )
+            await cur.execute(
+                f"SELECT {_COLUMNS} FROM work_orders"
+                " WHERE (%(state)s::text IS NULL OR state = %(state)s)"
+                " AND (%(tech)s::text IS NULL OR technician_id = %(tech)s)"
+                " ORDER BY id LIMIT %(limit)s",
+                {"state": state_value, "tech": technician_id, "limit": limit},
+            )
             rows = await cur.fetchall()
         return [_order(row) for row in rows]
 

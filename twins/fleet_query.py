@@ -22,13 +22,17 @@ from twins.zones import ZoneGrid
 __all__ = [
     "CATEGORICAL_FIELDS",
     "NUMERIC_FIELDS",
+    "AvailabilityParams",
+    "AvailableVehicle",
     "Filter",
     "GroupStats",
     "TopNRow",
     "group_stats",
     "merge_group_stats",
     "merge_top_n",
+    "merge_vehicles_near",
     "top_n",
+    "vehicles_near",
 ]
 
 NUMERIC_FIELDS: tuple[str, ...] = (
@@ -294,3 +298,135 @@ def merge_group_stats(parts: Iterable[dict[str, GroupStats]]) -> dict[str, Group
                 out[name] = GroupStats()
             out[name].merge(g)
     return out
+
+
+# ---------------------------------------------------------------------- availability
+_EARTH_RADIUS_M = 6_371_000.0
+
+
+@dataclass(frozen=True)
+class AvailabilityParams:
+    """When a vehicle counts as rentable, and how far its battery takes a rider.
+
+    Parameters
+    ----------
+    min_soc_pct
+        Below this a vehicle is not offered (the operator's rentable threshold).
+    max_staleness_s
+        A vehicle not heard from for longer may have moved or died: not offered.
+    wh_per_km
+        Energy a ride takes per km, for the range estimate (a fleet constant: a typical
+        shared e-scooter needs 12-20 Wh/km).
+    reserve_pct
+        Charge kept back from the range estimate (the vehicle locks before empty).
+    """
+
+    min_soc_pct: float = 15.0
+    max_staleness_s: float = 900.0
+    wh_per_km: float = 15.0
+    reserve_pct: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.reserve_pct <= self.min_soc_pct <= 100):
+            raise ValueError(
+                f"Expected 0 <= reserve_pct <= min_soc_pct <= 100, got {self.reserve_pct} "
+                f"and {self.min_soc_pct}."
+            )
+        if self.max_staleness_s <= 0 or self.wh_per_km <= 0:
+            raise ValueError(
+                f"Expected max_staleness_s > 0 and wh_per_km > 0, got {self.max_staleness_s} "
+                f"and {self.wh_per_km}."
+            )
+
+
+@dataclass(frozen=True)
+class AvailableVehicle:
+    """A rentable vehicle as a customer sees it: where, how charged, how far it goes.
+
+    No battery id, health or anomaly: customers see vehicles, not batteries.
+    """
+
+    vehicle_id: str
+    lat: float
+    lon: float
+    distance_m: float
+    soc_pct: float
+    est_range_km: float
+
+
+def _haversine_m(lat: float, lon: float, lats: npt.NDArray[np.float64], lons: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    p1, p2 = math.radians(lat), np.radians(lats)
+    dphi = p2 - p1
+    dlmb = np.radians(lons) - math.radians(lon)
+    a = np.sin(dphi / 2) ** 2 + math.cos(p1) * np.cos(p2) * np.sin(dlmb / 2) ** 2
+    out: npt.NDArray[np.float64] = 2 * _EARTH_RADIUS_M * np.arcsin(np.sqrt(np.minimum(a, 1.0)))
+    return out
+
+
+def vehicles_near(
+    table: TwinTable,
+    lat: float,
+    lon: float,
+    radius_m: float,
+    limit: int,
+    *,
+    now_s: float,
+    params: AvailabilityParams = AvailabilityParams(),
+) -> list[AvailableVehicle]:
+    """Rentable vehicles of this table within ``radius_m`` of a point, nearest first.
+
+    Rentable: in a vehicle, heard from within ``max_staleness_s``, not charging, no
+    anomaly flag, and at least ``min_soc_pct`` charged.
+    """
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise ValueError(f"Expected lat in [-90, 90] and lon in [-180, 180], got {lat} and {lon}.")
+    if not radius_m > 0 or limit < 1:
+        raise ValueError(f"Expected radius_m > 0 and limit >= 1, got {radius_m} and {limit}.")
+    n = len(table)
+    if n == 0:
+        return []
+    soc = table.latest("soc_pct")
+    volts = table.latest("pack_voltage_v")
+    lats, lons = table.last_lat[:n], table.last_lon[:n]
+    in_vehicle = np.array([v is not None for v in table.vehicle_ids[:n]], dtype=bool)
+    with np.errstate(invalid="ignore"):
+        ok = (
+            in_vehicle
+            & (now_s - table.last_ts[:n] <= params.max_staleness_s)
+            & ~table.charging[:n]
+            & (table.anomaly_flags[:n] == 0)
+            & (soc >= params.min_soc_pct)
+            & np.isfinite(lats)
+            & np.isfinite(lons)
+            & np.isfinite(volts)
+        )
+    idx = np.flatnonzero(ok)
+    if idx.size == 0:
+        return []
+    dist = _haversine_m(lat, lon, lats[idx], lons[idx])
+    near = dist <= radius_m
+    idx, dist = idx[near], dist[near]
+    order = np.argsort(dist, kind="stable")[:limit]
+    idx, dist = idx[order], dist[order]
+    cap = table.capacity_est_ah[idx]
+    cap = np.where(np.isfinite(cap), cap, table.rated_capacity_ah[idx])
+    usable_pct = np.maximum(soc[idx] - params.reserve_pct, 0.0)
+    range_km = usable_pct / 100.0 * cap * volts[idx] / params.wh_per_km
+    return [
+        AvailableVehicle(
+            vehicle_id=str(table.vehicle_ids[i]),
+            lat=float(lats[i]),
+            lon=float(lons[i]),
+            distance_m=round(float(d), 1),
+            soc_pct=round(float(soc[i]), 1),
+            est_range_km=round(float(r), 1),
+        )
+        for i, d, r in zip(idx.tolist(), dist.tolist(), range_km.tolist(), strict=True)
+    ]
+
+
+def merge_vehicles_near(parts: Iterable[Sequence[AvailableVehicle]], limit: int) -> list[AvailableVehicle]:
+    """The nearest ``limit`` of the shards' answers."""
+    rows = [r for p in parts for r in p]
+    rows.sort(key=lambda r: (r.distance_m, r.vehicle_id))
+    return rows[:limit]

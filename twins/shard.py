@@ -18,19 +18,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
 import numpy as np
 import orjson
 
+from contracts.anomaly_kinds import AnomalyKind
 from contracts.candidates import Candidate
 from contracts.health import HealthRow
 from contracts.samples import TelemetryBatch
+from contracts.telemetry import RejectedMessage, RejectReason
 from twins.battery_twin import BatteryTwin, TwinSnapshot, health_bands
 from twins.clock import Clock, WallClock
-from twins.fleet_query import Filter, GroupStats, TopNRow, group_stats, top_n
+from twins.fleet_query import (
+    AvailableVehicle,
+    Filter,
+    GroupStats,
+    TopNRow,
+    group_stats,
+    top_n,
+    vehicles_near,
+)
 from twins.scoring import AnomalyEvent, ScoreReport, TwinScorer
 from twins.sinks import ShardBackends
 from twins.twin_table import TwinTable, TwinTableParams
@@ -42,6 +53,13 @@ log = logging.getLogger(__name__)
 
 _REPLAY_MARGIN_S = 600.0  # writes a restarted shard re-reads from before its checkpoint
 _LATENCY_RESERVOIR = 65_536
+_MAX_INGEST_EVENTS = 10_000  # refused-message events kept per shard (newest win)
+#: The anomaly event a twin's refusal of a message raises.
+_EVENT_KIND = {
+    RejectReason.BATTERY_CLAIM_CONFLICT: AnomalyKind.BATTERY_CLAIM_CONFLICT,
+    RejectReason.SEQ_OUT_OF_RANGE: AnomalyKind.SEQ_OUT_OF_RANGE,
+    RejectReason.IMPLAUSIBLE_TELEMETRY: AnomalyKind.IMPLAUSIBLE_TELEMETRY,
+}
 
 
 class UrgentSink(Protocol):
@@ -56,7 +74,12 @@ class UrgentSink(Protocol):
 
 @dataclass(frozen=True)
 class IngestReport:
-    """What one :meth:`TwinShard.ingest` call did."""
+    """What one :meth:`TwinShard.ingest` call did.
+
+    ``rejected`` holds the messages the twins refused (claim conflict, ``seq`` out of
+    range, implausible values), indexed into the ingested batch, for the caller to
+    dead-letter.
+    """
 
     messages: int
     accepted_messages: int
@@ -67,6 +90,23 @@ class IngestReport:
     duplicate_samples: int
     new_twins: int
     vehicle_changes: int
+    rejected: tuple[RejectedMessage, ...] = ()
+
+    @classmethod
+    def total(cls, parts: Sequence[tuple[IngestReport, Sequence[int]]]) -> IngestReport:
+        """The report of a whole batch from the reports of its parts (one per shard).
+
+        Each part comes with the batch index of each of its messages, so the rejected
+        messages are indexed into the whole batch again.
+        """
+        counts = dict.fromkeys((f.name for f in fields(cls) if f.name != "rejected"), 0)
+        rejected: list[RejectedMessage] = []
+        for report, positions in parts:
+            for name in counts:
+                counts[name] += getattr(report, name)
+            rejected.extend(replace(r, index=int(positions[r.index])) for r in report.rejected)
+        rejected.sort(key=lambda r: r.index)
+        return cls(**counts, rejected=tuple(rejected))
 
 
 @dataclass(frozen=True)
@@ -199,6 +239,10 @@ class TwinShard:
             ("messages", "accepted_samples", "applied_samples", "late_samples",
              "duplicate_messages", "vehicle_changes", "checkpoints", "replayed_samples"), 0
         )
+        # Events of messages the twins refused. Kept here, not in the scorer's events: the
+        # scorer is None with the models off, and the scorer hands its newest events to
+        # the planner as urgent jobs, which a forged message must never become.
+        self._ingest_events: deque[AnomalyEvent] = deque(maxlen=_MAX_INGEST_EVENTS)
         self._restored = False
         self._last_apply_at_s: float | None = None
         self._healthy: asyncio.Event | None = None
@@ -255,7 +299,8 @@ class TwinShard:
         if ids:
             batch = await self._backends.history.replay(ids, float(since))
             if batch.n_messages:
-                res = table.apply(batch)
+                # History holds only messages the twins accepted once: not checked again.
+                res = table.apply(batch, replay=True)
                 self._counters["replayed_samples"] += res.applied_samples
                 log.info("shard %d replayed %d samples after restore", self.shard_id, res.applied_samples)
         self.table = table
@@ -310,6 +355,17 @@ class TwinShard:
         c["late_samples"] += res.late_samples
         c["duplicate_messages"] += res.duplicate_messages
         c["vehicle_changes"] += len(res.vehicle_changes)
+        for r in res.rejected:
+            # A refusal is yes or no, so its score is 1 (the models' events carry their z).
+            kind = str(_EVENT_KIND[r.reason].name).lower()
+            self._ingest_events.append(AnomalyEvent(batch.battery_ids[r.index], kind, 1.0, now))
+        if res.rejected:
+            # One line per batch, not per message: a flood of forgeries must not flood the log.
+            first = res.rejected[0]
+            log.warning(
+                "shard %d refused %d messages; the first, of battery %s: %s: %s", self.shard_id,
+                len(res.rejected), batch.battery_ids[first.index], first.reason.value, first.detail,
+            )  # fmt: skip
         self._last_apply_at_s = now
         if res.accepted_samples:
             keep = np.zeros(batch.n_messages, dtype=bool)
@@ -329,6 +385,7 @@ class TwinShard:
             duplicate_samples=res.duplicate_samples,
             new_twins=res.new_twins,
             vehicle_changes=len(res.vehicle_changes),
+            rejected=tuple(res.rejected),
         )
 
     async def _recover(self) -> None:
@@ -485,11 +542,13 @@ class TwinShard:
         self._dirty.add(slot)
 
     async def anomaly_events(self, limit: int = 100) -> list[AnomalyEvent]:
-        """The newest anomaly events of this shard's twins, newest first."""
+        """The newest anomaly events of this shard's twins, newest first: the models' flags
+        (when the models are on) and the messages the twins refused (always)."""
         await self.start()
-        if self.scorer is None:
-            return []
-        return list(self.scorer.events)[-limit:][::-1]
+        scored = list(self.scorer.events)[-limit:] if self.scorer is not None else []
+        refused = list(self._ingest_events)[-limit:]
+        # Each list newest first; the sort is stable, so events of one tick keep that order.
+        return sorted(scored[::-1] + refused[::-1], key=lambda e: e.at_s, reverse=True)[:limit]
 
     async def health_rows(self) -> list[HealthRow]:
         """One health row (battery, cohort, SOH %, health score, EFC, model version) per scored twin.
@@ -541,6 +600,11 @@ class TwinShard:
     ) -> dict[str, GroupStats]:
         await self.start()
         return group_stats(self.table, group_by, fields, filters=filters, zones=self.zones, now_s=self.clock.now_s())
+
+    async def vehicles_near(self, lat: float, lon: float, radius_m: float, limit: int) -> list[AvailableVehicle]:
+        """Rentable vehicles of this shard near a point (:func:`twins.fleet_query.vehicles_near`)."""
+        await self.start()
+        return vehicles_near(self.table, lat, lon, radius_m, limit, now_s=self.clock.now_s())
 
     async def battery_ids(self) -> list[str]:
         await self.start()

@@ -19,7 +19,15 @@ import numpy as np
 import numpy.typing as npt
 
 from contracts.samples import SAMPLE_FIELDS, WINDOW_FIELDS, TelemetryBatch
+from contracts.telemetry import RejectedMessage, RejectReason
 from twins.clock import Clock, WallClock
+from twins.plausibility import (
+    Sample,
+    SampleColumns,
+    implausible_steps,
+    message_ends,
+    step_problem,
+)
 
 __all__ = ["DOD_BIN_EDGES_PCT", "ApplyResult", "TwinTable", "TwinTableParams"]
 
@@ -30,6 +38,8 @@ _SEQ_WINDOW = 64  # how far back an out-of-order message is still told from a du
 _MASK64 = (1 << 64) - 1
 _F = {name: i for i, name in enumerate(WINDOW_FIELDS)}
 _DIFFERENCED = ("current_a", "soc_pct", "pack_voltage_v")
+# Where a message's seq falls for its battery (TwinTable._seq_verdict).
+_NEW, _DUPLICATE, _OUT_OF_RANGE = "new", "duplicate", "out_of_range"
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,28 @@ class TwinTableParams:
         seconds gives one resistance sample R = -ΔV/ΔI (OCV barely moves that fast).
     lstm_hidden_size
         Width of the LSTM (h, c) state kept per twin for the model deployments.
+    claim_after_silence_s
+        A battery moves to another vehicle only if its twin has no vehicle (never seen,
+        or taken out by a recorded swap) or has been silent this long, judged on sample
+        time: a pack pulled out and parked (charging in a depot) that long counts as
+        removed. Anything sooner is a ``battery_claim_conflict``.
+    max_seq_jump, max_message_rate_hz
+        A new ``seq`` may run ahead of the battery's last by at most ``max_seq_jump`` plus
+        ``max_message_rate_hz`` per second of sample time since the last sample: a vehicle
+        that was off for D seconds (a restarted simulator seeds its counter with the
+        clock) comes back about D ahead. Further ahead, or behind the replay window, is
+        ``seq_out_of_range``.
+    resync_messages
+        So many out-of-range messages in a row, each ``seq`` one more than the previous
+        and each later in time, re-base the battery's sequence on them: a device whose
+        counter reset (or jumped) is locked out for this many messages only.
+    max_soc_rise_pct_per_s, soc_jump_slack_pct
+        SoC may rise between two samples by at most ``soc_jump_slack_pct`` plus
+        ``max_soc_rise_pct_per_s`` per second (0.1 %/s is a full charge in about 17
+        minutes, faster than any scooter charger); more is ``implausible_telemetry``.
+    max_speed_mps
+        Two positions of one battery further apart than this speed allows are
+        ``implausible_telemetry`` (50 m/s: no scooter, nor a van carrying the pack).
     """
 
     window_samples: int = 64
@@ -77,6 +109,13 @@ class TwinTableParams:
     min_current_step_a: float = 3.0
     max_step_dt_s: float = 5.0
     lstm_hidden_size: int = 32
+    claim_after_silence_s: float = 1800.0
+    max_seq_jump: int = 64
+    max_message_rate_hz: float = 10.0
+    resync_messages: int = 3
+    max_soc_rise_pct_per_s: float = 0.1
+    soc_jump_slack_pct: float = 5.0
+    max_speed_mps: float = 50.0
 
     def __post_init__(self) -> None:
         if self.window_samples < 1:
@@ -89,6 +128,19 @@ class TwinTableParams:
                 raise ValueError(f"Expected {name} in (0, 1], got {v}.")
         if self.lstm_hidden_size < 1:
             raise ValueError(f"Expected lstm_hidden_size >= 1, got {self.lstm_hidden_size}.")
+        if self.max_seq_jump < 1 or self.resync_messages < 1:
+            raise ValueError(
+                f"Expected max_seq_jump >= 1 and resync_messages >= 1, got "
+                f"{self.max_seq_jump} and {self.resync_messages}."
+            )
+        for name in (
+            "claim_after_silence_s", "max_message_rate_hz", "max_soc_rise_pct_per_s",
+            "soc_jump_slack_pct", "max_speed_mps",
+        ):  # fmt: skip
+            v = getattr(self, name)
+            # NaN fails this too: a NaN limit would silently switch its check off.
+            if not v >= 0:
+                raise ValueError(f"Expected {name} >= 0, got {v}.")
 
 
 @dataclass
@@ -102,10 +154,13 @@ class ApplyResult:
     duplicate_samples: int = 0
     new_twins: int = 0
     vehicle_changes: list[tuple[str, str | None, str]] = field(default_factory=list)
-    #: Indices (into the batch) of messages that were not duplicates.
+    #: Indices (into the batch) of messages that were neither duplicates nor rejected.
     accepted_messages: npt.NDArray[np.int64] = field(
         default_factory=lambda: np.zeros(0, dtype=np.int64)
     )
+    #: Messages refused against the twin's state (claim, seq range, plausibility), in
+    #: batch order; none of their samples was applied or accepted.
+    rejected: list[RejectedMessage] = field(default_factory=list)
 
     @property
     def accepted_samples(self) -> int:
@@ -120,6 +175,11 @@ _SCALARS: dict[str, tuple[type, float]] = {
     "first_ts": (np.float64, math.nan),
     "last_seq": (np.int64, -1),
     "seq_mask": (np.uint64, 0),
+    # Re-sync after a counter reset: the last out-of-range seq, how many came in a row
+    # (each one more than the previous) and the newest sample time among them.
+    "resync_seq": (np.int64, -1),
+    "resync_count": (np.int64, 0),
+    "resync_ts": (np.float64, math.nan),
     "last_lat": (np.float64, math.nan),
     "last_lon": (np.float64, math.nan),
     "samples_total": (np.int64, 0),
@@ -182,6 +242,9 @@ class TwinTable:
     first_ts: npt.NDArray[np.float64]
     last_seq: npt.NDArray[np.int64]
     seq_mask: npt.NDArray[np.uint64]
+    resync_seq: npt.NDArray[np.int64]
+    resync_count: npt.NDArray[np.int64]
+    resync_ts: npt.NDArray[np.float64]
     last_lat: npt.NDArray[np.float64]
     last_lon: npt.NDArray[np.float64]
     samples_total: npt.NDArray[np.int64]
@@ -315,35 +378,221 @@ class TwinTable:
         self.seq_mask[slot] = mask | (1 << back)
         return True
 
-    # ------------------------------------------------------------------ apply
-    def apply(self, batch: TelemetryBatch) -> ApplyResult:
-        """Take a batch into the twins: dedup messages, then update windows and counters.
+    def _seq_verdict(self, slot: int, seq: int, since_last_s: float) -> str:
+        """Where ``seq`` falls for this battery (changes nothing): new, duplicate or out of range.
 
-        Messages whose (battery, seq) was seen before are dropped whole. Samples older
-        than a twin's newest applied sample are *late*: they are accepted (the caller
-        persists them to history) but not applied, so the window stays time-ordered
-        and the integrated counters never count an interval twice.
+        New: ahead of the last by at most ``max_seq_jump + max_message_rate_hz * since_last_s``
+        (seconds of sample time since the twin's newest sample), or an unseen gap in the
+        replay window behind it. Out of range: further ahead, or behind the window.
         """
-        res = ApplyResult(messages=batch.n_messages)
-        if batch.n_messages == 0:
-            return res
-        msg_slots = np.empty(batch.n_messages, dtype=np.int64)
-        keep = np.ones(batch.n_messages, dtype=bool)
+        last = int(self.last_seq[slot])
+        if last < 0:
+            return _NEW
+        if seq > last:
+            gap_s = since_last_s if since_last_s > 0 else 0.0  # NaN (empty message): no credit
+            if math.isinf(gap_s):  # a twin with no sample yet has no rate to hold it to
+                return _NEW
+            p = self.params
+            return _NEW if seq - last <= p.max_seq_jump + p.max_message_rate_hz * gap_s else _OUT_OF_RANGE
+        if seq == last:
+            return _DUPLICATE
+        back = last - seq - 1
+        if back >= _SEQ_WINDOW:
+            return _OUT_OF_RANGE
+        return _DUPLICATE if int(self.seq_mask[slot]) >> back & 1 else _NEW
+
+    def _resync(self, slot: int, seq: int, first_ts: float, last_ts: float) -> bool:
+        """Count an out-of-range message towards a re-base of the battery's ``seq``.
+
+        ``resync_messages`` of them in a row, each ``seq`` one more than the previous and
+        starting after it in time, are a device whose counter reset or jumped, not a
+        forger replaying one message: the high-water mark moves to them (True).
+        """
+        count = int(self.resync_count[slot])
+        if count > 0 and seq == int(self.resync_seq[slot]):
+            return False  # the same candidate again (a redelivery): no step closer
+        if count > 0 and seq == int(self.resync_seq[slot]) + 1 and first_ts > self.resync_ts[slot]:
+            count += 1
+        else:
+            count = 1
+        if count >= self.params.resync_messages:
+            self.last_seq[slot] = seq
+            self.seq_mask[slot] = 0
+            self._clear_resync(slot)
+            return True
+        self.resync_count[slot] = count
+        self.resync_seq[slot] = seq
+        self.resync_ts[slot] = last_ts
+        return False
+
+    def _clear_resync(self, slot: int) -> None:
+        self.resync_count[slot] = 0
+        self.resync_seq[slot] = -1
+        self.resync_ts[slot] = math.nan
+
+    # ------------------------------------------------------------------ checks
+    def _newest_samples(self, slots: npt.NDArray[np.int64]) -> SampleColumns:
+        """:meth:`_newest_sample` of many slots at once; slot -1 (no twin yet) has none."""
+        has = slots >= 0
+        s = np.where(has, slots, 0)
+        pos = (self.head[s] - 1) % self.params.window_samples
+        soc = self.window[s, pos, _F["soc_pct"]].astype(np.float64)
+        some = has & (self.count[s] > 0)
+        return (
+            np.where(has, self.last_ts[s], -np.inf),
+            np.where(some, soc, np.nan),
+            np.where(has, self.last_lat[s], np.nan),
+            np.where(has, self.last_lon[s], np.nan),
+        )
+
+    def _newest_sample(self, slot: int) -> Sample:
+        """The twin's newest applied sample: (ts, SoC, lat, lon); ts is -inf if none."""
+        soc = math.nan
+        if self.count[slot] > 0:
+            pos = (int(self.head[slot]) - 1) % self.params.window_samples
+            soc = float(self.window[slot, pos, _F["soc_pct"]])
+        return float(self.last_ts[slot]), soc, float(self.last_lat[slot]), float(self.last_lon[slot])
+
+    def _claim_problem(
+        self, slot: int, battery_id: str, vehicle_id: str, silence_s: float
+    ) -> tuple[RejectReason, str] | None:
+        """Why ``vehicle_id`` may not take the battery over now, or None if it may."""
+        old = self.vehicle_ids[slot]
+        limit_s = self.params.claim_after_silence_s
+        if old is None or old == vehicle_id or silence_s >= limit_s:
+            return None
+        return RejectReason.BATTERY_CLAIM_CONFLICT, (
+            f"battery {battery_id!r} is in vehicle {old!r}, whose last sample is "
+            f"{silence_s:.0f} s before this message; expected messages from {old!r}, or "
+            f"another vehicle only after a recorded swap or {limit_s:g} s of silence, got "
+            f"vehicle {vehicle_id!r}"
+        )
+
+    def _check_messages(
+        self,
+        batch: TelemetryBatch,
+        msg_slots: npt.NDArray[np.int64],
+        keep: npt.NDArray[np.bool_],
+        res: ApplyResult,
+    ) -> None:
+        """Dedup and check the messages of ``batch`` in order (see :meth:`apply`).
+
+        Fills ``msg_slots``, clears ``keep`` for duplicates and rejects, and moves the
+        vehicle and ``seq`` state of the accepted; samples are applied afterwards.
+        """
+        p = self.params
+        ends = message_ends(batch, p)
+        # The step from each twin's newest sample to the message, for all messages at once
+        # against the table as it is now (the common case: one message per battery).
+        known = np.fromiter((self.index.get(b, -1) for b in batch.battery_ids), np.int64, batch.n_messages)
+        before = self._newest_samples(known)
+        step_bad = implausible_steps(before, ends.first, p).tolist()
+        before_ts, first_ts, last_ts = before[0].tolist(), ends.first_ts.tolist(), ends.last_ts.tolist()
+        # The message holding each twin's newest sample once this batch's messages are
+        # accepted: a second message of a battery is judged against the first, not the table.
+        newest: dict[int, int] = {}
         for k, (bid, vid, seq) in enumerate(
             zip(batch.battery_ids, batch.vehicle_ids, batch.seqs.tolist(), strict=True)
         ):
             slot, created = self.ensure(bid)
             res.new_twins += created
             msg_slots[k] = slot
-            if seq >= 0 and not self._accept_seq(slot, seq):
+            running = newest.get(slot)
+            t0, t1 = first_ts[k], last_ts[k]
+            newest_ts = before_ts[k] if running is None else last_ts[running]
+            since_s = t0 - newest_ts
+            verdict = _NEW if seq < 0 else self._seq_verdict(slot, seq, since_s)
+            if verdict == _DUPLICATE:
                 keep[k] = False
+                res.duplicate_messages += 1
                 continue
-            old = self.vehicle_ids[slot]
-            if old != vid:
-                if old is not None:
-                    res.vehicle_changes.append((bid, old, vid))
-                self.vehicle_ids[slot] = vid
-        res.duplicate_messages = int((~keep).sum())
+            problem = self._claim_problem(slot, bid, vid, since_s) or ends.inner.get(k)
+            if problem is None and running is not None:
+                problem = step_problem(ends.last_of(running), ends.first_of(k), p)
+            elif problem is None and step_bad[k]:
+                problem = step_problem(self._newest_sample(slot), ends.first_of(k), p)
+            if problem is None and verdict == _OUT_OF_RANGE and not self._resync(slot, seq, t0, t1):
+                last_seq = int(self.last_seq[slot])
+                gap_s = max(0.0, since_s)
+                problem = RejectReason.SEQ_OUT_OF_RANGE, (
+                    f"last seq {last_seq}, got seq {seq}: expected at most "
+                    f"{p.max_seq_jump + p.max_message_rate_hz * gap_s:.0f} ahead ({p.max_seq_jump} "
+                    f"+ {p.max_message_rate_hz:g}/s over the {gap_s:.0f} s since the last "
+                    f"sample) or within the {_SEQ_WINDOW} before it; "
+                    f"{int(self.resync_count[slot])} of {p.resync_messages} consecutive "
+                    f"out-of-range messages towards a re-sync"
+                )
+            if problem is not None:
+                keep[k] = False
+                res.rejected.append(RejectedMessage(k, *problem))
+                continue
+            if verdict == _NEW and seq >= 0:
+                self._accept_seq(slot, seq)
+                # The stream goes on where the twin expects it: out-of-range messages so
+                # far were not a reset counter.
+                if self.resync_count[slot]:
+                    self._clear_resync(slot)
+            self._move_vehicle(slot, vid, res)
+            if t1 > newest_ts:
+                newest[slot] = k
+
+    def _move_vehicle(self, slot: int, vehicle_id: str, res: ApplyResult) -> None:
+        old = self.vehicle_ids[slot]
+        if old != vehicle_id:
+            if old is not None:
+                res.vehicle_changes.append((self.ids[slot], old, vehicle_id))
+            self.vehicle_ids[slot] = vehicle_id
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, batch: TelemetryBatch, *, replay: bool = False) -> ApplyResult:
+        """Take a batch into the twins: dedup and check messages, then update windows and
+        counters.
+
+        Messages whose (battery, seq) was seen before are dropped whole. Every other
+        message is checked against what its twin knows, in batch order (the knobs are in
+        :class:`TwinTableParams`): the battery must not be claimed by another vehicle
+        without a swap (``battery_claim_conflict``), its ``seq`` must continue the
+        battery's stream (``seq_out_of_range``), and its samples must be physically
+        possible next to each other and to the twin's last sample
+        (``implausible_telemetry``). A message that fails is rejected whole
+        (:attr:`ApplyResult.rejected`): none of its samples is applied or accepted, and
+        it moves nothing of the twin (vehicle, ``seq`` mark, ``last_ts``) but the count
+        towards a ``seq`` re-sync. One forged message therefore cannot take a battery
+        over, nor make the genuine stream look like replays or late samples.
+
+        Samples older than a twin's newest applied sample are *late*: they are accepted
+        (the caller persists them to history) but not applied, so the window stays
+        time-ordered and the integrated counters never count an interval twice.
+
+        Parameters
+        ----------
+        batch
+            The messages, in arrival order.
+        replay
+            The batch is history this table's owner stored itself (a restore, offline
+            features): every message in it passed the checks once, so only duplicates
+            are dropped. Checking it again would judge it against a twin that does not
+            know later facts yet, such as a swap recorded with ``set_vehicle``.
+        """
+        res = ApplyResult(messages=batch.n_messages)
+        if batch.n_messages == 0:
+            return res
+        msg_slots = np.empty(batch.n_messages, dtype=np.int64)
+        keep = np.ones(batch.n_messages, dtype=bool)
+        if replay:
+            for k, (bid, vid, seq) in enumerate(
+                zip(batch.battery_ids, batch.vehicle_ids, batch.seqs.tolist(), strict=True)
+            ):
+                slot, created = self.ensure(bid)
+                res.new_twins += created
+                msg_slots[k] = slot
+                if seq >= 0 and not self._accept_seq(slot, seq):
+                    keep[k] = False
+                    res.duplicate_messages += 1
+                    continue
+                self._move_vehicle(slot, vid, res)
+        else:
+            self._check_messages(batch, msg_slots, keep, res)
         res.accepted_messages = np.flatnonzero(keep)
         counts = np.diff(batch.msg_offsets)
         sample_keep = np.repeat(keep, counts)

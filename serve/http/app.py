@@ -12,18 +12,29 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import Lifespan
 
-from serve.http import batteries, fleet, models, planner, system, work_orders
+from serve.http import batteries, fleet, models, planner, system, tokens, vehicles, work_orders
+from serve.http.auth import BodySizeLimit, RateLimiter
 from serve.http.deps import ApiDeps
 from serve.http.errors import ServiceUnavailable
 
-__all__ = ["create_api"]
+__all__ = ["MAX_BODY_BYTES", "create_api"]
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=503)
 
 
-def create_api(deps: ApiDeps, *, lifespan: Lifespan[FastAPI] | None = None) -> FastAPI:
+#: Largest request body any route takes: the bodies are a few hundred bytes of JSON.
+MAX_BODY_BYTES = 64 * 1024
+
+
+def create_api(
+    deps: ApiDeps,
+    *,
+    lifespan: Lifespan[FastAPI] | None = None,
+    rate_limiter: RateLimiter | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
     """The API over ``deps``.
 
     Parameters
@@ -32,6 +43,10 @@ def create_api(deps: ApiDeps, *, lifespan: Lifespan[FastAPI] | None = None) -> F
         What the routes call.
     lifespan
         Opens and closes what ``deps`` hold (connection pools), if anything.
+    rate_limiter
+        Per-token buckets of the rate-limited routes (tests pass one with a fake clock).
+    max_body_bytes
+        Larger request bodies get a 413 before any route reads them.
     """
     api = FastAPI(
         title="Battery fleet twin API",
@@ -40,8 +55,10 @@ def create_api(deps: ApiDeps, *, lifespan: Lifespan[FastAPI] | None = None) -> F
         lifespan=lifespan,
     )
     api.state.deps = deps
+    api.state.rate_limiter = rate_limiter or RateLimiter()
+    api.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     # Any route may need a service that is not running (the planner): 503, never a 500.
     api.add_exception_handler(ServiceUnavailable, _unavailable)
-    for area in (system, batteries, fleet, models, planner, work_orders):
+    for area in (system, batteries, fleet, vehicles, models, planner, work_orders, tokens):
         api.include_router(area.router)
     return api

@@ -13,9 +13,11 @@ import re
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import Field
 
+from contracts.access import Role
+from serve.http.auth import AUTH_RESPONSES, Allow
 from serve.http.deps import Deps
 from serve.http.errors import ERROR_RESPONSES, invalid_parameter
 from serve.http.response_model import ApiModel
@@ -30,7 +32,11 @@ __all__ = [
     "router",
 ]
 
-router = APIRouter(tags=["batteries"])
+router = APIRouter(
+    tags=["batteries"],
+    dependencies=[Depends(Allow(Role.FLEET_MANAGER))],
+    responses=AUTH_RESPONSES,
+)
 
 #: Battery (and technician) ids in paths: what the MQTT topic contract allows.
 BATTERY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"

@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 from fastapi import Depends, Request
 
 if TYPE_CHECKING:
+    from contracts.access import Principal, Role, TokenInfo
     from contracts.model_registry import ModelEvent, ModelVersion, ServingConfig
     from contracts.work_orders import SwapRecord, WorkOrder, WorkOrderState
+    from planners.plan_jobs import PlanJob
     from planners.planner import PlanRecord, TechnicianRoute
     from planners.views import QueueEntry, Roster
     from serve.mqtt_bridge import BridgeStats
     from twins.battery_twin import TwinSnapshot
-    from twins.fleet_query import Filter, GroupStats, TopNRow
+    from twins.fleet_query import AvailableVehicle, Filter, GroupStats, TopNRow
     from twins.scoring import AnomalyEvent
     from twins.shard import ShardStats
 
@@ -41,6 +43,7 @@ __all__ = [
     "PlannerClient",
     "Stores",
     "TelemetryHistory",
+    "TokenAdmin",
     "WorkOrderReader",
     "get_deps",
 ]
@@ -85,6 +88,12 @@ class FleetReader(Protocol):
         """Up to ``limit`` newest anomaly events of each shard, in no particular order."""
         ...
 
+    async def available_vehicles(
+        self, lat: float, lon: float, radius_m: float, limit: int
+    ) -> list[AvailableVehicle]:
+        """Rentable vehicles within ``radius_m`` of a point, nearest first."""
+        ...
+
 
 class PlannerClient(Protocol):
     """The planner's reads and changes; each raises :class:`PlannerNotRunning` without one."""
@@ -101,8 +110,12 @@ class PlannerClient(Protocol):
         """Pull candidates from the shards now; returns how many came."""
         ...
 
-    async def plan(self, reason: str) -> PlanRecord:
-        """Plan now."""
+    async def submit_plan(self, reason: str, requested_by: str) -> PlanJob:
+        """Start a planning round in the background (or join the one running); its job."""
+        ...
+
+    async def plan_job(self, job_id: str) -> PlanJob:
+        """A planning job's state; ``KeyError`` when the planner knows no such job."""
         ...
 
     async def roster(self) -> Roster:
@@ -121,8 +134,10 @@ class PlannerClient(Protocol):
         technician_id: str | None,
         swap: SwapRecord | None,
         note: str | None,
+        assigned_to: str | None = None,
     ) -> WorkOrder:
-        """Change a work order; ``KeyError`` when unknown, ``WorkOrderError`` when refused."""
+        """Change a work order; ``KeyError`` when unknown, ``WorkOrderError`` when refused
+        (also when ``assigned_to`` is given and the order is not assigned to them)."""
         ...
 
 
@@ -196,11 +211,29 @@ class ModelRegistryAccess(Protocol):
 class WorkOrderReader(Protocol):
     """Work orders (:class:`store.work_order_store.WorkOrderStore`); changes go through the planner."""
 
-    async def list(self, state: WorkOrderState | None, limit: int) -> list[WorkOrder]: ...
+    async def list(
+        self, state: WorkOrderState | None, limit: int, *, technician_id: str | None = None
+    ) -> list[WorkOrder]: ...
 
     async def get(self, order_id: int) -> WorkOrder: ...
 
     async def history(self, order_id: int) -> builtins.list[dict[str, Any]]: ...
+
+
+class TokenAdmin(Protocol):
+    """API tokens (:class:`store.token_store.TokenStore`)."""
+
+    async def authenticate(self, token: str) -> Principal:
+        """Who ``token`` stands for; :class:`contracts.access.TokenRejected` when refused."""
+        ...
+
+    async def create(
+        self, role: Role, subject: str, *, created_by: str, ttl_s: float | None, label: str = ""
+    ) -> tuple[str, TokenInfo]: ...
+
+    async def list(self) -> builtins.list[TokenInfo]: ...
+
+    async def revoke(self, token_id: int) -> TokenInfo: ...
 
 
 class Stores(Protocol):
@@ -213,6 +246,8 @@ class Stores(Protocol):
     def registry(self) -> AbstractAsyncContextManager[ModelRegistryAccess]: ...
 
     def work_orders(self) -> AbstractAsyncContextManager[WorkOrderReader]: ...
+
+    def tokens(self) -> AbstractAsyncContextManager[TokenAdmin]: ...
 
 
 @dataclass(frozen=True)

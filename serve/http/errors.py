@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "BAD_BODY_RESPONSE",
     "ERROR_RESPONSES",
     "ErrorBody",
     "PlannerNotRunning",
@@ -61,6 +62,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: _described("Not found: the message names what was looked up"),
     409: _described("Refused: the change conflicts with the current state"),
     503: _described("A service the route needs is not running"),
+}
+
+#: ``responses=`` entries of every route that reads a JSON body: a body that is not JSON (or
+#: not UTF-8) is refused with a 400, one over the size limit with a 413, before the route runs.
+BAD_BODY_RESPONSE: dict[int | str, dict[str, Any]] = {
+    400: _described("The body is not valid JSON (or not UTF-8)"),
+    413: _described("The body is larger than the API takes (64 KiB)"),
 }
 
 

@@ -14,9 +14,11 @@ import time
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import ConfigDict, Field
 
+from contracts.access import Role
+from serve.http.auth import AUTH_RESPONSES, Allow
 from serve.http.deps import Deps
 from serve.http.errors import invalid_parameter
 from serve.http.response_model import ApiModel
@@ -35,7 +37,11 @@ __all__ = [
     "router",
 ]
 
-router = APIRouter(tags=["fleet"])
+router = APIRouter(
+    tags=["fleet"],
+    dependencies=[Depends(Allow(Role.FLEET_MANAGER))],
+    responses=AUTH_RESPONSES,
+)
 
 _SUMMARY_FIELDS = ("soc_pct", "temp_c", "soh_pct_est", "efc", "staleness_s")
 _LOW_SOC_PCT = 20.0

@@ -5,10 +5,13 @@
     GET    /api/v1/models                   every model: serving versions, live status
     GET    /api/v1/models/alerts            drift alerts of every deployed model
     GET    /api/v1/models/{name}            versions, audit trail, live status
-    POST   /api/v1/models/{name}/promote    {"version", "actor"}
-    POST   /api/v1/models/{name}/rollback   {"actor"}
-    POST   /api/v1/models/{name}/ab         {"candidate_version", "fraction", "actor"}
-    DELETE /api/v1/models/{name}/ab?actor=  end the A/B split
+    POST   /api/v1/models/{name}/promote    {"version"}
+    POST   /api/v1/models/{name}/rollback   (no body)
+    POST   /api/v1/models/{name}/ab         {"candidate_version", "fraction"}
+    DELETE /api/v1/models/{name}/ab         end the A/B split
+
+Every route is for ``ops`` tokens; each change is attributed to the token's subject in the
+registry's audit trail, and changes are rate-limited per token (429 with Retry-After).
 
 Serving changes are registry writes; the replicas pick them up on their next registry poll
 (seconds), with no restart.
@@ -19,13 +22,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path
 from pydantic import BaseModel, ConfigDict, Field
 
+from contracts.access import Principal, Role
 from contracts.errors import RegistryError
 from contracts.model_registry import ModelAction, ModelStage, ServingConfig
+from serve.http.auth import AUTH_RESPONSES, RATE_LIMITED_RESPONSE, Allow, Ops, RateLimit
 from serve.http.deps import ApiDeps, Deps, ModelRegistryAccess
-from serve.http.errors import ERROR_RESPONSES, invalid_parameter
+from serve.http.errors import BAD_BODY_RESPONSE, ERROR_RESPONSES, invalid_parameter
 from serve.http.response_model import ApiModel
 
 __all__ = [
@@ -42,19 +47,20 @@ __all__ = [
     "ModelVersionOut",
     "ModelsResponse",
     "PromoteBody",
-    "RollbackBody",
     "ServingOut",
     "VersionStatsOut",
     "router",
 ]
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], responses=AUTH_RESPONSES)
 
 ModelName = Annotated[
     str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Model name")
 ]
-_Actor = Annotated[
-    str, Field(min_length=1, max_length=200, description="Who does it (audit trail)")
+# Serving changes restart nothing but are felt fleet-wide within seconds: a few a minute is
+# plenty for a person, and a runaway script is stopped.
+ModelChanger = Annotated[
+    Principal, Depends(Allow(Role.OPS, limit=RateLimit("model change", per_minute=12, burst=4)))
 ]
 
 
@@ -62,19 +68,12 @@ _Actor = Annotated[
 class PromoteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: int = Field(ge=1, description="Registered version to put in production")
-    actor: _Actor
-
-
-class RollbackBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    actor: _Actor
 
 
 class AbBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     candidate_version: int = Field(ge=1)
     fraction: float = Field(gt=0.0, le=1.0, description="Share of batteries on the candidate")
-    actor: _Actor
 
 
 # ---------------------------------------------------------------------- responses
@@ -189,7 +188,7 @@ async def _live(deps: ApiDeps, name: str) -> LiveStatus:
 
 
 @router.get("/api/v1/models", response_model=ModelsResponse)
-async def models(deps: Deps) -> ModelsResponse:
+async def models(deps: Deps, who: Ops) -> ModelsResponse:
     """Every registered or deployed model: what Serve loads, and the replica's status."""
     async with deps.stores.registry() as store:
         names = sorted(set(await store.names()) | set(deps.models.names()))
@@ -204,7 +203,7 @@ async def models(deps: Deps) -> ModelsResponse:
 
 # Declared before /models/{name}, which would otherwise take "alerts" for a model name.
 @router.get("/api/v1/models/alerts", response_model=AlertsResponse)
-async def model_alerts(deps: Deps) -> AlertsResponse:
+async def model_alerts(deps: Deps, who: Ops) -> AlertsResponse:
     """Drift alerts of every deployed model, one per model, version and feature."""
     alerts: list[ModelAlert] = []
     for n in deps.models.names():
@@ -224,7 +223,7 @@ async def model_alerts(deps: Deps) -> AlertsResponse:
 @router.get(
     "/api/v1/models/{name}", response_model=ModelDetail, responses={404: ERROR_RESPONSES[404]}
 )
-async def model(deps: Deps, name: ModelName) -> ModelDetail:
+async def model(deps: Deps, who: Ops, name: ModelName) -> ModelDetail:
     """One model: every version, the audit trail and the live status."""
     try:
         async with deps.stores.registry() as store:
@@ -262,38 +261,38 @@ async def _change(
 _CHANGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: ERROR_RESPONSES[404],
     409: ERROR_RESPONSES[409],
+    **RATE_LIMITED_RESPONSE,
+    **BAD_BODY_RESPONSE,
 }
 
 
 @router.post(
     "/api/v1/models/{name}/promote", response_model=ServingOut, responses=_CHANGE_RESPONSES
 )
-async def promote(deps: Deps, name: ModelName, body: PromoteBody) -> ServingOut:
+async def promote(deps: Deps, who: ModelChanger, name: ModelName, body: PromoteBody) -> ServingOut:
     """Put a registered version in production."""
-    return await _change(deps, lambda s: s.promote(name, body.version, body.actor), ("body",))
+    return await _change(deps, lambda s: s.promote(name, body.version, who.subject), ("body",))
 
 
 @router.post(
     "/api/v1/models/{name}/rollback", response_model=ServingOut, responses=_CHANGE_RESPONSES
 )
-async def rollback(deps: Deps, name: ModelName, body: RollbackBody) -> ServingOut:
+async def rollback(deps: Deps, who: ModelChanger, name: ModelName) -> ServingOut:
     """Return to the previous production version."""
-    return await _change(deps, lambda s: s.rollback(name, body.actor), ("body",))
+    return await _change(deps, lambda s: s.rollback(name, who.subject), ("path", "name"))
 
 
 @router.post("/api/v1/models/{name}/ab", response_model=ServingOut, responses=_CHANGE_RESPONSES)
-async def start_ab(deps: Deps, name: ModelName, body: AbBody) -> ServingOut:
+async def start_ab(deps: Deps, who: ModelChanger, name: ModelName, body: AbBody) -> ServingOut:
     """Answer a share of the batteries with a candidate version."""
     return await _change(
         deps,
-        lambda s: s.start_ab(name, body.candidate_version, body.fraction, body.actor),
+        lambda s: s.start_ab(name, body.candidate_version, body.fraction, who.subject),
         ("body",),
     )
 
 
 @router.delete("/api/v1/models/{name}/ab", response_model=ServingOut, responses=_CHANGE_RESPONSES)
-async def stop_ab(
-    deps: Deps, name: ModelName, actor: Annotated[str, Query(min_length=1, max_length=200)]
-) -> ServingOut:
+async def stop_ab(deps: Deps, who: ModelChanger, name: ModelName) -> ServingOut:
     """End the A/B split."""
-    return await _change(deps, lambda s: s.stop_ab(name, actor), ("query", "actor"))
+    return await _change(deps, lambda s: s.stop_ab(name, who.subject), ("path", "name"))

@@ -6,6 +6,9 @@
     GET /api/v1/system/stats         shard and bridge counters
     GET /api/v1/dead-letters?limit=  rejected messages and counts by reason
     GET /                            the fleet dashboard (HTML, not in the schema)
+
+``/healthz`` and ``/`` are open (the page holds no data; it asks for a token and calls
+the API with it); the rest is for ``ops`` tokens.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
 from pydantic import Field
 
+from serve.http.auth import AUTH_RESPONSES, Ops
 from serve.http.deps import Deps
 from serve.http.response_model import ApiModel
 
@@ -128,8 +132,8 @@ async def healthz(deps: Deps) -> HealthResponse:
     return HealthResponse(status="ok", shards=n)
 
 
-@router.get("/api/v1/system/stats", response_model=SystemStats)
-async def system_stats(deps: Deps) -> SystemStats:
+@router.get("/api/v1/system/stats", response_model=SystemStats, responses=AUTH_RESPONSES)
+async def system_stats(deps: Deps, who: Ops) -> SystemStats:
     """Counters of every shard and MQTT bridge worker."""
     shards = await deps.fleet.shard_stats()
     bridges: list[BridgeStatsOut | BridgeDown] = [
@@ -144,9 +148,9 @@ async def system_stats(deps: Deps) -> SystemStats:
     )
 
 
-@router.get("/api/v1/dead-letters", response_model=DeadLettersResponse)
+@router.get("/api/v1/dead-letters", response_model=DeadLettersResponse, responses=AUTH_RESPONSES)
 async def dead_letters(
-    deps: Deps, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+    deps: Deps, who: Ops, limit: Annotated[int, Query(ge=1, le=1000)] = 50
 ) -> DeadLettersResponse:
     """Rejected messages: counts by reason and the newest letters."""
     async with deps.stores.dead_letters() as store:

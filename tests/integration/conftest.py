@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 import redis.asyncio as aioredis
@@ -28,6 +29,7 @@ from psycopg.conninfo import make_conninfo
 
 from bms.services import EmbeddedServices, ServiceUrls, reachable
 from bms.settings import Settings
+from contracts.access import Role
 from store import apply_migrations, open_postgres
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
@@ -68,8 +70,11 @@ def services() -> Iterator[ServiceHandles]:
     tmp = None
     if not (pg and rd and mq):
         tmp = tempfile.TemporaryDirectory(prefix="bms-it-")
+        # An anonymous broker, like the machine's own that it stands in for: the tests
+        # publish as vehicles of their own id prefix, which no password file knows.
         embedded = EmbeddedServices(
-            Settings(postgres_url=pg, redis_url=rd, mqtt_url=mq, data_dir=Path(tmp.name))
+            Settings(postgres_url=pg, redis_url=rd, mqtt_url=mq, data_dir=Path(tmp.name)),
+            mqtt_auth=False,
         )
         urls = embedded.start()
         shared = embedded.mqtt_supports_shared_subscriptions
@@ -201,6 +206,37 @@ def fleet_system(services: ServiceHandles, ray_session: None, system_settings: S
         yield system
     finally:
         system.stop()
+
+
+def issue_token(services: ServiceHandles, role: Role, subject: str) -> str:
+    """A fresh one-hour token in the session's schema (what ``bms tokens create`` does)."""
+    from store.token_store import TokenStore
+
+    async def issue() -> str:
+        async with open_postgres(services.urls.postgres_url) as conn:
+            token, _ = await TokenStore(conn).create(role, subject, created_by="it", ttl_s=3600.0)
+            return token
+
+    return asyncio.run(issue())
+
+
+@pytest.fixture(scope="session")
+def api_tokens(services: ServiceHandles, fleet_system: object) -> dict[Role, str]:
+    """One token per role, issued once the system (and its migrations) runs; the
+    technician token speaks for it-tech-1."""
+    subjects = {
+        Role.FLEET_MANAGER: "it-manager", Role.TECHNICIAN: "it-tech-1",
+        Role.CUSTOMER: "it-customer", Role.OPS: "it-ops",
+    }  # fmt: skip
+    return {role: issue_token(services, role, subject) for role, subject in subjects.items()}
+
+
+def api_client(settings: Settings, token: str | None, timeout_s: float = 60.0) -> httpx.Client:
+    """A client of the session's HTTP API, with ``token`` as its bearer (none if ``None``)."""
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    return httpx.Client(
+        base_url=f"http://127.0.0.1:{settings.serve.http_port}", timeout=timeout_s, headers=headers
+    )
 
 
 def run(coro: object) -> object:

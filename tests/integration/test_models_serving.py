@@ -15,6 +15,7 @@ import ray
 from ray import serve
 
 from bms.settings import Settings
+from contracts.access import Role
 from contracts.model_registry import ServingConfig
 from models.ab_split import route_versions
 from models.registry import ModelRegistry, data_fingerprint
@@ -25,16 +26,24 @@ from store import open_postgres
 from store.model_registry_store import ModelRegistryStore
 from twins.features import HEALTH_FEATURE_NAMES, TwinCounters, health_features
 
-from .conftest import ServiceHandles
+from .conftest import ServiceHandles, api_client, issue_token
 from .test_system import _ids, _message, _publish, _sample, _wait
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def api(fleet_system: Any, system_settings: Settings) -> httpx.Client:
-    with httpx.Client(base_url=f"http://127.0.0.1:{system_settings.serve.http_port}", timeout=60) as c:
+def api(fleet_system: Any, system_settings: Settings, api_tokens: dict[Role, str]) -> httpx.Client:
+    """An ops client (models, A/B)."""
+    with api_client(system_settings, api_tokens[Role.OPS], 60) as c:
         _wait(lambda: c.get("/healthz").status_code == 200, 120, "the HTTP app")
+        yield c
+
+
+@pytest.fixture(scope="module")
+def fleet_api(fleet_system: Any, system_settings: Settings, api_tokens: dict[Role, str]) -> httpx.Client:
+    """A fleet manager's client (twins, top-N)."""
+    with api_client(system_settings, api_tokens[Role.FLEET_MANAGER], 60) as c:
         yield c
 
 
@@ -81,7 +90,7 @@ def test_every_model_is_deployed_and_in_production(api: httpx.Client) -> None:
     )
 
 
-def test_live_twins_show_model_outputs(api: httpx.Client, services: ServiceHandles) -> None:
+def test_live_twins_show_model_outputs(fleet_api: httpx.Client, services: ServiceHandles) -> None:
     """A battery that reports is scored by the shard's tick: SOH, health, priority, anomaly flags."""
     vehicle, battery = _ids(services, "m")
     t0 = time.time() - 120
@@ -92,7 +101,7 @@ def test_live_twins_show_model_outputs(api: httpx.Client, services: ServiceHandl
     _publish(services, items)
 
     def scored() -> dict[str, Any] | None:
-        r = api.get(f"/api/v1/batteries/{battery}")
+        r = fleet_api.get(f"/api/v1/batteries/{battery}")
         if r.status_code != 200:
             return None
         body = r.json()
@@ -104,7 +113,7 @@ def test_live_twins_show_model_outputs(api: httpx.Client, services: ServiceHandl
     assert 0 <= twin["priority"] <= 100
     assert isinstance(twin["anomaly_flags"], list)
     assert twin["health_model_version"] >= 1
-    top = api.get("/api/v1/fleet/top", params={"by": "priority", "n": 5}).json()
+    top = fleet_api.get("/api/v1/fleet/top", params={"by": "priority", "n": 5}).json()
     assert top["rows"]
 
 
@@ -118,37 +127,46 @@ def test_promote_rollback_and_ab_split_without_restart(
     x = _features(200)
     ids = [f"ab-{k}" for k in range(len(x))]
 
-    r = api.post("/api/v1/models/health/promote", json={"version": new, "actor": "it"})
+    r = api.post("/api/v1/models/health/promote", json={"version": new})
     assert r.status_code == 200, r.text
     _wait(lambda: set(_call(ids[:5], x[:5])["model_version"].tolist()) == {new}, 30, f"v{new} in production")
 
-    r = api.post("/api/v1/models/health/rollback", json={"actor": "it"})
+    r = api.post("/api/v1/models/health/rollback")
     assert r.status_code == 200 and r.json()["production_version"] == before
     _wait(lambda: set(_call(ids[:5], x[:5])["model_version"].tolist()) == {before}, 30, "the rollback")
 
     # The rolled-back version is archived; a fresh candidate goes into the A/B split.
     new = _register_copy(services, system_settings, "health")
-    r = api.post("/api/v1/models/health/ab", json={"candidate_version": new, "fraction": 0.5, "actor": "it"})
+    r = api.post("/api/v1/models/health/ab", json={"candidate_version": new, "fraction": 0.5})
     assert r.status_code == 200, r.text
-    cfg = ServingConfig("health", before, new, 0.5, 0.0, "it")
+    cfg = ServingConfig("health", before, new, 0.5, 0.0, "it-ops")
     expected = route_versions(ids, cfg)
     _wait(lambda: np.array_equal(_call(ids, x)["model_version"], expected), 30, "the A/B split")
     assert 0.3 < float(np.mean(expected == new)) < 0.7
     status = api.get("/api/v1/models/health").json()["live"]["versions"]
     assert str(new) in status and str(before) in status
-    assert api.delete("/api/v1/models/health/ab", params={"actor": "it"}).status_code == 200
+    assert api.delete("/api/v1/models/health/ab").status_code == 200
     events = [e["action"] for e in api.get("/api/v1/models/health").json()["events"]]
     assert {"promoted", "rolled_back", "ab_started", "ab_stopped"} <= set(events)
 
 
-def test_registry_errors_are_clear_http_errors(api: httpx.Client) -> None:
-    """Unknown versions are 404, bad bodies 422, with messages that say what was wrong."""
-    r = api.post("/api/v1/models/health/promote", json={"version": 999, "actor": "it"})
-    assert r.status_code == 404 and "999" in r.text
-    r = api.post("/api/v1/models/health/ab", json={"candidate_version": 1, "fraction": 2.0, "actor": "it"})
-    assert r.status_code == 422
-    r = api.post("/api/v1/models/health/promote", json={"version": 1, "actor": "it", "extra": 1})
-    assert r.status_code == 422
+def test_registry_errors_are_clear_http_errors(
+    services: ServiceHandles, system_settings: Settings
+) -> None:
+    """Unknown versions are 404, bad bodies 422, with messages that say what was wrong; the
+    actor comes from the token, never from the body. (Its own token: model changes are
+    rate-limited per token, and the A/B test spent the session token's burst.)"""
+    with api_client(system_settings, issue_token(services, Role.OPS, "it-ops-errors")) as api:
+        r = api.post("/api/v1/models/health/promote", json={"version": 999})
+        assert r.status_code == 404 and "999" in r.text
+        r = api.post("/api/v1/models/health/ab", json={"candidate_version": 1, "fraction": 2.0})
+        assert r.status_code == 422
+        r = api.post("/api/v1/models/health/promote", json={"version": 1, "actor": "it"})
+        assert r.status_code == 422
+        # Changes come in bursts of at most 4 a token, then 12 a minute: 429 with Retry-After.
+        codes = [api.post("/api/v1/models/health/promote", json={"version": 999}) for _ in range(5)]
+        limited = [r for r in codes if r.status_code == 429]
+        assert limited and int(limited[0].headers["retry-after"]) >= 1, [r.status_code for r in codes]
 
 
 def test_drift_alert_when_live_features_shift(api: httpx.Client) -> None:

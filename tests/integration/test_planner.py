@@ -9,16 +9,18 @@ import httpx
 import pytest
 
 from bms.settings import Settings
+from contracts.access import Role
 
-from .conftest import ServiceHandles
+from .conftest import ServiceHandles, api_client, issue_token
 from .test_system import _ids, _message, _publish, _sample, _wait
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def api(fleet_system: Any, system_settings: Settings) -> httpx.Client:
-    with httpx.Client(base_url=f"http://127.0.0.1:{system_settings.serve.http_port}", timeout=120) as c:
+def api(fleet_system: Any, system_settings: Settings, api_tokens: dict[Role, str]) -> httpx.Client:
+    """A fleet manager's client."""
+    with api_client(system_settings, api_tokens[Role.FLEET_MANAGER], 120) as c:
         _wait(lambda: c.get("/healthz").status_code == 200, 120, "the HTTP app")
         _wait(lambda: c.get("/api/v1/planner/roster").status_code == 200, 120, "the planner")
         yield c
@@ -39,15 +41,35 @@ def _low_battery(api: httpx.Client, services: ServiceHandles) -> tuple[str, str]
     return vehicle, battery
 
 
+def _replan(api: httpx.Client) -> dict[str, Any]:
+    """Ask for a re-plan (202 and a job), poll the job, then read the plan it made."""
+    r = api.post("/api/v1/planner/plan")
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert r.headers["location"] == job["status_url"]
+
+    def finished() -> bool:
+        nonlocal job
+        job = api.get(job["status_url"]).json()
+        return bool(job["state"] in ("succeeded", "failed"))
+
+    _wait(finished, 120, "the planning job")
+    assert job["state"] == "succeeded" and job["requested_by"] == "it-manager", job
+    plan: dict[str, Any] = api.get("/api/v1/planner/plan").json()
+    assert plan["plan_id"] == job["plan_id"]
+    return plan
+
+
 def test_planner_routes_a_low_battery_and_a_done_swap_moves_the_batteries(
-    api: httpx.Client, services: ServiceHandles
+    api: httpx.Client, services: ServiceHandles, system_settings: Settings
 ) -> None:
     """Pull from the shards, plan, assign a work order with an ETA; the technician's reports
-    move it through the state machine and the swap updates both twins' vehicle link."""
+    (with the technician's own token) move it through the state machine and the swap updates
+    both twins' vehicle link; another technician may not touch it."""
     vehicle, battery = _low_battery(api, services)
     assert api.get(f"/api/v1/batteries/{battery}").json()["priority"] >= 30
 
-    plan = api.post("/api/v1/planner/plan").json()
+    plan = _replan(api)
     stops = {s["battery_id"]: (r["technician_id"], s) for r in plan["routes"] for s in r["stops"]}
     assert battery in stops, plan
     tech, stop = stops[battery]
@@ -61,32 +83,48 @@ def test_planner_routes_a_low_battery_and_a_done_swap_moves_the_batteries(
     order = api.get(f"/api/v1/work-orders/{order_id}").json()
     assert order["state"] == "assigned" and order["technician_id"] == tech
 
-    r = api.post(f"/api/v1/work-orders/{order_id}/transition", json={"state": "en_route", "actor": tech})
-    assert r.status_code == 200 and r.json()["state"] == "en_route"
-    # done without the swap record is refused: the record is the fleet's truth.
-    r = api.post(f"/api/v1/work-orders/{order_id}/transition", json={"state": "done", "actor": tech})
-    assert r.status_code == 409 and "swap record" in r.text
-    spare = f"{battery}-spare"
-    r = api.post(
-        f"/api/v1/work-orders/{order_id}/transition",
-        json={"state": "done", "actor": tech,
-              "swap": {"vehicle_id": vehicle, "battery_out_id": battery, "battery_in_id": spare}},
-    )
-    assert r.status_code == 200, r.text
+    other = next(t for t in ("it-tech-1", "it-tech-2") if t != tech)
+    with (
+        api_client(system_settings, issue_token(services, Role.TECHNICIAN, tech)) as mine,
+        api_client(system_settings, issue_token(services, Role.TECHNICIAN, other)) as theirs,
+    ):
+        assert theirs.get(f"/api/v1/work-orders/{order_id}").status_code == 403
+        assert theirs.get(f"/api/v1/technicians/{tech}/route").status_code == 403
+        r = theirs.post(f"/api/v1/work-orders/{order_id}/transition", json={"state": "en_route"})
+        assert r.status_code == 403
+        assert order_id not in [o["id"] for o in theirs.get("/api/v1/work-orders").json()["orders"]]
+        assert order_id in [o["id"] for o in mine.get("/api/v1/work-orders").json()["orders"]]
+
+        r = mine.post(f"/api/v1/work-orders/{order_id}/transition", json={"state": "en_route"})
+        assert r.status_code == 200 and r.json()["state"] == "en_route"
+        # done without the swap record is refused: the record is the fleet's truth.
+        r = mine.post(f"/api/v1/work-orders/{order_id}/transition", json={"state": "done"})
+        assert r.status_code == 409 and "swap record" in r.text
+        spare = f"{battery}-spare"
+        r = mine.post(
+            f"/api/v1/work-orders/{order_id}/transition",
+            json={"state": "done",
+                  "swap": {"vehicle_id": vehicle, "battery_out_id": battery, "battery_in_id": spare}},
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
 
     assert api.get(f"/api/v1/batteries/{battery}").json()["vehicle_id"] is None
     assert api.get(f"/api/v1/batteries/{spare}").json()["vehicle_id"] == vehicle
     history = api.get(f"/api/v1/work-orders/{order_id}").json()["history"]
     assert [h["to_state"] for h in history] == ["planned", "assigned", "en_route", "done"]
-    assert history[-1]["actor"] == tech and history[-1]["swap_battery_in"] == spare
+    # Attributed to the token's subject: the planner assigned it, the technician did the rest.
+    assert [h["actor"] for h in history[2:]] == [tech, tech]
+    assert history[-1]["swap_battery_in"] == spare
     assert battery not in [j["battery_id"] for j in api.get("/api/v1/planner/queue").json()["jobs"]]
 
 
 def test_work_order_errors_are_clear(api: httpx.Client) -> None:
     """Unknown orders are 404; bodies with unknown fields or states are 422."""
     assert api.get("/api/v1/work-orders/999999").status_code == 404
-    r = api.post("/api/v1/work-orders/999999/transition", json={"state": "en_route", "actor": "x"})
+    r = api.post("/api/v1/work-orders/999999/transition", json={"state": "en_route"})
     assert r.status_code == 404
-    r = api.post("/api/v1/work-orders/1/transition", json={"state": "flying", "actor": "x"})
+    r = api.post("/api/v1/work-orders/1/transition", json={"state": "flying"})
     assert r.status_code == 422
+    r = api.post("/api/v1/work-orders/1/transition", json={"state": "en_route", "actor": "someone else"})
+    assert r.status_code == 422  # the actor is the token's subject, never the body's
     assert api.get("/api/v1/technicians/nobody/route").status_code == 404

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 import redis.asyncio as aioredis
 
+from bms.broker_auth import BrokerIdentities
 from bms.services import EmbeddedServices, ServiceError, ServiceUrls, free_port, reachable
 from bms.settings import Settings
 
@@ -35,18 +36,30 @@ def gone(pid: int) -> bool:
 
 
 async def mqtt_round_trip(
-    url: str, protocol: aiomqtt.ProtocolVersion, topic_filter: str = "fleet/+/telemetry"
+    url: str,
+    protocol: aiomqtt.ProtocolVersion,
+    topic_filter: str = "fleet/+/telemetry",
+    identities: BrokerIdentities | None = None,
 ) -> aiomqtt.Message:
-    """Subscribe to ``topic_filter``, publish one QoS 1 message, return what arrives."""
+    """Subscribe to ``topic_filter`` (as the bridge), publish one QoS 1 message as vehicle
+    v-00001, return what arrives. Without ``identities`` both clients are anonymous."""
     parts = urlsplit(url)
     assert parts.hostname is not None and parts.port is not None
     host, port = parts.hostname, parts.port
+    sub_login: dict[str, str | None] = {"username": None, "password": None}
+    pub_login: dict[str, str | None] = {"username": None, "password": None}
+    if identities is not None:
+        assert identities.bridge is not None and identities.vehicles is not None
+        sub_login = {"username": identities.bridge.username,
+                     "password": identities.bridge.password.get_secret_value()}
+        user, password = identities.vehicles("v-00001")
+        pub_login = {"username": user, "password": password}
     async with aiomqtt.Client(
-        host, port, protocol=protocol, identifier=f"sub-{uuid.uuid4().hex[:8]}"
+        host, port, protocol=protocol, identifier=f"sub-{uuid.uuid4().hex[:8]}", **sub_login
     ) as sub:
         await sub.subscribe(topic_filter, qos=1)
-        async with aiomqtt.Client(host, port, protocol=protocol) as pub:
-            await pub.publish("fleet/v-1/telemetry", b'{"hello": 1}', qos=1)
+        async with aiomqtt.Client(host, port, protocol=protocol, **pub_login) as pub:
+            await pub.publish("fleet/v-00001/telemetry", b'{"hello": 1}', qos=1)
         async with asyncio.timeout(10):
             async for message in sub.messages:
                 return message
@@ -102,12 +115,15 @@ async def test_embedded_servers_answer_and_stop_without_leftovers(tmp_path: Path
         assert urls.redis_url.startswith("redis://127.0.0.1:")
         await postgres_answers(urls.postgres_url)
         await redis_answers(urls.redis_url)
-        message = await mqtt_round_trip(urls.mqtt_url, aiomqtt.ProtocolVersion.V5)
+        identities = services.mqtt_identities
+        message = await mqtt_round_trip(
+            urls.mqtt_url, aiomqtt.ProtocolVersion.V5, identities=identities
+        )
         assert message.payload == b'{"hello": 1}'
         shared = await mqtt_round_trip(
-            urls.mqtt_url, aiomqtt.ProtocolVersion.V5, "$share/bms/fleet/+/telemetry"
+            urls.mqtt_url, aiomqtt.ProtocolVersion.V5, "$share/bms/fleet/+/telemetry", identities
         )
-        assert str(shared.topic) == "fleet/v-1/telemetry"
+        assert str(shared.topic) == "fleet/v-00001/telemetry"
         config = (tmp_path / "data" / "mqtt" / "mosquitto.conf").read_text()
         assert "max_queued_messages 0" in config
     assert all(gone(pid) for pid in pids.values()), pids
@@ -140,7 +156,10 @@ async def test_amqtt_fallback_broker_round_trip(tmp_path: Path) -> None:
         assert services.urls.postgres_url == POSTGRES_URL
         assert services.urls.redis_url == REDIS_URL
         assert not services.mqtt_supports_shared_subscriptions
-        message = await mqtt_round_trip(services.urls.mqtt_url, aiomqtt.ProtocolVersion.V311)
+        message = await mqtt_round_trip(
+            services.urls.mqtt_url, aiomqtt.ProtocolVersion.V311,
+            identities=services.mqtt_identities,
+        )
         assert message.payload == b'{"hello": 1}'
     assert gone(pids["mqtt"])
 

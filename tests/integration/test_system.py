@@ -22,9 +22,10 @@ import redis
 from psycopg.conninfo import make_conninfo
 
 from bms.settings import Settings
+from contracts.access import Role
 from sim.publisher import parse_mqtt_url
 
-from .conftest import ServiceHandles
+from .conftest import ServiceHandles, api_client
 
 pytestmark = pytest.mark.integration
 
@@ -66,9 +67,17 @@ def _wait(pred: Callable[[], Any], timeout_s: float = 30.0, what: str = "conditi
 
 
 @pytest.fixture(scope="module")
-def api(fleet_system: Any, system_settings: Settings) -> httpx.Client:
-    with httpx.Client(base_url=f"http://127.0.0.1:{system_settings.serve.http_port}", timeout=30) as c:
+def api(fleet_system: Any, system_settings: Settings, api_tokens: dict[Role, str]) -> httpx.Client:
+    """A fleet manager's client."""
+    with api_client(system_settings, api_tokens[Role.FLEET_MANAGER], 30) as c:
         _wait(lambda: c.get("/healthz").status_code == 200, 60, "the HTTP app")
+        yield c
+
+
+@pytest.fixture(scope="module")
+def ops_api(fleet_system: Any, system_settings: Settings, api_tokens: dict[Role, str]) -> httpx.Client:
+    """An ops client (dead letters, system stats)."""
+    with api_client(system_settings, api_tokens[Role.OPS], 30) as c:
         yield c
 
 
@@ -164,7 +173,9 @@ def _dead_letter_counts(api: httpx.Client) -> dict[str, int]:
     return api.get("/api/v1/dead-letters", params={"limit": 1}).json()["counts"]  # type: ignore[no-any-return]
 
 
-def test_every_bad_input_class_is_dead_lettered(services: ServiceHandles, api: httpx.Client) -> None:
+def test_every_bad_input_class_is_dead_lettered(
+    services: ServiceHandles, api: httpx.Client, ops_api: httpx.Client
+) -> None:
     """Each kind of bad message is rejected with its reason (Postgres row, Redis stream and
     counter), and the bridge keeps working: a good message sent after them is applied."""
     vehicle, battery = _ids(services, "bad")
@@ -188,7 +199,7 @@ def test_every_bad_input_class_is_dead_lettered(services: ServiceHandles, api: h
         ("bad_topic", "fleet//telemetry", _message(vehicle, battery, 1, [good])),
     ]
     assert b"NaN" in cases[7][2] and b"1e999" in cases[8][2]
-    before = _dead_letter_counts(api)
+    before = _dead_letter_counts(ops_api)
     _publish(services, [(topic, payload) for _, topic, payload in cases])
     _publish(services, [(t, _message(vehicle, battery, 2, [good]))])
     _twin(api, battery, 1)
@@ -197,11 +208,11 @@ def test_every_bad_input_class_is_dead_lettered(services: ServiceHandles, api: h
         expected[reason] = expected.get(reason, 0) + 1
 
     def counted() -> bool:
-        now_counts = _dead_letter_counts(api)
+        now_counts = _dead_letter_counts(ops_api)
         return all(now_counts.get(k, 0) - before.get(k, 0) >= v for k, v in expected.items())
 
     _wait(counted, 20, f"dead letters {expected}")
-    recent = api.get("/api/v1/dead-letters", params={"limit": 50}).json()["recent"]
+    recent = ops_api.get("/api/v1/dead-letters", params={"limit": 50}).json()["recent"]
     over = next(r for r in recent if r["reason"] == "oversized")
     assert over["payload_bytes"] > 300 * 1024 and len(over["payload"]) <= 4096
     assert any("expected" in r["detail"] or "Input should" in r["detail"] for r in recent)
@@ -244,7 +255,7 @@ def test_http_errors_are_clear(api: httpx.Client) -> None:
     assert r.status_code == 422 and "ISO 8601" in r.json()["detail"][0]["msg"]
 
 
-def test_fleet_reads(services: ServiceHandles, api: httpx.Client) -> None:
+def test_fleet_reads(services: ServiceHandles, api: httpx.Client, ops_api: httpx.Client) -> None:
     """Summary, top-N and grouped reads see every twin across shards."""
     now = time.time()
     items = []
@@ -263,7 +274,7 @@ def test_fleet_reads(services: ServiceHandles, api: httpx.Client) -> None:
     assert top[0]["value"] <= 5.0 + 1e-6
     groups = api.get("/api/v1/fleet/groups", params={"group_by": "zone", "fields": "soc_pct", "filter": "soc_pct:lt:11"}).json()["groups"]
     assert sum(g["count"] for g in groups.values()) >= 6
-    stats = api.get("/api/v1/system/stats").json()
+    stats = ops_api.get("/api/v1/system/stats").json()
     assert stats["bridges"][0]["connected"] is True
     assert sum(s["twins"] for s in stats["shards"]) >= 6
 
@@ -329,8 +340,8 @@ def test_shard_size_one_runs_one_actor_per_battery(services: ServiceHandles, ray
 
         msgs = [decode_message(f"fleet/v{i}/telemetry", _message(f"v{i}", b, 0, [_sample(now)]), now) for i, b in enumerate(batteries)]
         batch: TelemetryBatch = messages_to_batch(msgs)
-        counts = asyncio.run(ShardRouter(ns).route(batch))
-        assert counts["accepted_samples"] == 4
+        report = asyncio.run(ShardRouter(ns).route(batch))
+        assert report.accepted_samples == 4
         assert ray.get(directory.num_shards.remote()) == 4
         assert sorted(ray.get(directory.loads.remote())) == [1, 1, 1, 1]
         stats = asyncio.run(FleetClient(ns).shard_stats())

@@ -302,3 +302,31 @@ def test_bad_file_value_is_not_blamed_on_the_environment(tmp_path: Path) -> None
         Settings.load(path, env={})
     assert "mqtt_url:" in str(info.value)
     assert "BMS_" not in str(info.value)
+
+
+def test_environment_sets_the_bridge_broker_login_and_hides_the_password() -> None:
+    """BMS_MQTT_USERNAME / BMS_MQTT_PASSWORD: the bridge's login on an external broker; the
+    password is a SecretStr, so the settings' repr does not show it."""
+    s = Settings.load(env={"BMS_MQTT_USERNAME": "bms-bridge", "BMS_MQTT_PASSWORD": "hunter2"})
+    assert s.mqtt_username == "bms-bridge"
+    assert s.mqtt_password is not None and s.mqtt_password.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(s)
+    assert Settings.load(env={}).mqtt_password is None
+
+
+def test_urls_with_passwords_never_show_in_reprs_or_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A password in a server URL stays out of the settings' repr and of the error for a
+    bad value; the MQTT password too."""
+    from bms.services import ServiceUrls
+
+    url = "postgresql://bms:hunter2@db.internal:5432/bms"
+    s = Settings(postgres_url=url, redis_url="redis://:hunter2@cache:6379/0")
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s)
+    urls = ServiceUrls(url, "redis://:hunter2@cache:6379/0", "mqtt://broker:1883")
+    assert "hunter2" not in repr(urls) and "bms:***@db.internal" in repr(urls)
+    monkeypatch.setenv("BMS_MQTT_URL", "http://u:hunter2@broker")
+    monkeypatch.setenv("BMS_MQTT_PASSWORD", "hunter2")
+    monkeypatch.setenv("BMS_MQTT_USERNAME", "")
+    with pytest.raises(SettingsError) as err:
+        Settings.load(None)
+    assert "hunter2" not in str(err.value) and "u:***@broker" in str(err.value)

@@ -10,7 +10,14 @@ from dataclasses import replace
 import pytest
 
 from contracts.candidates import Candidate
-from contracts.work_orders import SwapRecord, WorkOrder, WorkOrderKind, WorkOrderState, check_change
+from contracts.work_orders import (
+    SwapRecord,
+    WorkOrder,
+    WorkOrderError,
+    WorkOrderKind,
+    WorkOrderState,
+    check_change,
+)
 from planners.job_queue import JobQueue, JobRules
 from planners.planner import Planner, PlannerParams
 from planners.resources import Depot, Technician
@@ -37,8 +44,10 @@ class MemoryOrders:
         self.events.append((oid, "planned", actor))
         return o
 
-    async def transition(self, order_id, new_state, actor, *, technician_id=None, swap=None, note=None) -> WorkOrder:  # type: ignore[no-untyped-def]
+    async def transition(self, order_id, new_state, actor, *, technician_id=None, swap=None, note=None, assigned_to=None) -> WorkOrder:  # type: ignore[no-untyped-def]
         o = self.orders[order_id]
+        if assigned_to is not None and o.technician_id != assigned_to:
+            raise WorkOrderError(f"order {order_id} is not assigned to {assigned_to}")
         check_change(o, WorkOrderState(new_state), technician_id=technician_id, swap=swap)
         tech = technician_id if new_state is WorkOrderState.ASSIGNED else (None if new_state is WorkOrderState.PLANNED else o.technician_id)
         o = replace(o, state=WorkOrderState(new_state), technician_id=tech)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import Awaitable, Sequence
 from types import SimpleNamespace
@@ -18,38 +19,52 @@ import numpy as np
 import pytest
 
 from contracts.samples import TelemetryBatch
-from contracts.telemetry import ContractLimits, RejectReason
+from contracts.telemetry import ContractLimits, RejectedMessage, RejectReason
 from serve.mqtt_bridge import BridgeConfig, MqttBridge
 from store.dead_letters import DeadLetter
 from twins.clock import ManualClock
+from twins.shard import IngestReport
 
 NOW_S = 1.8e9
 
 
-class FakeRouter:
-    """Records every batch; raises ``fail_times`` times first; counts each sample as applied."""
+def _report(**counts: Any) -> IngestReport:
+    """An IngestReport with zero for every count not given."""
+    names = [f.name for f in dataclasses.fields(IngestReport) if f.name != "rejected"]
+    return IngestReport(**{k: counts.pop(k, 0) for k in names}, **counts)
 
-    def __init__(self, fail_times: int = 0, duplicate_messages: int = 0) -> None:
+
+class FakeRouter:
+    """Records every batch; raises ``fail_times`` times first; counts each sample as applied,
+    except the messages of the batteries in ``refuse``, which the twins refuse with that reason."""
+
+    def __init__(
+        self, fail_times: int = 0, duplicate_messages: int = 0, refuse: dict[str, RejectReason] | None = None
+    ) -> None:
         self.batches: list[TelemetryBatch] = []
         self.calls = 0
         self.fail_times = fail_times
         self.duplicate_messages = duplicate_messages
+        self.refuse = refuse or {}
 
-    async def submit(self, batch: TelemetryBatch) -> Awaitable[dict[str, int]]:
+    async def submit(self, batch: TelemetryBatch) -> Awaitable[IngestReport]:
         return self.route(batch)
 
-    async def route(self, batch: TelemetryBatch) -> dict[str, int]:
+    async def route(self, batch: TelemetryBatch) -> IngestReport:
         self.calls += 1
         if self.calls <= self.fail_times:
             raise ConnectionError("shard restarting")
         self.batches.append(batch)
-        n = batch.n_samples
-        return {
-            "accepted_samples": n,
-            "applied_samples": n,
-            "late_samples": 0,
-            "duplicate_messages": self.duplicate_messages,
-        }
+        refused = tuple(
+            RejectedMessage(k, self.refuse[b], f"twin refused {b}")
+            for k, b in enumerate(batch.battery_ids) if b in self.refuse
+        )  # fmt: skip
+        counts = np.diff(batch.msg_offsets)
+        n = batch.n_samples - int(sum(counts[r.index] for r in refused))
+        return _report(
+            accepted_samples=n, applied_samples=n, duplicate_messages=self.duplicate_messages,
+            rejected=refused,
+        )  # fmt: skip
 
 
 class FakeDeadLetters:
@@ -279,6 +294,30 @@ async def test_duplicates_are_not_counted_as_accepted(dead_letters: FakeDeadLett
     assert (s.accepted_messages, s.duplicate_messages) == (1, 1)
 
 
+async def test_messages_the_twins_refuse_are_dead_lettered_acked_and_counted(
+    dead_letters: FakeDeadLetters, mixed: list[Any]
+) -> None:
+    """A valid message its twin refuses becomes a dead letter with the twin's reason and
+    detail, its own topic, raw payload and receive time (found through the batch index the
+    shards report), is counted as rejected, not accepted, and is acknowledged with the rest."""
+    router = FakeRouter(refuse={"b-good-2": RejectReason.BATTERY_CLAIM_CONFLICT})
+    bridge = _bridge(router, dead_letters)
+    paho = _connected(bridge)
+    await bridge.process(mixed)
+    (stored,) = dead_letters.recorded
+    assert [d.reason for d in stored] == [
+        "out_of_range", "malformed_json", "bad_topic", "battery_claim_conflict",
+    ]  # fmt: skip
+    refused = stored[3]
+    assert (refused.topic, refused.payload, refused.received_at_s) == (mixed[3][0], mixed[3][1], 4.0)
+    assert refused.detail == "twin refused b-good-2"
+    assert sorted(paho.acked) == [1, 2, 3, 4, 5]
+    s = bridge.stats()
+    assert (s.received_messages, s.accepted_messages, s.rejected_messages) == (5, 1, 4)
+    assert s.rejected_by_reason["battery_claim_conflict"] == 1
+    assert s.accepted_samples == 2
+
+
 @pytest.mark.parametrize(
     ("config", "topic"),
     [
@@ -315,7 +354,7 @@ class _SlowFirstRouter:
         self.submitted: list[list[str]] = []
         self.calls = 0
 
-    async def submit(self, batch: TelemetryBatch) -> Awaitable[dict[str, int]]:
+    async def submit(self, batch: TelemetryBatch) -> Awaitable[IngestReport]:
         import asyncio
 
         self.calls += 1
@@ -323,8 +362,8 @@ class _SlowFirstRouter:
             await asyncio.sleep(0.05)
         self.submitted.append(list(batch.battery_ids))
 
-        async def done() -> dict[str, int]:
-            return {"accepted_samples": batch.n_samples}
+        async def done() -> IngestReport:
+            return _report(accepted_samples=batch.n_samples)
 
         return done()
 
@@ -367,7 +406,7 @@ def _connected(bridge: MqttBridge) -> FakePaho:
 class PoisonRouter(FakeRouter):
     """Refuses every batch holding battery ``b-poison`` with a very long error; takes the rest."""
 
-    async def route(self, batch: TelemetryBatch) -> dict[str, int]:
+    async def route(self, batch: TelemetryBatch) -> IngestReport:
         if "b-poison" in list(batch.battery_ids):
             self.calls += 1
             raise RuntimeError("shard rejected the batch: " + "x" * 2000)

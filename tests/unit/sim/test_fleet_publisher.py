@@ -7,8 +7,9 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+import aiomqtt
 import pytest
 
 from sim.fleet import FleetSimulator
@@ -181,3 +182,113 @@ def test_a_small_part_of_the_simulator_loads_alone() -> None:
     code = "import sys, sim.demand; print(sorted(m for m in sys.modules if m.startswith(('sim', 'aiomqtt'))))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "['sim', 'sim.demand']"
+
+
+# -- one connection per vehicle (credentials) ---------------------------------------------------
+
+
+class _VehicleClients:
+    """Fake per-vehicle connections: records who connected as whom, and the most connects
+    in flight at once; a vehicle in ``refuse`` is refused once."""
+
+    def __init__(self, refuse: set[str] | None = None) -> None:
+        self.logins: list[tuple[str, str, str]] = []
+        self.log: list[tuple[str, str, bytes]] = []
+        self.refuse = set(refuse or ())
+        self.connecting = self.most_connecting = 0
+        self.closed: list[str] = []
+
+    def factory(self, vehicle_id: str, username: str, password: str) -> AbstractAsyncContextManager[PublishClient]:
+        outer = self
+
+        @asynccontextmanager
+        async def connect() -> AsyncIterator[PublishClient]:
+            outer.connecting += 1
+            outer.most_connecting = max(outer.most_connecting, outer.connecting)
+            await asyncio.sleep(0.001)
+            outer.connecting -= 1
+            if vehicle_id in outer.refuse:
+                outer.refuse.discard(vehicle_id)
+                raise aiomqtt.MqttCodeError(5, "Not authorized")
+            outer.logins.append((vehicle_id, username, password))
+
+            class Client:
+                async def publish(self, topic: str, payload: bytes, qos: int) -> None:
+                    await asyncio.sleep(0)
+                    outer.log.append((vehicle_id, topic, payload))
+
+            try:
+                yield Client()
+            finally:
+                outer.closed.append(vehicle_id)
+
+        return connect()
+
+
+def _creds(vehicle_id: str) -> tuple[str, str]:
+    return vehicle_id, f"pw-of-{vehicle_id}"
+
+
+async def test_credentials_open_one_connection_per_vehicle_as_that_vehicle() -> None:
+    """With credentials each vehicle publishes on its own connection, logged in as itself,
+    opened at its first message (none before), each vehicle's messages in order; exit
+    closes them all."""
+    clients = _VehicleClients()
+    messages = [_message(f"v-{k % 5}", k // 5) for k in range(40)]
+    async with FleetPublisher("h", credentials=_creds, vehicle_client_factory=clients.factory) as pub:
+        assert pub.vehicle_connections == 0
+        assert await pub.publish(messages[:3]) == 3
+        assert pub.vehicle_connections == 3
+        assert await pub.publish(messages[3:]) == 37
+        assert pub.vehicle_connections == 5
+    assert sorted(clients.logins) == [(f"v-{k}", f"v-{k}", f"pw-of-v-{k}") for k in range(5)]
+    assert all(vehicle_id == topic.split("/")[1] for vehicle_id, topic, _ in clients.log)
+    for k in range(5):
+        topic = f"fleet/v-{k}/telemetry"
+        assert [p for _, t, p in clients.log if t == topic] == [p for t, p in messages if t == topic]
+    assert sorted(clients.closed) == [f"v-{k}" for k in range(5)]
+    assert pub.vehicle_connections == 0 and pub.messages_published == 40
+
+
+async def test_vehicle_connects_are_bounded_and_a_refused_vehicle_retries() -> None:
+    """At most max_concurrent_connects connects run at once; a refused connect fails that
+    vehicle's messages with an error naming it, and its next message tries again."""
+    clients = _VehicleClients(refuse={"v-3"})
+    messages = [_message(f"v-{k}", 0) for k in range(20)]
+    async with FleetPublisher(
+        "h", credentials=_creds, vehicle_client_factory=clients.factory, max_concurrent_connects=2
+    ) as pub:
+        with pytest.raises(aiomqtt.MqttError, match="accept vehicle v-3 as 'v-3', it refused"):
+            await pub.publish(messages)
+        assert clients.most_connecting == 2
+        assert pub.messages_published == 19
+        assert await pub.publish([_message("v-3", 1)]) == 1
+        assert pub.vehicle_connections == 20
+
+
+async def test_credentials_need_vehicle_topics_and_exclude_a_shared_login() -> None:
+    """A topic naming no vehicle is an error quoting it; credentials and a shared
+    username, or a username without a password, are refused at construction."""
+    async with FleetPublisher("h", credentials=_creds, vehicle_client_factory=_VehicleClients().factory) as pub:
+        for topic in ("other/v-1/telemetry", "fleet//telemetry", "fleet/a/b/telemetry"):
+            with pytest.raises(ValueError, match=f"Expected a topic fleet/<vehicle_id>/telemetry, got '{topic}'"):
+                await pub.publish([(topic, b"{}")])
+    with pytest.raises(ValueError, match=r"either credentials .* or a username and password"):
+        FleetPublisher("h", credentials=_creds, username="bms-loadgen", password="x")
+    with pytest.raises(ValueError, match="username and a password together"):
+        FleetPublisher("h", username="bms-loadgen")
+    with pytest.raises(ValueError, match="max_concurrent_connects in"):
+        FleetPublisher("h", max_concurrent_connects=0)
+
+
+async def test_run_fleet_with_credentials_connects_every_vehicle_that_reports() -> None:
+    """run_fleet passes the credentials on: every message goes out on its vehicle's own
+    connection."""
+    clients = _VehicleClients()
+    params = FleetParams(vehicles=6, samples_per_message=1, report_interval_s=0.05, parked_report_factor=1.0)
+    summary = await run_fleet(
+        FleetSimulator(params), "mqtt://h:1", duration_s=0.2, tick_s=0.05,
+        credentials=_creds, vehicle_client_factory=clients.factory,
+    )  # fmt: skip
+    assert summary.messages == len(clients.log) > 0
+    assert {v for v, *_ in clients.logins} == {t.split("/")[1] for _, t, _ in clients.log}

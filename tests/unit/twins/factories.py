@@ -114,21 +114,26 @@ class RandomWalk:
         rng = np.random.default_rng(self.seed)
         out: list[Message] = []
         for b in self.batteries:
-            dt = rng.choice([1.0, 2.0, 30.0, 200.0], size=self.n_samples, p=[0.5, 0.3, 0.15, 0.05])
+            dt = rng.choice([1.0, 2.0, 30.0, 600.0], size=self.n_samples, p=[0.5, 0.3, 0.15, 0.05])
             ts = T0_S + np.cumsum(dt)
             current = np.clip(np.cumsum(rng.normal(0.0, 4.0, self.n_samples)), -20.0, 40.0)
             speed = np.where(
                 rng.random(self.n_samples) < 0.7, rng.uniform(5, 30, self.n_samples), 0.0
             )
             soc = np.clip(90.0 - np.cumsum(np.abs(rng.normal(0.0, 1.5, self.n_samples))), 0, 100)
-            soc = np.where(rng.random(self.n_samples) < 0.03, np.minimum(soc + 40.0, 100.0), soc)
+            # Charged while offline: SoC jumps only after a 10-minute gap, so the series stays
+            # physically possible (the twins reject faster rises as implausible).
+            charged = (dt == 600.0) & (rng.random(self.n_samples) < 0.6)
+            soc = np.where(charged, np.minimum(soc + 40.0, 100.0), soc)
+            # Each battery somewhere in the city, then a walk of a few metres a sample.
+            lat0, lon0 = 52.5 + rng.normal(0, 0.01), 13.4 + rng.normal(0, 0.01)
             cols: Mapping[str, npt.NDArray[np.float64]] = {
                 "pack_voltage_v": 48.0 - 0.05 * current + rng.normal(0, 0.01, self.n_samples),
                 "current_a": current,
                 "temp_c": rng.uniform(20.0, 55.0, self.n_samples),
                 "soc_pct": soc,
-                "lat": 52.5 + rng.normal(0, 0.01, self.n_samples),
-                "lon": 13.4 + rng.normal(0, 0.01, self.n_samples),
+                "lat": lat0 + np.cumsum(rng.normal(0, 2e-5, self.n_samples)),
+                "lon": lon0 + np.cumsum(rng.normal(0, 2e-5, self.n_samples)),
                 "odometer_km": 100.0 + np.cumsum(rng.uniform(0, 0.01, self.n_samples)),
                 "speed_kmh": speed,
                 "cell_min_v": rng.uniform(3.5, 3.7, self.n_samples),

@@ -14,11 +14,13 @@ import numpy as np
 import orjson
 import pytest
 
+from contracts.candidates import Candidate
 from contracts.samples import SAMPLE_FIELDS, TelemetryBatch
+from contracts.telemetry import RejectedMessage, RejectReason
 from twins.clock import ManualClock
 from twins.fleet_query import Filter
 from twins.scoring import AnomalyEvent, MemoryDemand, ScoreReport, TwinScorer
-from twins.shard import TwinShard
+from twins.shard import IngestReport, TwinShard
 from twins.sinks import (
     MemoryAssignments,
     MemoryCheckpoints,
@@ -169,9 +171,9 @@ async def test_stats_report_freshness_of_accepted_messages(
 
 
 async def test_stats_count_vehicle_changes(shard: TwinShard) -> None:
-    """A battery moving between vehicles shows in the shard's counters."""
+    """A battery moving between vehicles (after the claim window) shows in the shard's counters."""
     await shard.ingest(make_batch(message("bat-a", 0, [T0_S], vehicle_id="veh-1")))
-    report = await shard.ingest(make_batch(message("bat-a", 1, [T0_S + 1], vehicle_id="veh-2")))
+    report = await shard.ingest(make_batch(message("bat-a", 1, [T0_S + 1800], vehicle_id="veh-2")))
     assert report.vehicle_changes == 1
     assert (await shard.stats()).vehicle_changes == 1
 
@@ -554,3 +556,112 @@ async def test_scoring_reads_are_typed_records(clock: ManualClock) -> None:
     finally:
         await s.aclose()
         await plain.aclose()
+
+
+# ---------------------------------------------------------------------------- refused messages
+async def test_refused_message_is_reported_not_persisted_and_raises_an_event(
+    shard: TwinShard, backends: ShardBackends, clock: ManualClock
+) -> None:
+    """A message the twin refuses comes back in IngestReport.rejected (batch index, reason,
+    detail), is not written to history, and becomes an anomaly event of its battery, with
+    the models off (no scorer) too."""
+    await shard.ingest(make_batch(message("bat-a", 0, [T0_S], vehicle_id="veh-1")))
+    clock.advance(10.0)
+    report = await shard.ingest(
+        make_batch(
+            message("bat-b", 0, [T0_S + 5.0]),
+            message("bat-a", 1, [T0_S + 10.0], vehicle_id="veh-2", soc_pct=3.0, temp_c=80.0),
+        )
+    )
+    assert [(r.index, r.reason.value) for r in report.rejected] == [(1, "battery_claim_conflict")]
+    assert "veh-2" in report.rejected[0].detail
+    assert (report.messages, report.accepted_messages, report.accepted_samples) == (2, 1, 1)
+    assert shard.scorer is None
+    assert [b for batch in _history(backends).batches for b in batch.battery_ids] == ["bat-a", "bat-b"]
+    events = await shard.anomaly_events()
+    assert [(e.battery_id, e.kind, e.at_s) for e in events] == [("bat-a", "battery_claim_conflict", T0_S + 10.0)]
+    snap = await shard.get("bat-a")
+    assert snap is not None and snap.vehicle_id == "veh-1" and snap.soc_pct == 80.0
+
+
+async def test_refusal_events_join_model_events_and_never_reach_the_planner(clock: ManualClock) -> None:
+    """With the models on, refusal events are listed with the models' events, newest first;
+    they set no flag on the twin and are not pushed to the planner as urgent jobs."""
+    pushed: list[list[Candidate]] = []
+
+    async def planner(candidates: list[Candidate]) -> None:
+        pushed.append(candidates)
+
+    scorer = TwinScorer(_NoModels(), MemoryDemand(), clock=clock)
+    backends = _backends()
+
+    async def connect() -> ShardBackends:
+        return backends
+
+    s = TwinShard(
+        0, PARAMS, connect, clock=clock, checkpoint_interval_s=3600.0,
+        state_flush_interval_s=3600.0, scorer=scorer, score_interval_s=3600.0, push_urgent=planner,
+    )  # fmt: skip
+    try:
+        scorer.events.append(AnomalyEvent("bat-x", "temp_rise", 3.0, T0_S - 1.0))
+        await s.ingest(_drive("bat-a", 0, [0.0]))
+        report = await s.ingest(_drive("bat-a", 100_000_000, [1.0]))
+        assert [r.reason.value for r in report.rejected] == ["seq_out_of_range"]
+        await s.score()
+        events = await s.anomaly_events(limit=10)
+        assert [(e.battery_id, e.kind) for e in events] == [("bat-a", "seq_out_of_range"), ("bat-x", "temp_rise")]
+        assert [e.kind for e in await s.anomaly_events(limit=1)] == ["seq_out_of_range"]
+        assert pushed == []
+        assert s.table.anomaly_flags[s.table.slot("bat-a")] == 0
+        assert await s.swap_candidates(0) == []
+    finally:
+        await s.aclose()
+
+
+async def test_done_swap_recorded_with_set_vehicle_lets_batteries_change_vehicle(shard: TwinShard) -> None:
+    """The planner's done swap, set_vehicle(out, None) and set_vehicle(in, vehicle), lets both
+    batteries report from their new vehicles at once, inside the claim window."""
+    await shard.ingest(
+        make_batch(
+            message("bat-a", 0, [T0_S], vehicle_id="veh-1"), message("bat-b", 0, [T0_S], vehicle_id="veh-2")
+        )
+    )
+    await shard.set_vehicle("bat-a", None)  # taken out of veh-1
+    await shard.set_vehicle("bat-b", "veh-1")  # put into veh-1
+    report = await shard.ingest(
+        make_batch(
+            message("bat-b", 1, [T0_S + 60.0], vehicle_id="veh-1"),
+            message("bat-a", 1, [T0_S + 60.0], vehicle_id="veh-3"),
+        )
+    )
+    assert report.rejected == () and report.accepted_messages == 2
+
+
+async def test_restart_replays_history_without_checking_it_again(clock: ManualClock) -> None:
+    """History holds what the twins accepted, some of it thanks to facts history lacks (a
+    swap recorded with set_vehicle): a restarted shard replays it all without refusals."""
+    history = MemoryHistory()
+    old = _make_shard(_backends(history, assigned=["bat-a"]), clock)
+    await old.ingest(make_batch(message("bat-a", 0, [T0_S], vehicle_id="veh-1")))
+    await old.set_vehicle("bat-a", "veh-2")
+    report = await old.ingest(make_batch(message("bat-a", 1, [T0_S + 60.0], vehicle_id="veh-2")))
+    assert report.rejected == ()
+    await old.aclose()
+    new = _make_shard(_backends(history, assigned=["bat-a"]), clock)
+    try:
+        snap = await new.get("bat-a")
+        assert snap is not None and (snap.vehicle_id, snap.samples_total) == ("veh-2", 2)
+    finally:
+        await new.aclose()
+
+
+def test_ingest_report_total_sums_counts_and_reindexes_rejections() -> None:
+    """The router's report of a whole batch: counts summed over the shards' reports, and each
+    rejected message indexed into the whole batch through its part's positions."""
+    a = IngestReport(2, 1, 0, 3, 3, 0, 0, 1, 0, rejected=(RejectedMessage(1, RejectReason.SEQ_OUT_OF_RANGE, "x"),))
+    b = IngestReport(1, 0, 0, 0, 0, 0, 0, 0, 0, rejected=(RejectedMessage(0, RejectReason.BATTERY_CLAIM_CONFLICT, "y"),))
+    total = IngestReport.total([(a, [0, 3]), (b, [1])])
+    assert (total.messages, total.accepted_messages, total.accepted_samples, total.new_twins) == (3, 1, 3, 1)
+    assert [(r.index, r.reason.value, r.detail) for r in total.rejected] == [
+        (1, "battery_claim_conflict", "y"), (3, "seq_out_of_range", "x"),
+    ]  # fmt: skip

@@ -1,7 +1,9 @@
-"""Fixtures of the HTTP API tests: the app over in-memory fakes, and a client for it.
+"""Fixtures of the HTTP API tests: the app over in-memory fakes, and clients for it.
 
 No Ray and no servers: :func:`serve.http.app.create_api` gets :class:`ApiDeps` built from
-:mod:`.fakes`, and FastAPI's ``TestClient`` calls it in process.
+:mod:`.fakes`, and FastAPI's ``TestClient`` calls it in process. ``client`` holds a
+``fleet_manager`` token, ``ops_client`` an ``ops`` token; :func:`as_role` makes a client for
+any role and subject.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
+from contracts.access import Role
 from contracts.work_orders import WorkOrderState
 from serve.http import ApiDeps, create_api
 
@@ -72,8 +75,25 @@ def fakes() -> Fakes:
     )
 
 
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def as_role(fakes: Fakes, role: Role, subject: str | None = None) -> TestClient:
+    """A client (enter it) calling the API over ``fakes`` with a fresh token for ``role``."""
+    token = fakes.stores.tokens_.issue(role, subject or f"{role.value}-1")
+    return TestClient(create_api(fakes.deps()), headers=bearer(token))
+
+
 @pytest.fixture
 def client(fakes: Fakes) -> Iterator[TestClient]:
-    """A client of the API over ``fakes`` (arrange the fakes before calling it)."""
-    with TestClient(create_api(fakes.deps())) as c:
+    """A ``fleet_manager`` client of the API over ``fakes`` (arrange the fakes first)."""
+    with as_role(fakes, Role.FLEET_MANAGER, "manager-1") as c:
+        yield c
+
+
+@pytest.fixture
+def ops_client(fakes: Fakes) -> Iterator[TestClient]:
+    """An ``ops`` client of the API over ``fakes``."""
+    with as_role(fakes, Role.OPS, "ops-1") as c:
         yield c

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import math
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -17,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from contracts.errors import InvalidServingChange, UnknownModel, UnknownModelVersion
+from contracts.access import Principal, Role, TokenInfo, TokenRejected, hash_token, new_token
+from contracts.errors import (
+    InvalidServingChange,
+    UnknownModel,
+    UnknownModelVersion,
+    WorkOrderError,
+)
 from contracts.model_registry import (
     ModelAction,
     ModelEvent,
@@ -33,6 +40,7 @@ from contracts.work_orders import (
     check_change,
 )
 from planners.job_queue import QueuedJob, Severity
+from planners.plan_jobs import PlanJob, PlanJobs
 from planners.planner import PlannedStop, PlanRecord, TechnicianRoute
 from planners.resources import Depot, Technician
 from planners.views import QueueEntry, Roster
@@ -40,7 +48,15 @@ from serve.http.errors import PlannerNotRunning
 from serve.mqtt_bridge import BridgeStats
 from twins.battery_twin import BatteryTwin, TwinSnapshot
 from twins.clock import ManualClock
-from twins.fleet_query import Filter, GroupStats, TopNRow, group_stats, top_n
+from twins.fleet_query import (
+    AvailableVehicle,
+    Filter,
+    GroupStats,
+    TopNRow,
+    group_stats,
+    top_n,
+    vehicles_near,
+)
 from twins.scoring import AnomalyEvent
 from twins.shard import ShardStats
 from twins.twin_table import TwinTable, TwinTableParams
@@ -116,6 +132,11 @@ class FakeFleet:
     async def ping(self) -> None:
         self.pings += 1
 
+    async def available_vehicles(
+        self, lat: float, lon: float, radius_m: float, limit: int
+    ) -> list[AvailableVehicle]:
+        return vehicles_near(self.table, lat, lon, radius_m, limit, now_s=NOW_S)
+
     async def anomaly_events(self, limit: int) -> list[AnomalyEvent]:
         return list(self.events)
 
@@ -176,6 +197,9 @@ class FakePlanner:
     entries: list[QueueEntry] = field(default_factory=list)
     technicians: tuple[Technician, ...] = field(default_factory=lambda: (technician(),))
     pulls: int = 0
+    jobs: PlanJobs | None = None
+    #: Who made each change reported, in order.
+    actors: list[str] = field(default_factory=list)
 
     def _check(self) -> None:
         if not self.running:
@@ -200,6 +224,18 @@ class FakePlanner:
         self.plans.append(rec)
         return rec
 
+    async def submit_plan(self, reason: str, requested_by: str) -> PlanJob:
+        self._check()
+        if self.jobs is None:  # made here: PlanJobs needs the app's running event loop
+            self.jobs = PlanJobs(self.plan)
+        return self.jobs.submit(reason, requested_by)
+
+    async def plan_job(self, job_id: str) -> PlanJob:
+        self._check()
+        if self.jobs is None:
+            raise KeyError(f"No planning job {job_id!r}.")
+        return self.jobs.get(job_id)
+
     async def roster(self) -> Roster:
         self._check()
         return Roster(self.technicians, (depot(),))
@@ -220,9 +256,13 @@ class FakePlanner:
         technician_id: str | None,
         swap: SwapRecord | None,
         note: str | None,
+        assigned_to: str | None = None,
     ) -> WorkOrder:
         self._check()
         order = self.orders[order_id]  # KeyError for an unknown order, as the store raises
+        if assigned_to is not None and order.technician_id != assigned_to:
+            raise WorkOrderError(f"Expected order {order_id} assigned to {assigned_to!r}.")
+        self.actors.append(actor)
         check_change(order, state, technician_id=technician_id, swap=swap)
         tech = technician_id if state is WorkOrderState.ASSIGNED else order.technician_id
         self.orders[order_id] = replace(order, state=state, technician_id=tech, updated_at_s=NOW_S + 1)
@@ -365,15 +405,32 @@ class MemoryRegistry:
         self._known(name)
         return list(self.audit[name])
 
+    def _record(self, name: str, version: int, action: ModelAction, actor: str) -> None:
+        """Append to the audit trail, attributed to ``actor`` (as the real store does)."""
+        events = self.audit.setdefault(name, [])
+        next_id = 1 + max((e.id for es in self.audit.values() for e in es), default=0)
+        events.append(ModelEvent(next_id, name, version, action, actor, NOW_S, {}))
+
     async def promote(self, name: str, version: int, actor: str) -> ServingConfig:
         if version not in {v.version for v in self._known(name)}:
             raise UnknownModelVersion(f"Model {name!r} has no version {version}.")
         self.configs[name] = ServingConfig(name, version, None, 0.0, NOW_S, actor)
+        self._record(name, version, ModelAction.PROMOTED, actor)
         return self.configs[name]
 
     async def rollback(self, name: str, actor: str) -> ServingConfig:
         self._known(name)
-        raise InvalidServingChange(f"No earlier production version of {name!r} to return to.")
+        stack: list[int] = []
+        for e in self.audit.get(name, []):
+            if e.action is ModelAction.PROMOTED:
+                stack.append(e.version)
+            elif e.action is ModelAction.ROLLED_BACK:
+                stack.pop()
+        if len(stack) < 2:
+            raise InvalidServingChange(f"No earlier production version of {name!r} to return to.")
+        self.configs[name] = ServingConfig(name, stack[-2], None, 0.0, NOW_S, actor)
+        self._record(name, stack[-2], ModelAction.ROLLED_BACK, actor)
+        return self.configs[name]
 
     async def start_ab(
         self, name: str, candidate_version: int, fraction: float, actor: str
@@ -385,6 +442,7 @@ class MemoryRegistry:
         self.configs[name] = replace(
             cfg, candidate_version=candidate_version, candidate_fraction=fraction, updated_by=actor
         )
+        self._record(name, candidate_version, ModelAction.AB_STARTED, actor)
         return self.configs[name]
 
     async def stop_ab(self, name: str, actor: str) -> ServingConfig:
@@ -394,7 +452,10 @@ class MemoryRegistry:
         cfg = self.configs[name]
         if cfg.candidate_version is None:
             raise InvalidServingChange(f"No A/B split runs for {name!r}.")
-        self.configs[name] = replace(cfg, candidate_version=None, candidate_fraction=0.0)
+        self.configs[name] = replace(
+            cfg, candidate_version=None, candidate_fraction=0.0, updated_by=actor
+        )
+        self._record(name, cfg.candidate_version, ModelAction.AB_STOPPED, actor)
         return self.configs[name]
 
 
@@ -404,8 +465,14 @@ class MemoryWorkOrders:
 
     orders: dict[int, WorkOrder]
 
-    async def list(self, state: WorkOrderState | None, limit: int) -> list[WorkOrder]:
-        found = [o for _, o in sorted(self.orders.items()) if state is None or o.state is state]
+    async def list(
+        self, state: WorkOrderState | None, limit: int, *, technician_id: str | None = None
+    ) -> list[WorkOrder]:
+        found = [
+            o for _, o in sorted(self.orders.items())
+            if (state is None or o.state is state)
+            and (technician_id is None or o.technician_id == technician_id)
+        ]  # fmt: skip
         return found[:limit]
 
     async def get(self, order_id: int) -> WorkOrder:
@@ -426,6 +493,56 @@ class MemoryWorkOrders:
 
 
 @dataclass
+class MemoryTokens:
+    """:class:`serve.http.deps.TokenAdmin` in memory, with the real token format and hash."""
+
+    rows: dict[bytes, TokenInfo] = field(default_factory=dict)
+
+    def issue(self, role: Role, subject: str, *, ttl_s: float | None = 3600.0) -> str:
+        """A token for tests to call the API with (what ``bms tokens create`` does)."""
+        token = new_token()
+        info = TokenInfo(
+            id=len(self.rows) + 1, role=role, subject=subject, label="", created_at_s=time.time(),
+            expires_at_s=None if ttl_s is None else time.time() + ttl_s, revoked_at_s=None,
+            created_by="test",
+        )  # fmt: skip
+        self.rows[hash_token(token)] = info
+        return token
+
+    def expire(self, token: str) -> None:
+        h = hash_token(token)
+        self.rows[h] = replace(self.rows[h], expires_at_s=time.time() - 1.0)
+
+    async def authenticate(self, token: str) -> Principal:
+        info = self.rows.get(hash_token(token))
+        if info is None:
+            raise TokenRejected("unknown token")
+        state = info.state_at(time.time())
+        if state != "active":
+            raise TokenRejected(f"token {info.id} is {state}")
+        return Principal(token_id=info.id, role=info.role, subject=info.subject)
+
+    async def create(
+        self, role: Role, subject: str, *, created_by: str, ttl_s: float | None, label: str = ""
+    ) -> tuple[str, TokenInfo]:
+        token = self.issue(role, subject, ttl_s=ttl_s)
+        h = hash_token(token)
+        self.rows[h] = replace(self.rows[h], created_by=created_by, label=label)
+        return token, self.rows[h]
+
+    async def list(self) -> builtins.list[TokenInfo]:
+        return sorted(self.rows.values(), key=lambda i: i.id)
+
+    async def revoke(self, token_id: int) -> TokenInfo:
+        for h, info in self.rows.items():
+            if info.id == token_id:
+                if info.revoked_at_s is None:
+                    self.rows[h] = replace(info, revoked_at_s=time.time())
+                return self.rows[h]
+        raise KeyError(f"No token with id {token_id}.")
+
+
+@dataclass
 class MemoryStores:
     """:class:`serve.http.deps.Stores` handing out the in-memory stores above."""
 
@@ -433,6 +550,7 @@ class MemoryStores:
     letters: MemoryDeadLetters
     models: MemoryRegistry
     orders: MemoryWorkOrders
+    tokens_: MemoryTokens = field(default_factory=MemoryTokens)
 
     @asynccontextmanager
     async def history(self) -> AsyncIterator[MemoryTelemetry]:
@@ -449,3 +567,7 @@ class MemoryStores:
     @asynccontextmanager
     async def work_orders(self) -> AsyncIterator[MemoryWorkOrders]:
         yield self.orders
+
+    @asynccontextmanager
+    async def tokens(self) -> AsyncIterator[MemoryTokens]:
+        yield self.tokens_

@@ -7,13 +7,14 @@ import dataclasses
 import pytest
 from fastapi.testclient import TestClient
 
+from contracts.access import Role
 from contracts.samples import SAMPLE_FIELDS
 from serve.http import create_api
 from serve.http.batteries import TwinState
 from twins.battery_twin import TwinSnapshot
 
 from ...twins.factories import T0_S
-from .conftest import Fakes
+from .conftest import Fakes, bearer
 
 
 def test_the_state_model_lists_every_snapshot_field() -> None:
@@ -56,7 +57,8 @@ def test_telemetry_passes_the_range_and_caps_the_rows(fakes: Fakes) -> None:
         "ts": [T0_S, T0_S + 1, T0_S + 2], "vehicle_id": ["veh-a"] * 3, "seq": [0, 0, 1],
         "soc_pct": [12.0, float("nan"), 10.0],
     }  # fmt: skip
-    with TestClient(create_api(fakes.deps(max_history_rows=2))) as client:
+    token = fakes.stores.tokens_.issue(Role.FLEET_MANAGER, "manager-1")
+    with TestClient(create_api(fakes.deps(max_history_rows=2)), headers=bearer(token)) as client:
         r = client.get(
             "/api/v1/batteries/bat-a/telemetry",
             # 2027-01-15T08:00:00Z is T0_S.

@@ -27,11 +27,11 @@ def test_healthz_pings_every_shard(fakes: Fakes, client: TestClient) -> None:
     assert fakes.fleet.pings == 1
 
 
-def test_stats_show_shards_and_bridges_running_or_not(fakes: Fakes, client: TestClient) -> None:
+def test_stats_show_shards_and_bridges_running_or_not(fakes: Fakes, ops_client: TestClient) -> None:
     """Shard counters come per shard (NaN as null); a bridge that is not running is listed
     with an error instead of counters."""
     fakes.fleet.shards = [shard_stats(0), shard_stats(1)]
-    body = client.get("/api/v1/system/stats").json()
+    body = ops_client.get("/api/v1/system/stats").json()
     assert [s["shard_id"] for s in body["shards"]] == [0, 1]
     assert body["shards"][0]["freshness_p50_s"] is None
     running, stopped = body["bridges"]
@@ -40,7 +40,7 @@ def test_stats_show_shards_and_bridges_running_or_not(fakes: Fakes, client: Test
     assert stopped == {"name": "bms-bridge-1", "error": "not running"}
 
 
-def test_dead_letters_show_counts_and_readable_payloads(fakes: Fakes, client: TestClient) -> None:
+def test_dead_letters_show_counts_and_readable_payloads(fakes: Fakes, ops_client: TestClient) -> None:
     """Dead letters answer the counts by reason and the newest letters, their payload bytes
     decoded as UTF-8 with bad bytes replaced; ``limit`` is passed on."""
     fakes.stores.letters.by_reason = {"malformed_json": 2}
@@ -50,7 +50,7 @@ def test_dead_letters_show_counts_and_readable_payloads(fakes: Fakes, client: Te
         "received_at_s": 1.8e9,
     }  # fmt: skip
     fakes.stores.letters.letters = [letter, {**letter, "id": "0-0"}]
-    body = client.get("/api/v1/dead-letters", params={"limit": 1}).json()
+    body = ops_client.get("/api/v1/dead-letters", params={"limit": 1}).json()
     assert body["counts"] == {"malformed_json": 2}
     assert [r["id"] for r in body["recent"]] == ["1-0"]
     assert body["recent"][0]["payload"] == "{\ufffd"
