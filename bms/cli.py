@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from bms.cli_support import ConfigOpt, load_settings
 from bms.models_cli import models_app
-from bms.settings import Settings, SettingsError
+from bms.settings import Settings
 from bms.tokens_cli import tokens_app
 from bms.vehicles_cli import vehicles_app
 
@@ -31,15 +32,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(vehicles_app, name="vehicles")
 app.add_typer(tokens_app, name="tokens")
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML settings file")]  # noqa: UP045
-
-
-def _settings(config: Path | None) -> Settings:
-    try:
-        return Settings.load(config)
-    except SettingsError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(2) from None
+_settings = load_settings
 
 
 def _redact_logs() -> None:

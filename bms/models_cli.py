@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
@@ -13,43 +12,27 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
-from bms.settings import Settings, SettingsError
+from bms.cli_support import ConfigOpt, load_settings, on_postgres
+from bms.settings import Settings
 
 models_app = typer.Typer(help="Train, evaluate, promote and roll back the models.", no_args_is_help=True)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML settings file")]  # noqa: UP045
 ActorOpt = Annotated[str, typer.Option("--actor", help="Who makes the change (audit trail)")]
 T = TypeVar("T")
 
 
-def _settings(config: Path | None) -> Settings:
-    try:
-        return Settings.load(config)
-    except SettingsError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(2) from None
-
-
 def _with_registry(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``fn(registry)`` against the registry (BMS_POSTGRES_URL or the embedded server)."""
-    from bms.services import EmbeddedServices
-    from bms.system import run_migrations
     from contracts.errors import RegistryError
     from models.registry import ModelRegistry
-    from store import open_postgres
     from store.model_registry_store import ModelRegistryStore
 
-    async def main(url: str) -> T:
-        await run_migrations(url)
-        async with open_postgres(url, application_name="bms-models-cli") as conn:
-            return await fn(ModelRegistry(ModelRegistryStore(conn), settings.artifacts_dir()))
-
-    with EmbeddedServices(settings) as services:
-        try:
-            return asyncio.run(main(services.urls.postgres_url))
-        except (RegistryError, ValueError) as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(1) from None
+    return on_postgres(
+        settings,
+        "bms-models-cli",
+        lambda conn: fn(ModelRegistry(ModelRegistryStore(conn), settings.artifacts_dir())),
+        refused=(RegistryError, ValueError),
+    )
 
 
 @models_app.command("train")
@@ -70,7 +53,7 @@ def train(
     logging.basicConfig(level=logging.WARNING)
     from models.training import TrainingPlan, register_all, train_all
 
-    settings = _settings(config)
+    settings = load_settings(config)
     plan = TrainingPlan.quick(seed) if quick else TrainingPlan(seed=seed)
     if cells is not None:
         plan = TrainingPlan(**{**plan.__dict__, "cells_dir": cells})
@@ -110,20 +93,20 @@ def list_models(config: ConfigOpt = None) -> None:
             })
         return out
 
-    sys.stdout.write(json.dumps({"models": _with_registry(_settings(config), show)}) + "\n")
+    sys.stdout.write(json.dumps({"models": _with_registry(load_settings(config), show)}) + "\n")
 
 
 @models_app.command("promote")
 def promote(name: str, version: int, actor: ActorOpt = "bms-cli", config: ConfigOpt = None) -> None:
     """Put VERSION of NAME in production (running replicas switch within seconds)."""
-    cfg = _with_registry(_settings(config), lambda r: r.store.promote(name, version, actor))
+    cfg = _with_registry(load_settings(config), lambda r: r.store.promote(name, version, actor))
     typer.echo(f"{name}: production v{cfg.production_version}")
 
 
 @models_app.command("rollback")
 def rollback(name: str, actor: ActorOpt = "bms-cli", config: ConfigOpt = None) -> None:
     """Return NAME to the version that was in production before the current one."""
-    cfg = _with_registry(_settings(config), lambda r: r.store.rollback(name, actor))
+    cfg = _with_registry(load_settings(config), lambda r: r.store.rollback(name, actor))
     typer.echo(f"{name}: production v{cfg.production_version}")
 
 
@@ -136,14 +119,14 @@ def ab(
     config: ConfigOpt = None,
 ) -> None:
     """Split NAME's traffic: FRACTION of the batteries (by id hash) see CANDIDATE_VERSION."""
-    cfg = _with_registry(_settings(config), lambda r: r.store.start_ab(name, candidate_version, fraction, actor))
+    cfg = _with_registry(load_settings(config), lambda r: r.store.start_ab(name, candidate_version, fraction, actor))
     typer.echo(f"{name}: v{cfg.candidate_version} on {cfg.candidate_fraction:.0%} of batteries")
 
 
 @models_app.command("ab-stop")
 def ab_stop(name: str, actor: ActorOpt = "bms-cli", config: ConfigOpt = None) -> None:
     """End NAME's A/B split."""
-    cfg = _with_registry(_settings(config), lambda r: r.store.stop_ab(name, actor))
+    cfg = _with_registry(load_settings(config), lambda r: r.store.stop_ab(name, actor))
     typer.echo(f"{name}: production v{cfg.production_version} only")
 
 

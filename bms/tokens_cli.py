@@ -6,53 +6,30 @@ secret is printed once and stored only as its SHA-256.
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import json
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
-from bms.settings import Settings, SettingsError
+from bms.cli_support import ConfigOpt, load_settings, on_postgres
+from bms.settings import Settings
 from contracts.access import Role, TokenInfo
 
 tokens_app = typer.Typer(help="Issue, list and revoke API tokens.", no_args_is_help=True)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML settings file")]  # noqa: UP045
 T = TypeVar("T")
 
 _DAY_S = 24 * 3600.0
 
 
-def _settings(config: Path | None) -> Settings:
-    try:
-        return Settings.load(config)
-    except SettingsError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(2) from None
-
-
 def _with_tokens(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``fn(token_store)`` on BMS_POSTGRES_URL, or on the embedded server."""
-    from bms.services import EmbeddedServices
-    from bms.system import run_migrations
-    from store import open_postgres
     from store.token_store import TokenStore
 
-    async def main(url: str) -> T:
-        await run_migrations(url)
-        async with open_postgres(url, application_name="bms-tokens-cli") as conn:
-            return await fn(TokenStore(conn))
-
-    with EmbeddedServices(settings) as services:
-        try:
-            return asyncio.run(main(services.urls.postgres_url))
-        except (KeyError, ValueError) as err:
-            typer.echo(f"error: {err.args[0] if err.args else err}", err=True)
-            raise typer.Exit(1) from None
+    return on_postgres(settings, "bms-tokens-cli", lambda conn: fn(TokenStore(conn)))
 
 
 def _row(info: TokenInfo, now_s: float) -> dict[str, Any]:
@@ -81,7 +58,7 @@ def create(
     ttl_s = None if never_expires else ttl_days * _DAY_S
     by = f"cli:{getpass.getuser()}"
     token, info = _with_tokens(
-        _settings(config), lambda s: s.create(role, subject, created_by=by, ttl_s=ttl_s, label=label)
+        load_settings(config), lambda s: s.create(role, subject, created_by=by, ttl_s=ttl_s, label=label)
     )
     typer.echo(json.dumps({**_row(info, time.time()), "token": token}))
     typer.echo("Keep the token now: it is not stored and cannot be shown again.", err=True)
@@ -90,7 +67,7 @@ def create(
 @tokens_app.command("list")
 def list_(config: ConfigOpt = None) -> None:
     """Every token issued (no secrets), one JSON object per line."""
-    infos = _with_tokens(_settings(config), lambda s: s.list())
+    infos = _with_tokens(load_settings(config), lambda s: s.list())
     now = time.time()
     for info in infos:
         typer.echo(json.dumps(_row(info, now)))
@@ -102,7 +79,7 @@ def revoke(
     config: ConfigOpt = None,
 ) -> None:
     """Revoke a token; it is refused from the next request on."""
-    info = _with_tokens(_settings(config), lambda s: s.revoke(token_id))
+    info = _with_tokens(load_settings(config), lambda s: s.revoke(token_id))
     typer.echo(json.dumps(_row(info, time.time())))
 
 

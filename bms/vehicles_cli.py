@@ -7,20 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from bms.settings import Settings, SettingsError
+from bms.cli_support import ConfigOpt, load_settings
 from sim.fleet_params import FleetParams
 
 vehicles_app = typer.Typer(help="Vehicle identities on the MQTT broker.", no_args_is_help=True)
-
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML settings file")]  # noqa: UP045
-
-
-def _settings(config: Path | None) -> Settings:
-    try:
-        return Settings.load(config)
-    except SettingsError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(2) from None
 
 
 @vehicles_app.command("provision")
@@ -51,7 +41,7 @@ def provision(
         got = "both" if ids is not None else "neither"
         typer.echo(f"error: expected either --ids FILE or --count N, got {got}.", err=True)
         raise typer.Exit(2)
-    settings = _settings(config)
+    settings = load_settings(config)
     try:
         vehicle_ids = read_vehicle_ids(ids) if ids is not None else fleet_ids(prefix, count or 0)
         key = load_provisioning_key(settings.data_dir)

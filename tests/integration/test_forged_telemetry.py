@@ -9,13 +9,11 @@ payload, and an anomaly event of the battery must show in ``GET /api/v1/anomalie
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import aiomqtt
 import httpx
 import orjson
 import psycopg
@@ -23,9 +21,9 @@ import pytest
 
 from bms.settings import Settings
 from contracts.access import Role
-from sim.publisher import parse_mqtt_url
 
 from .conftest import ServiceHandles, api_client
+from .test_system import _publish, _wait  # one connection, in order: the bridge sees this order
 
 pytestmark = pytest.mark.integration
 
@@ -38,29 +36,6 @@ def _message(vehicle: str, battery: str, seq: int, ts: float, soc_pct: float, te
     return orjson.dumps(
         {"schema_version": 2, "vehicle_id": vehicle, "battery_id": battery, "seq": seq, "samples": [sample]}
     )
-
-
-def _publish(services: ServiceHandles, items: list[tuple[str, bytes]]) -> None:
-    """Publish in order over one connection (QoS 1), so the bridge sees them in this order."""
-    host, port = parse_mqtt_url(services.urls.mqtt_url)
-
-    async def go() -> None:
-        async with aiomqtt.Client(host, port, identifier=f"test-forge-{uuid.uuid4().hex[:6]}") as c:
-            for topic, payload in items:
-                await c.publish(topic, payload, qos=1)
-
-    asyncio.run(go())
-
-
-def _wait(pred: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.time() + timeout_s
-    last = None
-    while time.time() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"Timed out after {timeout_s}s waiting for {what}; last value {last!r}")
 
 
 @pytest.fixture(scope="module")
