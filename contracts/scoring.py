@@ -10,9 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ScoreRequest"]
+__all__ = ["DRIFT_ELIGIBLE", "ScoreRequest", "merge_arrays"]
+
+#: Optional boolean array of a request: which rows a model's drift monitor may count. Rows
+#: of twins observed too briefly (minutes-old twins have counters near zero) are scored but
+#: would make any fleet look drifted against training data that spans years. Absent: all.
+DRIFT_ELIGIBLE = "drift_eligible"
 
 
 @dataclass(frozen=True)
@@ -28,3 +34,25 @@ class ScoreRequest:
                 raise ValueError(
                     f"Expected array {name!r} to have one row per id ({len(self.ids)}), got {len(a)}."
                 )
+
+
+def merge_arrays(requests: list[ScoreRequest]) -> dict[str, npt.NDArray[Any]]:
+    """The requests' arrays, concatenated in order, for one model call.
+
+    Every request must carry the same arrays, except :data:`DRIFT_ELIGIBLE`, which is True
+    for the rows of a request that has none (the model job's rescoring, say).
+    """
+    keys = set(requests[0].arrays) - {DRIFT_ELIGIBLE}
+    for r in requests[1:]:
+        if set(r.arrays) - {DRIFT_ELIGIBLE} != keys:
+            raise ValueError(
+                f"Expected every request of a batch to carry arrays {sorted(keys)}, got "
+                f"{sorted(set(r.arrays) - {DRIFT_ELIGIBLE})}."
+            )
+    merged = {k: np.concatenate([r.arrays[k] for r in requests]) for k in sorted(keys)}
+    if any(DRIFT_ELIGIBLE in r.arrays for r in requests):
+        merged[DRIFT_ELIGIBLE] = np.concatenate([
+            np.asarray(r.arrays.get(DRIFT_ELIGIBLE, np.ones(len(r.ids), dtype=bool)), dtype=bool)
+            for r in requests
+        ])  # fmt: skip
+    return merged

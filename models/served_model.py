@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from contracts.model_registry import ServingConfig
+from contracts.scoring import DRIFT_ELIGIBLE
 from models.ab_split import VersionMetrics, route_versions
 from models.drift import MAJOR_PSI, DriftMonitor, DriftReference
 from models.predictors import Arrays, Predictor, predictor
@@ -127,7 +128,11 @@ class ServedModel:
             if main.ndim == 1:
                 self.metrics.record_predictions(int(v), main)
             if self.predictor.drift_input is not None and int(v) in drift:
-                drift[int(v)].update(np.asarray(part[self.predictor.drift_input], dtype=np.float64))
+                x = np.asarray(part[self.predictor.drift_input], dtype=np.float64)
+                if DRIFT_ELIGIBLE in request:
+                    x = x[np.asarray(request[DRIFT_ELIGIBLE], dtype=bool)[rows]]
+                if len(x):
+                    drift[int(v)].update(x)
         out["model_version"] = versions
         return out
 

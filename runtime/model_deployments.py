@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.util.metrics import Gauge
 
-from contracts.scoring import ScoreRequest
+from contracts.scoring import ScoreRequest, merge_arrays
 from models.drift import MAJOR_PSI
 from models.predictors import Arrays, predictor
 from models.registry import POLL_INTERVAL_S
@@ -129,8 +129,7 @@ class ModelServer:
     async def _batched(self, requests: list[ScoreRequest]) -> list[Arrays]:
         ids = [i for r in requests for i in r.ids]
         offsets = np.cumsum([0] + [len(r.ids) for r in requests])
-        keys = requests[0].arrays.keys()
-        merged = {k: np.concatenate([r.arrays[k] for r in requests]) for k in keys}
+        merged = merge_arrays(requests)
         # Tree and LSTM inference holds the GIL-free parts in C, but a 10k-row call still
         # takes milliseconds: off the loop, so polls and other batches keep moving.
         out = await asyncio.to_thread(self.model.run, ids, merged)

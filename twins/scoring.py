@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from contracts.anomaly_kinds import AnomalyKind
+from contracts.scoring import DRIFT_ELIGIBLE
 from twins.clock import Clock, WallClock
 from twins.cycle_inputs import cycle_inputs
 from twins.features import (
@@ -99,6 +100,11 @@ class ScoringParams:
         A vehicle seen moving after this long standing still has started a new ride.
     max_events
         Anomaly events kept per shard (newest win).
+    drift_min_history_s
+        Only twins observed at least this long count towards the models' drift monitors
+        (:data:`contracts.scoring.DRIFT_ELIGIBLE`): a twin minutes old has counters near zero,
+        and a fleet of them would look drifted against training data that spans years. A
+        week covers the daily and weekly patterns of use.
     """
 
     consumption_pct_new: float = 4.0
@@ -106,6 +112,7 @@ class ScoringParams:
     utc_offset_h: float = 1.0
     ride_gap_s: float = 180.0
     max_events: int = 10_000
+    drift_min_history_s: float = 7 * 24 * 3600.0
 
     def __post_init__(self) -> None:
         if not self.consumption_pct_new > 0.0 or self.default_rides_per_vehicle_h < 0.0:
@@ -202,9 +209,15 @@ class TwinScorer:
             report.errors[model] = f"{type(exc).__name__}: {exc}"
             log.warning("scoring with %s failed: %s", model, report.errors[model])
 
+    def _drift_eligible(self, t: TwinTable, slots: npt.NDArray[np.int64], now: float) -> npt.NDArray[np.bool_]:
+        """Twins observed long enough to count towards drift (see ``drift_min_history_s``)."""
+        with np.errstate(invalid="ignore"):
+            eligible: npt.NDArray[np.bool_] = (now - t.first_ts[slots]) >= self.params.drift_min_history_s
+        return eligible
+
     async def _health(self, t: TwinTable, slots: npt.NDArray[np.int64], ids: list[str], now: float) -> int:
         x = health_features(TwinCounters.from_table(t, slots, now))
-        out = await self.client.call("health", ids, {"features": x})
+        out = await self.client.call("health", ids, {"features": x, DRIFT_ELIGIBLE: self._drift_eligible(t, slots, now)})
         t.soh_model_pct[slots] = out["soh_pct"]
         t.health_score[slots] = out["health_score"]
         t.health_model_version[slots] = out["model_version"]
@@ -279,7 +292,7 @@ class TwinScorer:
             charging=t.charging[slots].copy(),
         )
         x = priority_features(inputs)
-        out = await self.client.call("priority", ids, {"features": x})
+        out = await self.client.call("priority", ids, {"features": x, DRIFT_ELIGIBLE: self._drift_eligible(t, slots, now)})
         t.hours_to_empty[slots] = x[:, PRIORITY_FEATURE_NAMES.index("hours_to_empty")]
         t.lost_rides_6h[slots] = out["lost_rides_6h"]
         t.priority[slots] = out["priority"]

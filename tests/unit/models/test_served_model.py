@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from contracts.model_registry import ServingConfig
+from contracts.scoring import DRIFT_ELIGIBLE
 from models.ab_split import route_versions
 from models.drift import DriftReference
 from models.health_xgb import HealthParams, train_health
@@ -95,6 +96,29 @@ def test_drift_alert_when_live_features_shift(artifacts: tuple[dict[int, Path], 
     alerts = served.status()["drift"]["1"]["alerts"]
     assert [a["feature"] for a in alerts][:1] == ["age_days"]
     assert alerts[0]["psi"] > 0.25
+
+
+def test_rows_not_drift_eligible_are_scored_but_not_counted(
+    artifacts: tuple[dict[int, Path], np.ndarray],
+) -> None:
+    """Twins minutes old (DRIFT_ELIGIBLE False) get answers but never move the drift
+    monitor: a freshly started fleet raises no drift alert; eligible rows still do."""
+    dirs, x = artifacts
+    served = ServedModel("health", predictor("health"), drift_threshold=0.25)
+    served.apply(_serving(None, 0.0), dirs)
+    ids = [f"B{k}" for k in range(len(x))]
+    young = x.copy()
+    young[:, HEALTH_FEATURE_NAMES.index("age_days")] = 0.01
+    for _ in range(3):
+        out = served.run(ids, {"features": young, DRIFT_ELIGIBLE: np.zeros(len(ids), dtype=bool)})
+        assert len(out["soh_pct"]) == len(ids)
+    assert served.status()["drift"]["1"]["samples"] == 0
+    assert served.status()["drift"]["1"]["alerts"] == []
+    half = np.arange(len(ids)) % 2 == 0
+    for _ in range(6):
+        served.run(ids, {"features": young, DRIFT_ELIGIBLE: half})
+    status = served.status()["drift"]["1"]
+    assert status["samples"] > 0 and "age_days" in [a["feature"] for a in status["alerts"]]
 
 
 def test_request_errors_name_what_is_missing(artifacts: tuple[dict[int, Path], np.ndarray]) -> None:

@@ -114,3 +114,22 @@ async def test_ride_starts_are_counted_per_zone_hour(
     report = await scorer.score(table)
     assert report.ride_starts == sum(demand.rides.values()) > 0
     assert all(hour % 3600 == 0 for _, hour in demand.rides)
+
+
+async def test_only_twins_observed_long_enough_count_towards_drift(
+    models: InProcessModels, fed_table: tuple[TwinTable, float]
+) -> None:
+    """Twins an hour old are scored but do not feed the models' drift monitors (a fresh
+    start would otherwise look drifted); with no minimum history they all count."""
+    table, now = fed_table
+    n = len(table)
+
+    def drift_samples() -> int:
+        return int(models.models["health"].status()["drift"]["1"]["samples"])
+
+    before = drift_samples()
+    report = await TwinScorer(models, MemoryDemand(), clock=FixedClock(now)).score(table)
+    assert report.rows["health"] == n and drift_samples() == before
+    eager = TwinScorer(models, MemoryDemand(), params=ScoringParams(drift_min_history_s=0.0), clock=FixedClock(now))
+    await eager.score(table)
+    assert drift_samples() == min(before + n, models.models["health"]._drift[1].window)
