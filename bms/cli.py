@@ -32,7 +32,6 @@ app.add_typer(models_app, name="models")
 app.add_typer(vehicles_app, name="vehicles")
 app.add_typer(tokens_app, name="tokens")
 
-_settings = load_settings
 
 
 def _redact_logs() -> None:
@@ -54,7 +53,7 @@ def run(
     API and a simulated fleet publishing over MQTT. Ctrl-C stops everything."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _redact_logs()
-    settings = _settings(config)
+    settings = load_settings(config)
     if vehicles is not None:
         settings = settings.model_copy(update={"sim": settings.sim.model_copy(update={"vehicles": vehicles})})
 
@@ -162,7 +161,7 @@ def bench_ingest(
     logging.basicConfig(level=logging.WARNING)
     from bms.bench.ingest import IngestBenchParams, run_ingest_bench
 
-    settings = _settings(config)
+    settings = load_settings(config)
     params = IngestBenchParams(
         batteries=batteries, seconds=seconds,
         shard_size=settings.twins.shard_size if shard_size is None else shard_size,
@@ -230,7 +229,7 @@ def bench_serve(
     from bms.bench.serve_models import run_serve_bench
     from models.predictors import PREDICTORS
 
-    result = run_serve_bench(list(models or PREDICTORS), rows, seconds, callers, _settings(config))
+    result = run_serve_bench(list(models or PREDICTORS), rows, seconds, callers, load_settings(config))
     sys.stdout.write(json.dumps(result) + "\n")
 
 
@@ -268,7 +267,7 @@ def migrate(config: ConfigOpt = None) -> None:
     from bms.services import EmbeddedServices
     from bms.system import run_migrations
 
-    settings = _settings(config)
+    settings = load_settings(config)
     with EmbeddedServices(settings) as services:
         try:
             applied = asyncio.run(run_migrations(services.urls.postgres_url))

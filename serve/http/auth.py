@@ -16,6 +16,7 @@ enforces.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -264,27 +265,19 @@ class BodySizeLimit:
                     await self._reject(send, self._too_large(declared))
                     return
         seen = 0
-        started = False
 
         async def counted_receive() -> Message:
+            # Raised inside the app, the HTTPException is answered by its exception
+            # middleware (413 JSON), before any route runs on a truncated body.
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _BodyTooLarge(seen, self.max_bytes)
+                    raise StarletteHTTPException(413, self._too_large(seen, at_least=True))
             return message
 
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted_receive, tracked_send)
-        except _BodyTooLarge as err:
-            if not started:
-                await self._reject(send, self._too_large(err.seen, at_least=True))
+        await self.app(scope, counted_receive, send)
 
     def _too_large(self, n: int, *, at_least: bool = False) -> str:
         got = f"at least {n}" if at_least else str(n)
@@ -292,8 +285,6 @@ class BodySizeLimit:
 
     @staticmethod
     async def _reject(send: Send, detail: str, status: int = 413) -> None:
-        import json
-
         body = json.dumps({"detail": detail}).encode()
         await send({
             "type": "http.response.start",
@@ -301,14 +292,6 @@ class BodySizeLimit:
             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
         })
         await send({"type": "http.response.body", "body": body})
-
-
-class _BodyTooLarge(StarletteHTTPException):
-    # An HTTPException, so FastAPI's body reader passes it through as a 413 instead of
-    # turning it into a 400 "error parsing the body".
-    def __init__(self, seen: int, max_bytes: int) -> None:
-        super().__init__(413, f"Expected a request body of at most {max_bytes} bytes, got at least {seen}.")
-        self.seen = seen
 
 
 # ---------------------------------------------------------------------- route classes

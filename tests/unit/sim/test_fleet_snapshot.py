@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 import pytest
 
-from contracts.telemetry import RejectReason, decode_batch
+from contracts.telemetry import RejectReason
 from sim.battery_model import PackParams
 from sim.demand import DemandProfile
 from sim.fleet import FleetSimulator
@@ -25,6 +25,8 @@ from sim.fleet_params import FleetParams
 from sim.fleet_snapshot import FleetSnapshotError, write_snapshot_file
 from sim.publisher import ClientFactory, PublishClient, run_fleet
 from twins.twin_table import ApplyResult, TwinTable, TwinTableParams
+
+from ..twins.factories import SWAPPY_FLEET, feed_fleet
 
 # 2025-11-26 16:00 UTC (17:00 in Berlin): the evening peak, so trips start quickly.
 EVENING_S = 1_764_172_800.0
@@ -264,39 +266,19 @@ def test_standing_still_before_the_first_tick_does_nothing(busy_params: FleetPar
 
 
 # ---------------------------------------------------------------------------- the twins across a restart
-#: 30 busy vehicles, low batteries and 3 spares: batteries go round vehicle → pool → vehicle
-#: (the fleet of the twins' own simulator test, tests/unit/twins/test_twin_table_checks.py).
-_SWAPPY = FleetParams(
-    vehicles=30, seed=3, initial_soc_min_pct=10.0, initial_soc_max_pct=30.0,
-    spare_fraction=0.0, min_spares=3, demand=DemandProfile(trips_per_vehicle_per_day=150.0),
-)  # fmt: skip
 _DT_S = 10.0
 _MARGIN = 32  # what bms run adds (bms/fleet_state.py)
 
 
 def _feed(table: TwinTable, sim: FleetSimulator, start_s: float, seconds: float) -> ApplyResult:
-    """Advance ``sim`` from ``start_s`` and apply every tick's messages to ``table``."""
-    total = ApplyResult()
-    for k in range(1, int(seconds / _DT_S) + 1):
-        now_s = start_s + k * _DT_S
-        raws = sim.advance(_DT_S, now_s)
-        if not raws:
-            continue
-        batch, _, bad = decode_batch(raws, now_s)
-        assert not bad
-        res = table.apply(batch)
-        total.messages += res.messages
-        total.duplicate_messages += res.duplicate_messages
-        total.rejected += res.rejected
-        total.vehicle_changes += res.vehicle_changes
-    return total
+    return feed_fleet(table, sim, start_s, seconds, _DT_S)
 
 
 @pytest.fixture(scope="module")
 def before_restart() -> tuple[TwinTable, FleetSimulator, bytes]:
     """Two hours of the swappy fleet applied to a twin table; the fleet and its snapshot."""
     table = TwinTable(TwinTableParams())
-    sim = FleetSimulator(_SWAPPY, seq_start=SEQ0)
+    sim = FleetSimulator(SWAPPY_FLEET, seq_start=SEQ0)
     res = _feed(table, sim, EVENING_S, 7200)
     assert res.rejected == [] and sim.swap_count >= 3
     return table, sim, sim.snapshot()
@@ -316,7 +298,7 @@ def test_twins_take_a_restored_fleet_without_a_rejection(
     duplicate, and follow the swaps made after the restart."""
     table, _, data = before_restart
     table = _copy(table)
-    restored = FleetSimulator.restore(data, _SWAPPY, seq_margin=_MARGIN)
+    restored = FleetSimulator.restore(data, SWAPPY_FLEET, seq_margin=_MARGIN)
     stop_s = EVENING_S + 7200
     restored.stand_still_until(stop_s + downtime_s)
     swaps0 = restored.swap_count
@@ -334,11 +316,11 @@ def test_twins_take_a_fleet_restored_after_a_crash_without_a_rejection(
     what was sent (no message is lost as a duplicate) and the twins refuse nothing."""
     table, _, data = before_restart
     table = _copy(table)
-    lost = FleetSimulator.restore(data, _SWAPPY)  # the fleet that went on, then crashed
+    lost = FleetSimulator.restore(data, SWAPPY_FLEET)  # the fleet that went on, then crashed
     stop_s = EVENING_S + 7200
     after = _feed(table, lost, stop_s, 5 * _DT_S)
     assert after.messages > 0 and after.rejected == []
-    restored = FleetSimulator.restore(data, _SWAPPY, seq_margin=_MARGIN)
+    restored = FleetSimulator.restore(data, SWAPPY_FLEET, seq_margin=_MARGIN)
     restart_s = stop_s + 5 * _DT_S + 60.0
     restored.stand_still_until(restart_s)
     res = _feed(table, restored, restart_s, 3600)
@@ -355,7 +337,7 @@ def test_control_a_fresh_fleet_after_the_restart_is_refused(
     table, _, _ = before_restart
     table = _copy(table)
     restart_s = EVENING_S + 7200 + 120.0
-    fresh = FleetSimulator(_SWAPPY, seq_start=SEQ0 + int(restart_s - EVENING_S))
+    fresh = FleetSimulator(SWAPPY_FLEET, seq_start=SEQ0 + int(restart_s - EVENING_S))
     res = _feed(table, fresh, restart_s, 600)
     reasons = {r.reason for r in res.rejected}
     assert len(res.rejected) >= 20

@@ -15,6 +15,11 @@ import numpy as np
 import numpy.typing as npt
 
 from contracts.samples import SAMPLE_FIELDS, TelemetryBatch
+from contracts.telemetry import decode_batch
+from sim.demand import DemandProfile
+from sim.fleet import FleetSimulator
+from sim.fleet_params import FleetParams
+from twins.twin_table import ApplyResult, TwinTable
 
 #: Start of every hand-made series (Unix seconds, inside the contract's ts bounds).
 T0_S = 1.8e9
@@ -147,3 +152,33 @@ class RandomWalk:
                     )
                 )
         return out
+
+
+#: 30 busy vehicles, low batteries and 3 spares: batteries go round vehicle → pool → vehicle
+#: (the twins' claim check and the simulator's restart are both tested on it).
+SWAPPY_FLEET = FleetParams(
+    vehicles=30, seed=3, initial_soc_min_pct=10.0, initial_soc_max_pct=30.0,
+    spare_fraction=0.0, min_spares=3, demand=DemandProfile(trips_per_vehicle_per_day=150.0),
+)  # fmt: skip
+
+
+def feed_fleet(
+    table: TwinTable, sim: FleetSimulator, start_s: float, seconds: float, dt_s: float = 10.0
+) -> ApplyResult:
+    """Advance ``sim`` from ``start_s`` for ``seconds`` and apply every tick's messages to
+    ``table``; the summed result (messages, samples, duplicates, refusals, vehicle changes)."""
+    total = ApplyResult()
+    for k in range(1, int(seconds / dt_s) + 1):
+        now_s = start_s + k * dt_s
+        raws = sim.advance(dt_s, now_s)
+        if not raws:
+            continue
+        batch, _, bad = decode_batch(raws, now_s)
+        assert not bad
+        res = table.apply(batch)
+        total.messages += res.messages
+        total.applied_samples += res.applied_samples
+        total.duplicate_messages += res.duplicate_messages
+        total.rejected += res.rejected
+        total.vehicle_changes += res.vehicle_changes
+    return total

@@ -16,14 +16,13 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from contracts.telemetry import RejectReason, decode_batch
-from sim.demand import DemandProfile
+from contracts.telemetry import RejectReason
 from sim.fleet import FleetSimulator
 from sim.fleet_params import FleetParams
 from twins.clock import ManualClock
 from twins.twin_table import ApplyResult, TwinTable, TwinTableParams
 
-from .factories import T0_S, make_batch, message
+from .factories import SWAPPY_FLEET, T0_S, feed_fleet, make_batch, message
 
 BID = "b-00500"
 HOME, OTHER = "v-00500", "v-00480"
@@ -324,32 +323,10 @@ def test_replayed_history_is_not_checked_again(table: TwinTable) -> None:
 
 
 # ---------------------------------------------------------------------------- the simulator
-def _simulate(params: FleetParams, hours: float, dt_s: float = 10.0) -> tuple[FleetSimulator, ApplyResult]:
-    """Run the fleet simulator and feed every tick's messages to one table; the summed result."""
+def _simulate(params: FleetParams, hours: float) -> tuple[FleetSimulator, ApplyResult]:
+    """Run the fleet simulator from an evening (plenty of rides) into one table."""
     sim = FleetSimulator(params, seq_start=SEQ0)
-    table = TwinTable(TwinTableParams())
-    total = ApplyResult()
-    now_s = 1_764_172_800.0  # an evening: plenty of rides
-    for _ in range(int(hours * 3600 / dt_s)):
-        now_s += dt_s
-        raws = sim.advance(dt_s, now_s)
-        if not raws:
-            continue
-        batch, _, bad = decode_batch(raws, now_s)
-        assert not bad
-        res = table.apply(batch)
-        total.messages += res.messages
-        total.applied_samples += res.applied_samples
-        total.rejected += res.rejected
-        total.vehicle_changes += res.vehicle_changes
-    return sim, total
-
-
-#: 30 busy vehicles, low batteries and 3 spares: batteries go round vehicle → pool → vehicle.
-_SWAPPY = FleetParams(
-    vehicles=30, seed=3, initial_soc_min_pct=10.0, initial_soc_max_pct=30.0,
-    spare_fraction=0.0, min_spares=3, demand=DemandProfile(trips_per_vehicle_per_day=150.0),
-)  # fmt: skip
+    return sim, feed_fleet(TwinTable(TwinTableParams()), sim, 1_764_172_800.0, hours * 3600)
 
 
 def test_simulated_fleet_swaps_raise_no_claim_conflicts() -> None:
@@ -357,7 +334,7 @@ def test_simulated_fleet_swaps_raise_no_claim_conflicts() -> None:
     and put back into other vehicles, and the twins refuse none of its messages. (A swapped
     out battery charges for over an hour and rests pool_rest_s >= claim_after_silence_s.)"""
     assert FleetParams().pool_rest_s >= TwinTableParams().claim_after_silence_s
-    sim, total = _simulate(_SWAPPY, hours=4.0)
+    sim, total = _simulate(SWAPPY_FLEET, hours=4.0)
     events = sim.drain_swap_events()
     removed = {e.removed_battery_id for e in events}
     reused = [e for e in events if e.installed_battery_id in removed]
@@ -371,6 +348,6 @@ def test_without_the_pool_rest_fast_charged_batteries_would_conflict() -> None:
     """The control: with a fast charger and no rest in the pool, a swapped-out battery is
     back in another vehicle within the claim window, which the twins refuse. This is what
     pool_rest_s keeps the simulator from doing."""
-    fast = _SWAPPY.replace(charge_current_a=60.0, pool_rest_s=0.0)
+    fast = SWAPPY_FLEET.replace(charge_current_a=60.0, pool_rest_s=0.0)
     _, total = _simulate(fast, hours=3.0)
     assert {r.reason for r in total.rejected} == {RejectReason.BATTERY_CLAIM_CONFLICT}
