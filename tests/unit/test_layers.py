@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DOMAIN = ("contracts", "twins", "models", "planners", "sim", "store", "serve")
+DOMAIN = ("contracts", "twins", "models", "planners", "alerts", "sim", "store", "serve")
 MODEL_FRAMEWORKS = ("torch", "xgboost", "sklearn", "matplotlib")
 
 
