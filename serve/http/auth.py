@@ -40,6 +40,7 @@ __all__ = [
     "BodySizeLimit",
     "FieldStaff",
     "FleetManager",
+    "Operators",
     "Ops",
     "RateLimit",
     "RateLimiter",
@@ -300,3 +301,5 @@ FleetManager = Annotated[Principal, Depends(Allow(Role.FLEET_MANAGER))]
 FieldStaff = Annotated[Principal, Depends(Allow(Role.FLEET_MANAGER, Role.TECHNICIAN))]
 Riders = Annotated[Principal, Depends(Allow(Role.CUSTOMER, Role.FLEET_MANAGER))]
 Ops = Annotated[Principal, Depends(Allow(Role.OPS))]
+#: Alerts and notifications: the fleet manager (batteries) and ops (the system) both act on them.
+Operators = Annotated[Principal, Depends(Allow(Role.FLEET_MANAGER, Role.OPS))]

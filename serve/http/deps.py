@@ -12,7 +12,7 @@ Ray wrapper, and :class:`serve.http.errors.PlannerNotRunning` when there is no p
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Protocol
@@ -21,6 +21,7 @@ from fastapi import Depends, Request
 
 if TYPE_CHECKING:
     from contracts.access import Principal, Role, TokenInfo
+    from contracts.alerts import Alert, AlertTransition, Silence
     from contracts.model_registry import ModelEvent, ModelVersion, ServingConfig
     from contracts.work_orders import SwapRecord, WorkOrder, WorkOrderState
     from planners.plan_jobs import PlanJob
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from twins.shard import ShardStats
 
 __all__ = [
+    "AlertAccess",
+    "AlertEvent",
     "ApiDeps",
     "BridgeStatsSource",
     "DeadLetterReader",
@@ -220,6 +223,50 @@ class WorkOrderReader(Protocol):
     async def history(self, order_id: int) -> builtins.list[dict[str, Any]]: ...
 
 
+#: One event of the live alert stream: its resumable id and its JSON body.
+AlertEvent = tuple[str, dict[str, Any]]
+
+
+class AlertAccess(Protocol):
+    """Alerts for the API (:class:`runtime.api_deps.RayAlertAccess`): reads from the store,
+    changes through the alert manager (whose book is the truth), the live stream from Redis.
+
+    Raises ``KeyError`` for an unknown alert or silence and ``ValueError`` for a change the
+    alert's state does not allow.
+    """
+
+    async def list(
+        self, *, state: str | None, severity: str | None, category: str | None,
+        battery_id: str | None, limit: int,
+    ) -> builtins.list[Alert]:
+        """Newest first; ``state="open"`` means every state but resolved."""
+        ...
+
+    async def counts(self) -> dict[str, int]:
+        """Open alerts per state."""
+        ...
+
+    async def get(self, alert_id: int) -> tuple[Alert, builtins.list[AlertTransition]]:
+        """One alert and its history, oldest first."""
+        ...
+
+    async def acknowledge(self, alert_id: int, actor: str, note: str | None) -> Alert: ...
+
+    async def silences(self, include_expired: bool) -> builtins.list[Silence]: ...
+
+    async def add_silence(
+        self, matchers: dict[str, str], duration_s: float, author: str, comment: str
+    ) -> Silence: ...
+
+    async def expire_silence(self, silence_id: int, actor: str) -> Silence: ...
+
+    def stream(self, last_event_id: str | None, keepalive_s: float) -> AsyncIterator[AlertEvent | None]:
+        """Alert events after ``last_event_id`` (only new ones when ``None``), forever;
+        ``None`` after ``keepalive_s`` without one (the route sends a keep-alive comment).
+        ``ValueError`` for an id that is not one of ours."""
+        ...
+
+
 class TokenAdmin(Protocol):
     """API tokens (:class:`store.token_store.TokenStore`)."""
 
@@ -268,6 +315,9 @@ class ApiDeps:
         PostgreSQL (and Redis) stores, one per request.
     max_history_rows
         Most telemetry rows one history request returns, whatever ``limit`` asks.
+    alerts
+        Alerts, silences and the live stream; ``None`` when the alert manager is not
+        running (the alert routes answer 503).
     """
 
     fleet: FleetReader
@@ -276,6 +326,7 @@ class ApiDeps:
     models: ModelStatusSource
     stores: Stores
     max_history_rows: int = 10_000
+    alerts: AlertAccess | None = None
 
     def __post_init__(self) -> None:
         if self.max_history_rows < 1:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from starlette.exceptions import StarletteDeprecationWarning
@@ -25,6 +25,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from fastapi.testclient import TestClient
 
+from .fake_alerts import MemoryAlerts
 from .fakes import (
     FakeBridges,
     FakeFleet,
@@ -50,11 +51,12 @@ class Fakes:
     bridges: FakeBridges
     models: FakeModels
     stores: MemoryStores
+    alerts: MemoryAlerts = field(default_factory=MemoryAlerts)
 
     def deps(self, max_history_rows: int = 10_000) -> ApiDeps:
         return ApiDeps(
             fleet=self.fleet, planner=self.planner, bridges=self.bridges, models=self.models,
-            stores=self.stores, max_history_rows=max_history_rows,
+            stores=self.stores, max_history_rows=max_history_rows, alerts=self.alerts,
         )  # fmt: skip
 
 
