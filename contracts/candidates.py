@@ -27,3 +27,6 @@ class Candidate:
     health_score: float
     anomaly_flags: int
     charging: bool
+    #: The kind of a firing critical alert on the battery (``pack_overtemp``...), sent by the
+    #: alert manager: the planner makes it an urgent replacement job.
+    critical_alert: str | None = None

@@ -4,7 +4,8 @@ Shards report *candidates* (their most urgent batteries, with the model outputs)
 turns each into at most one open job per battery, by rules an operator can read:
 
 * **battery replacement** when a critical anomaly is flagged (temperature rise, voltage
-  sag, cell imbalance) or the health score is below ``replace_below_health``;
+  sag, cell imbalance), a critical alert fires on the battery (a pack at 80 °C: the alert
+  manager pushes it), or the health score is below ``replace_below_health``;
 * **inspection** for the softer anomaly signals (voltage residual, LSTM sequence error);
 * **battery swap** when the swap priority (expected lost rides) is at least
   ``swap_min_priority``.
@@ -32,6 +33,10 @@ __all__ = ["JobQueue", "JobRules", "QueuedJob", "Severity"]
 
 _CRITICAL_FLAGS = int(AnomalyKind.TEMP_RISE | AnomalyKind.VOLTAGE_SAG | AnomalyKind.CELL_IMBALANCE)
 _SOFT_FLAGS = int(AnomalyKind.VOLTAGE_RESIDUAL | AnomalyKind.SEQUENCE_ERROR)
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
 
 
 class Severity(StrEnum):
@@ -81,6 +86,10 @@ class QueuedJob:
     severity: Severity
     queued_at_s: float
     work_order_id: int | None = None
+    #: The battery as its shard last reported it (None: not known), for the technician.
+    soc_pct: float | None = None
+    health_score: float | None = None
+    anomaly_flags: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +98,8 @@ class QueuedJob:
             "service_s": self.service_s, "batteries_needed": self.batteries_needed,
             "skill": self.skill, "deadline_s": self.deadline_s, "severity": self.severity.value,
             "queued_at_s": self.queued_at_s, "work_order_id": self.work_order_id,
+            "soc_pct": self.soc_pct, "health_score": self.health_score,
+            "anomaly_flags": list(self.anomaly_flags),
         }  # fmt: skip
 
 
@@ -106,7 +117,7 @@ class JobQueue:
         r = self.rules
         if c.vehicle_id is None or c.charging or not (math.isfinite(c.lat) and math.isfinite(c.lon)):
             return None
-        critical = bool(c.anomaly_flags & _CRITICAL_FLAGS)
+        critical = bool(c.anomaly_flags & _CRITICAL_FLAGS) or c.critical_alert is not None
         severity = Severity.CRITICAL if critical else Severity.NORMAL
         if critical or (math.isfinite(c.health_score) and c.health_score < r.replace_below_health):
             kind, value, service, skill = (
@@ -132,6 +143,8 @@ class JobQueue:
             value=float(value), priority=float(c.priority) if math.isfinite(c.priority) else 0.0,
             service_s=service, batteries_needed=0 if kind is WorkOrderKind.INSPECTION else 1,
             skill=skill, deadline_s=deadline, severity=severity, queued_at_s=now_s,
+            soc_pct=_finite(c.soc_pct), health_score=_finite(c.health_score),
+            anomaly_flags=tuple(str(k.name).lower() for k in AnomalyKind(c.anomaly_flags)),
         )  # fmt: skip
 
     def update(self, candidates: list[Candidate], now_s: float) -> list[QueuedJob]:
@@ -148,7 +161,10 @@ class JobQueue:
                 # Keep the order and the queue time; a more severe kind or more value wins.
                 job = replace(job, work_order_id=old.work_order_id, queued_at_s=old.queued_at_s)
                 if old.kind is not WorkOrderKind.BATTERY_SWAP and job.kind is WorkOrderKind.BATTERY_SWAP:
-                    job = replace(old, value=max(old.value, job.value))
+                    job = replace(
+                        old, value=max(old.value, job.value), soc_pct=job.soc_pct,
+                        health_score=job.health_score, anomaly_flags=job.anomaly_flags,
+                    )  # fmt: skip
             if old is None or (job.severity is Severity.CRITICAL and old.severity is not Severity.CRITICAL):
                 escalated.append(job)
             self.jobs[c.battery_id] = job

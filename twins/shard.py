@@ -42,12 +42,13 @@ from twins.fleet_query import (
     top_n,
     vehicles_near,
 )
+from twins.alert_rules import TwinAlertReport, TwinAlertRules
 from twins.scoring import AnomalyEvent, ScoreReport, TwinScorer
 from twins.sinks import ShardBackends
 from twins.twin_table import TwinTable, TwinTableParams
 from twins.zones import ZoneGrid
 
-__all__ = ["IngestReport", "ShardStats", "TwinShard", "UrgentSink"]
+__all__ = ["AlertSink", "IngestReport", "ShardStats", "TwinShard", "UrgentSink"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,13 @@ class UrgentSink(Protocol):
     """
 
     async def __call__(self, candidates: list[Candidate]) -> None: ...
+
+
+class AlertSink(Protocol):
+    """Where a shard sends its complete alert report each tick (the alert manager, in
+    production; injected by the runtime like :class:`UrgentSink`)."""
+
+    async def __call__(self, report: TwinAlertReport) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -218,6 +226,9 @@ class TwinShard:
         scorer: TwinScorer | None = None,
         score_interval_s: float = 10.0,
         push_urgent: UrgentSink | None = None,
+        alert_rules: TwinAlertRules | None = None,
+        alert_sink: AlertSink | None = None,
+        alert_interval_s: float = 10.0,
     ) -> None:
         self.shard_id = shard_id
         self.params = params
@@ -251,6 +262,10 @@ class TwinShard:
         self.push_urgent = push_urgent
         self._score_interval_s = score_interval_s
         self._score_lock = asyncio.Lock()
+        self.alert_rules = alert_rules
+        self.alert_sink = alert_sink
+        self._alert_interval_s = alert_interval_s
+        self._alert_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -277,6 +292,9 @@ class TwinShard:
         ]
         if self.scorer is not None:
             self._tasks.append(loop.create_task(self._every(self._score_interval_s, self.score)))
+        if self.alert_rules is not None and self.alert_sink is not None:
+            # Its own tick, so the critical thresholds are judged with the models off too.
+            self._tasks.append(loop.create_task(self._every(self._alert_interval_s, self.evaluate_alerts)))
 
     async def _restore(self) -> None:
         """Rebuild the table from the latest checkpoint plus history written after it.
@@ -498,6 +516,12 @@ class TwinShard:
         async with self._score_lock:
             report = await self.scorer.score(self.table)
         self._dirty.update(range(len(self.table)))
+        if self.alert_sink is not None:
+            # The anomaly flags just written become alert signals in this tick, not the next.
+            try:
+                await self.evaluate_alerts()
+            except Exception:  # the alert manager being down must not fail scoring
+                log.exception("shard %d: sending the alert report failed", self.shard_id)
         if report.new_anomalies and self.push_urgent is not None:
             # New anomalies go to the planner now, not at its next pull.
             fresh = {e.battery_id for e in list(self.scorer.events)[-report.new_anomalies:]}
@@ -506,6 +530,21 @@ class TwinShard:
                 await self.push_urgent(self._candidate_rows(slots))
             except Exception:  # the planner being down must not fail scoring
                 log.exception("shard %d: pushing %d urgent candidates failed", self.shard_id, len(slots))
+        return report
+
+    async def evaluate_alerts(self) -> TwinAlertReport | None:
+        """Judge the twins with the alert rules and send the complete report to the sink.
+
+        Serialised, so reports reach the alert manager in the order they were made (each
+        one replaces the previous one of this shard).
+        """
+        await self.start()
+        if self.alert_rules is None:
+            return None
+        async with self._alert_lock:
+            report = self.alert_rules.evaluate(self.table, self.clock.now_s())
+            if self.alert_sink is not None:
+                await self.alert_sink(report)
         return report
 
     def _candidate_rows(self, slots: np.ndarray) -> list[Candidate]:

@@ -207,3 +207,13 @@ async def test_read_views_answer_the_queue_and_roster_as_records() -> None:
     assert {e.job.battery_id for e in entries if e.in_progress} == {stop.battery_id}
     roster = roster_of(p)
     assert [t.id for t in roster.technicians] == ["t0", "t1"] and [d.id for d in roster.depots] == ["north"]
+
+
+def test_a_critical_alert_is_an_urgent_replacement_job() -> None:
+    """A candidate the alert manager pushes for a firing critical alert (no anomaly flag, a
+    healthy score) becomes a critical battery replacement and asks for an urgent re-plan."""
+    p, _, _ = _planner([])
+    assert p.push([_candidate(5, priority=0.0, critical_alert="pack_overtemp")]) == 1
+    job = p.queue.jobs["b005"]
+    assert job.kind is WorkOrderKind.BATTERY_REPLACEMENT and job.severity.value == "critical"
+    assert p._urgent.is_set()
