@@ -1,7 +1,7 @@
 """Validated settings for every component, from a TOML file and the environment.
 
 One section per component (``[twins]``, ``[bridge]``, ``[serve]``, ``[ray]``, ``[sim]``,
-``[models]``, ``[planner]``); a missing section or key falls back to its default, an unknown
+``[models]``, ``[planner]``, ``[alerts]``); a missing section or key falls back to its default, an unknown
 one is an error. Hosts and secrets come from the environment only: ``BMS_POSTGRES_URL``,
 ``BMS_REDIS_URL`` and ``BMS_MQTT_URL``. When one is unset, ``bms run`` starts an embedded
 server for it. On an external broker the bridge logs in with ``BMS_MQTT_USERNAME`` and
@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from alerts.ops_rules import OpsThresholds
 from contracts.redaction import REDACTED, redact_text, redact_url
 from contracts.telemetry import ContractLimits
 from models.drift import MAJOR_PSI
@@ -30,10 +31,12 @@ from models.registry import POLL_INTERVAL_S
 from planners.planner import PlannerParams
 from serve.mqtt_bridge import BridgeConfig
 from sim.fleet_params import FleetParams
+from twins.alert_rules import TwinAlertParams
 from twins.scoring import ScoringParams
 from twins.twin_table import TwinTableParams
 
 __all__ = [
+    "AlertSettings",
     "BridgeSettings",
     "RayClusterSettings",
     "ServeSettings",
@@ -175,6 +178,38 @@ class PlannerSettings(BaseModel):
     depots: list[DepotSettings] = Field(default_factory=list)
 
 
+class AlertSettings(BaseModel):
+    model_config = _STRICT
+    enabled: bool = Field(True, description="Run the alert manager and the twins' alert rules")
+    interval_s: float = Field(10.0, gt=0, le=3600, description="Each shard's alert tick (also right after scoring)")
+    ops_interval_s: float = Field(30.0, gt=0, le=3600, description="Operations rules period")
+    pack_temp_critical_c: float = Field(TwinAlertParams.pack_temp_critical_c, gt=0, lt=150)
+    cell_imbalance_critical_v: float = Field(TwinAlertParams.cell_imbalance_critical_v, gt=0, lt=2)
+    cell_sag_v: float = Field(TwinAlertParams.cell_sag_v, gt=0, lt=5, description="Cell group under load")
+    series_cells: int = Field(TwinAlertParams.series_cells, ge=1, le=64, description="Cell groups per pack")
+    rul_horizon_cycles: float = Field(TwinAlertParams.rul_horizon_cycles, gt=0, description="Warn below this RUL to 80 %")
+    health_drop_per_day: float = Field(TwinAlertParams.health_drop_per_day, gt=0, description="Health points per day")
+    silent_after_s: float = Field(TwinAlertParams.silent_after_s, gt=0, description="A battery in a vehicle this quiet alerts")
+    dead_letters_per_min: float = Field(OpsThresholds.dead_letters_per_min, gt=0, description="Per reason")
+    ingest_lag_p99_s: float = Field(OpsThresholds.ingest_lag_p99_s, gt=0)
+    webhook_allow_cidrs: list[str] = Field(
+        default_factory=list, description="Private ranges webhooks may reach (default: public addresses only)"
+    )
+    webhook_allow_http: bool = Field(False, description="Allow http:// webhook URLs (default https only)")
+
+    @field_validator("webhook_allow_cidrs")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for cidr in v:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"Expected networks like '10.0.0.0/8', got {cidr!r}") from None
+        return v
+
+
 class Settings(BaseModel):
     """Everything a process of the system needs to know."""
 
@@ -195,6 +230,7 @@ class Settings(BaseModel):
     sim: SimSettings = SimSettings()
     models: ModelSettings = ModelSettings()
     planner: PlannerSettings = PlannerSettings()
+    alerts: AlertSettings = AlertSettings()
 
     @field_validator("mqtt_url")
     @classmethod

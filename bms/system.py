@@ -12,6 +12,8 @@ import logging
 from typing import Any
 from urllib.parse import urlparse
 
+from alerts.ops_rules import OpsThresholds
+from alerts.webhooks import UrlPolicy
 from bms.services import ServiceUrls
 from bms.settings import Settings, SimSettings
 from contracts.telemetry import ContractLimits
@@ -19,6 +21,7 @@ from models.job_params import JobParams
 from models.predictors import PREDICTORS
 from planners.planner import PlannerParams
 from planners.resources import Depot, Technician, default_roster
+from runtime.alerts import AlertsSpec
 from runtime.app import AppArgs
 from runtime.model_job import ModelJobSpec
 from runtime.names import bridge_actor_name
@@ -27,6 +30,7 @@ from runtime.system import FleetSystem, HttpSpec, RayOptions, SystemSpec, init_r
 from runtime.twins import TwinRuntimeSpec
 from serve.mqtt_bridge import BridgeConfig
 from sim.fleet_params import FleetParams
+from twins.alert_rules import TwinAlertParams
 from twins.scoring import ScoringParams
 from twins.twin_table import TwinTableParams
 
@@ -86,6 +90,33 @@ def twin_runtime_spec(
         checkpoint_interval_s=t.checkpoint_interval_s, state_flush_interval_s=t.redis_flush_interval_s,
         redis_prefix=redis_prefix, models_enabled=models_enabled, score_interval_s=m.score_interval_s,
         scoring=ScoringParams(utc_offset_h=m.utc_offset_h),
+        alerts=twin_alert_params(settings) if settings.alerts.enabled else None,
+        alert_interval_s=settings.alerts.interval_s,
+    )  # fmt: skip
+
+
+def twin_alert_params(settings: Settings) -> TwinAlertParams:
+    """``[alerts]``: the thresholds the twins judge their samples by."""
+    a = settings.alerts
+    return TwinAlertParams(
+        pack_temp_critical_c=a.pack_temp_critical_c, cell_imbalance_critical_v=a.cell_imbalance_critical_v,
+        cell_sag_v=a.cell_sag_v, series_cells=a.series_cells, rul_horizon_cycles=a.rul_horizon_cycles,
+        health_drop_per_day=a.health_drop_per_day, silent_after_s=a.silent_after_s,
+    )  # fmt: skip
+
+
+def alerts_spec(
+    settings: Settings, urls: ServiceUrls, depots: tuple[Depot, ...], *, redis_prefix: str = "bms:",
+    models: tuple[str, ...] = (),
+) -> AlertsSpec:  # fmt: skip
+    """``[alerts]``: the alert manager, its operations rules and its webhook URL policy."""
+    a = settings.alerts
+    return AlertsSpec(
+        namespace=settings.ray.namespace, postgres_url=urls.postgres_url, redis_url=urls.redis_url,
+        redis_prefix=redis_prefix, depots=depots, bridge_workers=settings.bridge.workers,
+        ops=OpsThresholds(dead_letters_per_min=a.dead_letters_per_min, ingest_lag_p99_s=a.ingest_lag_p99_s),
+        url_policy=UrlPolicy(allow_cidrs=tuple(a.webhook_allow_cidrs), allow_http=a.webhook_allow_http),
+        ops_interval_s=a.ops_interval_s, models=models, zone_cell_km=settings.twins.zone_cell_km,
     )  # fmt: skip
 
 
@@ -190,6 +221,9 @@ def system_spec(
                 models=list(PREDICTORS) if models else [],
                 artifacts_root=str(settings.artifacts_dir().resolve()),
                 model_poll_interval_s=m.poll_interval_s, drift_threshold=m.drift_threshold,
+                alerts=settings.alerts.enabled,
+                webhook_allow_cidrs=settings.alerts.webhook_allow_cidrs,
+                webhook_allow_http=settings.alerts.webhook_allow_http,
             ),
         )  # fmt: skip
     return SystemSpec(
@@ -201,6 +235,13 @@ def system_spec(
         http=http,
         model_job=model_job_spec(settings, urls, redis_prefix=redis_prefix) if models else None,
         planner=planner_spec(settings, urls) if models and settings.planner.enabled else None,
+        alerts=(
+            alerts_spec(
+                settings, urls, planner_spec(settings, urls).depots, redis_prefix=redis_prefix,
+                models=tuple(PREDICTORS) if models else (),
+            )
+            if with_http and settings.alerts.enabled else None
+        ),
         train_on_start=models and settings.models.train_on_start,
         artifacts_root=settings.artifacts_dir(),
         redis_prefix=redis_prefix,

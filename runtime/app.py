@@ -35,6 +35,9 @@ class AppArgs(BaseModel):
     artifacts_root: str | None = Field(None, description="Model registry artifacts (needed with models)")
     model_poll_interval_s: float = Field(POLL_INTERVAL_S, gt=0)
     drift_threshold: float = Field(MAJOR_PSI, gt=0)
+    alerts: bool = Field(False, description="The alert manager runs")
+    webhook_allow_cidrs: list[str] = Field(default_factory=list)
+    webhook_allow_http: bool = False
 
 
 def build_app(args: AppArgs) -> Application:
@@ -46,6 +49,9 @@ def build_app(args: AppArgs) -> Application:
         redis_url=args.redis_url,
         redis_prefix=args.redis_prefix,
         bridge_actor_names=args.bridge_actor_names,
+        alerts=args.alerts,
+        webhook_allow_cidrs=args.webhook_allow_cidrs,
+        webhook_allow_http=args.webhook_allow_http,
     )
     # @serve.deployment made these classes Deployments; mypy ignores what class decorators return.
     server = cast(Deployment, ModelServer)

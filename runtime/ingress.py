@@ -4,10 +4,24 @@ The deployment only wires: its constructor builds the Ray-backed dependencies
 (:mod:`runtime.api_deps`) and Serve asks it for the app afterwards
 (``__serve_build_asgi_app__``, with ``@serve.ingress()`` given no app), so the routes are
 plain functions of :class:`serve.http.deps.ApiDeps` that unit tests run without Ray.
+
+Reads of single batteries, availability and the fleet map come from the replica's read
+snapshot (:class:`serve.http.read_snapshot.ReadSnapshots`), refreshed from the shards every
+``read_refresh_s`` by a task the app's lifespan runs.
+
+**Serving path.** :func:`serve_controller_env` turns on Serve's direct ingress behind
+HAProxy (the Serve controller reads it when it starts, :class:`runtime.system.FleetSystem`):
+HAProxy listens on the HTTP port and forwards to an HTTP server inside each ingress
+replica, instead of Serve's Python proxy parsing every request and handing it to the
+replica over Ray. On two cores that path is 6-8x faster for a trivial endpoint
+(BENCHMARKS.md, "HTTP reads"). Access logs are off on the ingress for the same reason.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,10 +40,42 @@ from runtime.api_deps import (
     RayPlannerClient,
     ServeModelStatus,
 )
+from runtime.alert_access import RayAlertAccess
 from runtime.names import DEFAULT_NAMESPACE
 from serve.http import ApiDeps, create_api
+from serve.http.read_snapshot import ReadSnapshots
 
-__all__ = ["ApiIngress", "IngressConfig"]
+__all__ = ["ApiIngress", "IngressConfig", "serve_controller_env"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve_controller_env(*, direct_ingress: bool = True) -> dict[str, str]:
+    """Environment of the Serve controller (and so of its proxies and replicas).
+
+    With ``direct_ingress``: HAProxy on the HTTP port forwards straight to an HTTP server in
+    each ingress replica (``RAY_SERVE_ENABLE_DIRECT_INGRESS``, ``RAY_SERVE_ENABLE_HA_PROXY``);
+    HAProxy's per-request metrics log is off (its manager parses a line per request in
+    Python, a few percent of a core at a thousand requests a second); a replica drains for
+    1 s when stopped, not 30 s (no external load balancer needs time to notice); and
+    HAProxy's stats page and Prometheus exporter, which it binds on every interface, get
+    free ports instead of fixed 8404 and 9101 (two systems on one machine would collide).
+    Without it, Serve's default Python proxy (the empty environment).
+    """
+    if not direct_ingress:
+        return {}
+    return {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+    }
 
 
 class IngressConfig(BaseModel):
@@ -42,12 +88,24 @@ class IngressConfig(BaseModel):
     redis_prefix: str = "bms:"
     bridge_actor_names: list[str] = Field(default_factory=list)
     max_history_rows: int = Field(10_000, ge=1, le=1_000_000)
+    alerts: bool = Field(False, description="The alert manager runs (alert routes answer, else 503)")
+    webhook_allow_cidrs: list[str] = Field(default_factory=list, description="Private ranges webhooks may reach")
+    webhook_allow_http: bool = False
+    read_refresh_s: float = Field(
+        1.0, gt=0, le=60, description="Period of the read snapshot's refresh from the shards"
+    )
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=200)
+# Access logs off: a log line per request cost a third of a trivial endpoint's throughput.
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=200,
+    logging_config={"enable_access_log": False},
+)
 @serve.ingress()
 class ApiIngress:
-    """The HTTP face of the twins; reads go to shards, history to PostgreSQL.
+    """The HTTP face of the twins; reads come from the read snapshot (or the shards),
+    history from PostgreSQL.
 
     Parameters
     ----------
@@ -64,13 +122,23 @@ class ApiIngress:
             config.postgres_url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}
         )
         self._redis = aioredis.Redis.from_url(config.redis_url, decode_responses=False)
+        fleet = RayFleetReader(config.namespace)
+        self._reads = ReadSnapshots(fleet.columns, refresh_interval_s=config.read_refresh_s)
         self._deps = ApiDeps(
-            fleet=RayFleetReader(config.namespace),
-            planner=RayPlannerClient(config.namespace),
+            fleet=fleet,
+            # Swaps reported here are read live until the snapshot has caught up with them.
+            planner=RayPlannerClient(config.namespace, on_swap=self._reads.invalidate),
             bridges=RayBridgeStats(config.namespace, config.bridge_actor_names),
             models=ServeModelStatus(models),
             stores=PostgresStores(self._pool, self._redis, config.redis_prefix),
             max_history_rows=config.max_history_rows,
+            alerts=(
+                RayAlertAccess(config.namespace, self._pool, self._redis, config.redis_prefix)
+                if config.alerts else None
+            ),
+            webhook_allow_cidrs=tuple(config.webhook_allow_cidrs),
+            webhook_allow_http=config.webhook_allow_http,
+            reads=self._reads,
         )
 
     @asynccontextmanager
@@ -78,9 +146,14 @@ class ApiIngress:
         # open() does not wait for a connection: the API starts (and /healthz answers)
         # while PostgreSQL is still coming up; history reads wait for the pool instead.
         await self._pool.open()
+        refresh = asyncio.get_running_loop().create_task(self._reads.run())
         try:
             yield
         finally:
+            refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresh
+            await self._reads.aclose()
             await self._pool.close()
             await self._redis.aclose()
 

@@ -8,6 +8,7 @@ after a restart; the names live here, next to the options they are started with
 from __future__ import annotations
 
 __all__ = [
+    "ALERTS_NAME",
     "DEFAULT_NAMESPACE",
     "DIRECTORY_NAME",
     "MODEL_JOB_NAME",
@@ -26,6 +27,8 @@ SERVE_APP_NAME = "bms"
 DIRECTORY_NAME = "bms-directory"
 #: The planner actor (technician routing, work orders).
 PLANNER_NAME = "bms-planner"
+#: The alert manager (alert book, notifications, webhooks, vendor tickets).
+ALERTS_NAME = "bms-alerts"
 #: The scheduled model job (demand forecasts, rescoring, retraining).
 MODEL_JOB_NAME = "bms-model-job"
 

@@ -25,6 +25,9 @@ ACTOR_ROLES: dict[str, dict[str, Any]] = {
     "directory": {"max_restarts": -1, "max_task_retries": -1, "num_cpus": 0},
     "bridge": {"max_restarts": -1, "num_cpus": 0},
     "planner": {"max_restarts": -1, "num_cpus": 0},
+    # Restarted, it reloads the open alerts and silences from PostgreSQL; reports are
+    # complete, so the next one from each shard brings the book up to date.
+    "alerts": {"max_restarts": -1, "num_cpus": 0},
     "model_job": {"max_restarts": -1, "num_cpus": 0},
 }
 

@@ -27,15 +27,18 @@ from models.registry import ModelRegistry
 from models.training import TrainingPlan, ensure_served
 from runtime.app import AppArgs, build_app
 from runtime.bridge import start_bridge_worker
+from runtime.ingress import serve_controller_env
 from runtime.model_job import ModelJobSpec, start_model_job
 from runtime.names import (
     DIRECTORY_NAME,
+    ALERTS_NAME,
     MODEL_JOB_NAME,
     PLANNER_NAME,
     SERVE_APP_NAME,
     bridge_actor_name,
     shard_actor_name,
 )
+from runtime.alerts import AlertsSpec, start_alerts
 from runtime.planner import PlannerSpec, start_planner
 from runtime.twins import TwinRuntimeSpec, start_directory
 from serve.mqtt_bridge import BridgeConfig, BridgeStats
@@ -127,11 +130,16 @@ async def run_migrations(postgres_url: str) -> list[str]:
 
 @dataclass(frozen=True)
 class HttpSpec:
-    """The Serve application: where it listens and what it deploys."""
+    """The Serve application: where it listens and what it deploys.
+
+    ``direct_ingress``: HAProxy forwards to the ingress replicas' own HTTP servers instead
+    of Serve's Python proxy (:func:`runtime.ingress.serve_controller_env`).
+    """
 
     host: str
     port: int
     app: AppArgs
+    direct_ingress: bool = True
 
 
 @dataclass(frozen=True)
@@ -149,6 +157,7 @@ class SystemSpec:
     http: HttpSpec | None = None
     model_job: ModelJobSpec | None = None
     planner: PlannerSpec | None = None
+    alerts: AlertsSpec | None = None
     train_on_start: bool = False
     artifacts_root: Path | None = None
     redis_prefix: str = "bms:"
@@ -195,12 +204,19 @@ class FleetSystem:
         ]
         ray.get([h.start.remote() for h in handles])
         if spec.http is not None:
-            serve.start(http_options={"host": spec.http.host, "port": spec.http.port})
+            serve.start(
+                http_options={"host": spec.http.host, "port": spec.http.port},
+                controller_options={
+                    "runtime_env": {"env_vars": serve_controller_env(direct_ingress=spec.http.direct_ingress)}
+                },
+            )
             serve.run(build_app(spec.http.app), name=SERVE_APP_NAME, route_prefix="/")
         if spec.model_job is not None:
             start_model_job(spec.model_job)
         if spec.planner is not None:
             start_planner(spec.planner)
+        if spec.alerts is not None:
+            start_alerts(spec.alerts)
 
     async def _ensure_models(self) -> None:
         """Registry check at start: train (quick plan) what has never been trained."""
@@ -233,7 +249,7 @@ class FleetSystem:
                 ray.kill(h, no_restart=True)
             except Exception:
                 log.exception("stopping %s", name)
-        for name in (MODEL_JOB_NAME, PLANNER_NAME):
+        for name in (ALERTS_NAME, MODEL_JOB_NAME, PLANNER_NAME):
             with contextlib.suppress(ValueError):  # not started: models or planner were off
                 ray.kill(ray.get_actor(name, namespace=self.namespace), no_restart=True)
         if self.spec.http is not None:

@@ -27,7 +27,9 @@ from ray.actor import ActorHandle
 from contracts.candidates import Candidate
 from contracts.health import HealthRow
 from contracts.samples import TelemetryBatch
+from runtime.metrics import EXPORT_INTERVAL_S, ScoringMetrics, ShardMetrics, export_every
 from runtime.names import (
+    ALERTS_NAME,
     DEFAULT_NAMESPACE,
     DIRECTORY_NAME,
     PLANNER_NAME,
@@ -37,6 +39,7 @@ from runtime.names import (
 from runtime.options import actor_options
 from store import CheckpointStore, DirectoryStore, TelemetryStore, TwinStateCache, open_postgres
 from store.demand_cache import RedisDemand
+from twins.alert_rules import TwinAlertParams, TwinAlertReport, TwinAlertRules
 from twins.battery_twin import TwinSnapshot
 from twins.directory import AssignmentStore, ShardDirectory
 from twins.fleet_query import (
@@ -51,11 +54,13 @@ from twins.fleet_query import (
 from twins.scoring import AnomalyEvent, ScoreReport, ScoringParams, TwinScorer
 from twins.shard import IngestReport, ShardStats, TwinShard
 from twins.sinks import ShardBackends
+from twins.twin_columns import TwinColumns
 from twins.twin_table import TwinTableParams
 from twins.zones import ZoneGrid
 
 __all__ = [
     "FleetClient",
+    "AlertManagerSink",
     "PlannerSink",
     "ShardRouter",
     "TwinRuntimeSpec",
@@ -86,6 +91,9 @@ class TwinRuntimeSpec:
     redis_prefix: str = "bms:"
     models_enabled: bool = False
     serve_app_name: str = SERVE_APP_NAME
+    #: The twins' alert rules; ``None`` when the alert manager is off.
+    alerts: TwinAlertParams | None = None
+    alert_interval_s: float = 10.0
 
 
 async def connect_backends(spec: TwinRuntimeSpec) -> ShardBackends:
@@ -130,6 +138,26 @@ class PlannerSink:
         await self._planner.push.remote(candidates)
 
 
+class AlertManagerSink:
+    """:class:`~twins.shard.AlertSink` that forwards a shard's report to the alert manager.
+
+    The manager may start after the shards: until it runs, reports are dropped (the next
+    one is complete anyway).
+    """
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self._manager: ActorHandle[Any] | None = None
+
+    async def __call__(self, report: TwinAlertReport) -> None:
+        if self._manager is None:
+            try:
+                self._manager = ray.get_actor(ALERTS_NAME, namespace=self.namespace)
+            except ValueError:
+                return
+        await self._manager.observe_twins.remote(report)
+
+
 class _ShardActor(TwinShard):
     def __init__(self, shard_id: int, spec: TwinRuntimeSpec) -> None:
         async def connect() -> ShardBackends:
@@ -159,7 +187,37 @@ class _ShardActor(TwinShard):
             scorer=scorer,
             score_interval_s=spec.score_interval_s,
             push_urgent=PlannerSink(spec.namespace),
+            alert_rules=None if spec.alerts is None else TwinAlertRules(f"shard-{shard_id}", spec.alerts, zones),
+            alert_sink=None if spec.alerts is None else AlertManagerSink(spec.namespace),
+            alert_interval_s=spec.alert_interval_s,
         )
+        self._shard_metrics = ShardMetrics()
+        self._scoring_metrics = ScoringMetrics()
+        self._metrics_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await super().start()
+        if self._metrics_task is None:
+            # The metrics read the shard's own counters every few seconds (runtime.metrics):
+            # ingest itself records nothing.
+            self._metrics_task = asyncio.get_running_loop().create_task(
+                export_every(EXPORT_INTERVAL_S, self._export_metrics, f"shard {self.shard_id}")
+            )
+
+    async def _export_metrics(self) -> None:
+        self._shard_metrics.update(await self.stats())
+
+    async def score(self) -> ScoreReport:
+        report = await super().score()
+        self._scoring_metrics.observe(report)
+        return report
+
+    async def aclose(self) -> None:
+        if self._metrics_task is not None:
+            self._metrics_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._metrics_task
+        await super().aclose()
 
 
 async def spawn_shard(shard_id: int, spec: TwinRuntimeSpec) -> None:
@@ -366,6 +424,15 @@ class FleetClient:
     async def ping_all(self) -> None:
         """Every shard answers (and has restored itself)."""
         await self.call_all("ping")
+
+    async def columns(self) -> list[TwinColumns | BaseException]:
+        """Every shard's twins as columns, one entry per shard id; a shard that failed
+        gives its exception (the caller keeps that shard's last good columns)."""
+        handles = await self._h.all_handles()
+        out: list[TwinColumns | BaseException] = await asyncio.gather(
+            *(h.columns.remote() for h in handles), return_exceptions=True
+        )
+        return out
 
     async def num_shards(self) -> int:
         n: int = await self._h.directory.num_shards.remote()

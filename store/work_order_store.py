@@ -224,9 +224,10 @@ class WorkOrderStore:
         limit: int = 100,
         *,
         technician_id: str | None = None,
+        battery_id: str | None = None,
     ) -> builtins.list[WorkOrder]:
-        """Up to ``limit`` orders, oldest first; only those in ``state`` and assigned to
-        ``technician_id`` when given."""
+        """Up to ``limit`` orders, oldest first; only those in ``state``, assigned to
+        ``technician_id`` and about ``battery_id`` when given."""
         if limit <= 0:
             raise ValueError(f"Expected limit > 0, got {limit}.")
         state_value = None if state is None else WorkOrderState(state).value
@@ -235,8 +236,22 @@ class WorkOrderStore:
                 f"SELECT {_COLUMNS} FROM work_orders"
                 " WHERE (%(state)s::text IS NULL OR state = %(state)s)"
                 " AND (%(tech)s::text IS NULL OR technician_id = %(tech)s)"
+                " AND (%(battery)s::text IS NULL OR battery_id = %(battery)s)"
                 " ORDER BY id LIMIT %(limit)s",
-                {"state": state_value, "tech": technician_id, "limit": limit},
+                {"state": state_value, "tech": technician_id, "battery": battery_id, "limit": limit},
+            )
+            rows = await cur.fetchall()
+        return [_order(row) for row in rows]
+
+    async def without_vendor_ticket(self, kind: WorkOrderKind, limit: int = 50) -> builtins.list[WorkOrder]:
+        """Orders of ``kind`` that have no vendor ticket yet (``vendor_tickets``), oldest
+        first: the alert manager's outbox of replacements to tell the vendor about."""
+        async with connection_turn(self._conn), self._conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                f"SELECT {_COLUMNS} FROM work_orders wo WHERE kind = %s AND NOT EXISTS"
+                " (SELECT 1 FROM vendor_tickets vt WHERE vt.work_order_id = wo.id)"
+                " ORDER BY id LIMIT %s",
+                (WorkOrderKind(kind).value, limit),
             )
             rows = await cur.fetchall()
         return [_order(row) for row in rows]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +12,7 @@ import numpy.typing as npt
 __all__ = ["ZoneGrid"]
 
 _KM_PER_DEG_LAT = 111.32
+_ZONE_RE = re.compile(r"z(-?\d+)_(-?\d+)")
 
 
 @dataclass(frozen=True)
@@ -49,3 +52,14 @@ class ZoneGrid:
 
     def zone_id(self, lat: float, lon: float) -> str:
         return self.zone_ids(np.array([lat]), np.array([lon]))[0]
+
+    def centre_of(self, zone: str) -> tuple[float, float] | None:
+        """The (lat, lon) centre of a zone id of this grid; ``None`` for ``"unknown"`` or a
+        name that is not ``z<row>_<col>``."""
+        m = _ZONE_RE.fullmatch(zone)
+        if m is None:
+            return None
+        row, col = int(m.group(1)), int(m.group(2))
+        lat = (row + 0.5) * self.cell_km / _KM_PER_DEG_LAT
+        km_per_deg_lon = _KM_PER_DEG_LAT * max(math.cos(math.radians(lat)), 1e-6)
+        return lat, (col + 0.5) * self.cell_km / km_per_deg_lon

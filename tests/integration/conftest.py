@@ -174,6 +174,11 @@ def system_settings(services: ServiceHandles) -> Settings:
         # Model artifacts go to a temporary registry root; fast ticks so tests see scores.
         "data_dir": tempfile.mkdtemp(prefix="bms-it-data-"),
         "models": {"score_interval_s": 1.0, "poll_interval_s": 0.5},
+        # Fast alert ticks; webhooks may reach the tests' receivers on 127.0.0.1 over http.
+        "alerts": {
+            "interval_s": 1.0, "ops_interval_s": 5.0,
+            "webhook_allow_cidrs": ["127.0.0.0/8"], "webhook_allow_http": True,
+        },
         # A roster on shift around the clock (tests run at any hour), depot next to the
         # test batteries; plans only when a test asks (plus the first scheduled round).
         "planner": {

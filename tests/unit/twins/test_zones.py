@@ -87,3 +87,13 @@ def test_cell_size_must_be_positive(cell_km: float) -> None:
     """cell_km must be a positive number."""
     with pytest.raises(ValueError, match="Expected cell_km > 0"):
         ZoneGrid(cell_km=cell_km)
+
+
+def test_centre_of_round_trips() -> None:
+    """A zone's centre lies in that zone; names that are not zone ids have no centre."""
+    grid = ZoneGrid(1.0)
+    for lat, lon in [(52.52, 13.405), (-33.9, 18.4), (40.7, -74.0)]:
+        zone = grid.zone_id(lat, lon)
+        centre = grid.centre_of(zone)
+        assert centre is not None and grid.zone_id(*centre) == zone
+    assert grid.centre_of("unknown") is None and grid.centre_of("z1") is None

@@ -49,7 +49,11 @@ EXPECTED_ROLES: dict[tuple[str, str], set[str]] = {
     ("GET", "/api/v1/batteries/{battery_id}"): {"fleet_manager"},
     ("GET", "/api/v1/batteries/{battery_id}/window"): {"fleet_manager"},
     ("GET", "/api/v1/batteries/{battery_id}/telemetry"): {"fleet_manager"},
+    ("GET", "/api/v1/batteries/{battery_id}/health-history"): {"fleet_manager", "ops"},
+    ("GET", "/api/v1/batteries/{battery_id}/forecast"): {"fleet_manager", "ops"},
     ("GET", "/api/v1/vehicles/available"): {"customer", "fleet_manager"},
+    ("GET", "/api/v1/availability"): {"customer", "fleet_manager"},
+    ("GET", "/api/v1/fleet/map"): {"fleet_manager", "ops"},
     ("GET", "/api/v1/planner/queue"): {"fleet_manager"},
     ("GET", "/api/v1/planner/plan"): {"fleet_manager"},
     ("POST", "/api/v1/planner/plan"): {"fleet_manager"},
@@ -71,6 +75,21 @@ EXPECTED_ROLES: dict[tuple[str, str], set[str]] = {
     ("POST", "/api/v1/tokens"): {"ops"},
     ("GET", "/api/v1/tokens"): {"ops"},
     ("DELETE", "/api/v1/tokens/{token_id}"): {"ops"},
+    ("GET", "/api/v1/alerts"): {"fleet_manager", "ops"},
+    ("GET", "/api/v1/alerts/stream"): {"fleet_manager", "ops"},
+    ("GET", "/api/v1/alerts/{alert_id}"): {"fleet_manager", "ops"},
+    ("POST", "/api/v1/alerts/{alert_id}/acknowledge"): {"fleet_manager", "ops"},
+    ("GET", "/api/v1/silences"): {"fleet_manager", "ops"},
+    ("POST", "/api/v1/silences"): {"fleet_manager", "ops"},
+    ("DELETE", "/api/v1/silences/{silence_id}"): {"fleet_manager", "ops"},
+    ("POST", "/api/v1/webhooks"): {"fleet_manager", "ops"},
+    ("GET", "/api/v1/webhooks"): {"fleet_manager", "ops"},
+    ("DELETE", "/api/v1/webhooks/{webhook_id}"): {"fleet_manager", "ops"},
+    ("GET", "/api/v1/webhooks/{webhook_id}/deliveries"): {"fleet_manager", "ops"},
+    ("GET", "/api/v1/webhook-deliveries/{delivery_id}"): {"fleet_manager", "ops"},
+    ("POST", "/api/v1/webhook-deliveries/{delivery_id}/replay"): {"fleet_manager", "ops"},
+    ("POST", "/api/v1/work-orders/{order_id}/vendor-reply"): {"fleet_manager", "ops"},
+    ("GET", "/api/v1/work-orders/{order_id}/vendor-ticket"): {"fleet_manager", "ops"},
 }
 
 #: A valid request for each route, and what an allowed caller gets for it from the fakes
@@ -86,9 +105,17 @@ REQUESTS: dict[tuple[str, str], tuple[str, dict[str, Any], int]] = {
     ("GET", "/api/v1/batteries/{battery_id}"): ("/api/v1/batteries/bat-a", {}, 200),
     ("GET", "/api/v1/batteries/{battery_id}/window"): ("/api/v1/batteries/bat-a/window", {}, 200),
     ("GET", "/api/v1/batteries/{battery_id}/telemetry"): ("/api/v1/batteries/bat-a/telemetry", {}, 200),
+    ("GET", "/api/v1/batteries/{battery_id}/health-history"): (
+        "/api/v1/batteries/bat-a/health-history", {}, 200,
+    ),
+    ("GET", "/api/v1/batteries/{battery_id}/forecast"): ("/api/v1/batteries/bat-a/forecast", {}, 200),
     ("GET", "/api/v1/vehicles/available"): (
         "/api/v1/vehicles/available", {"params": {"lat": 52.52, "lon": 13.40}}, 200,
     ),
+    ("GET", "/api/v1/availability"): (
+        "/api/v1/availability", {"params": {"lat": 52.52, "lon": 13.40}}, 200,
+    ),
+    ("GET", "/api/v1/fleet/map"): ("/api/v1/fleet/map", {}, 200),
     ("GET", "/api/v1/planner/queue"): ("/api/v1/planner/queue", {}, 200),
     ("GET", "/api/v1/planner/plan"): ("/api/v1/planner/plan", {}, 404),  # no plan yet
     ("POST", "/api/v1/planner/plan"): ("/api/v1/planner/plan", {}, 202),
@@ -118,6 +145,27 @@ REQUESTS: dict[tuple[str, str], tuple[str, dict[str, Any], int]] = {
     ),
     ("GET", "/api/v1/tokens"): ("/api/v1/tokens", {}, 200),
     ("DELETE", "/api/v1/tokens/{token_id}"): ("/api/v1/tokens/1", {}, 200),
+    ("GET", "/api/v1/alerts"): ("/api/v1/alerts", {}, 200),
+    ("GET", "/api/v1/alerts/stream"): ("/api/v1/alerts/stream", {}, 200),
+    ("GET", "/api/v1/alerts/{alert_id}"): ("/api/v1/alerts/1", {}, 404),  # no alerts in the fakes
+    ("POST", "/api/v1/alerts/{alert_id}/acknowledge"): ("/api/v1/alerts/1/acknowledge", {"json": {}}, 404),
+    ("GET", "/api/v1/silences"): ("/api/v1/silences", {}, 200),
+    ("POST", "/api/v1/silences"): (
+        "/api/v1/silences", {"json": {"matchers": {"zone": "z1"}, "duration_s": 60}}, 201,
+    ),
+    ("DELETE", "/api/v1/silences/{silence_id}"): ("/api/v1/silences/99", {}, 404),
+    ("POST", "/api/v1/webhooks"): (
+        "/api/v1/webhooks", {"json": {"url": "https://8.8.8.8/hook", "event_types": ["alert.firing"]}}, 201,
+    ),
+    ("GET", "/api/v1/webhooks"): ("/api/v1/webhooks", {}, 200),
+    ("DELETE", "/api/v1/webhooks/{webhook_id}"): ("/api/v1/webhooks/1", {}, 404),
+    ("GET", "/api/v1/webhooks/{webhook_id}/deliveries"): ("/api/v1/webhooks/1/deliveries", {}, 404),
+    ("GET", "/api/v1/webhook-deliveries/{delivery_id}"): ("/api/v1/webhook-deliveries/1", {}, 404),
+    ("POST", "/api/v1/webhook-deliveries/{delivery_id}/replay"): ("/api/v1/webhook-deliveries/1/replay", {}, 404),
+    ("POST", "/api/v1/work-orders/{order_id}/vendor-reply"): (
+        "/api/v1/work-orders/1/vendor-reply", {"json": {"status": "accepted"}}, 409,
+    ),
+    ("GET", "/api/v1/work-orders/{order_id}/vendor-ticket"): ("/api/v1/work-orders/1/vendor-ticket", {}, 404),
 }
 
 # The routes as the app declares them (its deps are not called to build it).
@@ -156,7 +204,10 @@ def test_the_document_declares_the_bearer_scheme_and_auth_errors(client: TestCli
     doc = client.get("/openapi.json").json()
     schemes = doc["components"]["securitySchemes"]
     assert any(s == {**s, "type": "http", "scheme": "bearer"} for s in schemes.values())
-    limited = {("POST", "/api/v1/planner/plan"), ("POST", "/api/v1/tokens")} | {
+    limited = {
+        ("POST", "/api/v1/planner/plan"), ("POST", "/api/v1/tokens"), ("POST", "/api/v1/webhooks"),
+        ("POST", "/api/v1/webhook-deliveries/{delivery_id}/replay"),
+    } | {
         (m, p) for m, p in ROUTES if m in ("POST", "DELETE") and p.startswith("/api/v1/models/")
     }
     for (method, path), roles in ROUTES.items():
@@ -361,7 +412,7 @@ def test_availability_is_bounded_by_radius_and_limit(rider: TestClient) -> None:
     """About 8.9 km north of the fleet nothing is within 1 km; within 10 km both are, at
     that distance; ``limit`` caps the answer."""
     far = {"lat": 52.60, "lon": 13.40}
-    assert rider.get("/api/v1/vehicles/available", params={**far, "radius_m": 1000}).json() == {"vehicles": []}
+    assert rider.get("/api/v1/vehicles/available", params={**far, "radius_m": 1000}).json()["vehicles"] == []
     vehicles = rider.get("/api/v1/vehicles/available", params={**far, "radius_m": 10_000}).json()["vehicles"]
     assert len(vehicles) == 2 and all(v["distance_m"] == pytest.approx(8896, rel=0.01) for v in vehicles)
     one = rider.get("/api/v1/vehicles/available", params={**far, "radius_m": 10_000, "limit": 1}).json()
