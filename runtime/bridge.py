@@ -11,6 +11,7 @@ import ray
 import redis.asyncio as aioredis
 from ray.actor import ActorHandle
 
+from runtime.metrics import EXPORT_INTERVAL_S, BridgeMetrics, export_every
 from runtime.names import bridge_actor_name
 from runtime.options import actor_options
 from runtime.twins import ShardRouter
@@ -34,6 +35,8 @@ class BridgeWorker:
         self._redis_prefix = redis_prefix
         self._bridge: MqttBridge | None = None
         self._task: asyncio.Task[None] | None = None
+        self._metrics = BridgeMetrics()
+        self._metrics_task: asyncio.Task[None] | None = None
         self._stack = contextlib.AsyncExitStack()
 
     async def start(self, timeout_s: float = 30.0) -> None:
@@ -44,6 +47,10 @@ class BridgeWorker:
             letters = DeadLetterStore(conn, redis, key_prefix=self._redis_prefix)
             self._bridge = MqttBridge(self._config, ShardRouter(self._namespace), letters)
             self._task = asyncio.get_running_loop().create_task(self._bridge.run())
+            # Ingest and rejects, read from the bridge's own counters (runtime.metrics).
+            self._metrics_task = asyncio.get_running_loop().create_task(
+                export_every(EXPORT_INTERVAL_S, self._export_metrics, f"bridge worker {self._config.worker_index}")
+            )
         assert self._bridge is not None
         await asyncio.wait_for(self._bridge.subscribed.wait(), timeout_s)
 
@@ -52,7 +59,15 @@ class BridgeWorker:
             raise RuntimeError("Cannot read stats: the bridge worker has not been started.")
         return self._bridge.stats()
 
+    async def _export_metrics(self) -> None:
+        if self._bridge is not None:
+            self._metrics.update(self._bridge.stats())
+
     async def stop(self) -> None:
+        if self._metrics_task is not None:
+            self._metrics_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._metrics_task
         if self._bridge is not None and self._task is not None:
             self._bridge.stop()
             with contextlib.suppress(asyncio.CancelledError):

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from runtime.alert_access import RayAlertAccess
 from runtime.api_deps import (
     PostgresStores,
     RayBridgeStats,
@@ -40,7 +41,6 @@ from runtime.api_deps import (
     RayPlannerClient,
     ServeModelStatus,
 )
-from runtime.alert_access import RayAlertAccess
 from runtime.names import DEFAULT_NAMESPACE
 from serve.http import ApiDeps, create_api
 from serve.http.read_snapshot import ReadSnapshots

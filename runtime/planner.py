@@ -25,6 +25,7 @@ from planners.planner import Planner, PlannerParams, PlanRecord, TechnicianRoute
 from planners.resources import Depot, Technician
 from planners.routing_params import RoutingParams
 from planners.views import QueueEntry, Roster, queue_entries, roster_of
+from runtime.metrics import EXPORT_INTERVAL_S, PlannerMetrics, export_every
 from runtime.names import PLANNER_NAME
 from runtime.options import actor_options
 from runtime.twins import FleetClient
@@ -61,6 +62,8 @@ class _PlannerActor:
         self._task: asyncio.Task[None] | None = None
         self._ready: asyncio.Task[None] | None = None
         self._jobs: PlanJobs | None = None
+        self._metrics = PlannerMetrics()
+        self._metrics_task: asyncio.Task[None] | None = None
 
     async def _candidates(self, n: int) -> list[Candidate]:
         return await self._fleet.swap_candidates(n)
@@ -84,6 +87,14 @@ class _PlannerActor:
         self._jobs = PlanJobs(self.planner.plan)
         if self.spec.run_schedule:
             self._task = asyncio.get_running_loop().create_task(self.planner.run_forever())
+        # Queue length and the latest plan, read from the planner (runtime.metrics).
+        self._metrics_task = asyncio.get_running_loop().create_task(
+            export_every(EXPORT_INTERVAL_S, self._export_metrics, "the planner")
+        )
+
+    async def _export_metrics(self) -> None:
+        if self.planner is not None:
+            self._metrics.update(len(self.planner.queue.jobs), list(self.planner.plans))
 
     async def start(self) -> None:
         if self._ready is None:

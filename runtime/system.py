@@ -25,20 +25,20 @@ from ray import serve
 
 from models.registry import ModelRegistry
 from models.training import TrainingPlan, ensure_served
+from runtime.alerts import AlertsSpec, start_alerts
 from runtime.app import AppArgs, build_app
 from runtime.bridge import start_bridge_worker
 from runtime.ingress import serve_controller_env
 from runtime.model_job import ModelJobSpec, start_model_job
 from runtime.names import (
-    DIRECTORY_NAME,
     ALERTS_NAME,
+    DIRECTORY_NAME,
     MODEL_JOB_NAME,
     PLANNER_NAME,
     SERVE_APP_NAME,
     bridge_actor_name,
     shard_actor_name,
 )
-from runtime.alerts import AlertsSpec, start_alerts
 from runtime.planner import PlannerSpec, start_planner
 from runtime.twins import TwinRuntimeSpec, start_directory
 from serve.mqtt_bridge import BridgeConfig, BridgeStats

@@ -59,8 +59,8 @@ from twins.twin_table import TwinTableParams
 from twins.zones import ZoneGrid
 
 __all__ = [
-    "FleetClient",
     "AlertManagerSink",
+    "FleetClient",
     "PlannerSink",
     "ShardRouter",
     "TwinRuntimeSpec",

@@ -137,7 +137,11 @@ class AnomalyEvent:
 
 @dataclass
 class ScoreReport:
-    """What one tick did: rows sent per model, models that failed and why."""
+    """What one tick did: rows sent per model, models that failed and why.
+
+    ``model_seconds`` is how long each model's step took (its inputs, the call and writing
+    the answers back), failed steps included; ``seconds`` is the whole tick.
+    """
 
     twins: int = 0
     rows: dict[str, int] = field(default_factory=dict)
@@ -145,6 +149,7 @@ class ScoreReport:
     new_anomalies: int = 0
     ride_starts: int = 0
     seconds: float = 0.0
+    model_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class TwinScorer:
@@ -203,11 +208,14 @@ class TwinScorer:
         return report
 
     async def _guard(self, report: ScoreReport, model: str, work: Any) -> None:
+        started = self.clock.now_s()
         try:
             report.rows[model] = await work
         except Exception as exc:  # one model down must not stop the others
             report.errors[model] = f"{type(exc).__name__}: {exc}"
             log.warning("scoring with %s failed: %s", model, report.errors[model])
+        finally:
+            report.model_seconds[model] = self.clock.now_s() - started
 
     def _drift_eligible(self, t: TwinTable, slots: npt.NDArray[np.int64], now: float) -> npt.NDArray[np.bool_]:
         """Twins observed long enough to count towards drift (see ``drift_min_history_s``)."""
