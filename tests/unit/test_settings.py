@@ -17,6 +17,22 @@ from bms.settings import (
 )
 
 FULL_TOML = """\
+[alerts]
+enabled = false
+interval_s = 5.0
+ops_interval_s = 60.0
+pack_temp_critical_c = 55.0
+cell_imbalance_critical_v = 0.25
+cell_sag_v = 2.6
+series_cells = 10
+rul_horizon_cycles = 80.0
+health_drop_per_day = 3.0
+silent_after_s = 600.0
+dead_letters_per_min = 50.0
+ingest_lag_p99_s = 20.0
+webhook_allow_cidrs = ["10.0.0.0/8"]
+webhook_allow_http = true
+
 [twins]
 window_samples = 128
 shard_size = 500
@@ -118,8 +134,9 @@ def test_full_config_sets_every_section(tmp_path: Path) -> None:
         vehicles=50, report_interval_s=2.0, samples_per_message=10, center_lat=48.1,
         center_lon=11.6, radius_km=3.0, seed=11, time_scale=60.0,
     )  # fmt: skip
+    assert s.alerts.series_cells == 10 and s.alerts.webhook_allow_cidrs == ["10.0.0.0/8"]
     # Every field of every section differs from its default, so nothing was silently dropped.
-    for name in ("twins", "bridge", "serve", "ray", "sim"):
+    for name in ("twins", "bridge", "serve", "ray", "sim", "alerts"):
         section = getattr(s, name)
         default = type(section)()
         same = [f for f in type(section).model_fields if getattr(section, f) == getattr(default, f)]
@@ -172,6 +189,7 @@ def test_unknown_key_or_section_is_rejected(tmp_path: Path, text: str, key: str)
             "sim.center_lat: Input should be less than or equal to 90 (got 91.0)",
         ),
         ("[sim]\ntime_scale = 0\n", "sim.time_scale: Input should be greater than 0 (got 0)"),
+        ("[alerts]\nwebhook_allow_cidrs = ['10.0.0.0/33']\n", "alerts.webhook_allow_cidrs: Value error, Expected networks"),
         ("[bridge]\nshare_group = 'a/b'\n", "bridge.share_group: String should match pattern"),
         (
             "[bridge]\nmax_batch_attempts = 0\n",
