@@ -665,3 +665,40 @@ def test_ingest_report_total_sums_counts_and_reindexes_rejections() -> None:
     assert [(r.index, r.reason.value, r.detail) for r in total.rejected] == [
         (1, "battery_claim_conflict", "y"), (3, "seq_out_of_range", "x"),
     ]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- alerts
+async def test_alert_reports_go_to_the_sink_in_order(clock: ManualClock) -> None:
+    """A shard with alert rules judges its twins on its own tick and sends each complete
+    report to the sink, in the order made: a hot sample is in the first report, and gone
+    from the one after a cool sample replaced it."""
+    from twins.alert_rules import TwinAlertReport, TwinAlertRules
+
+    reports: list[TwinAlertReport] = []
+
+    async def sink(report: TwinAlertReport) -> None:
+        await asyncio.sleep(0)  # a real sink awaits a remote call
+        reports.append(report)
+
+    s = TwinShard(
+        3, PARAMS, _connect(_backends()), clock=clock, checkpoint_interval_s=3600.0, state_flush_interval_s=3600.0,
+        alert_rules=TwinAlertRules("shard-3"), alert_sink=sink, alert_interval_s=0.01,
+    )  # fmt: skip
+    try:
+        await s.ingest(_drive("b-1", 1, [0.0, 1.0], temp_c=[30.0, 82.0]))
+        assert await _wait_for(lambda: any(r.signals for r in reports))
+        first = next(r for r in reports if r.signals)
+        assert first.source == "shard-3" and [x.key for x in first.signals] == ["pack_overtemp:b-1"]
+        await s.ingest(_drive("b-1", 2, [60.0], temp_c=31.0))
+        report = await s.evaluate_alerts()
+        assert report is not None and report.signals == []
+        assert reports[-1] is report
+    finally:
+        await s.aclose()
+
+
+def _connect(backends: ShardBackends) -> Callable[[], object]:
+    async def connect() -> ShardBackends:
+        return backends
+
+    return connect
