@@ -8,7 +8,7 @@ about them, so only the calls a test makes do anything.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import numpy as np
 import orjson
@@ -697,7 +697,7 @@ async def test_alert_reports_go_to_the_sink_in_order(clock: ManualClock) -> None
         await s.aclose()
 
 
-def _connect(backends: ShardBackends) -> Callable[[], object]:
+def _connect(backends: ShardBackends) -> Callable[[], Awaitable[ShardBackends]]:
     async def connect() -> ShardBackends:
         return backends
 
