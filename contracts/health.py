@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["HealthRow", "HealthTrend"]
+__all__ = ["HealthPoint", "HealthRow", "HealthTrend"]
 
 
 @dataclass(frozen=True)
@@ -31,3 +31,14 @@ class HealthTrend:
     slope_pct_per_30d: float | None
     points: int
     mean_soh_pct: float
+
+
+@dataclass(frozen=True)
+class HealthPoint:
+    """One battery's scored health at one run, as read back for its history."""
+
+    scored_at_s: float
+    soh_pct: float
+    health_score: float
+    efc: float
+    model_version: int

@@ -131,6 +131,10 @@ class PlannedStop:
     service_s: int
     value: float
     work_order_id: int | None
+    #: The battery's facts when it was queued (from its shard's report), for the technician.
+    soc_pct: float | None = None
+    health_score: float | None = None
+    anomaly_flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -413,7 +417,8 @@ class Planner:
                     kind=jobs[s.job].kind.value, lat=jobs[s.job].lat, lon=jobs[s.job].lon,
                     eta_s=t0 + s.arrival_s, service_start_s=t0 + s.start_s,
                     service_s=jobs[s.job].service_s, value=jobs[s.job].value,
-                    work_order_id=jobs[s.job].work_order_id,
+                    work_order_id=jobs[s.job].work_order_id, soc_pct=jobs[s.job].soc_pct,
+                    health_score=jobs[s.job].health_score, anomaly_flags=jobs[s.job].anomaly_flags,
                 )
                 for s in route.stops
             )

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from contracts.health import HealthRow, HealthTrend
+from contracts.health import HealthPoint, HealthRow, HealthTrend
 from store.postgres import connection_turn, own_transaction, require_autocommit
 
 __all__ = ["HealthHistoryStore"]
@@ -56,6 +56,31 @@ class HealthHistoryStore:
                         (r.battery_id, at, r.cohort, r.soh_pct, r.health_score, r.efc, r.model_version)
                     )
         return len(rows)
+
+    async def battery_history(
+        self, battery_id: str, from_s: float | None, to_s: float | None, limit: int
+    ) -> list[HealthPoint]:
+        """The newest ``limit`` rows of one battery in ``[from_s, to_s]``, oldest first."""
+        if limit <= 0:
+            raise ValueError(f"Expected limit > 0, got {limit}.")
+        # The primary key (battery_id, scored_at) serves this as one backward index scan.
+        q = (
+            "SELECT extract(epoch FROM scored_at) AS at_s, soh_pct, health_score, efc, model_version"
+            " FROM health_history WHERE battery_id = %s"
+            " AND (%s::double precision IS NULL OR scored_at >= to_timestamp(%s::double precision))"
+            " AND (%s::double precision IS NULL OR scored_at <= to_timestamp(%s::double precision))"
+            " ORDER BY scored_at DESC LIMIT %s"
+        )
+        async with connection_turn(self._conn), self._conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(q, (battery_id, from_s, from_s, to_s, to_s, limit))
+            rows: list[dict[str, Any]] = await cur.fetchall()
+        return [
+            HealthPoint(
+                float(r["at_s"]), float(r["soh_pct"]), float(r["health_score"]), float(r["efc"]),
+                int(r["model_version"]),
+            )
+            for r in reversed(rows)
+        ]
 
     async def battery_trends(self, since_s: float, limit: int = 1000) -> list[HealthTrend]:
         """Fastest-fading batteries first (most negative slope)."""

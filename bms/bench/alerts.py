@@ -101,7 +101,8 @@ async def _publish(mqtt_url: str, login: Any, topic: str, payload: bytes) -> flo
     host, port = parse_mqtt_url(mqtt_url)
     async with aiomqtt.Client(
         host, port, identifier=f"bench-alerts-{uuid.uuid4().hex[:6]}",
-        username=None if login is None else login.username, password=None if login is None else login.password,
+        username=None if login is None else login.username,
+        password=None if login is None else login.password.get_secret_value(),
     ) as client:  # fmt: skip
         sent = time.time()
         await client.publish(topic, payload, qos=1)

@@ -83,6 +83,9 @@ class QueuedJobOut(ApiModel):
     severity: Severity
     queued_at_s: float
     work_order_id: int | None
+    soc_pct: float | None = Field(description="State of charge when reported to the planner")
+    health_score: float | None
+    anomaly_flags: list[str] = Field(description="Anomaly kinds flagged when reported")
     in_progress: bool = Field(description="A technician is on the way (work order en route)")
 
 
@@ -102,6 +105,11 @@ class PlannedStopOut(ApiModel):
     service_s: int
     value: float
     work_order_id: int | None
+    soc_pct: float | None = Field(
+        description="The battery's state of charge when it was queued (the technician's facts)"
+    )
+    health_score: float | None
+    anomaly_flags: list[str] = Field(description="Anomaly kinds flagged when it was queued")
 
 
 class TechnicianRouteOut(ApiModel):

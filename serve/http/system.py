@@ -5,15 +5,17 @@
     GET /healthz                     liveness: every shard answers
     GET /api/v1/system/stats         shard and bridge counters
     GET /api/v1/dead-letters?limit=  rejected messages and counts by reason
-    GET /                            the fleet dashboard (HTML, not in the schema)
+    GET /                            the dashboard page (HTML, not in the schema)
+    GET /static/<file>               its scripts and styles (``serve/static/``)
 
-``/healthz`` and ``/`` are open (the page holds no data; it asks for a token and calls
-the API with it); the rest is for ``ops`` tokens.
+``/healthz``, ``/`` and ``/static/`` are open (the page and its assets hold no data; the
+page asks for a token and calls the API with it); the rest is for ``ops`` tokens.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import asdict
 from importlib import resources
 from typing import Annotated, Literal
@@ -21,6 +23,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
 from pydantic import Field
+from starlette.responses import Response
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from serve.http.auth import AUTH_RESPONSES, Ops
 from serve.http.deps import Deps
@@ -38,6 +43,25 @@ __all__ = [
 ]
 
 router = APIRouter(tags=["system"])
+
+
+class _Assets(StaticFiles):
+    """The page's scripts and styles, revalidated on every load (ETag, 304 when unchanged),
+    so a deployment with new assets shows at once."""
+
+    def file_response(
+        self,
+        full_path: str | os.PathLike[str],
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
+router.mount("/static", _Assets(packages=[("serve", "static")]), name="static")
 
 
 class HealthResponse(ApiModel):

@@ -2,7 +2,7 @@
 
 ::
 
-    GET  /api/v1/work-orders?state=&limit=        work orders, oldest first
+    GET  /api/v1/work-orders?state=&battery_id=&limit=   work orders, oldest first
     GET  /api/v1/work-orders/{id}                 one order and its attributed history
     POST /api/v1/work-orders/{id}/transition      {"state", "technician_id"?, "swap"?, "note"?}
 
@@ -24,6 +24,7 @@ from contracts.access import Principal, Role
 from contracts.errors import WorkOrderError
 from contracts.work_orders import SwapRecord, WorkOrder, WorkOrderKind, WorkOrderState
 from serve.http.auth import AUTH_RESPONSES, FieldStaff, forbid
+from serve.http.batteries import BATTERY_ID_PATTERN
 from serve.http.deps import ApiDeps, Deps
 from serve.http.errors import BAD_BODY_RESPONSE, ERROR_RESPONSES
 from serve.http.response_model import ApiModel
@@ -112,12 +113,16 @@ async def work_orders(
     deps: Deps,
     who: FieldStaff,
     state: WorkOrderState | None = None,
+    battery_id: Annotated[
+        str | None, Query(pattern=BATTERY_ID_PATTERN, description="Only this battery's orders")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 100,
 ) -> WorkOrdersResponse:
-    """Work orders, oldest first, optionally in one state (a technician: only their own)."""
+    """Work orders, oldest first, optionally in one state or of one battery (a technician:
+    only their own)."""
     mine = who.subject if who.role is Role.TECHNICIAN else None
     async with deps.stores.work_orders() as store:
-        orders = await store.list(state, limit, technician_id=mine)
+        orders = await store.list(state, limit, technician_id=mine, battery_id=battery_id)
     return WorkOrdersResponse(orders=[WorkOrderOut.of(o) for o in orders])
 
 
