@@ -26,11 +26,13 @@ __all__ = [
     "AvailableVehicle",
     "Filter",
     "GroupStats",
+    "RentableInputs",
     "TopNRow",
     "group_stats",
     "merge_group_stats",
     "merge_top_n",
     "merge_vehicles_near",
+    "nearest_rentable",
     "top_n",
     "vehicles_near",
 ]
@@ -196,7 +198,9 @@ def top_n(
     chosen = idx[part[np.argsort(vals[part], kind="stable")]]
     zone_of = ZoneGrid.zone_ids(zones, table.last_lat[chosen], table.last_lon[chosen])
     soc = table.latest("soc_pct")[chosen]
-    bands = health_bands(100.0 * table.capacity_est_ah[chosen] / table.rated_capacity_ah[chosen])
+    # The same band as everywhere else: the model's SOH when scored, else the twin's own estimate.
+    est = 100.0 * table.capacity_est_ah[chosen] / table.rated_capacity_ah[chosen]
+    bands = health_bands(np.where(np.isfinite(table.soh_model_pct[chosen]), table.soh_model_pct[chosen], est))
     return [
         TopNRow(
             battery_id=table.ids[i],
@@ -363,8 +367,73 @@ def _haversine_m(lat: float, lon: float, lats: npt.NDArray[np.float64], lons: np
     return out
 
 
-def vehicles_near(
-    table: TwinTable,
+@dataclass(frozen=True, eq=False)
+class RentableInputs:
+    """What the availability query reads of each twin, as aligned columns.
+
+    Built from a live :class:`TwinTable` (:meth:`of_table`) or from a replica's copy of
+    every twin (:attr:`twins.twin_columns.TwinColumns.rentable`), so both answer with the
+    same code. ``capacity_ah`` is the twin's capacity estimate, or its rated capacity
+    where it has none yet.
+    """
+
+    vehicle_ids: Sequence[str | None]
+    in_vehicle: npt.NDArray[np.bool_]
+    lat: npt.NDArray[np.float64]
+    lon: npt.NDArray[np.float64]
+    last_ts: npt.NDArray[np.float64]
+    soc_pct: npt.NDArray[np.float64]
+    pack_voltage_v: npt.NDArray[np.float64]
+    capacity_ah: npt.NDArray[np.float64]
+    charging: npt.NDArray[np.bool_]
+    anomaly_flags: npt.NDArray[np.int64]
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        vehicle_ids: Sequence[str | None],
+        lat: npt.NDArray[np.float64],
+        lon: npt.NDArray[np.float64],
+        last_ts: npt.NDArray[np.float64],
+        soc_pct: npt.NDArray[np.float64],
+        pack_voltage_v: npt.NDArray[np.float64],
+        capacity_est_ah: npt.NDArray[np.float64],
+        rated_capacity_ah: npt.NDArray[np.float64],
+        charging: npt.NDArray[np.bool_],
+        anomaly_flags: npt.NDArray[np.int64],
+    ) -> RentableInputs:
+        """From per-twin columns (all of one length)."""
+        return cls(
+            vehicle_ids=vehicle_ids,
+            in_vehicle=np.array([v is not None for v in vehicle_ids], dtype=bool),
+            lat=lat, lon=lon, last_ts=last_ts, soc_pct=soc_pct, pack_voltage_v=pack_voltage_v,
+            capacity_ah=np.where(np.isfinite(capacity_est_ah), capacity_est_ah, rated_capacity_ah),
+            charging=charging, anomaly_flags=anomaly_flags,
+        )  # fmt: skip
+
+    @classmethod
+    def of_table(cls, table: TwinTable) -> RentableInputs:
+        """The columns of every twin of ``table`` (views where the table has the array)."""
+        n = len(table)
+        return cls.of(
+            vehicle_ids=table.vehicle_ids[:n], lat=table.last_lat[:n], lon=table.last_lon[:n],
+            last_ts=table.last_ts[:n], soc_pct=table.latest("soc_pct"),
+            pack_voltage_v=table.latest("pack_voltage_v"),
+            capacity_est_ah=table.capacity_est_ah[:n], rated_capacity_ah=table.rated_capacity_ah[:n],
+            charging=table.charging[:n], anomaly_flags=table.anomaly_flags[:n],
+        )  # fmt: skip
+
+
+def _check_point(lat: float, lon: float, radius_m: float, limit: int) -> None:
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise ValueError(f"Expected lat in [-90, 90] and lon in [-180, 180], got {lat} and {lon}.")
+    if not radius_m > 0 or limit < 1:
+        raise ValueError(f"Expected radius_m > 0 and limit >= 1, got {radius_m} and {limit}.")
+
+
+def nearest_rentable(
+    cols: RentableInputs,
     lat: float,
     lon: float,
     radius_m: float,
@@ -373,28 +442,23 @@ def vehicles_near(
     now_s: float,
     params: AvailabilityParams = AvailabilityParams(),
 ) -> list[AvailableVehicle]:
-    """Rentable vehicles of this table within ``radius_m`` of a point, nearest first.
+    """Rentable vehicles among ``cols`` within ``radius_m`` of a point, nearest first.
 
-    Rentable: in a vehicle, heard from within ``max_staleness_s``, not charging, no
-    anomaly flag, and at least ``min_soc_pct`` charged.
+    Rentable: in a vehicle, heard from within ``max_staleness_s`` of ``now_s``, not
+    charging, no anomaly flag, and at least ``min_soc_pct`` charged. The range estimate is
+    the charge above ``reserve_pct`` times the capacity (estimated, else rated) and the
+    pack voltage, over ``wh_per_km``.
     """
-    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        raise ValueError(f"Expected lat in [-90, 90] and lon in [-180, 180], got {lat} and {lon}.")
-    if not radius_m > 0 or limit < 1:
-        raise ValueError(f"Expected radius_m > 0 and limit >= 1, got {radius_m} and {limit}.")
-    n = len(table)
-    if n == 0:
+    _check_point(lat, lon, radius_m, limit)
+    if len(cols.in_vehicle) == 0:
         return []
-    soc = table.latest("soc_pct")
-    volts = table.latest("pack_voltage_v")
-    lats, lons = table.last_lat[:n], table.last_lon[:n]
-    in_vehicle = np.array([v is not None for v in table.vehicle_ids[:n]], dtype=bool)
+    soc, volts, lats, lons = cols.soc_pct, cols.pack_voltage_v, cols.lat, cols.lon
     with np.errstate(invalid="ignore"):
         ok = (
-            in_vehicle
-            & (now_s - table.last_ts[:n] <= params.max_staleness_s)
-            & ~table.charging[:n]
-            & (table.anomaly_flags[:n] == 0)
+            cols.in_vehicle
+            & (now_s - cols.last_ts <= params.max_staleness_s)
+            & ~cols.charging
+            & (cols.anomaly_flags == 0)
             & (soc >= params.min_soc_pct)
             & np.isfinite(lats)
             & np.isfinite(lons)
@@ -408,13 +472,11 @@ def vehicles_near(
     idx, dist = idx[near], dist[near]
     order = np.argsort(dist, kind="stable")[:limit]
     idx, dist = idx[order], dist[order]
-    cap = table.capacity_est_ah[idx]
-    cap = np.where(np.isfinite(cap), cap, table.rated_capacity_ah[idx])
     usable_pct = np.maximum(soc[idx] - params.reserve_pct, 0.0)
-    range_km = usable_pct / 100.0 * cap * volts[idx] / params.wh_per_km
+    range_km = usable_pct / 100.0 * cols.capacity_ah[idx] * volts[idx] / params.wh_per_km
     return [
         AvailableVehicle(
-            vehicle_id=str(table.vehicle_ids[i]),
+            vehicle_id=str(cols.vehicle_ids[i]),
             lat=float(lats[i]),
             lon=float(lons[i]),
             distance_m=round(float(d), 1),
@@ -423,6 +485,26 @@ def vehicles_near(
         )
         for i, d, r in zip(idx.tolist(), dist.tolist(), range_km.tolist(), strict=True)
     ]
+
+
+def vehicles_near(
+    table: TwinTable,
+    lat: float,
+    lon: float,
+    radius_m: float,
+    limit: int,
+    *,
+    now_s: float,
+    params: AvailabilityParams = AvailabilityParams(),
+) -> list[AvailableVehicle]:
+    """Rentable vehicles of this table within ``radius_m`` of a point, nearest first
+    (:func:`nearest_rentable` over the table's twins)."""
+    _check_point(lat, lon, radius_m, limit)
+    if len(table) == 0:
+        return []
+    return nearest_rentable(
+        RentableInputs.of_table(table), lat, lon, radius_m, limit, now_s=now_s, params=params
+    )
 
 
 def merge_vehicles_near(parts: Iterable[Sequence[AvailableVehicle]], limit: int) -> list[AvailableVehicle]:
