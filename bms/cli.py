@@ -75,6 +75,7 @@ def run(
         from bms.system import planner_spec
         from bms.tokens_cli import issue_demo_tokens
         from contracts.redaction import redact_url
+        from runtime.metrics import prometheus_url
 
         demo = asyncio.run(issue_demo_tokens(urls.postgres_url, planner_spec(settings, urls).technicians[0].id))
         typer.echo(
@@ -85,6 +86,7 @@ def run(
                 f"  API docs       http://{s.http_host}:{s.http_port}/docs",
                 f"  Fleet summary  http://{s.http_host}:{s.http_port}/api/v1/fleet/summary",
                 f"  Ray dashboard  http://127.0.0.1:{settings.ray.dashboard_port}/",
+                f"  Metrics        {prometheus_url() or 'off (this Ray node collects no metrics)'}",
                 f"  MQTT broker    {redact_url(urls.mqtt_url)}  (topic fleet/<vehicle_id>/telemetry)",
                 f"  Simulated fleet: {0 if no_sim else settings.sim.vehicles} vehicles. Ctrl-C stops.",
                 "",
@@ -112,7 +114,9 @@ async def _main_loop(
     broker admits no one else).
     """
     from bms.fleet_state import SNAPSHOT_INTERVAL_S, fleet_snapshot_path, load_fleet, resume_fleet
+    from bms.sim_swaps import swap_recorder
     from bms.system import fleet_params
+    from runtime.twins import FleetClient
     from sim.fleet_snapshot import write_snapshot_file
     from sim.publisher import run_fleet
 
@@ -134,7 +138,9 @@ async def _main_loop(
             run_fleet(sim, mqtt_url, duration_s, tick_s=1.0, stop=stop, time_scale=time_scale,
                       credentials=vehicle_credentials,
                       save_snapshot=functools.partial(write_snapshot_file, path),
-                      snapshot_interval_s=SNAPSHOT_INTERVAL_S)
+                      snapshot_interval_s=SNAPSHOT_INTERVAL_S,
+                      # The simulated team's swaps reach the twins as a technician's would.
+                      on_swaps=swap_recorder(FleetClient(system.namespace)))
         ))
     deadline = None if duration_s is None else time.time() + duration_s
     while not stop.is_set():
@@ -231,6 +237,63 @@ def bench_serve(
 
     result = run_serve_bench(list(models or PREDICTORS), rows, seconds, callers, load_settings(config))
     sys.stdout.write(json.dumps(result) + "\n")
+
+
+@bench_app.command("api")
+def bench_api(
+    vehicles: Annotated[int, typer.Option(min=1, help="Simulated vehicles")] = 1000,
+    clients: Annotated[int, typer.Option(min=1, help="Concurrent closed-loop clients per route")] = 32,
+    seconds: Annotated[float, typer.Option(min=1, help="Measured seconds per route")] = 20.0,
+    route: Annotated[Optional[list[str]], typer.Option("--route", help="battery, availability, summary, bare_serve (default: all)")] = None,  # noqa: UP045
+    models: Annotated[bool, typer.Option("--models/--no-models", help="Deploy the models, as bms run does")] = True,
+    direct_ingress: Annotated[bool, typer.Option("--direct-ingress/--serve-proxy", help="HAProxy to the replicas, or Serve's Python proxy")] = True,
+    config: ConfigOpt = None,
+) -> None:
+    """Start the system with the simulated fleet; HTTP reads per second and latency per route."""
+    logging.basicConfig(level=logging.WARNING)
+    from bms.bench.api import ROUTES, ApiBenchParams, run_api_bench
+
+    params = ApiBenchParams(
+        vehicles=vehicles, clients=clients, seconds=seconds, routes=tuple(route or ROUTES),
+        models=models, direct_ingress=direct_ingress,
+    )
+    sys.stdout.write(json.dumps(run_api_bench(params, load_settings(config))) + "\n")
+
+
+@bench_app.command("alerts")
+def bench_alerts(
+    vehicles: Annotated[int, typer.Option(min=1, help="Simulated vehicles running meanwhile")] = 1000,
+    events: Annotated[int, typer.Option(min=1, help="Hot packs published, one at a time")] = 20,
+    spacing_s: Annotated[float, typer.Option(min=0, help="Seconds between two hot packs")] = 3.0,
+    config: ConfigOpt = None,
+) -> None:
+    """Start the system with the simulated fleet; publish hot packs; time publish → alert → webhook."""
+    logging.basicConfig(level=logging.WARNING)
+    from bms.bench.alerts import AlertBenchParams, run_alert_bench
+
+    params = AlertBenchParams(vehicles=vehicles, events=events, spacing_s=spacing_s)
+    sys.stdout.write(json.dumps(run_alert_bench(params, load_settings(config))) + "\n")
+
+
+@bench_app.command("dashboard")
+def bench_dashboard(
+    vehicles: Annotated[int, typer.Option(min=1, help="Simulated vehicles")] = 10_000,
+    repeats: Annotated[int, typer.Option(min=1, help="Cold page loads measured")] = 3,
+    screenshots: Annotated[Optional[Path], typer.Option(help="Save screenshots of the main pages here")] = None,  # noqa: UP045
+    models: Annotated[bool, typer.Option("--models/--no-models", help="Deploy the models (and so the planner)")] = True,
+    wait_s: Annotated[float, typer.Option(min=1, help="Longest wait for every vehicle's twin")] = 900.0,
+    chromium: Annotated[str, typer.Option(envvar="BMS_CHROMIUM", help="Chromium binary")] = "/usr/bin/chromium",
+    config: ConfigOpt = None,
+) -> None:
+    """Start the system with a simulated fleet; time the dashboard's map and alerts in Chromium."""
+    logging.basicConfig(level=logging.WARNING)
+    from bms.bench.dashboard import DashboardBenchParams, run_dashboard_bench
+
+    params = DashboardBenchParams(
+        vehicles=vehicles, repeats=repeats, screenshots=screenshots, models=models, wait_s=wait_s,
+        chromium=chromium,
+    )
+    sys.stdout.write(json.dumps(run_dashboard_bench(params, load_settings(config))) + "\n")
 
 
 @app.command()

@@ -50,7 +50,9 @@ def load_fleet(path: Path, params: FleetParams, *, seq_start: int) -> FleetSimul
     params
         The fleet to simulate now. A snapshot of a fleet with other params (another
         ``--vehicles``, seed or area) cannot continue: a fresh fleet starts, and the log
-        says what differs. So does a damaged snapshot.
+        says what differs. So does a damaged snapshot. Other fault settings do not count:
+        the restored fleet keeps its faulty batteries (a snapshot from before live faults
+        has none) and ``initial_faults`` only seeds a fresh fleet.
     seq_start
         The fresh fleet's first ``seq`` (``bms run`` passes the Unix time, above anything
         an earlier fleet of this data directory sent).
@@ -75,8 +77,9 @@ def load_fleet(path: Path, params: FleetParams, *, seq_start: int) -> FleetSimul
         logger.warning("Starting a fresh simulated fleet; the saved one at %s cannot continue: %s", path, err)
         return FleetSimulator(params, seq_start=seq_start)
     logger.info(
-        "Restored the simulated fleet from %s: %d vehicles, %d swaps so far; seq counters +%d.",
-        path, params.vehicles, sim.swap_count, SEQ_MARGIN,
+        "Restored the simulated fleet from %s: %d vehicles, %d swaps so far, %d faulty "
+        "batteries; seq counters +%d.",
+        path, params.vehicles, sim.swap_count, len(sim.faults()), SEQ_MARGIN,
     )  # fmt: skip
     return sim
 

@@ -127,6 +127,14 @@ class SimSettings(BaseModel):
     radius_km: float = Field(FleetParams.radius_km, gt=0)
     seed: int = FleetParams.seed
     time_scale: float = Field(1.0, gt=0, le=3600, description="Simulated seconds per real second")
+    # A lively demo, not a noisy one: a fresh fleet shows alerts within minutes, then
+    # about two new faults a day per 1,000 vehicles (FleetParams' own defaults are 0).
+    fault_rate_per_vehicle_day: float = Field(
+        0.002, ge=0, le=100, description="Battery faults per vehicle and day (Poisson)"
+    )
+    initial_faults: int = Field(
+        3, ge=0, le=1_000_000, description="Batteries of a fresh fleet that fail within its first 10 min"
+    )
 
 
 class ModelSettings(BaseModel):

@@ -68,6 +68,8 @@ def fleet_params(sim: SimSettings, **overrides: Any) -> FleetParams:
         "vehicles": sim.vehicles, "report_interval_s": sim.report_interval_s,
         "samples_per_message": sim.samples_per_message, "center_lat": sim.center_lat,
         "center_lon": sim.center_lon, "radius_km": sim.radius_km, "seed": sim.seed,
+        "fault_rate_per_vehicle_day": sim.fault_rate_per_vehicle_day,
+        "initial_faults": sim.initial_faults,
     }  # fmt: skip
     values.update(overrides)
     return FleetParams(**values)

@@ -22,6 +22,11 @@ kind                      what changes after the onset                          
 ========================  =====================================================  ===========
 
 Everything random (which batteries, onsets, magnitudes) comes from one seeded generator.
+
+The same physics runs live: :class:`~sim.fleet.FleetSimulator` gives batteries faults as
+it simulates (``FleetParams.fault_rate_per_vehicle_day`` and ``initial_faults``) and writes
+them into its samples with :func:`fault_offsets`, the per-sample change this table
+describes, and :func:`draw_fault_spec`, the seeded draw of one fault.
 """
 
 from __future__ import annotations
@@ -29,20 +34,25 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from contracts.samples import SAMPLE_FIELDS, TelemetryBatch
 from contracts.telemetry import decode_batch
-from sim.fleet import FleetSimulator
-from sim.fleet_params import FleetParams
+
+if TYPE_CHECKING:  # the fleet uses this module's physics: its modules import this one
+    from sim.fleet_params import FleetParams
 
 __all__ = [
     "FAULT_UNITS",
     "FaultKind",
+    "FaultOffsets",
     "FaultParams",
     "FaultSpec",
+    "draw_fault_spec",
+    "fault_offsets",
     "inject_fault",
     "inject_faults",
     "plan_faults",
@@ -172,6 +182,9 @@ def record_fleet(
         name), float64, ``ts`` strictly increasing. Batteries that never reported are
         absent.
     """
+    # Imported here, not at the top: sim.fleet and sim.fleet_params import this module.
+    from sim.fleet import FleetSimulator
+
     if not duration_s > 0 or not dt_s > 0:
         raise ValueError(f"Expected duration_s > 0 and dt_s > 0, got {duration_s} and {dt_s}.")
     sim = FleetSimulator(params)
@@ -199,6 +212,59 @@ def record_fleet(
     return out
 
 
+@dataclass(frozen=True, eq=False)
+class FaultOffsets:
+    """What a fault adds to a battery's readings, one value per sample (0 where it does
+    not act: before the onset, or a column the kind leaves alone)."""
+
+    temp_c: FloatArray
+    pack_voltage_v: FloatArray
+    cell_min_v: FloatArray
+
+
+def fault_offsets(
+    kind: FaultKind,
+    minutes: FloatArray,
+    magnitude: FloatArray | float,
+    drift_per_min: FloatArray | float,
+    current_a: FloatArray,
+) -> FaultOffsets:
+    """The change ``kind`` makes to each sample (the table of the module docstring).
+
+    Parameters
+    ----------
+    kind
+        The fault.
+    minutes
+        Time of each sample since the fault's onset, in minutes; a negative value is a
+        sample before the onset, which the fault leaves alone.
+    magnitude, drift_per_min
+        The fault's strength and growth (:class:`FaultSpec`), scalar or one per sample.
+    current_a
+        The current of each sample, positive while discharging.
+
+    Returns
+    -------
+    FaultOffsets
+        Amounts to add to ``temp_c``, ``pack_voltage_v`` and ``cell_min_v``.
+    """
+    after = minutes >= 0.0
+    t = np.where(after, minutes, 0.0)
+    zero = np.zeros(np.shape(minutes))
+    m, drift = magnitude, drift_per_min
+    if kind is FaultKind.THERMAL_RUNAWAY:
+        return FaultOffsets(np.where(after, m * t + 0.5 * drift * t**2, 0.0), zero, zero)
+    if kind is FaultKind.RESISTANCE_JUMP:
+        return FaultOffsets(zero, -np.where(after, current_a * m, 0.0), zero)
+    if kind is FaultKind.WEAK_CELL:
+        # The weak group is one of the series groups: what it loses, the pack loses too.
+        drop_v = np.where(after, current_a * m + drift * t, 0.0)
+        return FaultOffsets(zero, -drop_v, -drop_v)
+    if kind is FaultKind.VOLTAGE_SENSOR_OFFSET:
+        return FaultOffsets(zero, np.where(after, m, 0.0) + zero, zero)
+    raise ValueError(f"Expected a FaultKind, got {kind!r}.")  # pragma: no cover - closed enum
+
+
 def inject_fault(columns: Mapping[str, npt.ArrayLike], fault: FaultSpec) -> Columns:
     """A copy of one battery's columns with ``fault`` written in from its onset on.
 
@@ -220,24 +286,11 @@ def inject_fault(columns: Mapping[str, npt.ArrayLike], fault: FaultSpec) -> Colu
     missing = [k for k in needed if k not in out]
     if missing:
         raise ValueError(f"Expected columns {needed}, missing {missing}.")
-    ts = out["ts"]
-    after = ts >= fault.onset_ts_s
-    minutes = np.where(after, (ts - fault.onset_ts_s) / 60.0, 0.0)
-    current_a = out["current_a"]
-    m, drift = fault.magnitude, fault.drift_per_min
-    if fault.kind is FaultKind.THERMAL_RUNAWAY:
-        out["temp_c"] = out["temp_c"] + np.where(after, m * minutes + 0.5 * drift * minutes**2, 0.0)
-    elif fault.kind is FaultKind.RESISTANCE_JUMP:
-        out["pack_voltage_v"] = out["pack_voltage_v"] - np.where(after, current_a * m, 0.0)
-    elif fault.kind is FaultKind.WEAK_CELL:
-        # The weak group is one of the series groups: what it loses, the pack loses too.
-        drop_v = np.where(after, current_a * m + drift * minutes, 0.0)
-        out["cell_min_v"] = out["cell_min_v"] - drop_v
-        out["pack_voltage_v"] = out["pack_voltage_v"] - drop_v
-    elif fault.kind is FaultKind.VOLTAGE_SENSOR_OFFSET:
-        out["pack_voltage_v"] = out["pack_voltage_v"] + np.where(after, m, 0.0)
-    else:  # pragma: no cover - FaultKind is closed; a new member must be handled above
-        raise ValueError(f"Expected a FaultKind, got {fault.kind!r}.")
+    minutes = (out["ts"] - fault.onset_ts_s) / 60.0
+    d = fault_offsets(fault.kind, minutes, fault.magnitude, fault.drift_per_min, out["current_a"])
+    out["temp_c"] = out["temp_c"] + d.temp_c
+    out["pack_voltage_v"] = out["pack_voltage_v"] + d.pack_voltage_v
+    out["cell_min_v"] = out["cell_min_v"] + d.cell_min_v
     for name, decimals in _DECIMALS.items():
         out[name] = np.round(out[name], decimals)
     return out
@@ -303,15 +356,18 @@ def inject_faults(
             raise ValueError("Expected at least one sample in a series to inject a fault into.")
         back = int(rng.integers(p.onset_samples_before_end[0], p.onset_samples_before_end[1] + 1))
         onset_ts_s = float(ts[max(ts.size - back, 0)])
-        spec = _draw_spec(kind, onset_ts_s, p, rng)
+        spec = draw_fault_spec(kind, onset_ts_s, p, rng)
         columns.append(inject_fault(cols, spec))
         specs.append(spec)
     return columns, specs
 
 
-def _draw_spec(
+def draw_fault_spec(
     kind: FaultKind, onset_ts_s: float, p: FaultParams, rng: np.random.Generator
 ) -> FaultSpec:
+    """A fault of ``kind`` from ``onset_ts_s`` on, its magnitude (and growth) drawn from
+    ``p``'s ranges with ``rng``; a sensor offset's sign is drawn too."""
+
     def draw(lo_hi: tuple[float, float]) -> float:
         return float(rng.uniform(lo_hi[0], lo_hi[1]))
 

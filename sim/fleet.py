@@ -4,15 +4,20 @@ Every vehicle is a small state machine, parked <-> riding, and all of them advan
 as numpy arrays; only the JSON of the messages that are due is built per message. One tick
 (:meth:`FleetSimulator.advance`) runs, in this order:
 
+0. batteries in vehicles develop faults (``FleetParams.fault_rate_per_vehicle_day``; the
+   physics is :mod:`sim.faults`), written into their samples from the onset on;
 1. motion of the riding vehicles (speed, heading, position, odometer) and the pack current
    each one draws; parked vehicles draw the telematics unit's current, spare batteries in
    the pool charge;
 2. the battery model over every pack (on a vehicle or in the pool);
-3. trips that reached their end or the BMS cut-off end: the vehicle parks;
+3. trips that reached their end or the BMS cut-off end (a low battery or a thermal
+   runaway): the vehicle parks;
 4. vehicles due a sample (and those that just parked) append one to their buffer;
 5. full buffers, vehicles that just parked and vehicles about to get a new battery
    become messages, so every sample leaves under the battery that produced it;
-6. parked vehicles with a nearly empty battery get a charged spare from the pool;
+6. parked vehicles with a nearly empty or a faulty battery get a charged spare from the
+   pool (a battery taken out leaves its fault in the depot); the vehicle reports under
+   its new battery at the next tick;
 7. available parked vehicles start trips, a Poisson process with a time-of-day rate.
 
 Batteries and vehicles are separate: ``battery_of`` maps vehicle -> battery and the
@@ -35,6 +40,7 @@ import numpy.typing as npt
 
 from contracts.telemetry import topic_for
 from sim.battery_model import PackArray
+from sim.faults import FaultKind, FaultParams, FaultSpec, draw_fault_spec, fault_offsets
 from sim.fleet_params import FleetParams
 from sim.fleet_snapshot import FleetSnapshotError, decode_snapshot, encode_snapshot, params_record
 from sim.telemetry_encoder import SAMPLE_COLUMNS, encode_messages
@@ -50,6 +56,32 @@ _NO_VEHICLE = -1
 _COL = {name: i for i, name in enumerate(SAMPLE_COLUMNS)}
 # The contract's timestamp range: a clock outside it is a caller's mistake, not data.
 _MIN_TS_S, _MAX_TS_S = 1.0e9, 1.0e10
+_SECONDS_PER_DAY = 86_400.0
+
+# A battery's fault is a code in the state arrays: 0 for none, else 1 + the kind's index
+# here. Saved fleets hold the codes, so new kinds go at the end of FaultKind.
+_FAULT_KINDS: tuple[FaultKind, ...] = tuple(FaultKind)
+_NO_FAULT = 0
+_RUNAWAY = 1 + _FAULT_KINDS.index(FaultKind.THERMAL_RUNAWAY)
+#: The fault arrays and their "no fault" value: what a snapshot from before live faults
+#: (which lacks them) restores to.
+_FAULT_STATE: dict[str, float] = {
+    "fault_kind": _NO_FAULT, "fault_onset_s": math.inf, "fault_magnitude": 0.0,
+    "fault_drift_per_min": 0.0,
+}  # fmt: skip
+# Live faults are there to be seen, so they are stronger than the offline defaults of
+# sim/faults.py (which test how early a detector notices a subtle fault): a runaway gains
+# 90 C or more within 10 minutes, so it reports 80 C from any air temperature the ambient
+# model gives; a weak cell opens the cell spread past 0.3 V within about 15 minutes.
+_LIVE_FAULTS = FaultParams(
+    runaway_rate_c_per_min=(4.0, 6.0), runaway_drift_c_per_min2=(1.0, 2.0),
+    weak_cell_extra_ohm=(0.01, 0.03), weak_cell_fade_v_per_min=(0.02, 0.04),
+)  # fmt: skip
+# A runaway levels off here: the cells have vented and the pack smoulders. (The formula
+# alone would leave the contract's range, and the bridge would refuse every message.)
+_RUNAWAY_PEAK_C = 95.0
+# A weak cell group's fade stops here: it is empty, over half a volt below the others.
+_WEAK_CELL_MAX_FADE_V = 0.6
 
 
 @dataclass(frozen=True)
@@ -151,6 +183,21 @@ class FleetSimulator:
         self._swap_events: list[SwapEvent] = []
         self._swap_count = 0
 
+        # Battery faults (kind code, onset, strength, growth). Until the first tick the
+        # onsets count from the start, like the sample phases. Drawn last, and only when
+        # asked for, so a fleet without faults draws exactly what it did before they came.
+        self._fault_kind = np.zeros(n_batteries, dtype=np.int8)
+        self._fault_onset_s = np.full(n_batteries, math.inf)
+        self._fault_magnitude = np.zeros(n_batteries)
+        self._fault_drift_per_min = np.zeros(n_batteries)
+        k = min(p.initial_faults, n)
+        if k:
+            vehicles = rng.choice(n, size=k, replace=False).tolist()
+            onsets_s = rng.uniform(0.0, p.initial_fault_window_s, k).tolist()
+            for j, (v, onset_s) in enumerate(zip(vehicles, onsets_s, strict=True)):
+                kind = p.fault_kinds[j % len(p.fault_kinds)]  # the kinds in turn
+                self._set_fault(int(self._battery_of[v]), kind, onset_s)
+
     # -- read-only views -------------------------------------------------------------
 
     @property
@@ -210,6 +257,21 @@ class FleetSimulator:
         events, self._swap_events = self._swap_events, []
         return events
 
+    def faults(self) -> dict[str, FaultSpec]:
+        """Battery id -> its fault, for every battery that has one (started or not yet).
+
+        A fault stays until its battery is swapped out. Before the first :meth:`advance`
+        the onsets count from the start of the simulation, after it they are Unix seconds.
+        """
+        ids = self._battery_ids
+        return {
+            ids[b]: FaultSpec(
+                _FAULT_KINDS[int(self._fault_kind[b]) - 1], float(self._fault_onset_s[b]),
+                float(self._fault_magnitude[b]), float(self._fault_drift_per_min[b]),
+            )
+            for b in np.flatnonzero(self._fault_kind != _NO_FAULT).tolist()
+        }  # fmt: skip
+
     # -- snapshots -------------------------------------------------------------------
 
     def _state_arrays(self) -> dict[str, npt.NDArray[Any]]:
@@ -247,13 +309,25 @@ class FleetSimulator:
             "buffer": self._buffer,
             "buffered": self._buffered,
             "flush_at": self._flush_at,
+            # Battery faults (optional members: older snapshots have none).
+            **self._fault_arrays(),
+        }
+
+    def _fault_arrays(self) -> dict[str, npt.NDArray[Any]]:
+        """The fault state, by snapshot member name (the keys of ``_FAULT_STATE``)."""
+        return {
+            "fault_kind": self._fault_kind,
+            "fault_onset_s": self._fault_onset_s,
+            "fault_magnitude": self._fault_magnitude,
+            "fault_drift_per_min": self._fault_drift_per_min,
         }
 
     def snapshot(self) -> bytes:
         """The fleet's whole state as bytes, for :meth:`restore`.
 
         Links, pool, packs (charge, temperature, ageing), positions, rides, report
-        buffers, ``seq`` counters, the random generator and the clock: a restored fleet
+        buffers, ``seq`` counters, battery faults, the random generator and the clock: a
+        restored fleet
         fed the same :meth:`advance` calls emits the same bytes as this one would. Swap
         events not yet drained (:meth:`drain_swap_events`) are its consumer's queue, not
         fleet state, and are left out. Call it between ticks, never during one.
@@ -275,7 +349,10 @@ class FleetSimulator:
         data
             Bytes from :meth:`snapshot`.
         params
-            Must equal the params of the saved fleet.
+            Must equal the params of the saved fleet, but for the fault settings
+            (:data:`~sim.fleet_params.FAULT_FIELDS`): the restored fleet keeps the faults
+            it had and develops new ones under ``params``. A snapshot from before live
+            faults restores with none.
         seq_margin
             Added to every battery's ``seq`` counter. A snapshot taken a while before the
             process died misses the messages sent since; restarting their counters there
@@ -296,8 +373,9 @@ class FleetSimulator:
         sim = cls(params)
         live = sim._state_arrays()
         meta, arrays = decode_snapshot(
-            data, params, {name: (a.shape, a.dtype) for name, a in live.items()}
-        )
+            data, params, {name: (a.shape, a.dtype) for name, a in live.items()},
+            optional=_FAULT_STATE.keys(),
+        )  # fmt: skip
         _check_state(arrays, params)
         now_s, swap_count = meta.get("now_s"), meta.get("swap_count")
         if now_s is not None and not (
@@ -320,7 +398,10 @@ class FleetSimulator:
                 f"refuses: {err}"
             ) from None
         for name, arr in live.items():
-            np.copyto(arr, arrays[name])
+            if name in arrays:
+                np.copyto(arr, arrays[name])
+            else:
+                arr.fill(_FAULT_STATE[name])
         sim._seq += seq_margin
         sim._now_s = None if now_s is None else float(now_s)
         sim._swap_count = swap_count
@@ -333,7 +414,8 @@ class FleetSimulator:
         drained or moved, and no message was sent (``seq`` continues where it was). Rides
         whose end passed in the meantime end at the next tick, where the vehicle stands;
         each vehicle's report schedule keeps its phase (so the fleet does not report all
-        at once); a battery's time in the pool counts towards its rest. A fleet that
+        at once); faults went no further (their onsets move with the clock); a battery's
+        time in the pool counts towards its rest. A fleet that
         never ticked has nothing to resume: the call does nothing.
 
         Raises
@@ -350,6 +432,7 @@ class FleetSimulator:
                 f"Expected now_s at or after the last tick ({self._now_s}), got {now_s}."
             )
         self._next_sample_s += now_s - self._now_s
+        self._fault_onset_s += now_s - self._now_s  # inf (no fault) stays inf
         self._now_s = now_s
 
     def _vehicle(self, vehicle_id: str) -> int:
@@ -386,6 +469,7 @@ class FleetSimulator:
             raise ValueError(f"Expected now_s as Unix seconds in (1e9, 1e10), got {now_s}.")
         if self._now_s is None:
             self._next_sample_s = (now_s - dt_s) + self._sample_phase_s
+            self._fault_onset_s += now_s - dt_s
         elif not now_s > self._now_s:
             raise ValueError(
                 f"Expected now_s after the previous tick ({self._now_s}), got {now_s}."
@@ -394,6 +478,7 @@ class FleetSimulator:
         p = self.params
         hour_of_day = ((now_s - 0.5 * dt_s) / 3600.0 + p.utc_offset_h) % 24.0
 
+        self._develop_faults(dt_s, now_s)
         self._move_and_draw(dt_s)
         charging = self._pool_charging()
         self._packs.step(dt_s, self._current_a, p.ambient.temp_c(hour_of_day))
@@ -402,14 +487,81 @@ class FleetSimulator:
             soc = self._packs.soc_pct
             soc[charging] = np.minimum(soc[charging], self._charge_target_pct[charging])
         soc_v = self._packs.soc_pct[self._battery_of]
-        parked_now = self._end_trips(now_s, soc_v)
+        halted = self._halted(now_s)
+        parked_now = self._end_trips(now_s, soc_v, halted)
         self._take_samples(now_s, parked_now)
         swap_vehicles, new_batteries = self._plan_swaps(soc_v, now_s)
         messages = self._emit(parked_now, swap_vehicles)
         self._swap(now_s, swap_vehicles, new_batteries)
         soc_v[swap_vehicles] = self._packs.soc_pct[new_batteries]
-        self._start_trips(dt_s, now_s, hour_of_day, soc_v)
+        if halted is not None:
+            halted[swap_vehicles] = False  # a fresh battery: the vehicle rides again
+        self._start_trips(dt_s, now_s, hour_of_day, soc_v, halted)
         return messages
+
+    # -- faults ----------------------------------------------------------------------
+
+    def _set_fault(self, battery: int, kind: FaultKind, onset_s: float) -> None:
+        spec = draw_fault_spec(kind, onset_s, _LIVE_FAULTS, self._rng)
+        self._fault_kind[battery] = 1 + _FAULT_KINDS.index(kind)
+        self._fault_onset_s[battery] = spec.onset_ts_s
+        self._fault_magnitude[battery] = spec.magnitude
+        self._fault_drift_per_min[battery] = spec.drift_per_min
+
+    def _develop_faults(self, dt_s: float, now_s: float) -> None:
+        """New faults in the interval: a Poisson process over the installed batteries."""
+        p, rng = self.params, self._rng
+        if not p.fault_rate_per_vehicle_day > 0.0:
+            return
+        rate_per_s = p.fault_rate_per_vehicle_day * p.vehicles / _SECONDS_PER_DAY
+        count = int(rng.poisson(rate_per_s * dt_s))
+        if not count:
+            return
+        # A battery that already has a fault does not get a second one.
+        healthy = np.flatnonzero(self._fault_kind[self._battery_of] == _NO_FAULT)
+        vehicles = rng.choice(healthy, size=min(count, healthy.size), replace=False)
+        kinds = rng.integers(0, len(p.fault_kinds), vehicles.size)
+        for v, k in zip(vehicles.tolist(), kinds.tolist(), strict=True):
+            self._set_fault(int(self._battery_of[v]), p.fault_kinds[k], now_s)
+
+    def _active_faults(self, now_s: float) -> npt.NDArray[np.int8] | None:
+        """Each vehicle's battery's fault code if it has started, else 0; None when no
+        battery of the fleet has a fault (the common case, kept cheap)."""
+        if not self._fault_kind.any():
+            return None
+        b = self._battery_of
+        started = self._fault_onset_s[b] <= now_s
+        return np.where(started, self._fault_kind[b], _NO_FAULT).astype(np.int8)
+
+    def _halted(self, now_s: float) -> npt.NDArray[np.bool_] | None:
+        """Vehicles whose battery is in a thermal runaway: the BMS has cut the motor, so a
+        ride ends and no new one starts (None: no vehicle)."""
+        active = self._active_faults(now_s)
+        return None if active is None else active == _RUNAWAY
+
+    def _apply_faults(
+        self, rows: FloatArray, batteries: IndexArray, current_a: FloatArray, now_s: float
+    ) -> None:
+        """Write the batteries' faults into their new sample ``rows`` (in place)."""
+        codes = self._fault_kind[batteries]
+        minutes = (now_s - self._fault_onset_s[batteries]) / 60.0
+        for code in np.unique(codes[(codes != _NO_FAULT) & (minutes >= 0.0)]).tolist():
+            kind = _FAULT_KINDS[code - 1]
+            sel = np.flatnonzero((codes == code) & (minutes >= 0.0))
+            b = batteries[sel]
+            drift, t = self._fault_drift_per_min[b], minutes[sel]
+            if kind is FaultKind.WEAK_CELL:
+                # The fade stops once the group is empty.
+                limit = np.full(t.shape, np.inf)
+                np.divide(_WEAK_CELL_MAX_FADE_V, drift, out=limit, where=drift > 0)
+                t = np.minimum(t, limit)
+            d = fault_offsets(kind, t, self._fault_magnitude[b], drift, current_a[sel])
+            temp = rows[sel, _COL["temp_c"]]
+            # Levelled off at the peak (a pack already hotter than that keeps its reading).
+            hot = np.minimum(temp + d.temp_c, _RUNAWAY_PEAK_C)
+            rows[sel, _COL["temp_c"]] = np.maximum(temp, hot)
+            rows[sel, _COL["pack_voltage_v"]] += d.pack_voltage_v
+            rows[sel, _COL["cell_min_v"]] += d.cell_min_v
 
     def _move_and_draw(self, dt_s: float) -> None:
         """Advance the riders' motion and set every battery's current for the interval."""
@@ -460,10 +612,14 @@ class FleetSimulator:
         self._current_a[charging] = -self.params.charge_current_a
         return charging
 
-    def _end_trips(self, now_s: float, soc_v: FloatArray) -> IndexArray:
-        """Park riders whose trip is over or whose battery hit the cut-off."""
+    def _end_trips(
+        self, now_s: float, soc_v: FloatArray, halted: npt.NDArray[np.bool_] | None
+    ) -> IndexArray:
+        """Park riders whose trip is over, whose battery hit the cut-off or is halted."""
         ride = np.flatnonzero(self._riding)
         done = (self._trip_end_s[ride] <= now_s) | (soc_v[ride] <= self.params.cutoff_soc_pct)
+        if halted is not None:
+            done |= halted[ride]
         parked = ride[done]
         self._riding[parked] = False
         self._speed_kmh[parked] = 0.0
@@ -496,6 +652,8 @@ class FleetSimulator:
         rows[:, _COL["speed_kmh"]] = self._speed_kmh[due]
         rows[:, _COL["cell_min_v"]] = cell_min
         rows[:, _COL["cell_max_v"]] = cell_max
+        if self._fault_kind.any():
+            self._apply_faults(rows, batteries, true_current, now_s)
         self._buffer[due, self._buffered[due]] = rows
         self._buffered[due] += 1
         interval_s = np.where(
@@ -504,9 +662,20 @@ class FleetSimulator:
         self._next_sample_s[due] = now_s + interval_s
 
     def _plan_swaps(self, soc_v: FloatArray, now_s: float) -> tuple[IndexArray, IndexArray]:
-        """Parked vehicles below the swap threshold, paired with charged pool batteries
-        that have rested ``pool_rest_s`` since they were taken out."""
-        low = np.flatnonzero(~self._riding & (soc_v < self.params.swap_below_soc_pct))
+        """Parked vehicles below the swap threshold or with a battery faulty for
+        ``fault_response_s`` (those first), paired with charged pool batteries that have
+        rested ``pool_rest_s`` since they were taken out."""
+        low_mask = ~self._riding & (soc_v < self.params.swap_below_soc_pct)
+        active = self._active_faults(now_s)
+        if active is None:
+            low = np.flatnonzero(low_mask)
+        else:
+            b = self._battery_of
+            due = (
+                ~self._riding & (active != _NO_FAULT)
+                & (now_s - self._fault_onset_s[b] >= self.params.fault_response_s)
+            )  # fmt: skip
+            low = np.concatenate([np.flatnonzero(due), np.flatnonzero(low_mask & ~due)])
         if not low.size:
             return low, low
         ready = np.flatnonzero(
@@ -557,10 +726,16 @@ class FleetSimulator:
         self._vehicle_of[new_batteries] = vehicles
         self._vehicle_of[old] = _NO_VEHICLE
         self._pooled_at_s[old] = now_s
+        # The depot repairs a faulty battery before it goes back into the pool.
+        for name, arr in self._fault_arrays().items():
+            arr[old] = _FAULT_STATE[name]
         self._charge_target_pct[old] = self._rng.uniform(
             p.swapped_soc_min_pct, p.swapped_soc_max_pct, old.size
         )
         self._current_a[new_batteries] = p.parked_current_a
+        # The telematics unit wakes with the new battery and reports at the next tick: the
+        # twins hear from it at once, not up to a parked period after the swap was recorded.
+        self._next_sample_s[vehicles] = now_s
         self._swap_count += int(vehicles.size)
         ids_v, ids_b = self._vehicle_ids, self._battery_ids
         self._swap_events.extend(
@@ -569,11 +744,15 @@ class FleetSimulator:
         )
 
     def _start_trips(
-        self, dt_s: float, now_s: float, hour_of_day: float, soc_v: FloatArray
-    ) -> None:
+        self, dt_s: float, now_s: float, hour_of_day: float, soc_v: FloatArray,
+        halted: npt.NDArray[np.bool_] | None,
+    ) -> None:  # fmt: skip
         """Rent out available parked vehicles at the demand profile's rate."""
         p, rng = self.params, self._rng
-        available = np.flatnonzero(~self._riding & (soc_v >= p.min_trip_soc_pct))
+        free = ~self._riding & (soc_v >= p.min_trip_soc_pct)
+        if halted is not None:
+            free &= ~halted
+        available = np.flatnonzero(free)
         rate = p.demand.trip_rate_per_s(hour_of_day)
         start_probability = -math.expm1(-rate * dt_s)
         starts = available[rng.random(available.size) < start_probability]
@@ -624,11 +803,22 @@ def _check_state(arrays: dict[str, npt.NDArray[Any]], params: FleetParams) -> No
     pooled = arrays["pooled_at_s"]
     if np.isnan(pooled).any() or np.isposinf(pooled).any():
         problems.append("pooled_at_s: finite or -inf")
+    present = [name for name in _FAULT_STATE if name in arrays]
+    if present and len(present) != len(_FAULT_STATE):
+        problems.append(f"fault arrays: all of {sorted(_FAULT_STATE)} or none")
+    elif present:
+        kind, onset = arrays["fault_kind"], arrays["fault_onset_s"]
+        none = kind == _NO_FAULT
+        if not (kind.min() >= _NO_FAULT and kind.max() <= len(_FAULT_KINDS)):
+            problems.append(f"fault_kind: in [0, {len(_FAULT_KINDS)}]")
+        elif not (np.isposinf(onset[none]).all() and np.isfinite(onset[~none]).all()):
+            problems.append("fault_onset_s: finite for a battery with a fault, inf for one without")
     # The report buffer's unused slots hold stale samples (or whatever a doctored file put
     # there, never sent): only the rest must be finite.
     floats = [
         name for name, a in arrays.items()
-        if a.dtype.kind == "f" and name not in ("buffer", "pooled_at_s") and not np.isfinite(a).all()
+        if a.dtype.kind == "f" and name not in ("buffer", "pooled_at_s", "fault_onset_s")
+        and not np.isfinite(a).all()
     ]  # fmt: skip
     if floats:
         problems.append(f"{', '.join(sorted(floats))}: finite")

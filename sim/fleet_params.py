@@ -10,9 +10,17 @@ from typing import Any
 from sim.ambient import AmbientProfile
 from sim.battery_model import PackParams
 from sim.demand import DemandProfile
+from sim.faults import FaultKind
 from sim.traction import TractionParams
 
-__all__ = ["FleetParams"]
+__all__ = ["FAULT_FIELDS", "FleetParams"]
+
+#: The fields that shape what goes wrong from now on, not the state a fleet is in: a saved
+#: fleet may resume under other values (:func:`sim.fleet_snapshot.params_differences`).
+FAULT_FIELDS = frozenset(
+    {"fault_rate_per_vehicle_day", "initial_faults", "initial_fault_window_s", "fault_kinds",
+     "fault_response_s"}
+)  # fmt: skip
 
 _PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,50}$")
 
@@ -82,6 +90,25 @@ class FleetParams:
         takes over an hour, 10 % to 95 % of an 11 Ah pack; a faster charger would not.)
     vehicle_id_prefix, battery_id_prefix
         Id prefixes; battery ``j`` is ``f"{battery_id_prefix}{j:05d}"``.
+    fault_rate_per_vehicle_day
+        Batteries in vehicles develop faults (:mod:`sim.faults`) as a Poisson process at
+        this rate per vehicle and day; 0.002 gives a fleet of 1,000 about two a day.
+    initial_faults
+        This many batteries of a fresh fleet (at most one per vehicle) develop a fault,
+        with onsets spread uniformly over its first ``initial_fault_window_s``: a new demo
+        shows alerts within minutes. A restored fleet keeps the faults it had instead.
+    initial_fault_window_s
+        See ``initial_faults``.
+    fault_kinds
+        The kinds drawn (uniformly) for the Poisson faults, and taken in turn by the
+        initial ones. A thermal runaway heats the pack by a few degrees a minute, faster
+        and faster, to about 95 C; the vehicle takes no more rides (the BMS cuts the
+        motor). A weak cell drags ``cell_min_v`` (and the pack voltage) down by tens of
+        millivolts a minute, until the cell spread is past half a volt.
+    fault_response_s
+        A battery stays faulty until it is swapped out. The field team swaps a parked
+        vehicle's battery once its fault has been active this long (as for a low battery,
+        when a charged spare is ready); the battery taken out is repaired in the depot.
     pack, traction, demand, ambient
         Battery, vehicle, rider-demand and weather models.
     """
@@ -118,6 +145,11 @@ class FleetParams:
     pool_rest_s: float = 1800.0
     vehicle_id_prefix: str = "v-"
     battery_id_prefix: str = "b-"
+    fault_rate_per_vehicle_day: float = 0.0
+    initial_faults: int = 0
+    initial_fault_window_s: float = 600.0
+    fault_kinds: tuple[FaultKind, ...] = (FaultKind.THERMAL_RUNAWAY, FaultKind.WEAK_CELL)
+    fault_response_s: float = 3600.0
     pack: PackParams = field(default_factory=PackParams)
     traction: TractionParams = field(default_factory=TractionParams)
     demand: DemandProfile = field(default_factory=DemandProfile)
@@ -197,6 +229,33 @@ class FleetParams:
                     f"Expected {name} to start an id of the contract (letters, digits, "
                     f"_ . : -, at most 51 characters), got {getattr(self, name)!r}."
                 )
+        self._check_faults()
+
+    def _check_faults(self) -> None:
+        if not 0.0 <= self.fault_rate_per_vehicle_day <= 100.0:
+            raise ValueError(
+                f"Expected fault_rate_per_vehicle_day in [0, 100], got "
+                f"{self.fault_rate_per_vehicle_day}."
+            )
+        if not 0 <= self.initial_faults <= 1_000_000:
+            raise ValueError(f"Expected initial_faults in [0, 1000000], got {self.initial_faults}.")
+        if not 0.0 < self.initial_fault_window_s <= 86_400.0:
+            raise ValueError(
+                f"Expected initial_fault_window_s in (0, 86400], got {self.initial_fault_window_s}."
+            )
+        if not 0.0 <= self.fault_response_s <= 30 * 86_400.0:
+            raise ValueError(
+                f"Expected fault_response_s in [0, 2592000] (30 days), got {self.fault_response_s}."
+            )
+        kinds = self.fault_kinds
+        if (
+            not isinstance(kinds, tuple) or not kinds
+            or not all(isinstance(k, FaultKind) for k in kinds) or len(set(kinds)) != len(kinds)
+        ):  # fmt: skip
+            raise ValueError(
+                f"Expected fault_kinds as a non-empty tuple of distinct FaultKind members "
+                f"({', '.join(k.name for k in FaultKind)}), got {kinds!r}."
+            )
 
     def replace(self, **changes: Any) -> FleetParams:
         """A copy with some fields changed (and validated again)."""

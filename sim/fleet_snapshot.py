@@ -11,7 +11,8 @@
   JSON), the random generator's state and the scalars (the clock, the swap count).
 
 A snapshot loads only into a fleet with equal params (:func:`params_differences` names what
-changed), with exactly the expected members, shapes and dtypes, and no member larger than
+changed; the fault settings may differ), with exactly the expected members (some optional:
+state added since version 1, which older snapshots lack), shapes and dtypes, and no member larger than
 its expected size (checked before anything is read, so a doctored file cannot make the
 reader inflate gigabytes). :func:`write_snapshot_file` replaces a file atomically, so a crash
 while saving leaves the previous snapshot or the new one, never half of one.
@@ -26,14 +27,14 @@ import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from sim.fleet_params import FleetParams
+from sim.fleet_params import FAULT_FIELDS, FleetParams
 
 __all__ = [
     "FORMAT",
@@ -48,7 +49,9 @@ __all__ = [
 
 #: The format tag in ``meta.json``; anything else is not a fleet snapshot.
 FORMAT = "bms-fleet-snapshot"
-#: Bumped when the members or their meaning change; older snapshots are refused.
+#: Bumped when the members or their meaning change; older snapshots are refused. (New state
+#: that older snapshots can do without is an optional member instead: see
+#: :func:`decode_snapshot`.)
 VERSION = 1
 
 _META = "meta.json"
@@ -85,13 +88,17 @@ def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
 def params_differences(saved: Any, params: FleetParams) -> list[str]:
     """What differs between a saved params record and ``params``, one ``name: saved -> now``
     per field (dotted names for the nested models: ``pack.rated_capacity_ah``); empty when
-    they are equal."""
+    they are equal.
+
+    The fault settings (:data:`~sim.fleet_params.FAULT_FIELDS`) are left out: they shape
+    what goes wrong from now on, not the state saved, so a fleet resumes under new ones
+    (and a record from before they existed, without them, still matches)."""
     old = _flatten(saved, "", {}) if isinstance(saved, dict) else {"params": saved}
     new = _flatten(params_record(params), "", {})
     missing = object()
     return [
         f"{name}: {old.get(name, '<absent>')!r} -> {new.get(name, '<absent>')!r}"
-        for name in sorted(old.keys() | new.keys())
+        for name in sorted((old.keys() | new.keys()) - FAULT_FIELDS)
         if old.get(name, missing) != new.get(name, missing)
     ]
 
@@ -114,7 +121,7 @@ def _member(name: str) -> str:
 
 
 def decode_snapshot(
-    data: bytes, params: FleetParams, layout: Layout
+    data: bytes, params: FleetParams, layout: Layout, *, optional: Collection[str] = ()
 ) -> tuple[dict[str, Any], dict[str, Array]]:
     """Check and read snapshot bytes made by :func:`encode_snapshot`.
 
@@ -128,11 +135,14 @@ def decode_snapshot(
     layout
         Every state array the snapshot must hold, with its shape and dtype (those of a
         fleet made with ``params``).
+    optional
+        Names in ``layout`` a snapshot may lack (state added after older snapshots were
+        written); when present they are checked like the rest.
 
     Returns
     -------
     (dict, dict)
-        The JSON record and the arrays by name.
+        The JSON record and the arrays by name (without the optional ones it lacks).
 
     Raises
     ------
@@ -148,9 +158,10 @@ def decode_snapshot(
             f"Expected a fleet snapshot (a numpy .npz archive), got {len(data)} bytes that are "
             f"not one: {err}"
         ) from None
-    expected = {_member(_META), *(_member(n) for n in layout)}
-    if set(sizes) != expected:
-        missing, extra = sorted(expected - set(sizes)), sorted(set(sizes) - expected)
+    expected = {_member(_META), *(_member(n) for n in layout if n not in optional)}
+    allowed = {_member(_META), *(_member(n) for n in layout)}
+    if not expected <= set(sizes) <= allowed:
+        missing, extra = sorted(expected - set(sizes)), sorted(set(sizes) - allowed)
         raise FleetSnapshotError(
             f"Expected a fleet snapshot with the members of format {FORMAT} v{VERSION}, got "
             f"one missing {missing or 'none'} and with unexpected {extra or 'none'}."
@@ -169,7 +180,7 @@ def decode_snapshot(
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             blob = npz[_META]
-            arrays = {name: npz[name] for name in layout}
+            arrays = {name: npz[name] for name in layout if _member(name) in sizes}
         meta = json.loads(blob.astype(np.uint8).tobytes().decode())
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, UnicodeDecodeError) as err:
         raise FleetSnapshotError(
@@ -191,8 +202,8 @@ def decode_snapshot(
             f"Expected a fleet snapshot made with the same fleet params, got one whose params "
             f"differ (saved -> now): {'; '.join(differences)}."
         )
-    for name, (shape, dtype) in layout.items():
-        arr = arrays[name]
+    for name, arr in arrays.items():
+        shape, dtype = layout[name]
         if arr.shape != shape or arr.dtype != dtype:
             raise FleetSnapshotError(
                 f"Expected state array {name!r} of shape {shape} and dtype {dtype}, got "

@@ -22,7 +22,7 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from enum import Enum
@@ -33,13 +33,14 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from contracts.telemetry import TOPIC_FILTER
-from sim.fleet import FleetSimulator
+from sim.fleet import FleetSimulator, SwapEvent
 
 __all__ = [
     "ClientFactory",
     "FleetPublisher",
     "FleetRunSummary",
     "PublishClient",
+    "SwapRecorder",
     "VehicleClientFactory",
     "VehicleCredentials",
     "parse_mqtt_url",
@@ -98,6 +99,9 @@ VehicleCredentials = Callable[[str], tuple[str, str]]
 #: Makes the client of one vehicle's own connection (a seam for tests); called with the
 #: vehicle id, username and password.
 VehicleClientFactory = Callable[[str, str, str], AbstractAsyncContextManager[PublishClient]]
+#: Records the field team's swaps where the fleet's operator keeps them, as a technician's
+#: app would (the composition root supplies it: bms records them in the twins).
+SwapRecorder = Callable[[list[SwapEvent]], Awaitable[None]]
 
 
 def _vehicle_of(topic: str) -> str:
@@ -414,6 +418,41 @@ class FleetRunSummary:
     swaps: int
 
 
+async def _publish_and_record(
+    publisher: FleetPublisher,
+    messages: list[tuple[str, bytes]],
+    swaps: list[SwapEvent],
+    on_swaps: SwapRecorder | None,
+) -> int:
+    """Publish one tick's messages, then record that tick's swaps.
+
+    In this order because a swap's removed battery sends its last samples in the tick of
+    the swap, from the vehicle it leaves (the simulator flushes them before the swap): a
+    removal recorded before they arrive would be undone by them, the battery linked to
+    the vehicle again and, silent from then on, reported missing. The installed battery
+    sends nothing before the next tick, whose messages go out only once this returns, so
+    its twin already knows its vehicle and never mistakes the first of them for a claim
+    by a stranger (``battery_claim_conflict``). (An acknowledgement means the broker has
+    the messages, not yet the twins: a recorder that must not overtake them waits a
+    moment before it records a removal; bms's does.)
+    """
+    try:
+        published = await publisher.publish(messages)
+    except BaseException:
+        if swaps and on_swaps is not None:
+            logger.warning("%d battery swap(s) not recorded: their tick was not published.", len(swaps))
+        raise
+    if swaps and on_swaps is not None:
+        try:
+            await on_swaps(swaps)
+        except Exception as err:  # the fleet runs on; the lost records are counted
+            logger.warning(
+                "Could not record %d battery swap(s) (the twins keep the old links): %r",
+                len(swaps), err,
+            )  # fmt: skip
+    return published
+
+
 async def _sleep_or_stop(delay_s: float, stop: asyncio.Event | None) -> None:
     if delay_s <= 0:
         return
@@ -441,6 +480,7 @@ async def run_fleet(
     vehicle_client_factory: VehicleClientFactory | None = None,
     save_snapshot: Callable[[bytes], None] | None = None,
     snapshot_interval_s: float = 5.0,
+    on_swaps: SwapRecorder | None = None,
 ) -> FleetRunSummary:
     """Advance ``sim`` in (scaled) real time and publish its messages.
 
@@ -482,6 +522,12 @@ async def run_fleet(
         of a tick. A save that raises ``OSError`` is logged and the fleet runs on.
     snapshot_interval_s
         Wall-clock seconds between two saves.
+    on_swaps
+        Awaited with each tick's swaps (:meth:`FleetSimulator.drain_swap_events`) once
+        that tick's messages are acknowledged and before the next tick's are published
+        (why: ``_publish_and_record``). One that raises is logged with the number of swaps
+        it did not record, and the fleet runs on. Without it the swap events stay in
+        ``sim`` for someone else to drain.
 
     Raises
     ------
@@ -520,11 +566,12 @@ async def run_fleet(
     # True while a tick runs in its worker thread: a snapshot then would catch it half done.
     ticking = False
 
-    def tick(now_s: float, save: bool) -> list[tuple[str, bytes]]:
+    def tick(now_s: float, save: bool) -> tuple[list[tuple[str, bytes]], list[SwapEvent]]:
         messages = sim.advance(dt_s, now_s)
+        swaps = sim.drain_swap_events() if on_swaps is not None else []
         if save and save_snapshot is not None:
             _save_snapshot(sim, save_snapshot)
-        return messages
+        return messages, swaps
 
     async with FleetPublisher(
         host, port, n_connections=n_connections, client_factory=client_factory,
@@ -542,11 +589,13 @@ async def run_fleet(
                 if save:
                     next_save_t = loop.time() + snapshot_interval_s
                 ticking = True
-                messages = await asyncio.to_thread(tick, start_s + ticks * dt_s, save)
+                messages, swaps = await asyncio.to_thread(tick, start_s + ticks * dt_s, save)
                 ticking = False
                 if pending is not None:
                     await pending
-                pending = asyncio.create_task(publisher.publish(messages))
+                pending = asyncio.create_task(
+                    _publish_and_record(publisher, messages, swaps, on_swaps)
+                )
                 now = loop.time()
                 if now - last_log_t >= log_interval_s:
                     rate = (publisher.messages_published - last_log_messages) / (now - last_log_t)

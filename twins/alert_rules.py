@@ -9,7 +9,8 @@ raise a signal). Four families (:class:`contracts.alerts.AlertCategory`):
   discharging, from ``cell_min_v`` or, without it, the pack voltage over ``series_cells``).
   Judged on every sample that arrived since the previous evaluation, so one hot sample in
   a message of five raises it; a twin with no new sample keeps its last verdict (the
-  condition is about its latest state, and a parked vehicle reports once a minute).
+  condition is about its latest state, and a parked vehicle reports once a minute) until
+  it leaves its vehicle (a recorded swap or replacement).
 * **anomaly**: each flag the anomaly models set (critical for temperature rise, sag and
   imbalance; warning for the softer ones), with the score.
 * **maintenance**: remaining life to 80 % (p50) under ``rul_horizon_cycles``; health score
@@ -132,8 +133,11 @@ class TwinAlertRules:
         signals: list[AlertSignal] = []
         zones = self.zones.zone_ids(t.last_lat[slots], t.last_lon[slots]) if slots.size else []
         zone_of = dict(zip(slots.tolist(), zones, strict=True))
-        signals += self._health_signals(t, slots, zone_of, now_s)
-        signals += self._anomaly_signals(t, slots, zone_of, now_s)
+        # A battery out of any vehicle (swapped or replaced: with the field team, on a depot
+        # shelf) sends nothing more; its last hot sample or anomaly flag is no longer news.
+        in_field = slots[np.array([t.vehicle_ids[s] is not None for s in slots.tolist()], dtype=bool)]
+        signals += self._health_signals(t, in_field, zone_of, now_s)
+        signals += self._anomaly_signals(t, in_field, zone_of, now_s)
         signals += self._maintenance_signals(t, slots, zone_of, now_s)
         watched = self._watched(t, slots, now_s)
         signals += self._silent_signals(t, watched, zone_of, now_s)

@@ -128,3 +128,25 @@ def test_a_saved_clock_ahead_of_this_machine_resumes_there_in_real_time(
         assert resume_fleet(sim, now_s=EVENING_S, duration_s=90.0, time_scale=60.0) == 1.0
     assert sim.now_s == original.now_s
     assert "600 s ahead of this machine's" in caplog.text
+
+
+def test_a_faulty_fleet_resumes_with_its_faults_under_new_fault_settings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The faults of the saved fleet come back (the log counts them), and their progress
+    stood still with the fleet; other [sim] fault settings do not start a fresh fleet, and
+    their initial faults are not added to a restored one."""
+    faulty = PARAMS.replace(initial_faults=2)
+    sim = FleetSimulator(faulty, seq_start=1000)
+    for k in range(1, 301):
+        sim.advance(1.0, EVENING_S + k)
+    path = fleet_snapshot_path(tmp_path)
+    write_snapshot_file(path, sim.snapshot())
+    with caplog.at_level(logging.INFO, logger="bms.fleet_state"):
+        restored = load_fleet(path, faulty.replace(initial_faults=5, fault_rate_per_vehicle_day=0.5), seq_start=5)
+        resume_fleet(restored, now_s=EVENING_S + 900, duration_s=None, time_scale=1.0)
+    assert restored.links() == sim.links()
+    assert {b: f.onset_ts_s + 600 for b, f in sim.faults().items()} == {
+        b: f.onset_ts_s for b, f in restored.faults().items()
+    }
+    assert len(restored.faults()) == 2 and "2 faulty batteries" in caplog.text

@@ -12,17 +12,19 @@ _URLS = ServiceUrls("postgresql://127.0.0.1/x", "redis://127.0.0.1:6379/0", "mqt
 
 
 def test_fleet_from_default_settings() -> None:
-    """An empty [sim] section gives the default fleet."""
-    assert fleet_params(SimSettings()) == FleetParams()
+    """An empty [sim] section gives the default fleet, with the demo's faults switched on
+    (FleetParams' own defaults have none)."""
+    assert fleet_params(SimSettings()) == FleetParams(initial_faults=3, fault_rate_per_vehicle_day=0.002)
 
 
 def test_fleet_from_full_settings_and_overrides() -> None:
     """Every [sim] key except time_scale lands in FleetParams; overrides win."""
     settings = SimSettings(
         vehicles=12, report_interval_s=2.0, samples_per_message=3, center_lat=48.1, center_lon=11.6,
-        radius_km=3.0, seed=99, time_scale=10.0,
+        radius_km=3.0, seed=99, time_scale=10.0, fault_rate_per_vehicle_day=0.5, initial_faults=7,
     )  # fmt: skip
     params = fleet_params(settings, vehicle_id_prefix="x-")
+    assert (params.fault_rate_per_vehicle_day, params.initial_faults) == (0.5, 7)
     assert (params.vehicles, params.report_interval_s, params.samples_per_message) == (12, 2.0, 3)
     assert (params.center_lat, params.center_lon, params.radius_km, params.seed) == (48.1, 11.6, 3.0, 99)
     assert params.vehicle_id_prefix == "x-"

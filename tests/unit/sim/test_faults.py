@@ -16,6 +16,7 @@ from sim.faults import (
     FaultKind,
     FaultParams,
     FaultSpec,
+    fault_offsets,
     inject_fault,
     inject_faults,
     plan_faults,
@@ -163,3 +164,20 @@ def test_record_fleet_returns_ordered_reproducible_series() -> None:
             np.testing.assert_array_equal(cols[name], b[battery_id][name])
     with pytest.raises(ValueError, match="duration_s > 0"):
         record_fleet(params, 0.0, EVENING_S)
+
+
+@pytest.mark.parametrize("kind", list(FaultKind))
+def test_fault_offsets_are_what_inject_fault_adds_and_nothing_before_the_onset(kind: FaultKind) -> None:
+    """The per-sample change the live simulator uses is the one inject_fault writes in:
+    zero before the onset (negative minutes), the documented change after it."""
+    cols = _series()
+    onset = float(cols["ts"][8])
+    spec = FaultSpec(kind, onset, 0.05 if kind is not FaultKind.THERMAL_RUNAWAY else 2.0, 0.01)
+    minutes = (cols["ts"] - onset) / 60.0
+    d = fault_offsets(kind, minutes, spec.magnitude, spec.drift_per_min, cols["current_a"])
+    for offsets in (d.temp_c, d.pack_voltage_v, d.cell_min_v):
+        np.testing.assert_array_equal(offsets[:8], 0.0)
+    out = inject_fault(cols, spec)
+    np.testing.assert_allclose(out["temp_c"], np.round(cols["temp_c"] + d.temp_c, 1))
+    np.testing.assert_allclose(out["pack_voltage_v"], np.round(cols["pack_voltage_v"] + d.pack_voltage_v, 2))
+    np.testing.assert_allclose(out["cell_min_v"], np.round(cols["cell_min_v"] + d.cell_min_v, 3))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import time
@@ -10,9 +11,10 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import aiomqtt
+import orjson
 import pytest
 
-from sim.fleet import FleetSimulator
+from sim.fleet import FleetSimulator, SwapEvent
 from sim.fleet_params import FleetParams
 from sim.publisher import ClientFactory, FleetPublisher, PublishClient, parse_mqtt_url, run_fleet
 
@@ -292,3 +294,65 @@ async def test_run_fleet_with_credentials_connects_every_vehicle_that_reports() 
     )  # fmt: skip
     assert summary.messages == len(clients.log) > 0
     assert {v for v, *_ in clients.logins} == {t.split("/")[1] for _, t, _ in clients.log}
+
+
+# -- the field team's swaps ------------------------------------------------------------------
+
+#: 20 parked vehicles with nearly empty batteries and 3 charged spares: 3 swaps at once.
+_LOW_FLEET = FleetParams(
+    vehicles=20, seed=5, initial_soc_min_pct=5.0, initial_soc_max_pct=8.0, spare_fraction=0.0,
+    min_spares=3, samples_per_message=1, report_interval_s=0.05, parked_report_factor=1.0,
+)  # fmt: skip
+
+
+def _battery_of(payload: bytes) -> str:
+    return str(orjson.loads(payload)["battery_id"])
+
+
+async def test_run_fleet_records_each_ticks_swaps_after_its_messages_and_before_the_next() -> None:
+    """on_swaps gets every swap once, after the broker acknowledged the messages of the
+    swap's tick (the removed battery's last samples are out) and before any message of the
+    installed battery is published (its twin knows the vehicle before it reports)."""
+    log: list[tuple[int, str, bytes, int]] = []
+    calls: list[tuple[list[SwapEvent], list[str]]] = []
+
+    async def on_swaps(events: list[SwapEvent]) -> None:
+        calls.append((events, [_battery_of(p) for _, _, p, _ in log]))
+
+    fleet = FleetSimulator(_LOW_FLEET)
+    summary = await run_fleet(
+        fleet, "mqtt://h:1", duration_s=0.3, tick_s=0.05, client_factory=_factory(log), on_swaps=on_swaps
+    )
+    events = [e for batch, _ in calls for e in batch]
+    assert len(events) == summary.swaps == fleet.swap_count == 3
+    assert fleet.drain_swap_events() == []  # drained by run_fleet, nothing left behind
+    for batch, published in calls:
+        for e in batch:
+            assert e.removed_battery_id in published
+            assert e.installed_battery_id not in published
+    assert {e.installed_battery_id for e in events} <= {_battery_of(p) for _, _, p, _ in log}
+
+
+async def test_a_failing_swap_recorder_is_logged_with_the_count_and_the_fleet_runs_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A recorder that raises costs its records, not the run: the warning says how many
+    swaps went unrecorded, and every tick still runs and publishes."""
+    async def on_swaps(events: list[SwapEvent]) -> None:
+        raise RuntimeError("twins unreachable")
+
+    log: list[tuple[int, str, bytes, int]] = []
+    with caplog.at_level(logging.WARNING, logger="sim.publisher"):
+        summary = await run_fleet(
+            FleetSimulator(_LOW_FLEET), "mqtt://h:1", duration_s=0.3, tick_s=0.05,
+            client_factory=_factory(log), on_swaps=on_swaps,
+        )  # fmt: skip
+    assert summary.ticks == 6 and summary.swaps == 3 and summary.messages == len(log) > 0
+    assert "Could not record 3 battery swap(s)" in caplog.text and "twins unreachable" in caplog.text
+
+
+async def test_without_a_recorder_the_swap_events_stay_in_the_simulator() -> None:
+    """No on_swaps: run_fleet leaves the events for whoever drains them, as before."""
+    fleet = FleetSimulator(_LOW_FLEET)
+    await run_fleet(fleet, "mqtt://h:1", duration_s=0.1, tick_s=0.05, client_factory=_factory([]))
+    assert len(fleet.drain_swap_events()) == 3

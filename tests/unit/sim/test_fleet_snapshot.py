@@ -20,6 +20,7 @@ import pytest
 from contracts.telemetry import RejectReason
 from sim.battery_model import PackParams
 from sim.demand import DemandProfile
+from sim.faults import FaultKind
 from sim.fleet import FleetSimulator
 from sim.fleet_params import FleetParams
 from sim.fleet_snapshot import FleetSnapshotError, write_snapshot_file
@@ -424,3 +425,95 @@ def test_write_snapshot_file_replaces_the_file_atomically(
         write_snapshot_file(path, b"third")
     assert path.read_bytes() == b"second"
     assert [p.name for p in path.parent.iterdir()] == ["fleet.npz"]
+
+
+# ---------------------------------------------------------------------------- faults
+_FAULT_MEMBERS = ("fault_kind", "fault_onset_s", "fault_magnitude", "fault_drift_per_min")
+
+
+@pytest.fixture(scope="module")
+def faulty_params(busy_params: FleetParams) -> FleetParams:
+    """The busy fleet with three initial faults (both default kinds) and new ones at a high rate."""
+    return busy_params.replace(initial_faults=3, fault_rate_per_vehicle_day=20.0)
+
+
+def _without(data: bytes, *names: str) -> bytes:
+    """``data`` without some members: a snapshot written before they existed."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        members = {k: npz[k] for k in npz.files if k not in names}
+    buf = io.BytesIO()
+    np.savez(buf, **members)
+    return buf.getvalue()
+
+
+def test_faults_survive_the_round_trip(faulty_params: FleetParams) -> None:
+    """A fleet with faults (started and pending) restores with the same faults and then
+    emits what the original emits; so does one saved before its first tick (its initial
+    faults still pending, their onsets counted from the start)."""
+    sim = FleetSimulator(faulty_params, seq_start=SEQ0)
+    pending = FleetSimulator.restore(sim.snapshot(), faulty_params)
+    assert pending.faults() == sim.faults() and len(sim.faults()) == 3
+    assert _run(pending, EVENING_S, 120) == _run(FleetSimulator(faulty_params, seq_start=SEQ0), EVENING_S, 120)
+    _run(sim, EVENING_S, 600)
+    faults = sim.faults()
+    assert len(faults) > 3 and {f.kind for f in faults.values()} == {FaultKind.THERMAL_RUNAWAY, FaultKind.WEAK_CELL}
+    restored = FleetSimulator.restore(sim.snapshot(), faulty_params)
+    assert restored.faults() == faults
+    assert _run(restored, EVENING_S + 600, 600) == _run(sim, EVENING_S + 600, 600)
+    assert restored.faults() == sim.faults()
+
+
+def test_a_snapshot_from_before_live_faults_restores_with_none(
+    faulty_params: FleetParams, ran: tuple[FleetSimulator, bytes]
+) -> None:
+    """A snapshot without the fault members (and whose params record lacks the fault
+    settings) loads, into params with faults switched on too, with no faulty battery: the
+    initial faults are a fresh fleet's, and the rest come from now on."""
+    original, data = ran
+    old = _without(data, *_FAULT_MEMBERS)
+    with np.load(io.BytesIO(old), allow_pickle=False) as npz:
+        meta = orjson.loads(npz["meta.json"].tobytes())
+    for name in ("fault_rate_per_vehicle_day", "initial_faults", "initial_fault_window_s", "fault_kinds", "fault_response_s"):
+        del meta["params"][name]
+    old = _doctor(old, meta={"params": meta["params"]})
+    restored = FleetSimulator.restore(old, faulty_params)
+    assert restored.faults() == {}
+    assert restored.links() == original.links() and restored.now_s == original.now_s
+    _run(restored, EVENING_S + 900, 300)
+    assert restored.faults()  # new ones develop at faulty_params' rate
+
+
+def test_other_fault_settings_do_not_stop_a_restore(
+    faulty_params: FleetParams, ran: tuple[FleetSimulator, bytes]
+) -> None:
+    """The fault settings shape the future, not the saved state: a snapshot restores under
+    other ones (a changed [sim] fault rate keeps the fleet), while other fleet params are
+    still refused."""
+    sim = FleetSimulator(faulty_params, seq_start=SEQ0)
+    _run(sim, EVENING_S, 300)
+    quiet = faulty_params.replace(fault_rate_per_vehicle_day=0.0, initial_faults=0, fault_response_s=60.0)
+    restored = FleetSimulator.restore(sim.snapshot(), quiet)
+    assert restored.faults() == sim.faults() != {}
+    with pytest.raises(FleetSnapshotError, match="seed: 5 -> 6"):
+        FleetSimulator.restore(sim.snapshot(), quiet.replace(seed=6))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: _without(d, "fault_kind"), "fault arrays: all of"),
+        (lambda d: _doctor(d, fault_kind=lambda a: a + 9), "fault_kind: in"),
+        (lambda d: _doctor(d, fault_onset_s=lambda a: np.where(np.isinf(a), 0.0, a)), "fault_onset_s"),
+        (lambda d: _doctor(d, fault_magnitude=lambda a: a + np.nan), "fault_magnitude"),
+    ],
+    ids=["some-fault-members", "unknown-kind", "onset-without-fault", "nan-magnitude"],
+)
+def test_doctored_fault_arrays_are_refused(
+    faulty_params: FleetParams, damage: Callable[[bytes], bytes], message: str
+) -> None:
+    """Fault arrays come all or none, with known kinds, an onset exactly where there is a
+    fault, and finite strengths; anything else is refused saying what was expected."""
+    data = FleetSimulator(faulty_params).snapshot()
+    with pytest.raises(FleetSnapshotError, match=message) as err:
+        FleetSimulator.restore(damage(data), faulty_params)
+    assert str(err.value).startswith("Expected")

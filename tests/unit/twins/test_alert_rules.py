@@ -115,3 +115,14 @@ def test_many_twins_one_pass() -> None:
     table.apply(make_batch(*[message(f"b-{i}", 1, [T0_S], vehicle_id=f"v-{i}", temp_c=temps[i]) for i in range(10_000)]))
     report = TwinAlertRules("s").evaluate(table, T0_S + 1)
     assert sorted(s.battery_id for s in report.signals) == ["b-4242", "b-7", "b-9999"]  # type: ignore[type-var]
+
+
+def test_a_battery_taken_out_of_its_vehicle_clears(table: TwinTable) -> None:
+    """A hot battery that a recorded swap took out of its vehicle reports no health or
+    anomaly signal any more (it is with the field team), so its alert can resolve."""
+    rules = TwinAlertRules("s")
+    table.apply(make_batch(message("b-1", 1, [T0_S], temp_c=85.0)))
+    table.anomaly_flags[table.index["b-1"]] = int(AnomalyKind.TEMP_RISE)
+    assert set(_kinds(rules.evaluate(table, T0_S + 5))) == {"pack_overtemp:b-1", "anomaly_temp_rise:b-1"}
+    table.vehicle_ids[table.index["b-1"]] = None
+    assert _kinds(rules.evaluate(table, T0_S + 10)) == {}
