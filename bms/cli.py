@@ -283,6 +283,7 @@ def bench_dashboard(
     models: Annotated[bool, typer.Option("--models/--no-models", help="Deploy the models (and so the planner)")] = True,
     wait_s: Annotated[float, typer.Option(min=1, help="Longest wait for every vehicle's twin")] = 900.0,
     chromium: Annotated[str, typer.Option(envvar="BMS_CHROMIUM", help="Chromium binary")] = "/usr/bin/chromium",
+    settle_s: Annotated[float, typer.Option(min=0, help="Let the fleet run this long before loading the pages")] = 0.0,
     config: ConfigOpt = None,
 ) -> None:
     """Start the system with a simulated fleet; time the dashboard's map and alerts in Chromium."""
@@ -291,7 +292,7 @@ def bench_dashboard(
 
     params = DashboardBenchParams(
         vehicles=vehicles, repeats=repeats, screenshots=screenshots, models=models, wait_s=wait_s,
-        chromium=chromium,
+        chromium=chromium, settle_s=settle_s,
     )
     sys.stdout.write(json.dumps(run_dashboard_bench(params, load_settings(config))) + "\n")
 

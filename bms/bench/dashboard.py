@@ -74,6 +74,10 @@ class DashboardBenchParams:
         Longest wait for the twins of every vehicle.
     chromium
         The Chromium binary Playwright drives.
+    settle_s
+        Seconds to let the system run once the twins are visible, before the page loads:
+        long enough (about 15 min) and the demo fleet's faults have raised alerts and the
+        planner has routed them, so the pages show a fleet at work.
     """
 
     vehicles: int = 10_000
@@ -82,8 +86,11 @@ class DashboardBenchParams:
     models: bool = True
     wait_s: float = 900.0
     chromium: str = "/usr/bin/chromium"
+    settle_s: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.settle_s < 0:
+            raise ValueError(f"Expected settle_s >= 0, got {self.settle_s}.")
         if self.vehicles < 1 or self.repeats < 1 or self.wait_s <= 0:
             raise ValueError(
                 f"Expected vehicles >= 1, repeats >= 1 and wait_s > 0, got "
@@ -252,7 +259,9 @@ def run_dashboard_bench(p: DashboardBenchParams, base_settings: Settings | None 
         fleet = _Fleet(settings, urls.mqtt_url, services.mqtt_identities.vehicles)
         fleet.start()
         twins, ready_s = _wait_for_twins(base, tokens["fleet_manager"], p.vehicles, p.wait_s)
+        time.sleep(p.settle_s)
         snapshot = _get(f"{base}/api/v1/fleet/map", tokens["fleet_manager"], timeout_s=120)
+        alerts = _get(f"{base}/api/v1/alerts?severity=critical", tokens["fleet_manager"])["alerts"]
         expected = sum(1 for a, b in zip(snapshot["lat"], snapshot["lon"], strict=True) if a is not None and b is not None)
         worst = min(
             range(snapshot["count"]), default=None,
@@ -265,7 +274,9 @@ def run_dashboard_bench(p: DashboardBenchParams, base_settings: Settings | None 
                 shots = (
                     _screenshots(
                         browser, base, tokens, p.screenshots,
-                        None if worst is None else snapshot["battery_id"][worst],
+                        # The battery page of a battery with a critical alert, if one fired.
+                        next((a["battery_id"] for a in alerts if a["battery_id"]), None)
+                        or (None if worst is None else snapshot["battery_id"][worst]),
                         (settings.sim.center_lat, settings.sim.center_lon),
                     )
                     if p.screenshots is not None else []
@@ -285,6 +296,8 @@ def run_dashboard_bench(p: DashboardBenchParams, base_settings: Settings | None 
             "models": p.models,
             "startup_s": round(startup_s, 1),
             "twins_ready_s": round(ready_s, 1),
+            "settle_s": p.settle_s,
+            "critical_alerts": len(alerts),
             "map_drawn_ms": median("map_drawn_ms"),
             "alerts_loaded_ms": median("alerts_loaded_ms"),
             "map_request_ms": median("map_request_ms"),
