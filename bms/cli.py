@@ -247,6 +247,7 @@ def bench_api(
     route: Annotated[Optional[list[str]], typer.Option("--route", help="battery, availability, summary, bare_serve (default: all)")] = None,  # noqa: UP045
     models: Annotated[bool, typer.Option("--models/--no-models", help="Deploy the models, as bms run does")] = True,
     direct_ingress: Annotated[bool, typer.Option("--direct-ingress/--serve-proxy", help="HAProxy to the replicas, or Serve's Python proxy")] = True,
+    ingress_replicas: Annotated[int, typer.Option(min=1, help="Replicas of the API ingress")] = 1,
     config: ConfigOpt = None,
 ) -> None:
     """Start the system with the simulated fleet; HTTP reads per second and latency per route."""
@@ -255,7 +256,7 @@ def bench_api(
 
     params = ApiBenchParams(
         vehicles=vehicles, clients=clients, seconds=seconds, routes=tuple(route or ROUTES),
-        models=models, direct_ingress=direct_ingress,
+        models=models, direct_ingress=direct_ingress, ingress_replicas=ingress_replicas,
     )
     sys.stdout.write(json.dumps(run_api_bench(params, load_settings(config))) + "\n")
 

@@ -11,7 +11,9 @@ routes never see Ray:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -24,20 +26,27 @@ from ray.serve.handle import DeploymentHandle
 
 from runtime.names import PLANNER_NAME
 from runtime.twins import FleetClient
+from serve.http.auth import TokenCache
 from serve.http.deps import (
     DeadLetterReader,
+    HealthHistoryReader,
     ModelRegistryAccess,
     TelemetryHistory,
     TokenAdmin,
+    WebhookAdmin,
     WorkOrderReader,
 )
 from serve.http.errors import PlannerNotRunning, ServiceUnavailable
 from store import DeadLetterStore, TelemetryStore
+from store.health_history import HealthHistoryStore
 from store.model_registry_store import ModelRegistryStore
 from store.token_store import TokenStore
+from store.webhook_store import WebhookStore
 from store.work_order_store import WorkOrderStore
+from twins.twin_columns import TwinColumns
 
 if TYPE_CHECKING:
+    from contracts.access import Principal, Role, TokenInfo
     from contracts.work_orders import SwapRecord, WorkOrder, WorkOrderState
     from planners.plan_jobs import PlanJob
     from planners.planner import PlanRecord, TechnicianRoute
@@ -58,6 +67,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 async def unwrapped(call: Awaitable[T]) -> T:
@@ -81,6 +92,8 @@ class RayFleetReader:
 
     def __init__(self, namespace: str) -> None:
         self._fleet = FleetClient(namespace)
+        self._last_columns: dict[int, TwinColumns] = {}
+        self._silent_shards: set[int] = set()
 
     @staticmethod
     async def _call(call: Awaitable[T]) -> T:
@@ -128,16 +141,40 @@ class RayFleetReader:
     ) -> list[AvailableVehicle]:
         return await self._call(self._fleet.available_vehicles(lat, lon, radius_m, limit))
 
+    async def columns(self) -> TwinColumns:
+        """Every shard's twins as columns, for the read snapshot (one call per shard).
+
+        A shard that does not answer (restarting after a crash) keeps the columns it gave
+        last, so its twins stay readable; the snapshot's ``as_of_s`` is then that older
+        time. A shard that never answered raises.
+        """
+        parts = await self._call(self._fleet.columns())
+        for shard_id, part in enumerate(parts):
+            if isinstance(part, BaseException):
+                if shard_id not in self._last_columns:
+                    raise ServiceUnavailable(f"Twin shard {shard_id} did not answer: {part!r}") from part
+                if shard_id not in self._silent_shards:  # once per outage, not every refresh
+                    self._silent_shards.add(shard_id)
+                    log.warning("shard %d did not answer (%r); its columns of %.1f s ago stay",
+                                shard_id, part, time.time() - self._last_columns[shard_id].as_of_s)
+            else:
+                self._last_columns[shard_id] = part
+                self._silent_shards.discard(shard_id)
+        return TwinColumns.concat([self._last_columns[i] for i in range(len(parts))])
+
 
 class RayPlannerClient:
     """:class:`serve.http.deps.PlannerClient` over the named planner actor.
 
     The actor is looked up on every call, not once: ``bms run`` may start the planner after
     the ingress, or restart it, and a stale handle would answer 500s for good.
+    ``on_swap`` hears the batteries of every swap reported through it (the read snapshot
+    reads them live until it has caught up: :meth:`ReadSnapshots.invalidate`).
     """
 
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, on_swap: Callable[[Sequence[str]], None] | None = None) -> None:
         self.namespace = namespace
+        self._on_swap = on_swap
 
     def _actor(self) -> ActorHandle[Any]:
         try:
@@ -187,6 +224,8 @@ class RayPlannerClient:
             order_id, state, actor, technician_id, swap, note, assigned_to
         )
         out: WorkOrder = await unwrapped(call)
+        if swap is not None and self._on_swap is not None:
+            self._on_swap((swap.battery_out_id, swap.battery_in_id))
         return out
 
 
@@ -237,12 +276,21 @@ class PostgresStores:
         A client with ``decode_responses=False`` (dead-letter stream and counts).
     redis_prefix
         Prefix of the Redis keys.
+    token_cache
+        Remembers authenticated tokens for a few seconds (:class:`serve.http.auth.TokenCache`).
     """
 
-    def __init__(self, pool: AsyncConnectionPool, redis: aioredis.Redis, redis_prefix: str) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        redis: aioredis.Redis,
+        redis_prefix: str,
+        token_cache: TokenCache | None = None,
+    ) -> None:
         self._pool = pool
         self._redis = redis
         self._redis_prefix = redis_prefix
+        self._token_cache = token_cache or TokenCache()
 
     @asynccontextmanager
     async def history(self) -> AsyncIterator[TelemetryHistory]:
@@ -266,5 +314,50 @@ class PostgresStores:
 
     @asynccontextmanager
     async def tokens(self) -> AsyncIterator[TokenAdmin]:
+        # No connection up front: most requests only authenticate, and the cache answers.
+        yield _CachedTokens(self._pool, self._token_cache)
+
+    @asynccontextmanager
+    async def health_history(self) -> AsyncIterator[HealthHistoryReader]:
         async with self._pool.connection() as conn:
-            yield TokenStore(conn)
+            yield HealthHistoryStore(conn)
+
+    @asynccontextmanager
+    async def webhooks(self) -> AsyncIterator[WebhookAdmin]:
+        async with self._pool.connection() as conn:
+            yield WebhookStore(conn)
+
+
+class _CachedTokens:
+    """:class:`serve.http.deps.TokenAdmin` over the pool: authentication asks the cache
+    first, and a revocation made here is forgotten by the cache at once."""
+
+    def __init__(self, pool: AsyncConnectionPool, cache: TokenCache) -> None:
+        self._pool = pool
+        self._cache = cache
+
+    async def authenticate(self, token: str) -> Principal:
+        principal = self._cache.get(token)
+        if principal is None:
+            async with self._pool.connection() as conn:
+                principal = await TokenStore(conn).authenticate(token)
+            self._cache.put(token, principal)
+        return principal
+
+    async def create(
+        self, role: Role, subject: str, *, created_by: str, ttl_s: float | None, label: str = ""
+    ) -> tuple[str, TokenInfo]:
+        async with self._pool.connection() as conn:
+            return await TokenStore(conn).create(
+                role, subject, created_by=created_by, ttl_s=ttl_s, label=label
+            )
+
+    async def list(self) -> list[TokenInfo]:
+        async with self._pool.connection() as conn:
+            return await TokenStore(conn).list()
+
+    async def revoke(self, token_id: int) -> TokenInfo:
+        async with self._pool.connection() as conn:
+            info = await TokenStore(conn).revoke(token_id)
+        self._cache.forget(token_id)
+        return info

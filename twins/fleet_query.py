@@ -387,6 +387,8 @@ class RentableInputs:
     capacity_ah: npt.NDArray[np.float64]
     charging: npt.NDArray[np.bool_]
     anomaly_flags: npt.NDArray[np.int64]
+    #: Set by :meth:`steady`: every row already passes the checks but the clock's for these.
+    steady_for: AvailabilityParams | None = None
 
     @classmethod
     def of(
@@ -412,6 +414,39 @@ class RentableInputs:
             charging=charging, anomaly_flags=anomaly_flags,
         )  # fmt: skip
 
+    def select(
+        self, rows: npt.NDArray[np.int64], steady_for: AvailabilityParams | None = None
+    ) -> RentableInputs:
+        """The inputs of these rows only, in this order."""
+        ids = self.vehicle_ids
+        return RentableInputs(
+            steady_for=steady_for,
+            vehicle_ids=[ids[i] for i in rows.tolist()], in_vehicle=self.in_vehicle[rows],
+            lat=self.lat[rows], lon=self.lon[rows], last_ts=self.last_ts[rows],
+            soc_pct=self.soc_pct[rows], pack_voltage_v=self.pack_voltage_v[rows],
+            capacity_ah=self.capacity_ah[rows], charging=self.charging[rows],
+            anomaly_flags=self.anomaly_flags[rows],
+        )  # fmt: skip
+
+    def steady(self, params: AvailabilityParams = AvailabilityParams()) -> RentableInputs:
+        """Only the twins rentable but for staleness (in a vehicle, not charging, no flag,
+        charged enough, with a position and a voltage): what a snapshot keeps, so a query
+        checks the clock and distances on those alone, with the same answers."""
+        return self.select(np.flatnonzero(self._steady_mask(params)), steady_for=params)
+
+    def _steady_mask(self, params: AvailabilityParams) -> npt.NDArray[np.bool_]:
+        with np.errstate(invalid="ignore"):
+            out: npt.NDArray[np.bool_] = (
+                self.in_vehicle
+                & ~self.charging
+                & (self.anomaly_flags == 0)
+                & (self.soc_pct >= params.min_soc_pct)
+                & np.isfinite(self.lat)
+                & np.isfinite(self.lon)
+                & np.isfinite(self.pack_voltage_v)
+            )
+        return out
+
     @classmethod
     def of_table(cls, table: TwinTable) -> RentableInputs:
         """The columns of every twin of ``table`` (views where the table has the array)."""
@@ -423,6 +458,31 @@ class RentableInputs:
             capacity_est_ah=table.capacity_est_ah[:n], rated_capacity_ah=table.rated_capacity_ah[:n],
             charging=table.charging[:n], anomaly_flags=table.anomaly_flags[:n],
         )  # fmt: skip
+
+
+def _within_box(
+    lat: float, lon: float, radius_m: float, lats: npt.NDArray[np.float64], lons: npt.NDArray[np.float64]
+) -> npt.NDArray[np.bool_]:
+    """False only where a point is certainly farther than ``radius_m`` (so the great-circle
+    distances are computed for the points near the query, not the whole fleet).
+
+    A point within distance d has ``|dlat| <= d/R``. By the haversine formula
+    ``sin²(d/2R) >= cos(lat1) cos(lat2) sin²(dlon/2) >= c² sin²(dlon/2)``, with ``c`` the
+    smallest cosine of latitude in that band, so ``|dlon| <= 2 asin(sin(d/2R) / c)``. Near a
+    pole, or where the box would cross the antimeridian, the longitude test is left out.
+    """
+    ang = radius_m / _EARTH_RADIUS_M
+    lat0 = math.radians(lat)
+    with np.errstate(invalid="ignore"):
+        box = np.abs(lats - lat) <= math.degrees(ang) * (1 + 1e-9)
+    c = min(math.cos(min(abs(lat0) + ang, math.pi / 2)), 1.0)
+    s = math.sin(ang / 2) / c if c > 1e-6 else 2.0
+    if s < 1.0:
+        dlon = math.degrees(2 * math.asin(s)) * (1 + 1e-9)
+        if -180.0 < lon - dlon and lon + dlon < 180.0:
+            with np.errstate(invalid="ignore"):
+                box &= np.abs(lons - lon) <= dlon
+    return box
 
 
 def _check_point(lat: float, lon: float, radius_m: float, limit: int) -> None:
@@ -454,16 +514,9 @@ def nearest_rentable(
         return []
     soc, volts, lats, lons = cols.soc_pct, cols.pack_voltage_v, cols.lat, cols.lon
     with np.errstate(invalid="ignore"):
-        ok = (
-            cols.in_vehicle
-            & (now_s - cols.last_ts <= params.max_staleness_s)
-            & ~cols.charging
-            & (cols.anomaly_flags == 0)
-            & (soc >= params.min_soc_pct)
-            & np.isfinite(lats)
-            & np.isfinite(lons)
-            & np.isfinite(volts)
-        )
+        ok = (now_s - cols.last_ts <= params.max_staleness_s) & _within_box(lat, lon, radius_m, lats, lons)
+    if cols.steady_for != params:
+        ok &= cols._steady_mask(params)
     idx = np.flatnonzero(ok)
     if idx.size == 0:
         return []

@@ -31,6 +31,7 @@ from contracts.candidates import Candidate
 from contracts.health import HealthRow
 from contracts.samples import TelemetryBatch
 from contracts.telemetry import RejectedMessage, RejectReason
+from twins.alert_rules import TwinAlertReport, TwinAlertRules
 from twins.battery_twin import BatteryTwin, TwinSnapshot, health_bands
 from twins.clock import Clock, WallClock
 from twins.fleet_query import (
@@ -42,9 +43,9 @@ from twins.fleet_query import (
     top_n,
     vehicles_near,
 )
-from twins.alert_rules import TwinAlertReport, TwinAlertRules
 from twins.scoring import AnomalyEvent, ScoreReport, TwinScorer
 from twins.sinks import ShardBackends
+from twins.twin_columns import TwinColumns
 from twins.twin_table import TwinTable, TwinTableParams
 from twins.zones import ZoneGrid
 
@@ -648,6 +649,11 @@ class TwinShard:
     async def battery_ids(self) -> list[str]:
         await self.start()
         return list(self.table.ids)
+
+    async def columns(self) -> TwinColumns:
+        """Every twin's latest state as columns (what the HTTP replicas read from)."""
+        await self.start()
+        return TwinColumns.from_table(self.table, self.zones, self.clock.now_s())
 
     async def stats(self) -> ShardStats:
         await self.start()

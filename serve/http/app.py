@@ -12,7 +12,19 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import Lifespan
 
-from serve.http import alerts, batteries, fleet, models, planner, system, tokens, vehicles, work_orders
+from serve.http import (
+    alerts,
+    batteries,
+    battery_history,
+    fleet,
+    models,
+    planner,
+    system,
+    tokens,
+    vehicles,
+    webhooks,
+    work_orders,
+)
 from serve.http.auth import BodySizeLimit, RateLimiter
 from serve.http.deps import ApiDeps
 from serve.http.errors import ServiceUnavailable
@@ -59,6 +71,8 @@ def create_api(
     api.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     # Any route may need a service that is not running (the planner): 503, never a 500.
     api.add_exception_handler(ServiceUnavailable, _unavailable)
-    for area in (system, batteries, fleet, vehicles, models, planner, work_orders, alerts, tokens):
+    areas = (system, batteries, battery_history, fleet, vehicles, models, planner, work_orders, alerts, webhooks, tokens)
+    for area in areas:
         api.include_router(area.router)
+    api.include_router(fleet.map_router)  # fleet managers and ops, unlike the rest of fleet
     return api

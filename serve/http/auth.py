@@ -29,7 +29,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from contracts.access import Principal, Role, TokenRejected, looks_like_token
+from contracts.access import Principal, Role, TokenRejected, hash_token, looks_like_token
 from serve.http.deps import Deps
 from serve.http.errors import ErrorBody
 
@@ -45,6 +45,7 @@ __all__ = [
     "RateLimit",
     "RateLimiter",
     "Riders",
+    "TokenCache",
     "forbid",
     "route_roles",
 ]
@@ -236,6 +237,60 @@ class RateLimit:
 RATE_LIMITED_RESPONSE: dict[int | str, dict[str, Any]] = {
     429: {"model": ErrorBody, "description": "Over this token's rate limit; see Retry-After"},
 }
+
+
+# ---------------------------------------------------------------------- token cache
+class TokenCache:
+    """Who recently authenticated tokens stand for, remembered for ``ttl_s`` seconds.
+
+    Looking a token up costs a PostgreSQL round trip, more than a read from the snapshot
+    itself; the runtime's token store (:class:`runtime.api_deps.PostgresStores`) asks this
+    cache first. Entries are keyed by the token's SHA-256 (no secret is kept) and never
+    outlive ``ttl_s``, so a token revoked or expired elsewhere (``bms tokens revoke``,
+    another replica) is refused within ``ttl_s``; one revoked through this replica is
+    forgotten at once (:meth:`forget`). Refusals are not cached: a bad token costs a lookup
+    every time, as before.
+
+    Parameters
+    ----------
+    ttl_s
+        How long a principal is trusted without asking the store again.
+    max_entries
+        Bound on remembered tokens (the oldest go first).
+    clock
+        Seconds, monotonic (tests pass a fake).
+    """
+
+    def __init__(
+        self, ttl_s: float = 5.0, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if not ttl_s > 0 or max_entries < 1:
+            raise ValueError(f"Expected ttl_s > 0 and max_entries >= 1, got {ttl_s} and {max_entries}.")
+        self.ttl_s, self.max_entries, self.clock = ttl_s, max_entries, clock
+        self._entries: dict[bytes, tuple[Principal, float]] = {}
+
+    def get(self, token: str) -> Principal | None:
+        """The principal ``token`` stood for less than ``ttl_s`` ago, else ``None``."""
+        key = hash_token(token)
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        principal, until = hit
+        if self.clock() >= until:
+            del self._entries[key]
+            return None
+        return principal
+
+    def put(self, token: str, principal: Principal) -> None:
+        """Remember what the store answered for ``token``."""
+        if len(self._entries) >= self.max_entries:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[hash_token(token)] = (principal, self.clock() + self.ttl_s)
+
+    def forget(self, token_id: int) -> None:
+        """Drop the token with id ``token_id`` (it was just revoked)."""
+        for key in [k for k, (p, _) in self._entries.items() if p.token_id == token_id]:
+            del self._entries[key]
 
 
 # ---------------------------------------------------------------------- body size

@@ -12,6 +12,7 @@ Ray wrapper, and :class:`serve.http.errors.PlannerNotRunning` when there is no p
 from __future__ import annotations
 
 import builtins
+import ipaddress
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -19,10 +20,21 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from fastapi import Depends, Request
 
+from serve.http.read_snapshot import ReadSnapshots
+
 if TYPE_CHECKING:
     from contracts.access import Principal, Role, TokenInfo
-    from contracts.alerts import Alert, AlertTransition, Silence
+    from contracts.alerts import Alert, AlertSeverity, AlertTransition, Silence
+    from contracts.health import HealthPoint
     from contracts.model_registry import ModelEvent, ModelVersion, ServingConfig
+    from contracts.webhooks import (
+        DeliveryAttempt,
+        DeliveryState,
+        VendorTicket,
+        VendorTicketStatus,
+        WebhookDelivery,
+        WebhookSubscription,
+    )
     from contracts.work_orders import SwapRecord, WorkOrder, WorkOrderState
     from planners.plan_jobs import PlanJob
     from planners.planner import PlanRecord, TechnicianRoute
@@ -32,6 +44,7 @@ if TYPE_CHECKING:
     from twins.fleet_query import AvailableVehicle, Filter, GroupStats, TopNRow
     from twins.scoring import AnomalyEvent
     from twins.shard import ShardStats
+    from twins.twin_columns import TwinColumns
 
 __all__ = [
     "AlertAccess",
@@ -41,12 +54,14 @@ __all__ = [
     "DeadLetterReader",
     "Deps",
     "FleetReader",
+    "HealthHistoryReader",
     "ModelRegistryAccess",
     "ModelStatusSource",
     "PlannerClient",
     "Stores",
     "TelemetryHistory",
     "TokenAdmin",
+    "WebhookAdmin",
     "WorkOrderReader",
     "get_deps",
 ]
@@ -95,6 +110,11 @@ class FleetReader(Protocol):
         self, lat: float, lon: float, radius_m: float, limit: int
     ) -> list[AvailableVehicle]:
         """Rentable vehicles within ``radius_m`` of a point, nearest first."""
+        ...
+
+    async def columns(self) -> TwinColumns:
+        """Every twin's latest state as columns, one call per shard (the read snapshot's
+        source, :class:`serve.http.read_snapshot.ReadSnapshots`)."""
         ...
 
 
@@ -215,7 +235,12 @@ class WorkOrderReader(Protocol):
     """Work orders (:class:`store.work_order_store.WorkOrderStore`); changes go through the planner."""
 
     async def list(
-        self, state: WorkOrderState | None, limit: int, *, technician_id: str | None = None
+        self,
+        state: WorkOrderState | None,
+        limit: int,
+        *,
+        technician_id: str | None = None,
+        battery_id: str | None = None,
     ) -> list[WorkOrder]: ...
 
     async def get(self, order_id: int) -> WorkOrder: ...
@@ -283,6 +308,52 @@ class TokenAdmin(Protocol):
     async def revoke(self, token_id: int) -> TokenInfo: ...
 
 
+class WebhookAdmin(Protocol):
+    """Webhook subscriptions, deliveries and vendor tickets
+    (:class:`store.webhook_store.WebhookStore`). ``KeyError`` for an unknown subscription,
+    delivery or work order; :class:`contracts.webhooks.SubscriptionDisabled` for a replay to
+    a disabled subscription; :class:`contracts.webhooks.NoVendorTicket` for a reply to an
+    order without a ticket."""
+
+    async def create_subscription(
+        self, url: str, *, description: str, min_severity: AlertSeverity,
+        event_types: frozenset[str], matchers: Mapping[str, str], secret: str, created_by: str,
+    ) -> WebhookSubscription: ...
+
+    async def subscriptions(self) -> builtins.list[WebhookSubscription]: ...
+
+    async def disable_subscription(
+        self, subscription_id: int, reason: str, now_s: float
+    ) -> WebhookSubscription: ...
+
+    async def deliveries(
+        self, subscription_id: int, state: DeliveryState | None = None, limit: int = 100
+    ) -> builtins.list[WebhookDelivery]: ...
+
+    async def delivery(self, delivery_id: int) -> WebhookDelivery: ...
+
+    async def attempts(self, delivery_id: int) -> builtins.list[DeliveryAttempt]: ...
+
+    async def replay(self, delivery_id: int, actor: str, now_s: float) -> WebhookDelivery: ...
+
+    async def ticket(self, work_order_id: int) -> VendorTicket: ...
+
+    async def record_reply(
+        self, work_order_id: int, status: VendorTicketStatus, rma_number: str | None,
+        note: str | None, actor: str, now_s: float,
+    ) -> VendorTicket: ...
+
+
+class HealthHistoryReader(Protocol):
+    """Scored health over time (:class:`store.health_history.HealthHistoryStore`)."""
+
+    async def battery_history(
+        self, battery_id: str, from_s: float | None, to_s: float | None, limit: int
+    ) -> list[HealthPoint]:
+        """The newest ``limit`` rows of one battery in ``[from_s, to_s]``, oldest first."""
+        ...
+
+
 class Stores(Protocol):
     """Opens a store for the length of one request (a pooled connection, in production)."""
 
@@ -295,6 +366,10 @@ class Stores(Protocol):
     def work_orders(self) -> AbstractAsyncContextManager[WorkOrderReader]: ...
 
     def tokens(self) -> AbstractAsyncContextManager[TokenAdmin]: ...
+
+    def health_history(self) -> AbstractAsyncContextManager[HealthHistoryReader]: ...
+
+    def webhooks(self) -> AbstractAsyncContextManager[WebhookAdmin]: ...
 
 
 @dataclass(frozen=True)
@@ -318,6 +393,13 @@ class ApiDeps:
     alerts
         Alerts, silences and the live stream; ``None`` when the alert manager is not
         running (the alert routes answer 503).
+    webhook_allow_cidrs, webhook_allow_http
+        The webhook URL policy (:class:`alerts.webhooks.UrlPolicy`): internal networks a
+        subscription may reach, and whether plain ``http://`` is allowed.
+    reads
+        The read snapshot that answers battery reads, availability and the fleet map; by
+        default one loaded from ``fleet.columns`` on the first read (the runtime passes
+        one it refreshes in the background).
     """
 
     fleet: FleetReader
@@ -327,14 +409,30 @@ class ApiDeps:
     stores: Stores
     max_history_rows: int = 10_000
     alerts: AlertAccess | None = None
+    webhook_allow_cidrs: tuple[str, ...] = ()
+    webhook_allow_http: bool = False
+    reads: ReadSnapshots = None  # type: ignore[assignment]  # None: made in __post_init__
 
     def __post_init__(self) -> None:
         if self.max_history_rows < 1:
             raise ValueError(f"Expected max_history_rows >= 1, got {self.max_history_rows}.")
+        if self.reads is None:
+            object.__setattr__(self, "reads", ReadSnapshots(self.fleet.columns))
+        for cidr in self.webhook_allow_cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"Expected webhook_allow_cidrs of networks like '10.0.0.0/8', got {cidr!r}."
+                ) from None
 
 
-def get_deps(request: Request) -> ApiDeps:
-    """The app's :class:`ApiDeps` (set by :func:`serve.http.app.create_api`)."""
+async def get_deps(request: Request) -> ApiDeps:
+    """The app's :class:`ApiDeps` (set by :func:`serve.http.app.create_api`).
+
+    ``async`` although it awaits nothing: FastAPI runs a plain ``def`` dependency in a
+    worker thread, a thread hop on every request for one attribute read.
+    """
     deps: ApiDeps = request.app.state.deps
     return deps
 

@@ -5,7 +5,10 @@
     GET /api/v1/fleet/summary                               counts and means by health band
     GET /api/v1/fleet/top?by=&n=&order=&filter=             top-N twins by any numeric field
     GET /api/v1/fleet/groups?group_by=&fields=&filter=      grouped aggregates
-    GET /api/v1/anomalies?limit=                            newest anomaly events of the twins
+    GET /api/v1/anomalies?battery_id=&limit=                newest anomaly events of the twins
+    GET /api/v1/fleet/map                                   every twin for the map (columnar)
+
+The map is for fleet managers and ops (``map_router``); the rest for fleet managers.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
+from fastapi.responses import Response
 from pydantic import ConfigDict, Field
 
 from contracts.access import Role
 from serve.http.auth import AUTH_RESPONSES, Allow
+from serve.http.batteries import BATTERY_ID_PATTERN
 from serve.http.deps import Deps
 from serve.http.errors import invalid_parameter
 from serve.http.response_model import ApiModel
@@ -28,11 +33,13 @@ __all__ = [
     "AnomaliesResponse",
     "AnomalyEventOut",
     "FieldStats",
+    "FleetMap",
     "FleetSummary",
     "GroupSummary",
     "GroupsResponse",
     "TopResponse",
     "TopRow",
+    "map_router",
     "parse_filters",
     "router",
 ]
@@ -45,6 +52,7 @@ router = APIRouter(
 
 _SUMMARY_FIELDS = ("soc_pct", "temp_c", "soh_pct_est", "efc", "staleness_s")
 _LOW_SOC_PCT = 20.0
+_MAX_EVENTS = 5000
 _HOT_C = 45.0
 
 
@@ -197,11 +205,61 @@ async def fleet_groups(
 
 @router.get("/api/v1/anomalies", response_model=AnomaliesResponse)
 async def anomalies(
-    deps: Deps, limit: Annotated[int, Query(ge=1, le=5000)] = 100
+    deps: Deps,
+    battery_id: Annotated[
+        str | None, Query(pattern=BATTERY_ID_PATTERN, description="Only this battery's events")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=_MAX_EVENTS)] = 100,
 ) -> AnomaliesResponse:
-    """The newest anomaly events across every shard, newest first."""
-    events = await deps.fleet.anomaly_events(limit)
+    """The newest anomaly events across every shard, newest first.
+
+    With ``battery_id``, that battery's among the newest ``5000`` events of each shard (what a
+    shard keeps in memory is bounded anyway).
+    """
+    events = await deps.fleet.anomaly_events(limit if battery_id is None else _MAX_EVENTS)
+    if battery_id is not None:
+        events = [e for e in events if e.battery_id == battery_id]
     newest = sorted(events, key=lambda e: -e.at_s)[:limit]
     return AnomaliesResponse(
         events=[AnomalyEventOut.model_validate(e, from_attributes=True) for e in newest]
     )
+
+
+# ---------------------------------------------------------------------- the map
+map_router = APIRouter(
+    tags=["fleet"],
+    dependencies=[Depends(Allow(Role.FLEET_MANAGER, Role.OPS))],
+    responses=AUTH_RESPONSES,
+)
+
+
+class FleetMap(ApiModel):
+    """Every twin for the dashboard's map: one list per column, the i-th entry of each is
+    the i-th twin (columnar, so 10,000 twins stay a few hundred kB); null = not known."""
+
+    as_of_s: float = Field(description="Unix time of the fleet state answered")
+    staleness_s: float = Field(description="Seconds between as_of_s and this answer", ge=0)
+    count: int = Field(description="Twins (the length of every list)", ge=0)
+    battery_id: list[str]
+    vehicle_id: list[str | None] = Field(description="The vehicle the battery is in, if any")
+    lat: list[float | None] = Field(description="Last known position, degrees (6 decimals)")
+    lon: list[float | None]
+    soc_pct: list[float | None] = Field(description="State of charge, % (1 decimal)")
+    health_score: list[float | None] = Field(description="Health model score, 0-100")
+    soh_pct: list[float | None] = Field(
+        description="State of health, %: the health model's where scored, else the twin's own estimate"
+    )
+    temp_c: list[float | None] = Field(description="Pack temperature, °C")
+    health_band: list[str] = Field(description="good, fair, poor, end_of_life or unknown")
+    anomaly_flags: list[list[str]] = Field(description="Anomaly kinds flagged, by name")
+    charging: list[bool]
+
+
+@map_router.get("/api/v1/fleet/map", response_model=FleetMap)
+async def fleet_map(deps: Deps) -> Response:
+    """Every twin's position, charge, health and flags, from the replica's read snapshot."""
+    reads = deps.reads
+    snapshot = await reads.get()
+    # Built once per snapshot and sent as bytes: validating 10,000 rows per request would
+    # cost more than the rest of the request (tests hold the body to FleetMap).
+    return Response(snapshot.map_json(reads.clock()), media_type="application/json")

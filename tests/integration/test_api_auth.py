@@ -35,7 +35,7 @@ _BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/models/{name}/ab"): {"candidate_version": 999, "fraction": 0.5},
     ("POST", "/api/v1/tokens"): {"role": "customer", "subject": "auth-matrix", "ttl_s": 60},
 }
-_QUERIES: dict[str, dict[str, Any]] = {"/api/v1/vehicles/available": {"lat": 52.5, "lon": 13.4}}
+_QUERIES: dict[str, dict[str, Any]] = {"/api/v1/availability": {"lat": 52.5, "lon": 13.4}}
 
 
 def _table() -> dict[tuple[str, str], tuple[str, ...]]:
@@ -132,7 +132,7 @@ def test_a_customer_sees_rentable_vehicles_and_no_battery_internals(
     customer = clients[Role.CUSTOMER]
 
     def offered() -> list[dict[str, Any]]:
-        r = customer.get("/api/v1/vehicles/available", params={"lat": lat, "lon": lon, "radius_m": 500})
+        r = customer.get("/api/v1/availability", params={"lat": lat, "lon": lon, "radius_m": 500})
         assert r.status_code == 200, r.text
         return [v for v in r.json()["vehicles"] if v["vehicle_id"] in (charged, empty)]
 

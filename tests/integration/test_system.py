@@ -148,7 +148,9 @@ def test_duplicate_and_reordered_messages(services: ServiceHandles, api: httpx.C
     _publish(services, [(topic, m[0])])  # older than the twin's newest sample: late
     _publish(services, [(topic, m[3]), (topic, m[2])])  # reversed, one batch or two
     _wait(lambda: api.get(f"/api/v1/batteries/{battery}/telemetry").json()["count"] == 8, 10, "8 history rows")
-    twin = api.get(f"/api/v1/batteries/{battery}").json()
+    # The state comes from the read snapshot, refreshed about every second: wait for the
+    # one after the last messages (4 samples, or 6 when m2 came in m3's micro-batch).
+    twin = _twin(api, battery, 4)
     window = api.get(f"/api/v1/batteries/{battery}/window").json()["samples"]
     assert window["ts"] == sorted(window["ts"])
     assert now - 40 not in window["ts"]
@@ -277,6 +279,56 @@ def test_fleet_reads(services: ServiceHandles, api: httpx.Client, ops_api: httpx
     stats = ops_api.get("/api/v1/system/stats").json()
     assert stats["bridges"][0]["connected"] is True
     assert sum(s["twins"] for s in stats["shards"]) >= 6
+
+
+def test_reads_from_the_snapshot_say_how_old_they_are(
+    services: ServiceHandles, api: httpx.Client, ops_api: httpx.Client, system_settings: Settings,
+    api_tokens: dict[Role, str],
+) -> None:  # fmt: skip
+    """A battery, the availability query and the fleet map answer from the API's read
+    snapshot: the new twin shows in each within a refresh, and every answer carries
+    as_of_s and staleness_s (about a refresh period old); the map is columnar, one entry
+    per twin in every list, for fleet managers and ops; customers get vehicles only."""
+    lat, lon = 52.4011, 13.2502  # away from the other tests' vehicles
+    vehicle, battery = _ids(services, "snap")
+    low_vehicle, low_battery = _ids(services, "snaplow")
+    now = time.time()
+    _publish(services, [
+        (f"fleet/{vehicle}/telemetry", _message(vehicle, battery, 0, [_sample(now - 3 + i, soc=77.0 - 0.1 * i, lat=lat, lon=lon) for i in range(3)])),
+        (f"fleet/{low_vehicle}/telemetry", _message(low_vehicle, low_battery, 0, [_sample(now - 1, soc=4.0, lat=lat, lon=lon + 0.0005)])),
+    ])  # fmt: skip
+
+    twin = _twin(api, battery, 3)
+    assert twin["soc_pct"] == pytest.approx(76.8, abs=1e-3) and twin["vehicle_id"] == vehicle
+    assert twin["as_of_s"] >= now - 3 and 0 <= twin["staleness_s"] < 30
+    assert twin["last_ts"] <= twin["as_of_s"] + 1.0
+
+    with api_client(system_settings, api_tokens[Role.CUSTOMER]) as customer:
+        def offered() -> dict[str, Any] | None:
+            r = customer.get("/api/v1/availability", params={"lat": lat, "lon": lon, "radius_m": 300})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            return body if any(v["vehicle_id"] == vehicle for v in body["vehicles"]) else None
+
+        avail = _wait(offered, 30, "the vehicle to be offered")
+        assert 0 <= avail["staleness_s"] < 30 and avail["as_of_s"] > 0
+        mine = [v for v in avail["vehicles"] if v["vehicle_id"] in (vehicle, low_vehicle)]
+        assert [v["vehicle_id"] for v in mine] == [vehicle]  # 4 % is below the rentable charge
+        assert set(mine[0]) == {"vehicle_id", "lat", "lon", "distance_m", "soc_pct", "est_range_km"}
+        assert mine[0]["distance_m"] < 5 and mine[0]["est_range_km"] > 0
+        assert customer.get("/api/v1/fleet/map").status_code == 403
+
+    for client in (api, ops_api):
+        r = client.get("/api/v1/fleet/map")
+        assert r.status_code == 200, r.text
+        fleet_map = r.json()
+        columns = ("battery_id", "vehicle_id", "lat", "lon", "soc_pct", "health_score", "soh_pct",
+                   "temp_c", "health_band", "anomaly_flags", "charging")  # fmt: skip
+        assert all(len(fleet_map[c]) == fleet_map["count"] for c in columns)
+        row = fleet_map["battery_id"].index(battery)
+        assert fleet_map["vehicle_id"][row] == vehicle and fleet_map["soc_pct"][row] == pytest.approx(76.8, abs=0.05)
+        assert fleet_map["lat"][row] == pytest.approx(lat) and fleet_map["charging"][row] is False
+        assert 0 <= fleet_map["staleness_s"] < 30
 
 
 def test_restarted_shard_restores_checkpoint_and_replays(services: ServiceHandles, api: httpx.Client, fleet_system: Any) -> None:

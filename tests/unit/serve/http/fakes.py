@@ -25,6 +25,7 @@ from contracts.errors import (
     UnknownModelVersion,
     WorkOrderError,
 )
+from contracts.health import HealthPoint
 from contracts.model_registry import (
     ModelAction,
     ModelEvent,
@@ -59,10 +60,12 @@ from twins.fleet_query import (
 )
 from twins.scoring import AnomalyEvent
 from twins.shard import ShardStats
+from twins.twin_columns import TwinColumns
 from twins.twin_table import TwinTable, TwinTableParams
 from twins.zones import ZoneGrid
 
 from ...twins.factories import T0_S, make_batch, message
+from .fake_webhooks import MemoryWebhooks
 
 NOW_S = T0_S + 60.0
 
@@ -136,6 +139,10 @@ class FakeFleet:
         self, lat: float, lon: float, radius_m: float, limit: int
     ) -> list[AvailableVehicle]:
         return vehicles_near(self.table, lat, lon, radius_m, limit, now_s=NOW_S)
+
+    async def columns(self) -> TwinColumns:
+        """The table's twins as the read snapshot takes them, as of ``NOW_S``."""
+        return TwinColumns.from_table(self.table, self.zones, NOW_S)
 
     async def anomaly_events(self, limit: int) -> list[AnomalyEvent]:
         return list(self.events)
@@ -349,6 +356,22 @@ class MemoryTelemetry:
 
 
 @dataclass
+class MemoryHealthHistory:
+    """:class:`serve.http.deps.HealthHistoryReader` over points per battery (oldest first)."""
+
+    points: dict[str, list[HealthPoint]] = field(default_factory=dict)
+
+    async def battery_history(
+        self, battery_id: str, from_s: float | None, to_s: float | None, limit: int
+    ) -> list[HealthPoint]:
+        rows = [
+            p for p in self.points.get(battery_id, [])
+            if (from_s is None or p.scored_at_s >= from_s) and (to_s is None or p.scored_at_s <= to_s)
+        ]  # fmt: skip
+        return rows[-limit:]
+
+
+@dataclass
 class MemoryDeadLetters:
     """:class:`serve.http.deps.DeadLetterReader` with canned letters (newest first)."""
 
@@ -466,12 +489,18 @@ class MemoryWorkOrders:
     orders: dict[int, WorkOrder]
 
     async def list(
-        self, state: WorkOrderState | None, limit: int, *, technician_id: str | None = None
+        self,
+        state: WorkOrderState | None,
+        limit: int,
+        *,
+        technician_id: str | None = None,
+        battery_id: str | None = None,
     ) -> list[WorkOrder]:
         found = [
             o for _, o in sorted(self.orders.items())
             if (state is None or o.state is state)
             and (technician_id is None or o.technician_id == technician_id)
+            and (battery_id is None or o.battery_id == battery_id)
         ]  # fmt: skip
         return found[:limit]
 
@@ -551,6 +580,8 @@ class MemoryStores:
     models: MemoryRegistry
     orders: MemoryWorkOrders
     tokens_: MemoryTokens = field(default_factory=MemoryTokens)
+    health: MemoryHealthHistory = field(default_factory=MemoryHealthHistory)
+    webhooks_: MemoryWebhooks | None = None
 
     @asynccontextmanager
     async def history(self) -> AsyncIterator[MemoryTelemetry]:
@@ -571,3 +602,17 @@ class MemoryStores:
     @asynccontextmanager
     async def tokens(self) -> AsyncIterator[MemoryTokens]:
         yield self.tokens_
+
+    @asynccontextmanager
+    async def health_history(self) -> AsyncIterator[MemoryHealthHistory]:
+        yield self.health
+
+    def webhook_store(self) -> MemoryWebhooks:
+        """The in-memory webhook store, made on first use over these work orders."""
+        if self.webhooks_ is None:
+            self.webhooks_ = MemoryWebhooks(self.orders.orders)
+        return self.webhooks_
+
+    @asynccontextmanager
+    async def webhooks(self) -> AsyncIterator[MemoryWebhooks]:
+        yield self.webhook_store()

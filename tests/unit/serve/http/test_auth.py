@@ -51,7 +51,6 @@ EXPECTED_ROLES: dict[tuple[str, str], set[str]] = {
     ("GET", "/api/v1/batteries/{battery_id}/telemetry"): {"fleet_manager"},
     ("GET", "/api/v1/batteries/{battery_id}/health-history"): {"fleet_manager", "ops"},
     ("GET", "/api/v1/batteries/{battery_id}/forecast"): {"fleet_manager", "ops"},
-    ("GET", "/api/v1/vehicles/available"): {"customer", "fleet_manager"},
     ("GET", "/api/v1/availability"): {"customer", "fleet_manager"},
     ("GET", "/api/v1/fleet/map"): {"fleet_manager", "ops"},
     ("GET", "/api/v1/planner/queue"): {"fleet_manager"},
@@ -109,9 +108,6 @@ REQUESTS: dict[tuple[str, str], tuple[str, dict[str, Any], int]] = {
         "/api/v1/batteries/bat-a/health-history", {}, 200,
     ),
     ("GET", "/api/v1/batteries/{battery_id}/forecast"): ("/api/v1/batteries/bat-a/forecast", {}, 200),
-    ("GET", "/api/v1/vehicles/available"): (
-        "/api/v1/vehicles/available", {"params": {"lat": 52.52, "lon": 13.40}}, 200,
-    ),
     ("GET", "/api/v1/availability"): (
         "/api/v1/availability", {"params": {"lat": 52.52, "lon": 13.40}}, 200,
     ),
@@ -395,7 +391,7 @@ def rider(fakes: Fakes) -> Iterator[TestClient]:
 def test_a_customer_sees_rentable_vehicles_without_battery_fields(rider: TestClient) -> None:
     """Near the fleet's point the customer gets veh-b and veh-c (veh-a's battery is at 11 %,
     below the rentable 15 %), each with charge and range, and nothing about batteries."""
-    r = rider.get("/api/v1/vehicles/available", params={"lat": 52.52, "lon": 13.40, "radius_m": 500})
+    r = rider.get("/api/v1/availability", params={"lat": 52.52, "lon": 13.40, "radius_m": 500})
     assert r.status_code == 200, r.text
     vehicles = r.json()["vehicles"]
     assert [v["vehicle_id"] for v in vehicles] == ["veh-b", "veh-c"]
@@ -412,10 +408,10 @@ def test_availability_is_bounded_by_radius_and_limit(rider: TestClient) -> None:
     """About 8.9 km north of the fleet nothing is within 1 km; within 10 km both are, at
     that distance; ``limit`` caps the answer."""
     far = {"lat": 52.60, "lon": 13.40}
-    assert rider.get("/api/v1/vehicles/available", params={**far, "radius_m": 1000}).json()["vehicles"] == []
-    vehicles = rider.get("/api/v1/vehicles/available", params={**far, "radius_m": 10_000}).json()["vehicles"]
+    assert rider.get("/api/v1/availability", params={**far, "radius_m": 1000}).json()["vehicles"] == []
+    vehicles = rider.get("/api/v1/availability", params={**far, "radius_m": 10_000}).json()["vehicles"]
     assert len(vehicles) == 2 and all(v["distance_m"] == pytest.approx(8896, rel=0.01) for v in vehicles)
-    one = rider.get("/api/v1/vehicles/available", params={**far, "radius_m": 10_000, "limit": 1}).json()
+    one = rider.get("/api/v1/availability", params={**far, "radius_m": 10_000, "limit": 1}).json()
     assert len(one["vehicles"]) == 1
 
 
@@ -423,7 +419,7 @@ def test_a_flagged_battery_takes_its_vehicle_off_the_map(fakes: Fakes, rider: Te
     """A vehicle whose battery carries an anomaly flag is not offered."""
     table = fakes.fleet.table
     table.anomaly_flags[table.index["bat-b"]] = 1
-    vehicles = rider.get("/api/v1/vehicles/available", params={"lat": 52.52, "lon": 13.40}).json()["vehicles"]
+    vehicles = rider.get("/api/v1/availability", params={"lat": 52.52, "lon": 13.40}).json()["vehicles"]
     assert [v["vehicle_id"] for v in vehicles] == ["veh-c"]
 
 
@@ -432,7 +428,7 @@ def test_a_flagged_battery_takes_its_vehicle_off_the_map(fakes: Fakes, rider: Te
 )
 def test_availability_refuses_bad_points(rider: TestClient, params: dict[str, float]) -> None:
     """A point off the globe, a missing coordinate or a non-positive radius is a 422."""
-    assert rider.get("/api/v1/vehicles/available", params=params).status_code == 422
+    assert rider.get("/api/v1/availability", params=params).status_code == 422
 
 
 @pytest.mark.parametrize(
