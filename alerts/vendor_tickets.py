@@ -60,7 +60,9 @@ class VendorReply(BaseModel):
         None, min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$",
         description="The vendor's return authorisation, required with status rma",
     )  # fmt: skip
-    note: str | None = Field(None, max_length=2000, description="Free text from the vendor")
+    note: str | None = Field(
+        None, max_length=2000, pattern=r"^[^\x00]*$", description="Free text from the vendor (no NUL: PostgreSQL text)"
+    )
 
     @model_validator(mode="after")
     def _rma_has_number(self) -> VendorReply:

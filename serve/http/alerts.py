@@ -25,7 +25,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from contracts.alerts import (
     Alert,
@@ -35,9 +35,16 @@ from contracts.alerts import (
     AlertTransition,
     Silence,
 )
+from contracts.webhooks import check_matchers
 from serve.http.auth import AUTH_RESPONSES, Operators
 from serve.http.deps import AlertAccess, AlertEvent, ApiDeps, Deps
-from serve.http.errors import BAD_BODY_RESPONSE, ERROR_RESPONSES, ErrorBody, ServiceUnavailable
+from serve.http.errors import (
+    BAD_BODY_RESPONSE,
+    ERROR_RESPONSES,
+    ErrorBody,
+    ServiceUnavailable,
+    invalid_parameter,
+)
 from serve.http.response_model import ApiModel
 
 __all__ = [
@@ -127,18 +134,29 @@ class AlertDetail(ApiModel):
     history: list[TransitionOut] = Field(description="Oldest first")
 
 
+#: Free text is stored in PostgreSQL, whose text cannot hold NUL: refused at the boundary.
+_TEXT = r"^[^\x00]*$"
+
+
 class AcknowledgeBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    note: str | None = Field(None, max_length=2000)
+    note: str | None = Field(None, max_length=2000, pattern=_TEXT)
 
 
 class SilenceBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    matchers: dict[
-        Annotated[str, Field(min_length=1, max_length=64)], Annotated[str, Field(min_length=1, max_length=256)]
-    ] = Field(min_length=1, max_length=16, description="Label equalities, e.g. {\"key\": \"pack_overtemp:b-00042\"}")
-    duration_s: float = Field(gt=0, le=_MAX_SILENCE_S, description="From now; at most 30 days")
-    comment: str = Field("", max_length=2000)
+    matchers: dict[str, str] = Field(
+        min_length=1, max_length=16,
+        description='Label equalities (names like battery_id, kind, zone, key), e.g. {"key": "pack_overtemp:b-00042"}',
+    )  # fmt: skip
+    duration_s: float = Field(ge=1, le=_MAX_SILENCE_S, description="From now: 1 s to 30 days")
+    comment: str = Field("", max_length=2000, pattern=_TEXT)
+
+    @field_validator("matchers")
+    @classmethod
+    def _matchers(cls, value: dict[str, str]) -> dict[str, str]:
+        check_matchers(value)  # the same label rules as webhook subscriptions
+        return value
 
 
 class SilenceOut(ApiModel):
@@ -263,7 +281,10 @@ async def silences(deps: Deps, who: Operators, include_expired: bool = False) ->
 )  # fmt: skip
 async def add_silence(deps: Deps, who: Operators, body: SilenceBody) -> SilenceOut:
     """Mute the alerts that match, from now for ``duration_s``; attributed to the token."""
-    s = await _alerts(deps).add_silence(dict(body.matchers), body.duration_s, who.subject, body.comment)
+    try:
+        s = await _alerts(deps).add_silence(dict(body.matchers), body.duration_s, who.subject, body.comment)
+    except ValueError as err:  # what the alert book refuses about a silence is a bad body
+        raise invalid_parameter(["body"], str(err)) from None
     return SilenceOut.of(s)
 
 

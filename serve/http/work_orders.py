@@ -57,7 +57,7 @@ class TransitionBody(BaseModel):
     state: WorkOrderState
     technician_id: str | None = Field(None, max_length=64, description="Only when assigning")
     swap: SwapBody | None = Field(None, description="Required when a swap or replacement is done")
-    note: str | None = Field(None, max_length=2000)
+    note: str | None = Field(None, max_length=2000, pattern=r"^[^\x00]*$")
 
 
 class WorkOrderOut(ApiModel):

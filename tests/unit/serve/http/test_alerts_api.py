@@ -58,6 +58,14 @@ def test_silences_lifecycle(fakes: Fakes, client: TestClient) -> None:
     assert client.delete(f"/api/v1/silences/{s['id']}").status_code == 404
     assert client.post("/api/v1/silences", json={"matchers": {}, "duration_s": 60}).status_code == 422
     assert client.post("/api/v1/silences", json={"matchers": {"a": "b"}, "duration_s": 4e6}).status_code == 422
+    # What PostgreSQL could not store (NUL), a sub-second window or a bad label name: 422.
+    bad = [
+        {"matchers": {"zone": "z1"}, "duration_s": 60, "comment": "a\x00b"},
+        {"matchers": {"zone": "z1"}, "duration_s": 1e-300},
+        {"matchers": {"Bad Name": "x"}, "duration_s": 60},
+    ]
+    assert [client.post("/api/v1/silences", json=b).status_code for b in bad] == [422, 422, 422]
+    assert client.post("/api/v1/alerts/1/acknowledge", json={"note": "\x00"}).status_code == 422
 
 
 def _frames(text: str) -> list[dict[str, str]]:
