@@ -35,7 +35,6 @@ import os
 import random
 import re
 import resource
-import socket
 import tempfile
 import time
 import uuid
@@ -47,6 +46,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from bms.bench.harness import fleet_process, free_port, issue_tokens
 from bms.settings import Settings
 
 __all__ = ["ROUTES", "ApiBenchParams", "LoadResult", "run_api_bench", "run_load"]
@@ -339,25 +339,6 @@ def _cpu_pct_by_role(
 
 
 # ---------------------------------------------------------------------- the simulated fleet
-def _fleet_process(sim_json: str, mqtt_url: str, credentials: Any, stop: Any) -> None:
-    """Child process: the simulated fleet of ``bms run`` until ``stop`` is set."""
-    from bms.settings import SimSettings
-    from bms.system import fleet_params
-    from sim.fleet import FleetSimulator
-    from sim.publisher import run_fleet
-
-    sim_settings = SimSettings.model_validate_json(sim_json)
-
-    async def main() -> None:
-        done = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.run_in_executor(None, lambda: (stop.wait(), loop.call_soon_threadsafe(done.set)))
-        sim = FleetSimulator(fleet_params(sim_settings), seq_start=int(time.time()))
-        await run_fleet(sim, mqtt_url, None, tick_s=1.0, stop=done, credentials=credentials)
-
-    asyncio.run(main())
-
-
 # ---------------------------------------------------------------------- the bare endpoint
 def _deploy_bare(direct_ingress: bool) -> None:
     """The baseline: ``{}`` from a deployment with the ingress's options, same proxy."""
@@ -384,12 +365,6 @@ def _deploy_bare(direct_ingress: bool) -> None:
 
 
 # ---------------------------------------------------------------------- the run
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get_json(port: int, path: str, token: str, timeout_s: float = 30.0) -> tuple[int, Any]:
     import httpx
 
@@ -444,7 +419,7 @@ def run_api_bench(p: ApiBenchParams, base: Settings | None = None) -> dict[str, 
     run = uuid.uuid4().hex[:6]
     base = base or Settings.load()
     tmp = tempfile.TemporaryDirectory(prefix="bms-bench-api-")
-    port = _free_port()
+    port = free_port()
     settings = base.model_copy(update={
         "data_dir": Path(tmp.name),
         "serve": base.serve.model_copy(update={"http_host": "127.0.0.1", "http_port": port}),
@@ -480,9 +455,9 @@ def run_api_bench(p: ApiBenchParams, base: Settings | None = None) -> dict[str, 
         system.start()
         _deploy_bare(p.direct_ingress)
         startup_s = time.time() - t0
-        tokens = asyncio.run(_issue_tokens(urls.postgres_url))
+        tokens = asyncio.run(issue_tokens(urls.postgres_url))
         proc = ctx.Process(
-            target=_fleet_process,
+            target=fleet_process,
             args=(settings.sim.model_dump_json(), urls.mqtt_url, services.mqtt_identities.vehicles, stop_fleet),
             daemon=True,
         )
@@ -540,17 +515,3 @@ def run_api_bench(p: ApiBenchParams, base: Settings | None = None) -> dict[str, 
         tmp.cleanup()
 
 
-async def _issue_tokens(postgres_url: str) -> dict[str, str]:
-    """A one-hour token for a fleet manager and for a customer (what ``bms tokens create``
-    does)."""
-    from contracts.access import Role
-    from store import open_postgres
-    from store.token_store import TokenStore
-
-    out: dict[str, str] = {}
-    async with open_postgres(postgres_url, application_name="bms-bench-api") as conn:
-        store = TokenStore(conn)
-        for role in (Role.FLEET_MANAGER, Role.CUSTOMER):
-            token, _ = await store.create(role, f"bench-{role.value}", created_by="bms bench api", ttl_s=3600.0)
-            out[role.value] = token
-    return out

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 import statistics
 import tempfile
 import threading
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bms.bench.harness import free_port
 from bms.settings import Settings
 
 __all__ = ["DashboardBenchParams", "run_dashboard_bench"]
@@ -96,13 +96,6 @@ class DashboardBenchParams:
                 f"Expected vehicles >= 1, repeats >= 1 and wait_s > 0, got "
                 f"{self.vehicles}, {self.repeats} and {self.wait_s}."
             )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _get(url: str, token: str, timeout_s: float = 30.0) -> Any:
@@ -233,7 +226,7 @@ def run_dashboard_bench(p: DashboardBenchParams, base_settings: Settings | None 
     run = uuid.uuid4().hex[:6]
     base_settings = base_settings or Settings.load()
     tmp = tempfile.TemporaryDirectory(prefix="bms-bench-dashboard-")
-    port = _free_port()
+    port = free_port()
     settings = base_settings.model_copy(update={
         "data_dir": Path(tmp.name),
         "sim": base_settings.sim.model_copy(update={"vehicles": p.vehicles}),

@@ -24,7 +24,7 @@ from typing import Any
 from bms.services import ServiceUrls
 from bms.settings import Settings
 
-__all__ = ["BenchSystem", "bench_system", "free_port"]
+__all__ = ["BenchSystem", "bench_system", "fleet_process", "free_port", "issue_tokens"]
 
 
 def free_port() -> int:
@@ -53,7 +53,7 @@ class BenchSystem:
         return f"http://127.0.0.1:{self.port}"
 
 
-def _fleet_process(sim_json: str, mqtt_url: str, credentials: Any, stop: Any) -> None:
+def fleet_process(sim_json: str, mqtt_url: str, credentials: Any, stop: Any) -> None:
     """Child process: the simulated fleet of ``bms run`` until ``stop`` is set."""
     from bms.settings import SimSettings
     from bms.system import fleet_params
@@ -72,7 +72,7 @@ def _fleet_process(sim_json: str, mqtt_url: str, credentials: Any, stop: Any) ->
     asyncio.run(main())
 
 
-async def _issue_tokens(postgres_url: str) -> dict[str, str]:
+async def issue_tokens(postgres_url: str) -> dict[str, str]:
     """A one-hour token per role (what ``bms tokens create`` does)."""
     from contracts.access import Role
     from store import open_postgres
@@ -149,10 +149,10 @@ def bench_system(
         t0 = time.time()
         system.start()
         startup_s = time.time() - t0
-        tokens = asyncio.run(_issue_tokens(urls.postgres_url))
+        tokens = asyncio.run(issue_tokens(urls.postgres_url))
         if with_fleet:
             fleet_proc = ctx.Process(
-                target=_fleet_process,
+                target=fleet_process,
                 args=(settings.sim.model_dump_json(), urls.mqtt_url, services.mqtt_identities.vehicles, stop_fleet),
                 daemon=True,
             )
