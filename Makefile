@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test install lint bench-ingest clean
+.PHONY: run test faults install lint whatif bench-ingest clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,8 +33,18 @@ $(CHROMIUM):
 		echo "The browser tests need Chromium at $(CHROMIUM): 'sudo apt-get install chromium', or set CHROMIUM=/path (BMS_CHROMIUM for pytest)."; exit 1; \
 	fi
 
+# The fault tests (tests/faults) run in a session of their own: they start their own Ray
+# instance and servers and kill parts of them (docs/reliability.md).
 test: $(STAMP) $(CHROMIUM)
 	BMS_CHROMIUM=$(CHROMIUM) $(PY) -m pytest
+	$(PY) -m pytest tests/faults
+
+# The fault tests alone, their figures appended to .bms-data/faults.jsonl and printed as
+# the table of docs/reliability.md.
+faults: $(STAMP)
+	@mkdir -p .bms-data && rm -f .bms-data/faults.jsonl
+	BMS_FAULT_REPORT=.bms-data/faults.jsonl $(PY) -m pytest tests/faults
+	$(PY) -m tests.faults.report .bms-data/faults.jsonl
 
 # The import contracts (pyproject.toml, [tool.importlinter]) are the architecture: a new
 # import that runs back up a layer fails here.
@@ -42,6 +52,9 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+whatif: $(STAMP)
+	$(VENV)/bin/bms whatif sim/scenarios/baseline.yaml sim/scenarios/plus2_technicians.yaml --seeds 3 --out whatif-report
 
 bench-ingest: $(STAMP)
 	$(VENV)/bin/bms bench ingest --batteries 100000 --seconds 30

@@ -468,6 +468,15 @@ def mosquitto_conf_text(passwd_path: Path, acl_path: Path, *, port: int = 1883) 
         "#require_certificate true",
         "#use_identity_as_username true",
         "",
+        "# Nothing lost while the bridge is slow, restarting, or the broker restarts",
+        "# (docs/reliability.md): a deep queue for the bridge's persistent session (the default",
+        "# of 1000 messages drops the rest silently) and sessions kept on disk. (A finite depth:",
+        "# mosquitto 2.0.11 with 0, unlimited, dropped a client whose publish the ACL denied.)",
+        "max_queued_messages 10000000",
+        "persistence true",
+        "#persistence_location /var/lib/mosquitto/",
+        "autosave_interval 30",
+        "",
     ])  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from bms.models_cli import models_app
 from bms.settings import Settings
 from bms.tokens_cli import tokens_app
 from bms.vehicles_cli import vehicles_app
+from bms.whatif_cli import whatif, whatif_snapshot
 
 if TYPE_CHECKING:
     from runtime.system import FleetSystem
@@ -31,6 +32,8 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(models_app, name="models")
 app.add_typer(vehicles_app, name="vehicles")
 app.add_typer(tokens_app, name="tokens")
+app.command("whatif")(whatif)
+app.command("whatif-snapshot")(whatif_snapshot)
 
 
 
@@ -143,12 +146,14 @@ async def _main_loop(
                       on_swaps=swap_recorder(FleetClient(system.namespace)))
         ))
     deadline = None if duration_s is None else time.time() + duration_s
+    # Restarted actors (a crashed bridge worker, planner, alert manager) get their loops
+    # back within a second (FleetSystem.start_supervisor); system.stop() ends it.
+    system.start_supervisor()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 10.0)
         if deadline is not None and time.time() >= deadline:
             stop.set()
-        await asyncio.to_thread(system.supervise_once)
     for t in tasks:
         await t
 
@@ -175,6 +180,34 @@ def bench_ingest(
         bridge_workers=bridge_workers,
     )
     result = run_ingest_bench(params, settings)
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+@bench_app.command("soak")
+def bench_soak(
+    minutes: Annotated[float, typer.Option(help="Paced publishing phase, minutes")] = 10.0,
+    rate: Annotated[int, typer.Option(help="Samples per second offered")] = 50_000,
+    batteries: Annotated[int, typer.Option(help="Batteries (one twin each), published round robin")] = 10_000,
+    samples_per_message: Annotated[int, typer.Option(help="Samples per MQTT message")] = 50,
+    sample_interval_s: Annotated[float, typer.Option(help="Memory, freshness, scoring and planning sampled this often")] = 5.0,
+    score_interval_s: Annotated[Optional[float], typer.Option(help="Shard scoring tick (default: the config's models.score_interval_s)")] = None,  # noqa: UP045
+    plan_interval_s: Annotated[float, typer.Option(help="Planner's scheduled re-plan period")] = 60.0,
+    drain_timeout_s: Annotated[float, typer.Option(help="Longest wait for the bridge after publishing")] = 300.0,
+    config: ConfigOpt = None,
+) -> None:
+    """The whole system (scoring and planner on) at a steady rate; print loss, freshness, memory growth."""
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("bms.bench.soak").setLevel(logging.INFO)  # a progress line a minute
+    from bms.bench.soak import SoakBenchParams, run_soak_bench
+
+    settings = load_settings(config)
+    params = SoakBenchParams(
+        minutes=minutes, rate_sps=rate, batteries=batteries, samples_per_message=samples_per_message,
+        sample_interval_s=sample_interval_s,
+        score_interval_s=settings.models.score_interval_s if score_interval_s is None else score_interval_s,
+        plan_interval_s=plan_interval_s, drain_timeout_s=drain_timeout_s,
+    )
+    result = run_soak_bench(params, settings)
     sys.stdout.write(json.dumps(result) + "\n")
 
 
@@ -274,6 +307,21 @@ def bench_alerts(
 
     params = AlertBenchParams(vehicles=vehicles, events=events, spacing_s=spacing_s)
     sys.stdout.write(json.dumps(run_alert_bench(params, load_settings(config))) + "\n")
+
+
+@bench_app.command("sim")
+def bench_sim(
+    vehicles: Annotated[int, typer.Option(help="Simulated vehicles")] = 10_000,
+    days: Annotated[int, typer.Option(help="Simulated days")] = 1,
+    technicians: Annotated[Optional[int], typer.Option(help="Technicians (default: 3 per 1,000 vehicles)")] = None,  # noqa: UP045
+    seed: Annotated[int, typer.Option(help="Seed of the run")] = 1,
+    config: ConfigOpt = None,
+) -> None:
+    """A what-if run of the baseline scaled to --vehicles, twins, models and planner in the loop."""
+    from bms.bench.sim import run_sim_bench
+
+    logging.basicConfig(level=logging.WARNING)
+    typer.echo(json.dumps(run_sim_bench(vehicles, days, technicians, seed, load_settings(config))))
 
 
 @bench_app.command("dashboard")

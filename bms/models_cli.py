@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
@@ -130,19 +130,156 @@ def ab_stop(name: str, actor: ActorOpt = "bms-cli", config: ConfigOpt = None) ->
     typer.echo(f"{name}: production v{cfg.production_version} only")
 
 
+def _eval_error(option: str, message: str) -> typer.BadParameter:
+    return typer.BadParameter(message, param_hint=f"'{option}'")
+
+
+@models_app.command("eval-simulated")
+def evaluate_simulated(
+    packs: Annotated[int, typer.Option("--packs", help="Fresh simulated packs to forecast")] = 80,
+    seeds: Annotated[int, typer.Option("--seeds", help="Training seeds 0..N-1 (mean and sd over them)")] = 1,
+    eol_fraction: Annotated[float, typer.Option("--eol-fraction", help="End of life as a fraction of rated capacity")] = 0.8,
+    train_steps: Annotated[Optional[int], typer.Option("--train-steps", help="Training steps (default: the live plan's)")] = None,  # noqa: UP045
+) -> None:
+    """The live degradation model checked on simulated packs it never saw.
+
+    Trains as `bms models train` does (every lab cell under ../shared/data/battery plus
+    simulated packs), then forecasts PACKS packs of another simulator seed from a quarter
+    and half of their life, against the simulated truth and the three baselines.
+    """
+    logging.basicConfig(level=logging.WARNING)
+    import dataclasses
+
+    from models.cell_eval import CellEvalParams, evaluate_held_out
+    from models.degradation_lstm import DegradationParams
+    from models.training import TrainingPlan, degradation_training_cells, simulated_pack_cells
+
+    if packs < 2:
+        raise _eval_error("--packs", f"expected at least 2 packs, got {packs}.")
+    if seeds < 1:
+        raise _eval_error("--seeds", f"expected N >= 1 seeds, got {seeds}.")
+    if not 0 < eol_fraction < 1:
+        raise _eval_error("--eol-fraction", f"expected a fraction in (0, 1), got {eol_fraction}.")
+    plan = TrainingPlan()
+    params = DegradationParams(train_steps=train_steps or plan.degradation_steps)
+    # Seed 1000 + k: no simulator seed the training plan uses.
+    held_out = simulated_pack_cells(packs, seed=1000 + plan.seed)
+    result = evaluate_held_out(
+        held_out, degradation_training_cells(plan), dataclasses.replace(params), 0,
+        lambda line: typer.echo(line, err=True),
+        eval_params=CellEvalParams(eol_fraction=eol_fraction), seeds=list(range(seeds)),
+    )  # fmt: skip
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
 @models_app.command("eval")
 def evaluate(
-    cells: Annotated[Path, typer.Option("--cells", exists=True, file_okay=False, help="Directory of per-cycle CSV files")],
-    seed: Annotated[int, typer.Option(help="Seed of every fold")] = 0,
+    cells: Annotated[Path, typer.Option("--cells", exists=True, file_okay=False, help="Directory of per-cycle CSV files (with --leave-dataset-out: a folder of dataset folders)")],
+    eol_fraction: Annotated[float, typer.Option("--eol-fraction", help="End of life as a fraction of the --eol-basis capacity, in (0, 1)")] = 0.7,
+    eol_basis: Annotated[str, typer.Option("--eol-basis", help="nominal (rated capacity) or initial (median of the first three clean cycles)")] = "nominal",
+    seeds: Annotated[Optional[int], typer.Option("--seeds", help="Run the evaluation with seeds 0..N-1 and report mean and sd over them")] = None,  # noqa: UP045
+    seed: Annotated[Optional[int], typer.Option("--seed", help="One seed for every fold (default 0)")] = None,  # noqa: UP045
+    folds: Annotated[Optional[int], typer.Option("--folds", help="K-fold over cells (K >= 2) instead of exact leave-one-cell-out")] = None,  # noqa: UP045
+    only: Annotated[Optional[str], typer.Option("--only", help="Comma-separated cell ids to evaluate (all must exist)")] = None,  # noqa: UP045
+    leave_dataset_out: Annotated[bool, typer.Option("--leave-dataset-out", help="Each subdirectory of --cells is a dataset; forecast each with a model trained on the others")] = False,
+    max_train_cells: Annotated[Optional[int], typer.Option("--max-train-cells", help="Train each fold on at most N cells (evenly spaced by id)")] = None,  # noqa: UP045
+    train_steps: Annotated[Optional[int], typer.Option("--train-steps", help="Training steps of each fold's model (default: the model's)")] = None,  # noqa: UP045
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also write forecast-vs-actual PNGs here")] = None,  # noqa: UP045
+    plot_cells: Annotated[Optional[str], typer.Option("--plot-cells", help="Comma-separated cell ids to plot (default: every scored cell)")] = None,  # noqa: UP045
 ) -> None:
-    """Leave-one-cell-out RUL evaluation of the degradation LSTM against two baselines."""
+    """RUL evaluation of the degradation LSTM against three baselines.
+
+    Leave one cell out (or K folds of cells) within a dataset, or leave one dataset out.
+    Progress goes to stderr; the last line of stdout is the result as one JSON object.
+    """
     logging.basicConfig(level=logging.WARNING)
-    from models.cell_eval import evaluate_cells
+    import dataclasses
 
-    result = evaluate_cells(cells, seed=seed, progress=lambda m: typer.echo(m, err=True))
+    from models.cell_data import (
+        EOL_BASES,
+        CellHistory,
+        load_cell_datasets,
+        load_cell_histories,
+        select_cells,
+    )
+    from models.cell_eval import (
+        CellEvalParams,
+        Forecaster,
+        ModelHook,
+        evaluate_datasets,
+        evaluate_histories,
+    )
+    from models.degradation_lstm import DegradationParams
+
+    if not 0 < eol_fraction < 1:
+        raise _eval_error("--eol-fraction", f"expected a fraction in (0, 1), got {eol_fraction}.")
+    if eol_basis not in EOL_BASES:
+        raise _eval_error("--eol-basis", f"expected one of {', '.join(EOL_BASES)}, got {eol_basis!r}.")
+    if seeds is not None and seed is not None:
+        raise _eval_error("--seeds", f"give either --seeds N or --seed S, got --seeds {seeds} and --seed {seed}.")
+    if seeds is not None and seeds < 1:
+        raise _eval_error("--seeds", f"expected N >= 1 seeds, got {seeds}.")
+    if folds is not None and folds < 2:
+        raise _eval_error("--folds", f"expected K >= 2 folds, got {folds}.")
+    if folds is not None and leave_dataset_out:
+        raise _eval_error("--folds", "does not apply with --leave-dataset-out (the datasets are the folds).")
+    if max_train_cells is not None and max_train_cells < 1:
+        raise _eval_error("--max-train-cells", f"expected N >= 1, got {max_train_cells}.")
+    if train_steps is not None and train_steps < 1:
+        raise _eval_error("--train-steps", f"expected N >= 1, got {train_steps}.")
+    if plot_cells is not None and plot is None:
+        raise _eval_error("--plot-cells", "needs --plot DIR to write the pictures to.")
+    ids = None if only is None else [i.strip() for i in only.split(",") if i.strip()]
+    if ids is not None and not ids:
+        raise _eval_error("--only", f"expected comma-separated cell ids, got {only!r}.")
+
+    datasets: dict[str, list[CellHistory]] = {}
+    try:
+        datasets = load_cell_datasets(cells) if leave_dataset_out else {cells.name: load_cell_histories(cells)}
+    except ValueError as exc:
+        raise _eval_error("--cells", str(exc)) from None
+    if ids is not None:
+        try:
+            wanted = {h.cell_id for h in select_cells([h for d in datasets.values() for h in d], ids)}
+        except ValueError as exc:
+            raise _eval_error("--only", str(exc)) from None
+        datasets = {name: kept for name, d in datasets.items() if (kept := [h for h in d if h.cell_id in wanted])}
+    if leave_dataset_out and len(datasets) < 2:
+        raise _eval_error("--cells", f"expected at least 2 datasets (subdirectories with cell files) to leave out, got {sorted(datasets)}.")
+    n_cells = sum(len(d) for d in datasets.values())
+    if not leave_dataset_out and n_cells < 2:
+        raise _eval_error("--only" if ids is not None else "--cells", f"expected at least 2 cells to leave one out, got {n_cells}.")
+
+    params = DegradationParams()
+    if train_steps is not None:
+        params = dataclasses.replace(params, train_steps=train_steps)
+    on_model: ModelHook | None = None
     if plot is not None:
-        from models.forecast_plot import plot_cells
+        from models.forecast_plot import plot_cell
 
-        plot_cells(cells, plot, seed=seed)
+        plot_dir = plot
+
+        plot_ids = None if plot_cells is None else {i.strip() for i in plot_cells.split(",") if i.strip()}
+
+        def on_model(cell: CellHistory, model: Forecaster, training: Sequence[CellHistory]) -> None:
+            if plot_ids is not None and cell.cell_id not in plot_ids:
+                return
+            path = plot_dir / f"degradation_forecast_{cell.cell_id}.png"
+            plot_cell(cell, training, path, eol_fraction=eol_fraction, eol_basis=eol_basis, model=model)
+
+    common: dict[str, Any] = {
+        "eval_params": CellEvalParams(eol_fraction=eol_fraction, eol_basis=eol_basis),
+        "max_train_cells": max_train_cells,
+        "seeds": None if seeds is None else list(range(seeds)),
+        "on_model": on_model,
+    }
+
+    def progress(line: str) -> None:
+        typer.echo(line, err=True)
+
+    seed = 0 if seed is None else seed
+    if leave_dataset_out:
+        result = evaluate_datasets(datasets, params, seed, progress, **common)
+    else:
+        result = evaluate_histories(next(iter(datasets.values())), params, seed, progress, folds=folds, **common)
     sys.stdout.write(json.dumps(result) + "\n")

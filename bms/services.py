@@ -30,6 +30,7 @@ import enum
 import json
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -67,7 +68,9 @@ __all__ = [
     "ServiceError",
     "ServiceUrls",
     "free_port",
+    "mosquitto_binary",
     "reachable",
+    "spawn_mosquitto",
 ]
 
 log = logging.getLogger(__name__)
@@ -130,6 +133,29 @@ def free_port(host: str = _LOCALHOST) -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+_HTTP_PORTS = random.Random()
+
+
+def free_http_port(host: str = _LOCALHOST) -> int:
+    """A free port in 20000-29999 for an HTTP server that binds it later (Serve's HAProxy).
+
+    :func:`free_port` hands out ports from the kernel's ephemeral range (32768 up), where
+    Ray's workers take ports for their connections as they start: one was taken before
+    HAProxy bound it, and the system failed to start. This range is below the ephemeral
+    one and away from Ray's worker ports (10002-19999) and Serve's direct-ingress ports
+    (30000 up), as ``runtime.ingress`` picks HAProxy's own ports.
+    """
+    for _ in range(100):
+        port = _HTTP_PORTS.randrange(20_000, 30_000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("Expected a free port in 20000-29999, found none in 100 tries.")
 
 
 def reachable(host: str, port: int, timeout_s: float = 0.5) -> bool:
@@ -590,13 +616,13 @@ class EmbeddedServices:
         mqtt_dir = data_dir / "mqtt"
         mqtt_dir.mkdir(parents=True, exist_ok=True)
         identities = self._embedded_identities(data_dir)
-        mosquitto = _mosquitto_binary() if self._prefer_mosquitto else None
+        mosquitto = mosquitto_binary() if self._prefer_mosquitto else None
         if mosquitto is not None:
             self._mqtt_kind = "mosquitto"
             auth = self._write_mosquitto_auth(mqtt_dir, identities) if self._mqtt_auth else None
             managed, port = _start_listening(
                 "mosquitto",
-                lambda port: self._spawn_mosquitto(mosquitto, mqtt_dir, port, auth),
+                lambda port: spawn_mosquitto(mosquitto, mqtt_dir, port, auth),
                 self._start_timeout_s,
             )
         else:
@@ -653,37 +679,6 @@ class EmbeddedServices:
         }
 
     @staticmethod
-    def _spawn_mosquitto(
-        binary: str, mqtt_dir: Path, port: int, auth: tuple[Path, Path] | None
-    ) -> _ManagedProcess:
-        log_path = mqtt_dir / "mosquitto.log"
-        if auth is None:
-            access = ["allow_anonymous true"]
-        else:
-            passwd, acl = auth
-            access = ["allow_anonymous false", f"password_file {passwd}", f"acl_file {acl}"]
-        lines = [
-            f"listener {port} {_LOCALHOST}",
-            *access,
-            # 0 = unlimited. The bridge's persistent session must never lose a queued QoS 1
-            # message while it is slow or reconnecting (default: 1000, then silent drops).
-            "max_queued_messages 0",
-            "max_queued_bytes 0",
-            # 0 = unlimited; MQTT 5 clients still cap it with their receive-maximum.
-            "max_inflight_messages 0",
-            "persistence false",
-            f"max_packet_size {_MQTT_MAX_PACKET_BYTES}",
-            "set_tcp_nodelay true",
-            f"log_dest file {log_path}",
-        ]
-        if os.geteuid() == 0:
-            # As root mosquitto drops to user `mosquitto`, which cannot write our log file.
-            lines.append("user root")
-        config = mqtt_dir / "mosquitto.conf"
-        config.write_text("\n".join(lines) + "\n")
-        return _spawn("mosquitto", [binary, "-c", str(config)], log_path, mqtt_dir)
-
-    @staticmethod
     def _spawn_amqtt(
         mqtt_dir: Path, port: int, plugins: dict[str, Any] | None
     ) -> _ManagedProcess:
@@ -704,7 +699,49 @@ class EmbeddedServices:
         argv = [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(config)]
         return _spawn("amqtt", argv, log_path, mqtt_dir)
 
-def _mosquitto_binary() -> str | None:
+def spawn_mosquitto(
+    binary: str, mqtt_dir: Path, port: int, auth: tuple[Path, Path] | None = None
+) -> _ManagedProcess:
+    """Start mosquitto on ``127.0.0.1:port`` with its config, log and database in ``mqtt_dir``.
+
+    ``auth`` is (password file, ACL file); None admits anonymous clients. Started again on
+    the same ``mqtt_dir`` it restores the sessions and queued messages it saved when it was
+    stopped (SIGTERM), as a production broker must (docs/reliability.md).
+    """
+    log_path = mqtt_dir / "mosquitto.log"
+    if auth is None:
+        access = ["allow_anonymous true"]
+    else:
+        passwd, acl = auth
+        access = ["allow_anonymous false", f"password_file {passwd}", f"acl_file {acl}"]
+    lines = [
+        f"listener {port} {_LOCALHOST}",
+        *access,
+        # The bridge's persistent session must never lose a queued QoS 1 message while it
+        # is slow or reconnecting (default: 1000, then silent drops). Deep, not 0
+        # (unlimited): mosquitto 2.0.11 with 0 dropped a client whose publish the ACL denied.
+        "max_queued_messages 10000000",
+        "max_queued_bytes 0",
+        # 0 = unlimited; MQTT 5 clients still cap it with their receive-maximum.
+        "max_inflight_messages 0",
+        # The bridge's persistent session and the messages queued for it survive a broker
+        # restart: saved on a clean stop (SIGTERM) and every autosave_interval seconds.
+        "persistence true",
+        f"persistence_location {mqtt_dir}/",
+        "autosave_interval 30",
+        f"max_packet_size {_MQTT_MAX_PACKET_BYTES}",
+        "set_tcp_nodelay true",
+        f"log_dest file {log_path}",
+    ]
+    if os.geteuid() == 0:
+        # As root mosquitto drops to user `mosquitto`, which cannot write our log file.
+        lines.append("user root")
+    config = mqtt_dir / "mosquitto.conf"
+    config.write_text("\n".join(lines) + "\n")
+    return _spawn("mosquitto", [binary, "-c", str(config)], log_path, mqtt_dir)
+
+
+def mosquitto_binary() -> str | None:
     found = shutil.which("mosquitto")
     if found is not None:
         return found

@@ -28,7 +28,7 @@ from contracts.telemetry import ContractLimits
 from models.drift import MAJOR_PSI
 from models.job_params import JobParams
 from models.registry import POLL_INTERVAL_S
-from planners.planner import PlannerParams
+from planners.planner import DEFAULT_MAX_JOBS_PER_ROUND, PlannerParams
 from serve.mqtt_bridge import BridgeConfig
 from sim.fleet_params import FleetParams
 from twins.alert_rules import TwinAlertParams
@@ -181,6 +181,14 @@ class PlannerSettings(BaseModel):
     urgent_delay_s: float = Field(PlannerParams.urgent_delay_s, ge=0, description="Re-plan this soon after an urgent event")
     solve_time_limit_s: float = Field(PlannerParams.solve_time_limit_s, gt=0, le=3600, description="Search budget per plan")
     candidates_per_shard: int = Field(PlannerParams.candidates_per_shard, ge=1, description="Top batteries each shard reports")
+    # Bounded in production: a round's travel matrices are n x n and are pickled to the
+    # solver process, so 4,046 flagged twins once took the planner past 3 GB. The default
+    # (600) is a day of 20 vans of 30 batteries (PlannerParams says more); the queue keeps
+    # the rest. The upper bound keeps a typo from asking for tens of GB.
+    max_jobs_per_round: int = Field(
+        DEFAULT_MAX_JOBS_PER_ROUND, ge=1, le=5000,
+        description="Most jobs one planning round routes (under way, critical, then most valuable); the rest stay queued",
+    )  # fmt: skip
     default_technicians: int = Field(6, ge=1, le=500, description="Roster size when none is listed")
     technicians: list[TechnicianSettings] = Field(default_factory=list)
     depots: list[DepotSettings] = Field(default_factory=list)

@@ -182,7 +182,7 @@ def planner_spec(settings: Settings, urls: ServiceUrls) -> PlannerSpec:
         params=PlannerParams(
             plan_interval_s=p.plan_interval_s, urgent_delay_s=p.urgent_delay_s,
             solve_time_limit_s=p.solve_time_limit_s, candidates_per_shard=p.candidates_per_shard,
-            utc_offset_h=settings.models.utc_offset_h,
+            utc_offset_h=settings.models.utc_offset_h, max_jobs_per_round=p.max_jobs_per_round,
         ),
     )  # fmt: skip
 

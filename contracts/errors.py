@@ -15,6 +15,9 @@
         └── SwapRecordError                     a swap record missing, forbidden, or not
                                                 matching the order
 
+    Unavailable                                 a backend or peer out of reach for now (not
+                                                a ContractError: nothing was refused)
+
 They live at the bottom because the store enforces them inside its transactions and the
 edges map them to HTTP statuses, while the domain packages raise them.
 
@@ -33,6 +36,7 @@ __all__ = [
     "NoRollbackTarget",
     "RegistryError",
     "SwapRecordError",
+    "Unavailable",
     "UnknownModel",
     "UnknownModelVersion",
     "WorkOrderError",
@@ -81,3 +85,13 @@ class InvalidTransition(WorkOrderError):
 
 class SwapRecordError(WorkOrderError):
     """A swap record is missing, not allowed, or does not match its work order."""
+
+
+class Unavailable(Exception):
+    """A backend or a peer could not be reached now: the same request may succeed later.
+
+    Raised where the difference matters to the caller: the bridge retries a batch that met
+    an unavailable database or a restarting shard for as long as it takes (holding the
+    messages unacknowledged, which is backpressure), while a batch that fails for any other
+    reason counts towards its attempts and is dead-lettered as poison after the last one.
+    """

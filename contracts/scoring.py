@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["DRIFT_ELIGIBLE", "ScoreRequest", "merge_arrays"]
+__all__ = ["DRIFT_ELIGIBLE", "ScoreRequest", "merge_arrays", "mergeable_groups"]
 
 #: Optional boolean array of a request: which rows a model's drift monitor may count. Rows
 #: of twins observed too briefly (minutes-old twins have counters near zero) are scored but
@@ -34,6 +34,25 @@ class ScoreRequest:
                 raise ValueError(
                     f"Expected array {name!r} to have one row per id ({len(self.ids)}), got {len(a)}."
                 )
+
+
+def _signature(r: ScoreRequest) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    return tuple(sorted((k, a.shape[1:]) for k, a in r.arrays.items() if k != DRIFT_ELIGIBLE))
+
+
+def mergeable_groups(requests: list[ScoreRequest]) -> list[list[int]]:
+    """Indices of the requests, grouped so that each group's arrays concatenate.
+
+    Callers may legitimately differ in the width of their rows: shards configured with
+    different ``window_samples`` (a rolling change of settings, or a what-if run beside the
+    live fleet) send windows of different ``W`` to the same deployment in the same batch.
+    Each group then becomes its own model call instead of failing the whole batch. Groups
+    keep the order of their first request.
+    """
+    groups: dict[tuple[tuple[str, tuple[int, ...]], ...], list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(_signature(r), []).append(i)
+    return list(groups.values())
 
 
 def merge_arrays(requests: list[ScoreRequest]) -> dict[str, npt.NDArray[Any]]:

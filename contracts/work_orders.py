@@ -30,6 +30,7 @@ from contracts.errors import InvalidTransition, SwapRecordError, WorkOrderError
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
+    "OPEN_STATES",
     "SWAP_KINDS",
     "InvalidTransition",
     "SwapRecord",
@@ -74,6 +75,10 @@ ALLOWED_TRANSITIONS: dict[WorkOrderState, frozenset[WorkOrderState]] = {
     _S.CANCELLED: frozenset(),
 }
 """State -> the states it may move to; terminal states map to an empty set."""
+
+OPEN_STATES: frozenset[WorkOrderState] = frozenset({_S.PLANNED, _S.ASSIGNED, _S.EN_ROUTE})
+"""States of an order still to be done; a battery has at most one order in them (the
+``work_orders_one_open_per_battery`` index, migration 0011)."""
 
 SWAP_KINDS: frozenset[WorkOrderKind] = frozenset(
     {WorkOrderKind.BATTERY_SWAP, WorkOrderKind.BATTERY_REPLACEMENT}

@@ -9,9 +9,15 @@ One CSV row is one discharge cycle. A *cell file* has at least the five columns 
   such as a ``cells_index.csv`` summary, is not a cell file and is skipped (logged);
 * a CSV with some per-cycle columns but not all five is a broken cell file: it raises.
 
+:func:`load_cell_datasets` reads a folder of such directories, one dataset each (e.g.
+``nasa_pcoe/``, ``hust/``, ``tju/``), and :func:`select_cells` picks cells by id.
+
 Capacities are kept in Ah as read; :meth:`CellHistory.soh` gives the state of health as a
 fraction of the nominal (rated) capacity, the normalisation every model here works in so
-that cells of any size can be pooled.
+that cells of any size can be pooled. End of life follows ``cells_index.csv``: a fraction of
+the nominal or of the initial capacity (median of the first three clean cycles), reached
+when the centred 5-cycle rolling median of the clean capacities falls below it
+(:meth:`CellHistory.end_of_life_cycle`).
 """
 
 from __future__ import annotations
@@ -22,15 +28,20 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "EOL_BASES",
     "REQUIRED_COLUMNS",
     "CellHistory",
+    "EolBasis",
     "load_cell_csv",
+    "load_cell_datasets",
     "load_cell_histories",
+    "select_cells",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -52,6 +63,15 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 _PER_CYCLE_COLUMNS = frozenset({"cycle", "capacity_Ah", "anomaly_flag"})
 _TRUE_FLAGS = frozenset({"1", "1.0", "true", "yes"})
 _FALSE_FLAGS = frozenset({"0", "0.0", "false", "no", ""})
+# The end-of-life rule of cells_index.csv (SOURCES.md): first capacity = median of the first
+# three clean cycles; end of life = centred 5-cycle rolling median below the threshold.
+_INITIAL_CYCLES = 3
+_EOL_MEDIAN_WINDOW = 5
+
+#: What an end-of-life fraction is a fraction of: the rated or the cell's initial capacity.
+EolBasis = Literal["nominal", "initial"]
+#: The accepted values of :data:`EolBasis`.
+EOL_BASES: tuple[EolBasis, ...] = ("nominal", "initial")
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,26 +174,83 @@ class CellHistory:
         """State of health per cycle: capacity as a fraction of nominal (1.0 = rated)."""
         return self.capacity_ah / self.nominal_capacity_ah
 
-    def end_of_life_cycle(self, fraction: float = 0.7) -> int | None:
-        """When the cell first reaches end of life, counted in clean cycles.
+    def initial_capacity_ah(self) -> float:
+        """Capacity of the fresh cell: the median of its first three clean cycles, in Ah.
+
+        As ``first_capacity_Ah`` of ``cells_index.csv``: the median damps one odd first
+        cycle. A cell with fewer clean cycles uses those it has.
+
+        Raises
+        ------
+        ValueError
+            If the cell has no clean cycle.
+        """
+        capacity = self.clean().capacity_ah
+        if len(capacity) == 0:
+            raise ValueError(f"Expected at least one clean cycle of cell {self.cell_id}, got none.")
+        return float(np.median(capacity[:_INITIAL_CYCLES]))
+
+    def eol_threshold_soh(self, fraction: float = 0.7, basis: EolBasis = "nominal") -> float:
+        """The end-of-life threshold of this cell as SOH (fraction of *nominal* capacity).
 
         Parameters
         ----------
         fraction
-            End of life is the first cycle with ``capacity <= fraction * nominal``.
+            End of life as a fraction of the basis capacity.
+        basis
+            ``"nominal"``: ``fraction`` of the rated capacity, the threshold is ``fraction``;
+            ``"initial"``: ``fraction`` of :meth:`initial_capacity_ah`, i.e.
+            ``fraction * initial / nominal``. Everything downstream works in SOH of nominal,
+            so a per-cell threshold is the only thing the basis changes.
+        """
+        if not 0 < fraction < 1.5:
+            raise ValueError(f"Expected fraction in (0, 1.5), got {fraction}.")
+        if basis == "nominal":
+            return fraction
+        if basis == "initial":
+            return fraction * self.initial_capacity_ah() / self.nominal_capacity_ah
+        raise ValueError(f"Expected basis 'nominal' or 'initial', got {basis!r}.")
+
+    def smoothed_capacity_ah(self) -> FloatArray:
+        """Centred 5-cycle rolling median of the clean capacities, in Ah.
+
+        Edges use the cycles there are (pandas ``rolling(5, center=True, min_periods=1)
+        .median()``): 3 values at the first and last cycle, 4 next to them.
+        """
+        capacity = self.clean().capacity_ah
+        half = _EOL_MEDIAN_WINDOW // 2
+        padded = np.concatenate([np.full(half, np.nan), capacity, np.full(half, np.nan)])
+        windows = np.lib.stride_tricks.sliding_window_view(padded, _EOL_MEDIAN_WINDOW)
+        # Every window holds its centre, a real capacity, so no all-NaN slice can occur.
+        return np.nanmedian(windows, axis=1) if len(capacity) else capacity
+
+    def end_of_life_cycle(self, fraction: float = 0.7, basis: EolBasis = "nominal") -> int | None:
+        """When the cell reaches end of life, counted in clean cycles.
+
+        Parameters
+        ----------
+        fraction
+            End of life as a fraction of the basis capacity.
+        basis
+            ``"nominal"`` (rated capacity) or ``"initial"`` (:meth:`initial_capacity_ah`);
+            see :meth:`eol_threshold_soh`.
 
         Returns
         -------
         int or None
-            The 1-based *position in the clean series* (:meth:`clean`) of the first cycle
-            at or below the threshold, i.e. how many trusted cycles the cell delivered up to
-            and including that one; None if it never gets there. Positions rather than
-            recorded cycle numbers because the models step once per trusted cycle; for the
-            benchmark cells (no flagged cycles) the two agree.
+            The 1-based *position in the clean series* (:meth:`clean`) of the first cycle at
+            which the centred 5-cycle rolling median (:meth:`smoothed_capacity_ah`) is below
+            the threshold, the rule of the end-of-life columns of ``cells_index.csv``; None if
+            it never gets there. The median keeps one noisy or spiking cycle from ending (or
+            postponing) a life. Positions rather than recorded cycle numbers because the models
+            step once per trusted cycle; ``cells_index.csv`` holds the recorded number
+            (``clean().cycle[eol - 1]``), the same for cells without flagged cycles.
         """
-        if not 0 < fraction < 1.5:
-            raise ValueError(f"Expected fraction in (0, 1.5), got {fraction}.")
-        below = np.flatnonzero(self.clean().soh() <= fraction)
+        if len(self.clean()) == 0:
+            self.eol_threshold_soh(fraction, "nominal")  # still reject a bad fraction
+            return None
+        threshold = self.eol_threshold_soh(fraction, basis) * self.nominal_capacity_ah
+        below = np.flatnonzero(self.smoothed_capacity_ah() < threshold)
         return int(below[0]) + 1 if len(below) else None
 
 
@@ -323,3 +400,78 @@ def load_cell_histories(directory: Path) -> list[CellHistory]:
             "found none."
         )
     return [cells[k] for k in sorted(cells)]
+
+
+def _holds_cell_files(directory: Path) -> bool:
+    for path in directory.iterdir():
+        if path.suffix.lower() != ".csv":
+            continue
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+        if set(header) & _PER_CYCLE_COLUMNS:
+            return True
+    return False
+
+
+def load_cell_datasets(root: Path) -> dict[str, list[CellHistory]]:
+    """Read a folder of datasets: each immediate subdirectory holding cell files is one.
+
+    Parameters
+    ----------
+    root
+        E.g. ``/work/shared/data/battery`` with ``nasa_pcoe/``, ``hust/``, ``tju/``; files
+        directly in ``root`` (such as ``cells_index.csv``) and subdirectories without a cell
+        file are ignored.
+
+    Returns
+    -------
+    dict
+        Dataset name (the subdirectory name) to its cells (:func:`load_cell_histories`),
+        sorted by name.
+
+    Raises
+    ------
+    ValueError
+        If no subdirectory holds a cell file, or a ``cell_id`` appears in two datasets.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"Expected a directory of dataset folders, got {root}.")
+    datasets: dict[str, list[CellHistory]] = {}
+    seen: dict[str, str] = {}
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        if not _holds_cell_files(sub):
+            _LOG.info("Skipping %s: no cell file, so not a dataset.", sub.name)
+            continue
+        cells = load_cell_histories(sub)
+        for cell in cells:
+            if cell.cell_id in seen:
+                raise ValueError(
+                    f"Expected each cell_id in one dataset, got {cell.cell_id} in "
+                    f"{seen[cell.cell_id]} and {sub.name}."
+                )
+            seen[cell.cell_id] = sub.name
+        datasets[sub.name] = cells
+    if not datasets:
+        raise ValueError(
+            f"Expected subdirectories of {root} holding CSVs with columns "
+            f"{list(REQUIRED_COLUMNS)}, found none."
+        )
+    return datasets
+
+
+def select_cells(histories: Sequence[CellHistory], cell_ids: Sequence[str]) -> list[CellHistory]:
+    """The histories whose ``cell_id`` is in ``cell_ids``, in their original order.
+
+    Raises
+    ------
+    ValueError
+        Naming every requested id that is not among the histories.
+    """
+    wanted = set(cell_ids)
+    missing = sorted(wanted - {h.cell_id for h in histories})
+    if missing:
+        raise ValueError(
+            f"Expected cell ids among the {len(histories)} loaded cells, missing {missing}."
+        )
+    return [h for h in histories if h.cell_id in wanted]

@@ -1,46 +1,50 @@
-"""LSTM forecaster of capacity fade and remaining useful life (RUL), one step per cycle.
+"""LSTM forecaster of capacity fade and remaining useful life (RUL) whose reach scales with life.
 
 What the model is
 -----------------
-A one-layer LSTM reads one input vector per completed (trusted) cycle, built by
-:func:`cycle_inputs` from the cycle's state of health (SOH, capacity / nominal), its change
-since the previous cycle and the cycle count. After each cycle a linear head maps the LSTM
-output ``h_t`` to quantiles (p10, p50, p90) of the SOH *drop* ``soh_t - soh_{t+k}`` at a fixed
-set of horizons ``k`` (the *knots*, 1 to 128 cycles by default); between knots the drop is
-interpolated linearly, beyond the last knot it is extrapolated along the last segment. This is
-the direct multi-horizon quantile design (MQ-RNN, Wen et al. 2017) rather than autoregressive
-roll-outs: errors do not compound over a 100-cycle horizon, and the band is a calibrated
-quantile band, learned with the pinball loss, not a Monte-Carlo spread.
+A one-layer LSTM reads one input vector per *step*, built by :func:`cycle_inputs` from a
+trusted capacity measurement: its state of health (SOH, capacity / nominal), the change since
+the previous step, and how far the cycle count has advanced, all *relative to the cycles
+already lived*. A step is taken when the cycle count has grown by ``step_fraction`` (3 %) of
+itself since the last one (:func:`twins.cycle_inputs.step_due`), so the LSTM takes a similar
+number of steps over a 150-cycle lab cell and a 2,500-cycle LFP cell, and no input carries an
+absolute cycle count.
 
-The head is shaped so that every quantile curve is non-decreasing in the horizon (capacity
-fade is monotone on average, even though single cycles recover after rests) and the three
-curves never cross: increments between knots are ``softplus`` outputs, p10 <= p50 <= p90.
-Only the drop at the first knot is free in sign, because a cycle right after a dip is often
-followed by a recovery.
+After each step a linear head maps the LSTM output ``h`` to quantiles (p10, p50, p90) of the
+SOH *drop* ``soh_now - soh(k_now (1 + tau))`` at a set of *relative* horizons ``tau`` (the
+knots, 0.02 to 4 times the cycles lived). So a cell half-way through its life reaches its end
+within the knots (tau = 1) whether it lives 150 or 2,500 cycles; beyond the last knot the
+drop is extrapolated along the last segment. This is the direct multi-horizon quantile design
+(MQ-RNN, Wen et al. 2017), not an autoregressive roll-out: errors do not compound, and the
+band is a quantile band learned with the pinball loss, not a Monte-Carlo spread.
 
-Remaining useful life to a threshold (80 % and 70 % of rated) is the first future cycle whose
-forecast SOH is at or below it, read off each quantile curve: the pessimistic curve (p90 of the
-drop) gives the RUL's p10, the median its p50. That equals the quantiles of the crossing time
-when the future drop is driven by one latent severity (the curves are comonotone), which is the
-assumption made here.
+The head is shaped so that every quantile curve is non-decreasing in the horizon and the three
+never cross (increments between knots are ``softplus`` outputs; p10 <= p50 <= p90). Only the
+drop at the first knot is free in sign, since capacity often recovers after a rest.
 
-Everything is in SOH space, so cells of any rated capacity share one model, and the live
-twins keep only ``(h, c)`` of width ``hidden_size`` per battery: :meth:`DegradationLSTM.step`
-is the stateless batched step they call once per completed cycle.
+Remaining useful life to a threshold is the first future cycle whose forecast SOH is at or
+below it, read off each quantile curve (the pessimistic curve, p90 of the drop, gives the
+RUL's p10), which equals the quantiles of the crossing time when one latent severity drives
+the future drop (the curves are comonotone).
 
-Training (:func:`train`) uses every prefix of every history at once: the head is supervised
-after each step with all future knots the history covers. Each batch is freshly drawn:
+Everything is in SOH of nominal and relative time, so cells of any rated capacity and any
+lifetime share one model, and the live twins keep only ``(h, c)`` of width ``hidden_size``
+plus the SOH and cycle count of their last step: :meth:`DegradationLSTM.step` is the
+stateless batched step they call when a step is due.
 
-* training histories *replayed at another ageing speed*: stretched in time by a random factor
-  whose log also drifts over the life, shifted in SOH and with measurement noise added, so a
-  real cell stands for a family of faster and slower ones with the same SOH-dependent shape;
-* a share (``synthetic_frac``) of *generic synthetic fade curves* (random rate and curvature,
-  capacity recoveries after rests, noise; ``_synthetic_history``).
+Training (:func:`train`) supervises every step of every history with all future knots the
+history covers. Each batch is freshly drawn:
 
-Why both: with three or four lab cells an LSTM learns to recognise *which* cell it is looking
-at from the early cycles and replays that cell's future. The replayed and synthetic histories
-break that shortcut and teach the rule that generalises, that the fade rate shown by the
-recent history tends to persist; the real histories keep what happens near end of life.
+* training histories *replayed at another ageing speed* (the time axis stretched, with a
+  drifting stretch), measured irregularly (a random share of the measurements dropped),
+  shifted in SOH and with measurement noise on the inputs;
+* a share (``synthetic_frac``) of *generic synthetic fade curves*: decelerating, linear and
+  knee-shaped fade in any mix, lives of 60 to 3,000 cycles, capacity recoveries after rests
+  (``_synthetic_history``).
+
+The synthetic share teaches the rule that generalises across chemistries (the fade shape
+read from the history so far tends to persist, with a knee possible), the real histories
+what real cells do near their end of life.
 """
 
 from __future__ import annotations
@@ -62,16 +66,27 @@ import torch
 from torch import nn
 
 from models.cell_data import CellHistory
-from twins.cycle_inputs import CYCLE_INPUT_NAMES, cycle_inputs
+from twins.cycle_inputs import (
+    CYCLE_INPUT_NAMES,
+    DEFAULT_STEP_FRACTION,
+    SLOPE_EWMA_COLUMN,
+    SLOPE_SCALE,
+    cycle_inputs,
+    smooth_slopes,
+    step_due,
+    step_indices,
+)
 
 __all__ = [
     "CYCLE_INPUT_NAMES",
     "QUANTILES",
     "DegradationLSTM",
     "DegradationParams",
+    "Encoded",
     "Forecast",
     "StepOutput",
     "cycle_inputs",
+    "step_due",
     "train",
 ]
 
@@ -83,17 +98,33 @@ IntArray = npt.NDArray[np.int64]
 
 #: Quantile levels of every band the model gives.
 QUANTILES: tuple[float, float, float] = (0.1, 0.5, 0.9)
-# Typical fade per cycle in SOH; the head's increment outputs are in these units.
-_RATE_UNIT = 0.003
+# The head's outputs are in units of the recent fade rate per unit of log-time (the
+# smoothed slope, SOH per unit of ln k; see unit_of), plus this floor so that a cell whose
+# capacity has been flat or rising can still be forecast to fade.
+_RATE_FLOOR = 0.01
+
+
+def unit_of(slope_ewma: torch.Tensor) -> torch.Tensor:
+    """The head's unit of drop per unit of tau, from the ``slope_ewma`` input column.
+
+    A drop of ``unit * tau`` is the recent fade continued at a constant rate per cycle (for
+    a rate r per cycle over k cycles lived, the slope in log-time is r k and the drop over
+    tau k more cycles is r k tau), so an output of 1 per unit of tau reproduces that
+    extrapolation and the LSTM learns how the fade will bend away from it.
+    """
+    return torch.clamp(-slope_ewma * SLOPE_SCALE, min=0.0) + _RATE_FLOOR
 _WEIGHTS_FILE = "degradation_lstm.pt"
 _META_FILE = "degradation_lstm.json"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 
 
-def _sequence_inputs(soh_frac: FloatArray) -> Float32Array:
-    """:func:`cycle_inputs` of every cycle of one history, shape (len, 3)."""
-    prev = np.concatenate([[np.nan], soh_frac[:-1]])
-    return cycle_inputs(soh_frac, np.arange(1, len(soh_frac) + 1), prev)
+def _steps_of(cycles: FloatArray, soh: FloatArray, step_fraction: float) -> tuple[Float32Array, IntArray]:
+    """Inputs (len, 6) of the steps of one history and the indices of the measurements used."""
+    idx = step_indices(cycles, step_fraction)
+    k, s = cycles[idx], soh[idx]
+    prev_k = np.concatenate([[0.0], k[:-1]])
+    prev_s = np.concatenate([[np.nan], s[:-1]])
+    return smooth_slopes(cycle_inputs(s, k, prev_s, prev_k, s[0], 0.0)), idx
 
 
 @dataclass(frozen=True)
@@ -104,9 +135,11 @@ class DegradationParams:
     ----------
     hidden_size
         Width of the LSTM state; the live twins store ``h`` and ``c`` of this width.
-    horizon_knots_cycles
-        Horizons (cycles ahead) at which the head predicts the drop; strictly increasing,
-        starting at 1.
+    horizon_knots_rel
+        Relative horizons tau (future cycle = cycles lived x (1 + tau)) at which the head
+        predicts the drop; strictly increasing, > 0.
+    step_fraction
+        Smallest growth of the cycle count, as a fraction of it, between two steps.
     train_steps
         Optimiser steps (each on one freshly augmented batch).
     batch_size
@@ -118,45 +151,49 @@ class DegradationParams:
     grad_clip_norm
         Gradient norm clip.
     stretch_min, stretch_max
-        Range of the time-stretch factor of a replayed training history (log-uniform); 1.25
-        makes it 25 % longer, i.e. ageing 25 % slower.
+        Range of the time-stretch factor of a replayed training history (log-uniform).
     stretch_drift
-        The ageing speed of a replayed history also drifts smoothly, its log by up to this
-        much (uniform, either sign) over the life: rates change within a history too.
+        The stretch also drifts smoothly, its log by up to this much (either sign) over the
+        life: ageing speeds change within a history too.
+    keep_min
+        A replayed history keeps a uniform share in [keep_min, 1] of its measurements:
+        capacity is not measured every cycle in the field.
     soh_shift_frac
         Half-width of the uniform SOH shift added to a whole replayed history.
     synthetic_frac
-        Share of each batch drawn from the generic synthetic fade model instead of the
-        training histories (see ``_synthetic_history``); 0 trains on the histories only.
+        Share of each batch drawn from the generic synthetic fade model (``_synthetic_history``).
     noise_frac
-        Standard deviation of the Gaussian noise added to each replayed cycle's SOH.
+        Largest standard deviation of the Gaussian noise added to the inputs' SOH.
     torch_threads
-        Threads torch may use while training and predicting (None leaves torch's setting).
+        Threads torch may use while training and predicting (None leaves torch's setting);
+        1 makes training bit-for-bit reproducible on a given machine.
     """
 
     hidden_size: int = 32
-    horizon_knots_cycles: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 96, 128)
-    train_steps: int = 1000
+    horizon_knots_rel: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+    step_fraction: float = DEFAULT_STEP_FRACTION
+    train_steps: int = 800
     batch_size: int = 32
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-2
     weight_decay: float = 1e-4
     grad_clip_norm: float = 1.0
-    stretch_min: float = 0.6
-    stretch_max: float = 1.6
-    stretch_drift: float = 0.5
-    soh_shift_frac: float = 0.03
-    synthetic_frac: float = 0.5
-    noise_frac: float = 0.002
+    stretch_min: float = 0.7
+    stretch_max: float = 1.4
+    stretch_drift: float = 0.0
+    keep_min: float = 0.3
+    soh_shift_frac: float = 0.02
+    synthetic_frac: float = 0.3
+    noise_frac: float = 0.003
     torch_threads: int | None = 1
 
     def __post_init__(self) -> None:
         if not 1 <= self.hidden_size <= 1024:
             raise ValueError(f"Expected hidden_size in [1, 1024], got {self.hidden_size}.")
-        knots = self.horizon_knots_cycles
-        if not knots or knots[0] != 1 or any(b <= a for a, b in itertools.pairwise(knots)):
-            raise ValueError(
-                f"Expected horizon_knots_cycles strictly increasing from 1, got {knots}."
-            )
+        knots = self.horizon_knots_rel
+        if not knots or knots[0] <= 0 or any(b <= a for a, b in itertools.pairwise(knots)):
+            raise ValueError(f"Expected horizon_knots_rel strictly increasing from above 0, got {knots}.")
+        if not 0 < self.step_fraction < 1:
+            raise ValueError(f"Expected step_fraction in (0, 1), got {self.step_fraction}.")
         for name in ("train_steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Expected {name} >= 1, got {getattr(self, name)}.")
@@ -166,8 +203,11 @@ class DegradationParams:
         for name in ("weight_decay", "soh_shift_frac", "noise_frac", "stretch_drift"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"Expected {name} >= 0, got {getattr(self, name)}.")
-        if not 0 <= self.synthetic_frac <= 1:
-            raise ValueError(f"Expected synthetic_frac in [0, 1], got {self.synthetic_frac}.")
+        if self.stretch_drift >= 1:
+            raise ValueError(f"Expected stretch_drift < 1 (time must run forward), got {self.stretch_drift}.")
+        for name in ("synthetic_frac", "keep_min"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"Expected {name} in [0, 1], got {getattr(self, name)}.")
         if not 0 < self.stretch_min <= self.stretch_max:
             raise ValueError(
                 "Expected 0 < stretch_min <= stretch_max, "
@@ -184,24 +224,25 @@ class DegradationParams:
         if unknown:
             raise ValueError(f"Expected keys among {sorted(known)}, got unknown {unknown}.")
         values = dict(data)
-        if "horizon_knots_cycles" in values:
-            values["horizon_knots_cycles"] = tuple(int(k) for k in values["horizon_knots_cycles"])
+        if "horizon_knots_rel" in values:
+            values["horizon_knots_rel"] = tuple(float(k) for k in values["horizon_knots_rel"])
         return cls(**values)
 
 
 @dataclass(frozen=True)
 class StepOutput:
-    """What the model says after one cycle, for a batch of n batteries.
+    """What the model says after one step, for a batch of n batteries.
 
     Parameters
     ----------
-    horizons_cycles
-        The knots, shape (K,): cycles ahead.
+    horizons_rel
+        The knots, shape (K,): relative horizons tau.
     drop_quantiles
-        p10, p50, p90 of the SOH drop ``soh_now - soh_{now+k}`` at each knot, shape (n, K, 3).
+        p10, p50, p90 of the SOH drop ``soh_now - soh(k_now (1 + tau))`` at each knot,
+        shape (n, K, 3).
     """
 
-    horizons_cycles: IntArray
+    horizons_rel: FloatArray
     drop_quantiles: FloatArray
 
 
@@ -212,16 +253,40 @@ class Forecast:
     Parameters
     ----------
     soh
-        p10, p50, p90 of SOH for the next cycles 1..horizon, shape (n, horizon, 3).
+        p10, p50, p90 of SOH for the next cycles 1..horizon after "now", shape (n, horizon, 3).
     rul_80_cycles, rul_70_cycles
-        p10, p50, p90 of the cycles until SOH is first at or below 80 % / 70 % of rated,
-        shape (n, 3): 0 if it is already there; counted by the extrapolated curves, so it may
-        exceed the horizon (``inf`` only if a curve stops falling).
+        p10, p50, p90 of the cycles from now until SOH is first at or below 80 % / 70 % of
+        rated, shape (n, 3): 0 if it is already there; counted by the extrapolated curves, so
+        it may exceed the horizon (``inf`` only if a curve stops falling).
     """
 
     soh: FloatArray
     rul_80_cycles: FloatArray
     rul_70_cycles: FloatArray
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Where the forecasts of n batteries start: their state after their last step.
+
+    Parameters
+    ----------
+    h, c
+        LSTM state after the last step, float32, shape (n, hidden_size) (the head reads
+        ``h``; ``c`` carries memory into the next step).
+    step_soh
+        SOH at that step, shape (n,): the drop curves start there.
+    step_cycle
+        Cycles lived at that step, shape (n,): relative horizons are multiples of it.
+    step_slope_ewma
+        The step's ``slope_ewma`` input, shape (n,): the unit of the forecast drop.
+    """
+
+    h: Float32Array
+    c: Float32Array
+    step_soh: FloatArray
+    step_cycle: FloatArray
+    step_slope_ewma: FloatArray
 
 
 class _Net(nn.Module):
@@ -231,23 +296,28 @@ class _Net(nn.Module):
         self.head = nn.Linear(hidden_size, 3 * n_knots)
         self.n_knots = n_knots
 
-    def drops(self, out: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
-        """Monotone, non-crossing drop quantiles (..., K, 3) from LSTM outputs (..., H)."""
+    def drops(self, out: torch.Tensor, widths: torch.Tensor, slope_ewma: torch.Tensor) -> torch.Tensor:
+        """Monotone, non-crossing drop quantiles (..., K, 3) from LSTM outputs (..., H).
+
+        ``widths`` are the knots' spacings, the first one measured from tau = 0;
+        ``slope_ewma`` (...) is the step's ``slope_ewma`` input, which sets the unit.
+        """
         raw = self.head(out).unflatten(-1, (3, self.n_knots))
-        first = raw[..., 0, :1] * _RATE_UNIT
-        # Increments between knots, per cycle of horizon, in units of a typical fade rate.
-        rate50 = nn.functional.softplus(raw[..., 0, 1:]) * _RATE_UNIT
-        # Channel 1: p10's offset at the first knot, then p10's share of p50's increments;
-        # channel 2: p90's offset, then its extra increments.
-        below = nn.functional.softplus(raw[..., 1, :1]) * _RATE_UNIT
-        above = nn.functional.softplus(raw[..., 2, :]) * _RATE_UNIT
-        d50 = torch.cat([first, first + torch.cumsum(rate50 * widths, dim=-1)], dim=-1)
+        unit = unit_of(slope_ewma).unsqueeze(-1)
+        first = raw[..., 0, :1] * unit * widths[0]
+        # Increments between knots, per unit of tau, in units of the recent fade rate.
+        rate50 = nn.functional.softplus(raw[..., 0, 1:]) * unit
+        below = nn.functional.softplus(raw[..., 1, :1]) * unit * widths[0]
+        above = nn.functional.softplus(raw[..., 2, :]) * unit
+        w = widths[1:]
+        d50 = torch.cat([first, first + torch.cumsum(rate50 * w, dim=-1)], dim=-1)
         # p10 grows by a fraction of p50's increments, p90 by more: neither crosses p50.
         frac10 = torch.sigmoid(raw[..., 1, 1:])
-        d10_inc = torch.cumsum(rate50 * frac10 * widths, dim=-1)
-        d90_inc = torch.cumsum((rate50 + above[..., 1:]) * widths, dim=-1)
+        d10_inc = torch.cumsum(rate50 * frac10 * w, dim=-1)
+        d90_inc = torch.cumsum((rate50 + above[..., 1:]) * w, dim=-1)
+        lift = above[..., :1] * widths[0]
         d10 = torch.cat([first - below, first - below + d10_inc], dim=-1)
-        d90 = torch.cat([first + above[..., :1], first + above[..., :1] + d90_inc], dim=-1)
+        d90 = torch.cat([first + lift, first + lift + d90_inc], dim=-1)
         return torch.stack([d10, d50, d90], dim=-1)
 
 
@@ -271,6 +341,17 @@ def _as_state(name: str, arr: npt.ArrayLike, n: int, hidden: int) -> torch.Tenso
     if a.shape != (n, hidden):
         raise ValueError(f"Expected {name} of shape ({n}, {hidden}), got {a.shape}.")
     return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _as_column(name: str, arr: npt.ArrayLike, n: int, positive: bool = False) -> FloatArray:
+    a = np.asarray(arr, dtype=np.float64).reshape(-1)
+    ok = a.shape == (n,) and bool(np.all(np.isfinite(a))) and (not positive or bool(np.all(a > 0)))
+    if not ok:
+        raise ValueError(
+            f"Expected {'positive ' if positive else ''}finite {name} of shape ({n},), "
+            f"got shape {a.shape}: {a.tolist()[:10]}."
+        )
+    return a
 
 
 class DegradationLSTM:
@@ -299,15 +380,12 @@ class DegradationLSTM:
         # Seed the initial weights without touching the caller's global torch RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self._net = _Net(
-                len(CYCLE_INPUT_NAMES), params.hidden_size, len(params.horizon_knots_cycles)
-            )
+            self._net = _Net(len(CYCLE_INPUT_NAMES), params.hidden_size, len(params.horizon_knots_rel))
         if state_dict is not None:
             self._net.load_state_dict(state_dict)
         self._net.eval()
-        knots = np.asarray(params.horizon_knots_cycles, dtype=np.int64)
-        self._knots = knots
-        self._widths = torch.tensor(np.diff(knots), dtype=torch.float32)
+        self._knots = np.asarray(params.horizon_knots_rel, dtype=np.float64)
+        self._widths = torch.tensor(np.diff(np.concatenate([[0.0], self._knots])), dtype=torch.float32)
         self.metrics: dict[str, Any] = dict(metrics or {})
 
     @property
@@ -321,24 +399,24 @@ class DegradationLSTM:
         return len(CYCLE_INPUT_NAMES)
 
     def initial_state(self, n: int) -> tuple[Float32Array, Float32Array]:
-        """``(h, c)`` of n batteries before their first cycle: zeros, shape (n, hidden)."""
+        """``(h, c)`` of n batteries before their first step: zeros, shape (n, hidden)."""
         z = np.zeros((n, self.hidden_size), dtype=np.float32)
         return z, z.copy()
 
-    def _head(self, out: torch.Tensor) -> torch.Tensor:
-        return self._net.drops(out, self._widths)
+    def _head(self, out: torch.Tensor, slope_ewma: torch.Tensor) -> torch.Tensor:
+        return self._net.drops(out, self._widths, slope_ewma)
 
     def step(
         self, x: npt.ArrayLike, h: npt.ArrayLike, c: npt.ArrayLike
     ) -> tuple[StepOutput, Float32Array, Float32Array]:
-        """Advance n batteries by one completed cycle each (stateless, batched).
+        """Advance n batteries by one step each (stateless, batched).
 
         Parameters
         ----------
         x
-            :func:`cycle_inputs` of the cycle just completed, shape (n, n_inputs), float32.
+            :func:`cycle_inputs` of the measurement stepped on, shape (n, n_inputs), float32.
         h, c
-            LSTM state of each battery before this cycle, shape (n, hidden_size).
+            LSTM state of each battery before this step, shape (n, hidden_size).
 
         Returns
         -------
@@ -356,116 +434,152 @@ class DegradationLSTM:
                 torch.from_numpy(np.ascontiguousarray(xa)).unsqueeze(1),
                 (h0.unsqueeze(0), c0.unsqueeze(0)),
             )
-            drops = self._head(out[:, 0]).double().numpy()
+            slope = torch.from_numpy(np.ascontiguousarray(xa[:, SLOPE_EWMA_COLUMN]))
+            drops = self._head(out[:, 0], slope).double().numpy()
         return (
-            StepOutput(horizons_cycles=self._knots.copy(), drop_quantiles=drops),
+            StepOutput(horizons_rel=self._knots.copy(), drop_quantiles=drops),
             h1[0].numpy().copy(),
             c1[0].numpy().copy(),
         )
 
     def encode(
-        self, soh_histories: Sequence[npt.ArrayLike]
-    ) -> tuple[Float32Array, Float32Array]:
-        """State after running each history from a zero state, all at once.
+        self, soh_histories: Sequence[npt.ArrayLike], cycle_histories: Sequence[npt.ArrayLike] | None = None
+    ) -> Encoded:
+        """State after running each history's steps from a zero state, all at once.
 
         Parameters
         ----------
         soh_histories
-            n SOH series (clean cycles 1..len), of any lengths >= 1.
+            n SOH series of any lengths >= 1.
+        cycle_histories
+            Cycle count of each measurement (increasing, > 0); None: 1, 2, ... (one
+            measurement per cycle, the lab convention).
 
         Returns
         -------
-        tuple
-            ``(h, c)``, each float32 of shape (n, hidden_size); the same as calling
-            :meth:`step` once per cycle.
+        Encoded
+            The state, the same as calling :meth:`step` on each due measurement, and what the
+            forecast needs of each history's last step.
         """
         series = [np.asarray(s, dtype=np.float64).ravel() for s in soh_histories]
         if not series or any(len(s) < 1 for s in series):
             raise ValueError(
                 f"Expected one or more non-empty SOH histories, got lengths {[len(s) for s in series]}."
             )
-        x, lengths = _pad([_sequence_inputs(s) for s in series])
+        cycles = _cycles_of(series, cycle_histories)
+        xs, last_soh, last_cycle, last_slope = [], np.empty(len(series)), np.empty(len(series)), np.empty(len(series))
+        for i, (s, k) in enumerate(zip(series, cycles, strict=True)):
+            x, idx = _steps_of(k, s, self.params.step_fraction)
+            xs.append(x)
+            last_soh[i], last_cycle[i] = s[idx[-1]], k[idx[-1]]
+            last_slope[i] = x[-1, SLOPE_EWMA_COLUMN]
+        x, lengths = _pad(xs)
         with torch.no_grad(), _torch_threads(self.params.torch_threads):
             packed = nn.utils.rnn.pack_padded_sequence(
                 torch.from_numpy(x), torch.from_numpy(lengths), batch_first=True, enforce_sorted=False
             )
             _, (h, c) = self._net.lstm(packed)
-        return h[0].numpy().copy(), c[0].numpy().copy()
+        return Encoded(h[0].numpy().copy(), c[0].numpy().copy(), last_soh, last_cycle, last_slope)
 
-    def drop_quantiles(self, h: npt.ArrayLike) -> FloatArray:
-        """p10/p50/p90 of the SOH drop at each knot from LSTM outputs ``h``, shape (n, K, 3)."""
+    def drop_quantiles(self, h: npt.ArrayLike, step_slope_ewma: npt.ArrayLike) -> FloatArray:
+        """p10/p50/p90 of the SOH drop at each knot, shape (n, K, 3), from LSTM outputs ``h``
+        and the ``slope_ewma`` input of the same step."""
         ha = np.asarray(h, dtype=np.float32)
         if ha.ndim != 2 or ha.shape[1] != self.hidden_size:
             raise ValueError(f"Expected h of shape (n, {self.hidden_size}), got {ha.shape}.")
+        slope = _as_column("step_slope_ewma", step_slope_ewma, ha.shape[0]).astype(np.float32)
         with torch.no_grad(), _torch_threads(self.params.torch_threads):
-            return self._head(torch.from_numpy(np.ascontiguousarray(ha))).double().numpy()
-
-    def _drops_and_soh(
-        self, h: npt.ArrayLike, last_soh_frac: npt.ArrayLike
-    ) -> tuple[FloatArray, FloatArray]:
-        drops = self.drop_quantiles(h)
-        soh_now = np.asarray(last_soh_frac, dtype=np.float64).reshape(-1)
-        if soh_now.shape != (drops.shape[0],) or not bool(np.all(np.isfinite(soh_now))):
-            raise ValueError(
-                f"Expected finite last_soh_frac of shape ({drops.shape[0]},), "
-                f"got shape {soh_now.shape}: {soh_now.tolist()[:10]}."
-            )
-        return drops, soh_now
+            return self._head(torch.from_numpy(np.ascontiguousarray(ha)), torch.from_numpy(slope)).double().numpy()
 
     def remaining_useful_life(
-        self, h: npt.ArrayLike, last_soh_frac: npt.ArrayLike, threshold_frac: float
+        self, start: Encoded, threshold_frac: float, cycle_now: npt.ArrayLike | None = None
     ) -> FloatArray:
-        """Cycles until SOH is first at or below ``threshold_frac``, p10/p50/p90, shape (n, 3).
-
-        Whole cycles after the last completed one; 0 if a battery is already at or below the
-        threshold. The drop curves are extrapolated past the last knot, so the RUL may exceed
-        any forecast horizon; it is ``inf`` only where a curve has stopped falling.
-        """
-        if not 0 < threshold_frac < 1.5:
-            raise ValueError(f"Expected threshold_frac in (0, 1.5), got {threshold_frac}.")
-        drops, soh_now = self._drops_and_soh(h, last_soh_frac)
-        return _cycles_to(self._knots, drops, soh_now, threshold_frac)
-
-    def forecast(
-        self, h: npt.ArrayLike, last_soh_frac: npt.ArrayLike, horizon_cycles: int = 200
-    ) -> Forecast:
-        """Forecast SOH trajectories and RUL of n batteries from their current state.
+        """Cycles from now until SOH is first at or below ``threshold_frac``, p10/p50/p90, (n, 3).
 
         Parameters
         ----------
-        h
-            LSTM output after each battery's last completed cycle, shape (n, hidden_size)
-            (the head reads ``h`` only; ``c`` carries memory into the next step).
-        last_soh_frac
-            SOH of that last cycle, shape (n,): the forecast is relative to it.
-        horizon_cycles
-            Number of future cycles in :attr:`Forecast.soh`.
+        start
+            The batteries' state after their last step (:meth:`encode`, or a twin's columns).
+        threshold_frac
+            End of life as SOH of nominal.
+        cycle_now
+            Cycles lived now (>= the step's; None: the step's): cycles lived since the step
+            are taken off.
 
         Returns
         -------
-        Forecast
-            Trajectory quantiles and RUL quantiles to 80 % and 70 % of rated.
+        numpy.ndarray
+            0 where a battery is already at or below the threshold (by the step's SOH or the
+            curve); may exceed any horizon (curves are extrapolated past the last knot);
+            ``inf`` only where a curve has stopped falling.
+        """
+        if not 0 < threshold_frac < 1.5:
+            raise ValueError(f"Expected threshold_frac in (0, 1.5), got {threshold_frac}.")
+        drops, soh_ref, k_ref, k_now = self._reference(start, cycle_now)
+        tau = _tau_to(self._knots, drops, soh_ref, threshold_frac)
+        cycles = np.where(np.isfinite(tau), np.ceil(tau * k_ref[:, None] - 1e-9), math.inf)
+        return np.maximum(cycles - (k_now - k_ref)[:, None], 0.0)
+
+    def forecast(
+        self, start: Encoded, horizon_cycles: int = 200, cycle_now: npt.ArrayLike | None = None
+    ) -> Forecast:
+        """Forecast SOH trajectories and RUL of n batteries from their last step.
+
+        Parameters
+        ----------
+        start
+            The batteries' state after their last step.
+        horizon_cycles
+            Number of future cycles in :attr:`Forecast.soh`.
+        cycle_now
+            Cycles lived now (None: the step's); the trajectory covers cycles now+1 .. now+horizon.
         """
         if horizon_cycles < 1:
             raise ValueError(f"Expected horizon_cycles >= 1, got {horizon_cycles}.")
-        drops, soh_now = self._drops_and_soh(h, last_soh_frac)
-        future = np.arange(1, horizon_cycles + 1, dtype=np.float64)
-        drop_curve = _interp_knots(self._knots, drops, future)
+        drops, soh_ref, k_ref, k_now = self._reference(start, cycle_now)
+        future = k_now[:, None] + np.arange(1, horizon_cycles + 1, dtype=np.float64)[None, :]
+        drop_curve = _interp_knots(self._knots, drops, (future - k_ref[:, None]) / k_ref[:, None])
         # p10 of SOH comes from p90 of the drop: reverse the last axis.
-        soh = soh_now[:, None, None] - drop_curve[..., ::-1]
-        return Forecast(
-            soh=soh,
-            rul_80_cycles=_cycles_to(self._knots, drops, soh_now, 0.8),
-            rul_70_cycles=_cycles_to(self._knots, drops, soh_now, 0.7),
-        )
+        soh = soh_ref[:, None, None] - drop_curve[..., ::-1]
+        rul = {level: self.remaining_useful_life(start, level, k_now) for level in (0.8, 0.7)}
+        return Forecast(soh=soh, rul_80_cycles=rul[0.8], rul_70_cycles=rul[0.7])
+
+    def _reference(
+        self, start: Encoded, cycle_now: npt.ArrayLike | None
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        drops = self.drop_quantiles(start.h, start.step_slope_ewma)
+        n = drops.shape[0]
+        soh_ref = _as_column("step_soh", start.step_soh, n)
+        k_ref = _as_column("step_cycle", start.step_cycle, n, positive=True)
+        k_now = k_ref if cycle_now is None else _as_column("cycle_now", cycle_now, n)
+        if bool(np.any(k_now < k_ref)):
+            raise ValueError(f"Expected cycle_now >= step_cycle, got {k_now.tolist()[:10]} < {k_ref.tolist()[:10]}.")
+        return drops, soh_ref, k_ref, k_now
 
     def forecast_histories(
-        self, soh_histories: Sequence[npt.ArrayLike], horizon_cycles: int = 200
+        self,
+        soh_histories: Sequence[npt.ArrayLike],
+        horizon_cycles: int = 200,
+        cycle_histories: Sequence[npt.ArrayLike] | None = None,
     ) -> Forecast:
-        """:meth:`encode` then :meth:`forecast`: forecast cells from their SOH so far."""
-        h, _ = self.encode(soh_histories)
-        last = np.array([float(np.asarray(s, dtype=np.float64).ravel()[-1]) for s in soh_histories])
-        return self.forecast(h, last, horizon_cycles)
+        """:meth:`encode` then :meth:`forecast` from each history's last measurement.
+
+        With ``cycle_histories`` None, history i's entry j is cycle j + 1, and the trajectory
+        covers cycles len + 1 .. len + horizon.
+        """
+        start = self.encode(soh_histories, cycle_histories)
+        return self.forecast(start, horizon_cycles, _last_cycles(soh_histories, cycle_histories))
+
+    def remaining_useful_life_histories(
+        self,
+        soh_histories: Sequence[npt.ArrayLike],
+        threshold_frac: float,
+        cycle_histories: Sequence[npt.ArrayLike] | None = None,
+    ) -> FloatArray:
+        """:meth:`remaining_useful_life` of cells from their SOH so far, counted from their last
+        measurement, p10/p50/p90, shape (n, 3)."""
+        start = self.encode(soh_histories, cycle_histories)
+        return self.remaining_useful_life(start, threshold_frac, _last_cycles(soh_histories, cycle_histories))
 
     def save(self, directory: Path) -> None:
         """Write the weights (torch state dict) and JSON metadata (params, metrics)."""
@@ -493,7 +607,7 @@ class DegradationLSTM:
         if meta.get("format_version") != _FORMAT_VERSION:
             raise ValueError(
                 f"Expected format_version {_FORMAT_VERSION} in {meta_path}, "
-                f"got {meta.get('format_version')!r}."
+                f"got {meta.get('format_version')!r}: retrain it with `bms models train`."
             )
         if meta.get("cycle_inputs") != list(CYCLE_INPUT_NAMES):
             raise ValueError(
@@ -504,6 +618,25 @@ class DegradationLSTM:
         return cls(DegradationParams.from_dict(meta["params"]), state_dict=state, metrics=meta["metrics"])
 
 
+def _cycles_of(series: Sequence[FloatArray], cycle_histories: Sequence[npt.ArrayLike] | None) -> list[FloatArray]:
+    if cycle_histories is None:
+        return [np.arange(1, len(s) + 1, dtype=np.float64) for s in series]
+    cycles = [np.asarray(k, dtype=np.float64).ravel() for k in cycle_histories]
+    for i, (s, k) in enumerate(zip(series, cycles, strict=True)):
+        if len(k) != len(s) or not bool(np.all(k > 0)) or bool(np.any(np.diff(k) <= 0)):
+            raise ValueError(
+                f"Expected history {i}'s cycles positive, increasing and one per SOH value "
+                f"({len(s)}), got {k.tolist()[:10]} ({len(k)})."
+            )
+    return cycles
+
+
+def _last_cycles(soh_histories: Sequence[npt.ArrayLike], cycle_histories: Sequence[npt.ArrayLike] | None) -> FloatArray:
+    if cycle_histories is None:
+        return np.array([float(np.asarray(s).size) for s in soh_histories])
+    return np.array([float(np.asarray(k, dtype=np.float64).ravel()[-1]) for k in cycle_histories])
+
+
 def _pad(seqs: Sequence[Float32Array]) -> tuple[Float32Array, IntArray]:
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)
     out = np.zeros((len(seqs), int(lengths.max()), seqs[0].shape[1]), dtype=np.float32)
@@ -512,135 +645,136 @@ def _pad(seqs: Sequence[Float32Array]) -> tuple[Float32Array, IntArray]:
     return out, lengths
 
 
-def _interp_knots(knots: IntArray, drops: FloatArray, at: FloatArray) -> FloatArray:
-    """Drop curves (n, len(at), 3) at horizons ``at`` (>= 1), linear past the last knot."""
-    k = knots.astype(np.float64)
-    if len(k) == 1:
-        return np.broadcast_to(drops[:, :1, :], (drops.shape[0], len(at), 3)).copy()
-    seg = np.clip(np.searchsorted(k, at, side="right") - 1, 0, len(k) - 2)
-    w = (at - k[seg]) / (k[seg + 1] - k[seg])
-    lo, hi = drops[:, seg, :], drops[:, seg + 1, :]
-    return lo + w[None, :, None] * (hi - lo)
+def _interp_knots(knots: FloatArray, drops: FloatArray, tau: FloatArray) -> FloatArray:
+    """Drop curves (n, m, 3) at relative horizons ``tau`` (n, m), from (0, 0) through the
+    knots, linear past the last knot."""
+    k = np.concatenate([[0.0], knots])
+    d = np.concatenate([np.zeros_like(drops[:, :1, :]), drops], axis=1)
+    seg = np.clip(np.searchsorted(k, tau, side="right") - 1, 0, len(k) - 2)
+    w = (tau - k[seg]) / (k[seg + 1] - k[seg])
+    rows = np.arange(d.shape[0])[:, None]
+    lo, hi = d[rows, seg, :], d[rows, seg + 1, :]
+    out: FloatArray = lo + w[..., None] * (hi - lo)
+    return out
 
 
-def _cycles_to(
-    knots: IntArray, drops: FloatArray, soh_now: FloatArray, threshold_frac: float
-) -> FloatArray:
-    """First whole future cycle at or below the threshold per battery and quantile, (n, 3)."""
-    k = knots.astype(np.float64)
+def _tau_to(knots: FloatArray, drops: FloatArray, soh_now: FloatArray, threshold_frac: float) -> FloatArray:
+    """First relative horizon at which each quantile curve reaches the threshold, (n, 3)."""
+    k = np.concatenate([[0.0], knots])
     # RUL quantile q comes from drop quantile 1 - q.
-    d = drops[..., ::-1]
+    d = np.concatenate([np.zeros_like(drops[:, :1, :]), drops], axis=1)[..., ::-1]
     need = (soh_now - threshold_frac)[:, None]  # drop still to go, (n, 1)
     n = d.shape[0]
+    rows = np.arange(n)
     out = np.empty((n, 3), dtype=np.float64)
     for q in range(3):
         dq = d[:, :, q]
-        reached = dq >= need
-        first = np.argmax(reached, axis=1)
+        reached = dq[:, 1:] >= need
+        first = np.argmax(reached, axis=1) + 1
         any_reached = reached.any(axis=1)
-        prev = np.maximum(first - 1, 0)
-        d_lo, d_hi = dq[np.arange(n), prev], dq[np.arange(n), first]
-        k_lo, k_hi = k[prev], k[first]
+        d_lo, d_hi = dq[rows, first - 1], dq[rows, first]
+        k_lo, k_hi = k[first - 1], k[first]
         with np.errstate(divide="ignore", invalid="ignore"):
-            inside = np.where(
-                d_hi > d_lo, k_lo + (need[:, 0] - d_lo) / (d_hi - d_lo) * (k_hi - k_lo), k_hi
-            )
-            inside = np.where(first == 0, k[0], inside)
-            if len(k) > 1:
-                slope = (dq[:, -1] - dq[:, -2]) / (k[-1] - k[-2])
-            else:
-                slope = np.zeros(n)
+            inside = np.where(d_hi > d_lo, k_lo + (need[:, 0] - d_lo) / (d_hi - d_lo) * (k_hi - k_lo), k_hi)
+            slope = (dq[:, -1] - dq[:, -2]) / (k[-1] - k[-2])
             beyond = np.where(slope > 0, k[-1] + (need[:, 0] - dq[:, -1]) / slope, math.inf)
-        cycles = np.where(any_reached, inside, beyond)
-        out[:, q] = np.where(need[:, 0] <= 0, 0.0, np.ceil(cycles - 1e-9))
+        tau = np.where(any_reached, np.maximum(inside, 0.0), beyond)
+        out[:, q] = np.where(need[:, 0] <= 0, 0.0, tau)
     return out
 
 
-def _synthetic_history(rng: np.random.Generator) -> FloatArray:
-    """One synthetic SOH history of a generic fading cell (see :class:`DegradationParams`).
+def _synthetic_history(rng: np.random.Generator) -> tuple[FloatArray, FloatArray]:
+    """Cycles and SOH of one synthetic fading cell (see :class:`DegradationParams`).
 
-    The trend fades at a base rate (log-uniform 0.1 %..0.4 % of rated per cycle) that changes
-    linearly over the life by up to +-60 % (decelerating and accelerating fade equally likely)
-    after an early slow phase of up to 30 % of the life. On top sit the capacity recoveries
-    seen after rest periods in lab data (every 10..40 cycles a jump of up to 4 % that relaxes
-    within a few cycles) and measurement noise. It teaches the one thing three or four lab
-    cells cannot: that a fade rate read from the recent history tends to persist.
+    The fade to about end of life, ``D`` at ``u = k / L = 1``, mixes a decelerating term
+    ``u^p1`` (p1 in 0.4..1: SEI growth, calendar-like) and an accelerating one ``u^p2`` (p2 in
+    1.5..5: the knee of lithium plating or electrode drying) in a random proportion; a life L
+    is drawn from 60 to 3,000 cycles; some cells first gain capacity (LFP formation); capacity
+    recoveries after rests and measurement noise sit on top. It teaches the rule two or three
+    lab datasets cannot: the fade shape read so far tends to persist, and a knee may come.
     """
-    n = int(rng.integers(80, 260))
-    k = np.arange(n, dtype=np.float64)
-    soh_start = rng.uniform(0.88, 1.02)
-    rate = math.exp(rng.uniform(math.log(0.001), math.log(0.004)))
-    accel = rng.uniform(-0.6, 0.6)
-    onset = rng.uniform(0.0, 0.3) * n
-    rates = rate * (1.0 + accel * k / n) * np.where(k < onset, 0.3, 1.0)
-    soh = soh_start - np.cumsum(np.maximum(rates, 0.0))
-    rest = rng.uniform(5, 40)
-    while rest < n:
-        tau = rng.uniform(1.0, 6.0)
-        jump = rng.uniform(0.0, 0.04)
-        after = k >= int(rest)
-        soh[after] += jump * np.exp(-(k[after] - int(rest)) / tau)
-        rest += rng.uniform(10, 40)
-    out: FloatArray = soh + rng.normal(0.0, rng.uniform(0.0005, 0.003), size=n)
-    return out
+    life = math.exp(rng.uniform(math.log(60), math.log(3000)))
+    n = int(life * rng.uniform(0.9, 1.4))
+    k = np.arange(1, n + 1, dtype=np.float64)
+    u = k / life
+    fade = rng.uniform(0.15, 0.35)
+    w = rng.uniform()
+    shape = w * u ** rng.uniform(0.4, 1.0) + (1 - w) * u ** rng.uniform(1.5, 5.0)
+    soh = rng.uniform(0.88, 1.1) - fade * shape
+    if rng.uniform() < 0.3:
+        soh += rng.uniform(0.0, 0.02) * (1 - np.exp(-u / rng.uniform(0.02, 0.15)))
+    if rng.uniform() < 0.3:
+        rest = rng.uniform(5, 40)
+        while rest < n:
+            tau = rng.uniform(1.0, 6.0)
+            after = k >= int(rest)
+            soh[after] += rng.uniform(0.0, 0.03) * np.exp(-(k[after] - int(rest)) / tau)
+            rest += rng.uniform(10, 40)
+    return k, soh + rng.normal(0.0, rng.uniform(0.0, 0.002), size=n)
 
 
 @dataclass(frozen=True)
 class _Augmenter:
     """Random variants of the training histories (see :class:`DegradationParams`)."""
 
-    series: tuple[FloatArray, ...]
+    series: tuple[tuple[FloatArray, FloatArray], ...]  # (cycles, soh)
     params: DegradationParams
-    knots: IntArray
+    knots: FloatArray
     weights: FloatArray = field(init=False)
 
     def __post_init__(self) -> None:
-        lengths = np.array([len(s) for s in self.series], dtype=np.float64)
-        # Long histories carry most of the information about the later horizons.
-        object.__setattr__(self, "weights", lengths / lengths.sum())
+        # Every history counts alike, long or short: the model works in relative time.
+        object.__setattr__(self, "weights", np.full(len(self.series), 1.0 / len(self.series)))
 
-    def warped(self, rng: np.random.Generator) -> FloatArray:
+    def replayed(self, rng: np.random.Generator) -> tuple[FloatArray, FloatArray]:
         """A training history replayed at another, smoothly drifting, ageing speed."""
         p = self.params
-        base = self.series[int(rng.choice(len(self.series), p=self.weights))]
+        k, soh = self.series[int(rng.choice(len(self.series), p=self.weights))]
         stretch = math.exp(rng.uniform(math.log(p.stretch_min), math.log(p.stretch_max)))
         drift = rng.uniform(-p.stretch_drift, p.stretch_drift)
-        # Source cycles advanced per new cycle: 1/stretch at the start, changing (in log) by
-        # `drift` per expected life. SOH levels, and whatever happens at them, stay real.
-        n_guess = max(1, round(len(base) * stretch))
-        speed = np.exp(-math.log(stretch) + drift * np.arange(4 * n_guess + 8) / n_guess)
-        pos = np.concatenate([[0.0], np.cumsum(speed)])
-        pos = pos[pos <= len(base) - 1]
-        soh = np.interp(pos, np.arange(len(base)), base)
-        soh = soh + rng.uniform(-p.soh_shift_frac, p.soh_shift_frac)
-        out: FloatArray = soh + rng.normal(0.0, p.noise_frac, size=len(soh))
-        return out
+        # k -> stretch k exp(drift k / L): increasing for |drift| < 1; SOH levels stay real.
+        warped = stretch * k * np.exp(drift * k / k[-1])
+        return warped, soh + rng.uniform(-p.soh_shift_frac, p.soh_shift_frac)
 
     def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Inputs (B, T, 3), drop targets (B, T, K) and their mask (B, T, K)."""
-        seqs = [
-            _synthetic_history(rng) if rng.uniform() < self.params.synthetic_frac else self.warped(rng)
-            for _ in range(self.params.batch_size)
-        ]
-        x, _ = _pad([_sequence_inputs(s) for s in seqs])
-        t_max, n_k = x.shape[1], len(self.knots)
-        y = np.zeros((len(seqs), t_max, n_k), dtype=np.float32)
-        mask = np.zeros_like(y)
-        for i, s in enumerate(seqs):
-            for j, kk in enumerate(self.knots):
-                if kk < len(s):
-                    # Every prefix is a training example: the drop from each cycle to kk later.
-                    y[i, : len(s) - kk, j] = s[: len(s) - kk] - s[kk:]
-                    mask[i, : len(s) - kk, j] = 1.0
-        return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(mask)
+        """Inputs (B, T, 6), drop targets (B, T, K) and their mask (B, T, K)."""
+        p = self.params
+        xs, ys = [], []
+        for _ in range(p.batch_size):
+            k, soh = _synthetic_history(rng) if rng.uniform() < p.synthetic_frac else self.replayed(rng)
+            # The field measures capacity now and then, not every cycle.
+            keep = rng.uniform(size=len(k)) < rng.uniform(p.keep_min, 1.0)
+            keep[0] = True
+            noisy = soh + rng.normal(0.0, rng.uniform(0.0, p.noise_frac), size=len(soh))
+            x, idx = _steps_of(k[keep], noisy[keep], p.step_fraction)
+            k_step = k[keep][idx]
+            # Targets are the recorded (not noised) SOH at every knot the history reaches,
+            # measured from the step's SOH as the model saw it: a forecast starts from a
+            # measurement, noise and all.
+            at = k_step[:, None] * (1.0 + self.knots[None, :])
+            y = noisy[keep][idx][:, None] - np.interp(at, k, soh)
+            ys.append(np.where(at <= k[-1], y, np.nan).astype(np.float32))
+            xs.append(x)
+        x_pad, _ = _pad(xs)
+        y_pad = np.full((len(ys), x_pad.shape[1], len(self.knots)), np.nan, dtype=np.float32)
+        for i, yi in enumerate(ys):
+            y_pad[i, : len(yi)] = yi
+        mask = np.isfinite(y_pad)
+        return torch.from_numpy(x_pad), torch.from_numpy(np.nan_to_num(y_pad)), torch.from_numpy(mask.astype(np.float32))
 
 
 def _pinball(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean pinball (quantile) loss of (..., K, 3) predictions over the unmasked targets."""
+    """Pinball (quantile) loss of (B, T, K, 3) predictions, averaged per knot, then over knots.
+
+    Per knot, because far knots have few targets (only the early steps of a history see that
+    far ahead) and yet decide the remaining life: averaged over all targets, they would be
+    drowned by the many near ones.
+    """
     q = torch.tensor(QUANTILES, dtype=pred.dtype)
     err = target.unsqueeze(-1) - pred
     loss = torch.maximum(q * err, (q - 1) * err).sum(-1)
-    return (loss * mask).sum() / mask.sum().clamp(min=1.0)
+    per_knot = (loss * mask).sum(dim=(0, 1)) / mask.sum(dim=(0, 1)).clamp(min=1.0)
+    return per_knot[mask.sum(dim=(0, 1)) > 0].mean()
 
 
 def train(
@@ -654,11 +788,13 @@ def train(
     Parameters
     ----------
     histories
-        Training cells; each is used through :meth:`CellHistory.clean`, in SOH.
+        Training cells; each is used through :meth:`CellHistory.clean`, in SOH, at its
+        recorded cycle numbers.
     params
         Architecture and training knobs (defaults if None).
     seed
-        Seeds the weights, the augmentation and the batch order: same inputs, same model.
+        Seeds the weights, the augmentation and the batch order: same inputs, same model,
+        bit for bit on one machine with ``torch_threads`` 1.
     progress
         Called as ``progress(step, loss)`` every 50 steps and at the end.
 
@@ -668,8 +804,18 @@ def train(
         The model, with ``metrics`` holding the loss history and training time.
     """
     params = params or DegradationParams()
-    with _torch_threads(params.torch_threads):
+    with _torch_threads(params.torch_threads), _deterministic():
         return _train(histories, params, seed, progress)
+
+
+@contextmanager
+def _deterministic() -> Iterator[None]:
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 def _train(
@@ -678,7 +824,9 @@ def _train(
     seed: int,
     progress: Callable[[int, float], None] | None,
 ) -> DegradationLSTM:
-    series = tuple(s for h in histories if len(s := h.clean().soh()) >= 2)
+    series = tuple(
+        (h.cycle.astype(np.float64), h.soh()) for h in (c.clean() for c in histories) if len(h) >= 2
+    )
     if not series:
         raise ValueError(
             "Expected at least one training history with 2 or more clean cycles, got "
@@ -698,7 +846,7 @@ def _train(
     for i in range(params.train_steps):
         x, y, mask = aug.batch(rng)
         out, _ = net.lstm(x)
-        loss = _pinball(net.drops(out, model._widths), y, mask)
+        loss = _pinball(net.drops(out, model._widths, x[..., SLOPE_EWMA_COLUMN]), y, mask)
         opt.zero_grad()
         torch.autograd.backward(loss)
         nn.utils.clip_grad_norm_(net.parameters(), params.grad_clip_norm)
@@ -719,5 +867,8 @@ def _train(
         "loss_last": float(np.mean(losses[-window:])),
         "loss_history": [round(v, 6) for v in losses[:: max(1, len(losses) // 50)]],
     }
-    _LOG.info("Trained degradation LSTM on %d histories: %s", len(series), model.metrics)
+    _LOG.info(
+        "Trained degradation LSTM on %d histories in %.1f s, loss %.4f -> %.4f.",
+        len(series), model.metrics["train_seconds"], model.metrics["loss_first"], model.metrics["loss_last"],
+    )  # fmt: skip
     return model

@@ -1,12 +1,17 @@
-"""Two reference forecasts of remaining capacity that any learned model has to beat.
+"""Three reference forecasts of remaining capacity that any learned model has to beat.
 
-Both work on the clean SOH series of a cell (capacity / nominal, one entry per trusted
+All work on the clean SOH series of a cell (capacity / nominal, one entry per trusted
 cycle) and count cycles as 1-based positions in that series, the convention of
-:meth:`models.cell_data.CellHistory.end_of_life_cycle`.
+:meth:`models.cell_data.CellHistory.end_of_life_cycle`. End-of-life thresholds passed to
+them are SOH of nominal (:meth:`models.cell_data.CellHistory.eol_threshold_soh`), so a
+threshold relative to the initial capacity is just another number here.
 
 * :class:`FadeCurve`, the curve-fitting baseline common in the RUL literature: fit
   ``soh = a + b k`` and ``soh = a + b exp(c k)`` to the cycles seen so far, keep the one with
   the lower RMSE on those cycles and extrapolate it.
+* :class:`LastSlope`, the "current fade rate" baseline: a straight line through the last
+  cycles seen, extrapolated. It knows nothing of knees, but follows a cell whose fade has
+  changed pace better than a curve fitted to the whole history.
 * :class:`MeanLifetime`, the "no information" baseline: every cell lives as long as the
   average training cell. Its trajectory is a straight ramp from the last seen SOH to the
   end-of-life threshold at that cycle, continued at the same slope; the ramp is a choice made
@@ -23,9 +28,9 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from models.cell_data import CellHistory
+from models.cell_data import CellHistory, EolBasis
 
-__all__ = ["FadeCurve", "MeanLifetime", "first_cycle_at_or_below"]
+__all__ = ["FadeCurve", "LastSlope", "MeanLifetime", "first_cycle_at_or_below"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -33,6 +38,9 @@ FloatArray = npt.NDArray[np.float64]
 # cycles seen): from nearly linear (|c n| = 0.01) to a knee within the seen window (30).
 _EXP_RATE_GRID = np.geomspace(0.01, 30.0, 60)
 _REFINE_STEPS = 40
+# LastSlope's window: the last max(_LAST_SLOPE_MIN, round(_LAST_SLOPE_SHARE * n_seen)) cycles.
+_LAST_SLOPE_MIN = 5
+_LAST_SLOPE_SHARE = 0.2
 
 
 def first_cycle_at_or_below(
@@ -172,6 +180,66 @@ class FadeCurve:
 
 
 @dataclass(frozen=True)
+class LastSlope:
+    """A straight line through the last seen cycles, ``soh(k) = a + b k``, k the cycle number.
+
+    The window is the last ``max(5, round(0.2 * n_seen))`` cycles (all of them if fewer were
+    seen). A fifth of the history scales with the cell: on a 1,000-cycle LFP cell it averages
+    the slope over ~200 cycles, so cycle-to-cycle noise (about 0.2 % of nominal) moves it
+    little, while it still only sees the *current* pace of fade, not the early life. At least
+    5 cycles, because over fewer the noise alone can flip the sign of the slope.
+
+    Parameters
+    ----------
+    a, b
+        Intercept and slope (SOH per cycle) of the line.
+    n_seen
+        Number of seen cycles (cycles 1..n_seen).
+    n_fit
+        Number of last cycles the line was fitted to.
+    """
+
+    a: float
+    b: float
+    n_seen: int
+    n_fit: int
+
+    @staticmethod
+    def window(n_seen: int) -> int:
+        """How many of the last ``n_seen`` cycles the line is fitted to."""
+        return min(n_seen, max(_LAST_SLOPE_MIN, round(_LAST_SLOPE_SHARE * n_seen)))
+
+    @classmethod
+    def fit(cls, soh_seen: npt.ArrayLike) -> LastSlope:
+        """Least-squares line through the last :meth:`window` seen cycles.
+
+        Parameters
+        ----------
+        soh_seen
+            SOH (fraction of nominal) of cycles 1..n, n >= 2.
+        """
+        soh = _seen_series(soh_seen, 2)
+        n = len(soh)
+        m = cls.window(n)
+        k = np.arange(n - m + 1, n + 1, dtype=np.float64)
+        a, b, _ = _linear_fit(k, soh[-m:])
+        return cls(a, b, n, m)
+
+    def forecast(self, horizon_cycles: int) -> FloatArray:
+        """SOH of cycles ``n_seen + 1 .. n_seen + horizon_cycles``, floored at zero."""
+        if horizon_cycles < 1:
+            raise ValueError(f"Expected horizon_cycles >= 1, got {horizon_cycles}.")
+        k = np.arange(self.n_seen + 1, self.n_seen + horizon_cycles + 1, dtype=np.float64)
+        return np.maximum(self.a + self.b * k, 0.0)
+
+    def end_of_life_cycle(self, fraction: float, horizon_cycles: int) -> int | None:
+        """First cycle after the seen ones at or below ``fraction``, None within the horizon."""
+        return first_cycle_at_or_below(
+            self.forecast(horizon_cycles), fraction, first_cycle=self.n_seen + 1
+        )
+
+
+@dataclass(frozen=True)
 class MeanLifetime:
     """Every cell reaches end of life at the mean end-of-life cycle of the training cells.
 
@@ -180,31 +248,42 @@ class MeanLifetime:
     mean_eol_cycle
         Mean end-of-life cycle (1-based clean-cycle position) of the training cells.
     eol_fraction
-        The end-of-life threshold as a fraction of nominal capacity.
+        End of life as a fraction of the ``eol_basis`` capacity.
     n_cells
         How many training cells reached end of life (the others do not enter the mean).
+    eol_basis
+        ``"nominal"`` or ``"initial"``; with ``"initial"`` each training cell's end of life
+        is taken at its own threshold (:meth:`models.cell_data.CellHistory.eol_threshold_soh`).
     """
 
     mean_eol_cycle: float
     eol_fraction: float
     n_cells: int
+    eol_basis: EolBasis = "nominal"
 
     @classmethod
-    def fit(cls, histories: Sequence[CellHistory], eol_fraction: float = 0.7) -> MeanLifetime:
+    def fit(
+        cls,
+        histories: Sequence[CellHistory],
+        eol_fraction: float = 0.7,
+        eol_basis: EolBasis = "nominal",
+    ) -> MeanLifetime:
         """Average the end-of-life cycle over the training cells that reach it.
 
         Raises
         ------
         ValueError
-            If none of the cells reaches ``eol_fraction``.
+            If none of the cells reaches ``eol_fraction`` of its basis capacity.
         """
-        eols = [e for h in histories if (e := h.end_of_life_cycle(eol_fraction)) is not None]
+        eols = [
+            e for h in histories if (e := h.end_of_life_cycle(eol_fraction, eol_basis)) is not None
+        ]
         if not eols:
             raise ValueError(
-                f"Expected at least one training cell reaching {eol_fraction:.0%} of nominal, "
-                f"got none among {[h.cell_id for h in histories]}."
+                f"Expected at least one training cell reaching {eol_fraction:.0%} of "
+                f"{eol_basis} capacity, got none among {[h.cell_id for h in histories]}."
             )
-        return cls(float(np.mean(eols)), eol_fraction, len(eols))
+        return cls(float(np.mean(eols)), eol_fraction, len(eols), eol_basis)
 
     def end_of_life_cycle(self, n_seen: int) -> float:
         """Predicted end of life of a cell seen for ``n_seen`` cycles without reaching it.
@@ -214,7 +293,9 @@ class MeanLifetime:
         """
         return max(self.mean_eol_cycle, float(n_seen + 1))
 
-    def forecast(self, soh_seen: npt.ArrayLike, horizon_cycles: int) -> FloatArray:
+    def forecast(
+        self, soh_seen: npt.ArrayLike, horizon_cycles: int, threshold_frac: float | None = None
+    ) -> FloatArray:
         """SOH of the next ``horizon_cycles`` cycles: a ramp to the threshold at the mean EOL,
         continued at the same slope and floored at zero.
 
@@ -224,14 +305,24 @@ class MeanLifetime:
             SOH of the seen cycles 1..n (only the last value and n are used).
         horizon_cycles
             Number of future cycles to return.
+        threshold_frac
+            The forecast cell's end-of-life threshold as SOH of nominal; None means
+            ``eol_fraction``, which is that threshold only for basis ``"nominal"``.
         """
         soh = _seen_series(soh_seen, 1)
         if horizon_cycles < 1:
             raise ValueError(f"Expected horizon_cycles >= 1, got {horizon_cycles}.")
+        if threshold_frac is None:
+            if self.eol_basis != "nominal":
+                raise ValueError(
+                    "Expected threshold_frac (the cell's threshold as SOH of nominal) for "
+                    f"eol_basis {self.eol_basis!r}, got None."
+                )
+            threshold_frac = self.eol_fraction
         n = len(soh)
         steps = self.end_of_life_cycle(n) - n
         # Already at or below the threshold: nothing to ramp down to, hold the level.
-        slope = max(float(soh[-1]) - self.eol_fraction, 0.0) / steps
+        slope = max(float(soh[-1]) - threshold_frac, 0.0) / steps
         ramp = float(soh[-1]) - slope * np.arange(1, horizon_cycles + 1, dtype=np.float64)
         # As for the fade curve: no capacity below zero, however steep the ramp.
         return np.maximum(ramp, 0.0)

@@ -18,10 +18,11 @@ import numpy.typing as npt
 
 from contracts.weather import WeatherHours
 from models.anomaly import AnomalyDetector
-from models.degradation_lstm import DegradationLSTM
+from models.degradation_lstm import DegradationLSTM, Encoded
 from models.demand_lstm import HORIZON_HOURS, DemandInputs, DemandLSTM
 from models.health_xgb import HealthXGB
 from models.priority_rf import PriorityRF
+from twins.cycle_inputs import SLOPE_EWMA_COLUMN
 from twins.telemetry_windows import TelemetryWindows
 
 __all__ = ["PREDICTORS", "Arrays", "Predictor", "demand_request", "predictor"]
@@ -62,10 +63,15 @@ def _priority(model: PriorityRF, req: Mapping[str, npt.NDArray[Any]]) -> Arrays:
 
 
 def _degradation(model: DegradationLSTM, req: Mapping[str, npt.NDArray[Any]]) -> Arrays:
-    # One LSTM step per twin (the twin keeps h and c), then the remaining-life bands
-    # read off the new state.
-    _, h, c = model.step(req["x"], req["h"], req["c"])
-    fc = model.forecast(h, np.asarray(req["soh"], dtype=np.float64), horizon_cycles=1)
+    # One LSTM step per twin (the twin keeps h and c), then the remaining-life bands read
+    # off the new state, from the step's SOH, cycle count and smoothed slope.
+    x = np.asarray(req["x"], dtype=np.float32)
+    _, h, c = model.step(x, req["h"], req["c"])
+    start = Encoded(
+        h, c, np.asarray(req["soh"], dtype=np.float64), np.asarray(req["cycle"], dtype=np.float64),
+        x[:, SLOPE_EWMA_COLUMN].astype(np.float64),
+    )  # fmt: skip
+    fc = model.forecast(start, 1)
     out: Arrays = {"h": h, "c": c}
     for level, rul in (("rul80", fc.rul_80_cycles), ("rul70", fc.rul_70_cycles)):
         for k, q in enumerate(("p10", "p50", "p90")):
@@ -124,7 +130,7 @@ def demand_request(inputs: DemandInputs) -> Arrays:
 PREDICTORS: dict[str, Predictor] = {
     "health": Predictor(HealthXGB.load, _health, ("features",), drift_input="features"),
     "priority": Predictor(PriorityRF.load, _priority, ("features",), drift_input="features"),
-    "degradation": Predictor(DegradationLSTM.load, _degradation, ("x", "h", "c", "soh")),
+    "degradation": Predictor(DegradationLSTM.load, _degradation, ("x", "h", "c", "soh", "cycle")),
     "anomaly": Predictor(AnomalyDetector.load, _anomaly, ("values", "ts_s", "lengths")),
     "demand": Predictor(
         DemandLSTM.load,

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from contracts.errors import ArtifactError
 from contracts.model_registry import ModelVersion
 from models.anomaly import AnomalyDetector, AnomalyParams
-from models.cell_data import CellHistory, load_cell_histories
+from models.cell_data import CellHistory, load_cell_datasets, load_cell_histories
 from models.degradation_lstm import DegradationParams
 from models.degradation_lstm import train as train_degradation
 from models.demand_lstm import DemandLstmParams
@@ -51,12 +52,24 @@ Progress = Callable[[str], None]
 
 
 def default_cells_dir() -> Path | None:
-    """The NASA lab cells next to the checkout (``../shared/data/battery/nasa_pcoe``), if there."""
+    """The lab cells next to the checkout (``../shared/data/battery``: NASA, HUST and TJU), if there."""
     here = Path(__file__).resolve().parent.parent
-    for candidate in (here.parent / "shared/data/battery/nasa_pcoe", Path("../shared/data/battery/nasa_pcoe")):
+    for candidate in (here.parent / "shared/data/battery", Path("../shared/data/battery")):
         if candidate.is_dir():
             return candidate
     return None
+
+
+def load_training_cells(path: Path) -> list[CellHistory]:
+    """Every lab cell under ``path``: a folder of cell files, or a folder of dataset folders."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"Expected a directory of dataset folders or of cell files, got {path}.")
+    if any(p.suffix.lower() == ".csv" for p in path.iterdir() if p.is_file()) and not any(
+        p.is_dir() for p in path.iterdir()
+    ):
+        return load_cell_histories(path)
+    return [c for cells in load_cell_datasets(path).values() for c in cells]
 
 
 @dataclass(frozen=True)
@@ -87,7 +100,7 @@ class TrainingPlan:
     health_snapshots: int = 4
     priority_scenarios: int = 20_000
     cells_dir: Path | None = field(default_factory=default_cells_dir)
-    degradation_steps: int = 400
+    degradation_steps: int = 800
     anomaly_vehicles: int = 300
     anomaly_hours: float = 12.0
     demand_zones: int = 40
@@ -98,7 +111,7 @@ class TrainingPlan:
         """Minutes become seconds: small sets for tests and a first ``make run``."""
         return cls(
             seed=seed, health_packs=400, health_days=900, health_snapshots=3,
-            priority_scenarios=3000, degradation_steps=60, anomaly_vehicles=60,
+            priority_scenarios=3000, degradation_steps=100, anomaly_vehicles=60,
             anomaly_hours=6.0, demand_zones=8, demand_days=21,
         )  # fmt: skip
 
@@ -152,10 +165,10 @@ def _train_priority(plan: TrainingPlan, out: Path) -> TrainedModel:
 
 
 def _simulated_fade_histories(plan: TrainingPlan, n: int = 40) -> list[CellHistory]:
-    """SOH series of simulated scooter packs, one value per snapshot in order of cycling.
+    """SOH of simulated scooter packs at their equivalent full cycles, one value per snapshot.
 
-    They add the fleet's usage mix (calendar-dominated, hot, deep-cycled packs) to the
-    lab cells' constant-current fade shapes.
+    They add the fleet's usage mix (calendar-dominated, hot, deep-cycled packs) to the lab
+    cells' constant-current fade shapes, on the clock the twins count: equivalent full cycles.
     """
     rng = np.random.default_rng(plan.seed)
     sample = LifetimeSimulator(seed=plan.seed + 1).run(n, 1500, 80)
@@ -163,24 +176,58 @@ def _simulated_fade_histories(plan: TrainingPlan, n: int = 40) -> list[CellHisto
     for k in range(n):
         rows = np.flatnonzero(sample.pack == k)
         rows = rows[np.argsort(sample.efc[rows], kind="stable")]
+        # Whole cycles, each once: snapshots closer than a cycle apart keep the first.
+        cycle = np.ceil(np.maximum(sample.efc[rows], 1.0)).astype(np.int64)
+        first = np.concatenate([[True], np.diff(cycle) > 0])
+        rows, cycle = rows[first], cycle[first]
+        if rows.size < 2:
+            continue
         soh = sample.soh[rows] + rng.normal(0.0, 0.003, rows.size)
-        out.append(CellHistory(
-            f"SIM{k:03d}", np.arange(1, rows.size + 1), soh * 2.0, 2.0, np.zeros(rows.size, dtype=bool)
-        ))  # fmt: skip
+        out.append(CellHistory(f"SIM{k:03d}", cycle, soh * 2.0, 2.0, np.zeros(rows.size, dtype=bool)))
     return out
+
+
+def simulated_pack_cells(n: int, seed: int, days: int = 3000) -> list[CellHistory]:
+    """Simulated scooter packs aged ``days`` days, SOH at every whole equivalent full cycle.
+
+    The "simulated truth" for checking the live forecaster (``bms models eval-simulated``):
+    the ageing simulator's snapshots interpolated to each cycle, with 0.3 % measurement noise,
+    so the packs read like lab cells (entry i is cycle i + 1).
+    """
+    rng = np.random.default_rng(seed)
+    sample = LifetimeSimulator(seed=seed).run(n, days, 200)
+    out = []
+    for k in range(n):
+        rows = np.flatnonzero(sample.pack == k)
+        rows = rows[np.argsort(sample.efc[rows], kind="stable")]
+        efc, soh = sample.efc[rows], sample.soh[rows]
+        last = int(np.floor(efc[-1]))
+        if last < 10:
+            continue
+        cycles = np.arange(1, last + 1, dtype=np.float64)
+        truth = np.interp(cycles, efc, soh)
+        noisy = truth + rng.normal(0.0, 0.003, cycles.size)
+        out.append(CellHistory(f"SIMPACK{k:03d}", cycles.astype(np.int64), noisy * 2.0, 2.0, np.zeros(cycles.size, dtype=bool)))
+    return out
+
+
+def degradation_training_cells(plan: TrainingPlan) -> list[CellHistory]:
+    """What the live degradation model trains on: the lab cells and simulated packs."""
+    cells: list[CellHistory] = load_training_cells(plan.cells_dir) if plan.cells_dir is not None else []
+    return cells + _simulated_fade_histories(plan)
 
 
 def _train_degradation(plan: TrainingPlan, out: Path) -> TrainedModel:
     started = time.perf_counter()
-    cells: list[CellHistory] = load_cell_histories(plan.cells_dir) if plan.cells_dir is not None else []
-    histories = cells + _simulated_fade_histories(plan)
+    histories = degradation_training_cells(plan)
+    n_lab = sum(not h.cell_id.startswith("SIM") for h in histories)
     params = DegradationParams(train_steps=plan.degradation_steps)
     model = train_degradation(histories, params, seed=plan.seed)
     model.save(out)
     soh = np.concatenate([h.clean().soh() for h in histories])
     return TrainedModel(
         "degradation", out, _numeric(model.metrics),
-        {"lab_cells": [c.cell_id for c in cells], "simulated_packs": len(histories) - len(cells),
+        {"lab_cells": n_lab, "simulated_packs": len(histories) - n_lab,
          "seed": plan.seed, "train_steps": plan.degradation_steps},
         data_fingerprint(soh), time.perf_counter() - started,
     )  # fmt: skip
@@ -312,16 +359,36 @@ async def ensure_served(
     workdir: Path,
     actor: str = "bms-bootstrap",
     progress: Progress | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[str]:
-    """Train, register and promote every model that has no production version yet.
+    """Train, register and promote every model that has no production version this code
+    can load.
 
-    What a fresh system runs at start, so the twins are scored from the first tick; models
-    already in production are left alone. Returns the names trained.
+    What a system runs at start, so the twins are scored from the first tick. A model with
+    no production version is trained; so is one whose production artifact this code cannot
+    read (written by an older format, such as the degradation model before its relative-time
+    inputs: the replicas could not load it, so an upgrade would serve nothing). Loadable
+    models in production are left alone. ``names`` limits the check (default: every model).
+    Returns the names trained.
     """
-    missing = [n for n in TRAINERS if await registry.store.serving_or_none(n) is None]
+    missing = [n for n in (names or list(TRAINERS)) if not await _loadable_in_production(registry, n)]
     if missing:
         import asyncio
 
         trained = await asyncio.to_thread(train_all, plan, workdir, missing, progress)
         await register_all(registry, trained, actor, promote=True)
     return missing
+
+
+async def _loadable_in_production(registry: ModelRegistry, name: str) -> bool:
+    from models.predictors import PREDICTORS
+
+    serving = await registry.store.serving_or_none(name)
+    if serving is None:
+        return False
+    try:
+        PREDICTORS[name].load(await registry.artifact_dir(name, serving.production_version))
+    except (ArtifactError, ValueError, OSError, KeyError) as exc:
+        log.warning("Production %s v%d cannot be loaded (%s): training a new version.", name, serving.production_version, exc)
+        return False
+    return True

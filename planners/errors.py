@@ -50,6 +50,11 @@ class NoSolutionError(PlannerError):
         super().__init__(message)
         self.status = status
 
+    def __reduce__(self) -> tuple[type[NoSolutionError], tuple[str, str]]:
+        # Solves run in a worker process (routing.solve_async): the error must cross back
+        # by pickle, which calls __init__ with self.args (the message only) unless told.
+        return type(self), (str(self), self.status)
+
 
 class TravelMatrixError(PlannerError):
     """A travel-matrix source could not produce a matrix."""

@@ -16,18 +16,23 @@ replacement or inspection a fixed amount (the cost of a failing pack in the fiel
 ``critical_multiplier`` for a critical anomaly (a safety issue). A swap's time window closes
 when the vehicle is predicted to become unrentable. A battery whose job is already with a
 technician (work order en route) is not re-queued until that order ends.
+
+A restarted planner rebuilds the queue from the open work orders (:meth:`JobQueue.restore`):
+one job per order, carrying its id, so the next plan re-uses the order instead of creating
+a second one for the battery.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from contracts.anomaly_kinds import AnomalyKind
+from contracts.anomaly_kinds import AnomalyKind, flag_names
 from contracts.candidates import Candidate
-from contracts.work_orders import WorkOrderKind
+from contracts.work_orders import OPEN_STATES, WorkOrder, WorkOrderKind, WorkOrderState
 
 __all__ = ["JobQueue", "JobRules", "QueuedJob", "Severity"]
 
@@ -66,6 +71,15 @@ class JobRules:
             )
         if min(self.value_per_ride, self.replacement_value, self.inspection_value) <= 0:
             raise ValueError("Expected positive job values.")
+
+    def service_and_skill(self, kind: WorkOrderKind) -> tuple[int, str]:
+        """How long a job of ``kind`` takes on site (seconds) and the skill it needs."""
+        kind = WorkOrderKind(kind)
+        if kind is WorkOrderKind.BATTERY_REPLACEMENT:
+            return self.replacement_service_s, "replace"
+        if kind is WorkOrderKind.INSPECTION:
+            return self.inspection_service_s, "inspect"
+        return self.swap_service_s, "swap"
 
 
 @dataclass(frozen=True)
@@ -111,6 +125,20 @@ class JobQueue:
     jobs: dict[str, QueuedJob] = field(default_factory=dict)
     #: Batteries whose job is with a technician (en route): not re-queued meanwhile.
     in_progress: set[str] = field(default_factory=set)
+    #: Who is driving to each battery of :attr:`in_progress` (its en-route order's
+    #: technician): the one route that battery's stop stays locked on.
+    en_route_by: dict[str, str] = field(default_factory=dict)
+
+    def mark_en_route(self, battery_id: str, technician_id: str | None) -> None:
+        """The battery's order went en route with ``technician_id``: its job is under way."""
+        self.in_progress.add(battery_id)
+        if technician_id is not None:
+            self.en_route_by[battery_id] = technician_id
+
+    def release(self, battery_id: str) -> None:
+        """The battery's job is no longer under way (its visit failed, or it left the queue)."""
+        self.in_progress.discard(battery_id)
+        self.en_route_by.pop(battery_id, None)
 
     def job_for(self, c: Candidate, now_s: float) -> QueuedJob | None:
         """The job a candidate calls for, or ``None`` (nothing to do, or no vehicle to visit)."""
@@ -120,17 +148,11 @@ class JobQueue:
         critical = bool(c.anomaly_flags & _CRITICAL_FLAGS) or c.critical_alert is not None
         severity = Severity.CRITICAL if critical else Severity.NORMAL
         if critical or (math.isfinite(c.health_score) and c.health_score < r.replace_below_health):
-            kind, value, service, skill = (
-                WorkOrderKind.BATTERY_REPLACEMENT, r.replacement_value, r.replacement_service_s, "replace"
-            )
-            deadline = None
+            kind, value, deadline = WorkOrderKind.BATTERY_REPLACEMENT, r.replacement_value, None
         elif c.anomaly_flags & _SOFT_FLAGS:
-            kind, value, service, skill = (
-                WorkOrderKind.INSPECTION, r.inspection_value, r.inspection_service_s, "inspect"
-            )
-            deadline = None
+            kind, value, deadline = WorkOrderKind.INSPECTION, r.inspection_value, None
         elif math.isfinite(c.priority) and c.priority >= r.swap_min_priority:
-            kind, service, skill = WorkOrderKind.BATTERY_SWAP, r.swap_service_s, "swap"
+            kind = WorkOrderKind.BATTERY_SWAP
             value = max(c.lost_rides_6h, 0.1) * r.value_per_ride
             # The window closes when the vehicle is predicted to stop being rentable.
             deadline = now_s + max(c.hours_to_empty, 0.0) * 3600.0 if math.isfinite(c.hours_to_empty) else None
@@ -138,13 +160,14 @@ class JobQueue:
             return None
         if critical:
             value *= r.critical_multiplier
+        service, skill = r.service_and_skill(kind)
         return QueuedJob(
             battery_id=c.battery_id, vehicle_id=c.vehicle_id, kind=kind, lat=c.lat, lon=c.lon,
             value=float(value), priority=float(c.priority) if math.isfinite(c.priority) else 0.0,
             service_s=service, batteries_needed=0 if kind is WorkOrderKind.INSPECTION else 1,
             skill=skill, deadline_s=deadline, severity=severity, queued_at_s=now_s,
             soc_pct=_finite(c.soc_pct), health_score=_finite(c.health_score),
-            anomaly_flags=tuple(str(k.name).lower() for k in AnomalyKind(c.anomaly_flags)),
+            anomaly_flags=tuple(flag_names(c.anomaly_flags)),
         )  # fmt: skip
 
     def update(self, candidates: list[Candidate], now_s: float) -> list[QueuedJob]:
@@ -170,8 +193,69 @@ class JobQueue:
             self.jobs[c.battery_id] = job
         return escalated
 
+    def job_for_order(self, order: WorkOrder) -> QueuedJob:
+        """The job an open work order stands for, as a restarted planner re-queues it.
+
+        What the order records (kind, vehicle, battery, position, priority, value, id) is
+        kept; service time and skill follow from the kind. What only the shard's report
+        knew is unknown until the battery's next candidate refreshes it (:meth:`update`
+        keeps the order id): no deadline, no battery facts. The severity is inferred, as
+        only a critical anomaly makes a replacement worth ``critical_multiplier`` times its
+        value.
+        """
+        r = self.rules
+        service, skill = r.service_and_skill(order.kind)
+        critical = (
+            order.kind is WorkOrderKind.BATTERY_REPLACEMENT
+            and order.value >= r.replacement_value * r.critical_multiplier
+        )
+        return QueuedJob(
+            battery_id=order.battery_id, vehicle_id=order.vehicle_id, kind=order.kind,
+            lat=order.lat, lon=order.lon, value=float(order.value), priority=float(order.priority),
+            service_s=service, batteries_needed=0 if order.kind is WorkOrderKind.INSPECTION else 1,
+            skill=skill, deadline_s=None, severity=Severity.CRITICAL if critical else Severity.NORMAL,
+            queued_at_s=order.created_at_s, work_order_id=order.id,
+        )  # fmt: skip
+
+    def restore(self, orders: Iterable[WorkOrder]) -> int:
+        """Re-queue the open work orders a restarted planner finds; returns how many.
+
+        One job per order, with its ``work_order_id``; an en-route order's battery goes
+        into :attr:`in_progress` with its technician (:meth:`mark_en_route`), as the
+        technician's ``en_route`` report put it there. A battery
+        already queued (a shard pushed it before the restore) keeps its fresher job and
+        takes the order's id. Idempotent: restoring the same orders twice changes nothing.
+
+        Raises
+        ------
+        ValueError
+            An order is not open (done, failed or cancelled orders are not work to do),
+            or two orders are open for one battery (the store keeps at most one).
+        """
+        seen: dict[str, int] = {}
+        for order in orders:
+            if order.state not in OPEN_STATES:
+                raise ValueError(
+                    f"Expected open work orders ({', '.join(sorted(OPEN_STATES))}) to restore, "
+                    f"got work order {order.id} in state {order.state.value}."
+                )
+            if order.battery_id in seen:
+                raise ValueError(
+                    f"Expected at most one open work order per battery, got {seen[order.battery_id]} "
+                    f"and {order.id} for battery {order.battery_id!r}."
+                )
+            seen[order.battery_id] = order.id
+            old = self.jobs.get(order.battery_id)
+            if old is None:
+                self.jobs[order.battery_id] = self.job_for_order(order)
+            else:
+                self.jobs[order.battery_id] = replace(old, work_order_id=order.id)
+            if order.state is WorkOrderState.EN_ROUTE:
+                self.mark_en_route(order.battery_id, order.technician_id)
+        return len(seen)
+
     def remove(self, battery_id: str) -> QueuedJob | None:
-        self.in_progress.discard(battery_id)
+        self.release(battery_id)
         return self.jobs.pop(battery_id, None)
 
     def open_jobs(self) -> list[QueuedJob]:

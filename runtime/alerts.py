@@ -47,6 +47,7 @@ from alerts.rules import AlertRules, KindTiming
 from alerts.vendor_tickets import VendorTickets
 from alerts.webhooks import UrlPolicy
 from contracts.alerts import Alert, AlertSignal, AlertTransition
+from contracts.anomaly_kinds import flags_from_names
 from contracts.candidates import Candidate
 from contracts.work_orders import WorkOrderKind
 from planners.resources import Depot
@@ -359,6 +360,10 @@ class _Pooled:
 
 
 def _candidate(twin: dict[str, Any], alert: Alert) -> Candidate:
+    """The planner's candidate for a battery with a firing critical alert, from its twin's
+    snapshot (:meth:`twins.battery_twin.TwinSnapshot.to_dict`): the snapshot names the
+    anomaly flags, the candidate carries their bits."""
+
     def num(name: str, default: float = math.nan) -> float:
         v = twin.get(name)
         return default if v is None else float(v)
@@ -369,7 +374,7 @@ def _candidate(twin: dict[str, Any], alert: Alert) -> Candidate:
         battery_id=str(alert.battery_id), vehicle_id=twin.get("vehicle_id") or alert.vehicle_id,
         lat=lat, lon=lon, soc_pct=num("soc_pct"), priority=num("priority"),
         lost_rides_6h=num("lost_rides_6h"), hours_to_empty=num("hours_to_empty"),
-        health_score=num("health_score"), anomaly_flags=int(twin.get("anomaly_flags") or 0),
+        health_score=num("health_score"), anomaly_flags=flags_from_names(twin.get("anomaly_flags") or ()),
         charging=bool(twin.get("charging") or False), critical_alert=alert.kind,
     )  # fmt: skip
 

@@ -45,7 +45,9 @@ class BridgeWorker:
             redis = aioredis.Redis.from_url(self._redis_url, decode_responses=False)
             self._stack.push_async_callback(redis.aclose)
             letters = DeadLetterStore(conn, redis, key_prefix=self._redis_prefix)
-            self._bridge = MqttBridge(self._config, ShardRouter(self._namespace), letters)
+            self._bridge = MqttBridge(
+                self._config, ShardRouter(self._namespace, self._config.max_batch_attempts), letters
+            )
             self._task = asyncio.get_running_loop().create_task(self._bridge.run())
             # Ingest and rejects, read from the bridge's own counters (runtime.metrics).
             self._metrics_task = asyncio.get_running_loop().create_task(

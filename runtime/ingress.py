@@ -48,6 +48,7 @@ from runtime.api_deps import (
     ServeModelStatus,
 )
 from runtime.names import DEFAULT_NAMESPACE
+from runtime.simulation_access import RaySimulationAccess
 from serve.http import ApiDeps, create_api
 from serve.http.read_snapshot import ReadSnapshots
 
@@ -176,6 +177,9 @@ class ApiIngress:
             webhook_allow_cidrs=tuple(config.webhook_allow_cidrs),
             webhook_allow_http=config.webhook_allow_http,
             reads=self._reads,
+            # The what-if runs against the model deployments: started with them
+            # (runtime.system), so without models the simulation routes answer 503.
+            simulations=RaySimulationAccess(config.namespace) if models else None,
         )
 
     @asynccontextmanager

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.util.metrics import Gauge
 
-from contracts.scoring import ScoreRequest, merge_arrays
+from contracts.scoring import ScoreRequest, merge_arrays, mergeable_groups
 from models.drift import MAJOR_PSI
 from models.predictors import Arrays, predictor
 from models.registry import POLL_INTERVAL_S
@@ -127,13 +127,18 @@ class ModelServer:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _batched(self, requests: list[ScoreRequest]) -> list[Arrays]:
-        ids = [i for r in requests for i in r.ids]
-        offsets = np.cumsum([0] + [len(r.ids) for r in requests])
-        merged = merge_arrays(requests)
-        # Tree and LSTM inference holds the GIL-free parts in C, but a 10k-row call still
-        # takes milliseconds: off the loop, so polls and other batches keep moving.
-        out = await asyncio.to_thread(self.model.run, ids, merged)
-        return [{k: v[offsets[i] : offsets[i + 1]] for k, v in out.items()} for i in range(len(requests))]
+        results: list[Arrays] = [{} for _ in requests]
+        for group in mergeable_groups(requests):
+            part = [requests[i] for i in group]
+            ids = [i for r in part for i in r.ids]
+            offsets = np.cumsum([0] + [len(r.ids) for r in part])
+            merged = merge_arrays(part)
+            # Tree and LSTM inference holds the GIL-free parts in C, but a 10k-row call still
+            # takes milliseconds: off the loop, so polls and other batches keep moving.
+            out = await asyncio.to_thread(self.model.run, ids, merged)
+            for j, i in enumerate(group):
+                results[i] = {k: v[offsets[j] : offsets[j + 1]] for k, v in out.items()}
+        return results
 
     async def status(self) -> dict[str, Any]:
         """Loaded versions, per-version prediction metrics and drift with alerts."""

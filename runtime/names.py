@@ -14,6 +14,7 @@ __all__ = [
     "MODEL_JOB_NAME",
     "PLANNER_NAME",
     "SERVE_APP_NAME",
+    "SIMULATIONS_NAME",
     "bridge_actor_name",
     "model_deployment_name",
     "shard_actor_name",
@@ -31,6 +32,8 @@ PLANNER_NAME = "bms-planner"
 ALERTS_NAME = "bms-alerts"
 #: The scheduled model job (demand forecasts, rescoring, retraining).
 MODEL_JOB_NAME = "bms-model-job"
+#: The what-if simulation queue (``POST /api/v1/simulations`` jobs).
+SIMULATIONS_NAME = "bms-simulations"
 
 
 def shard_actor_name(shard_id: int) -> str:

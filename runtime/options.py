@@ -5,7 +5,8 @@ Why each value:
 * ``lifetime="detached"`` and a name: the ingress, the bridge and the CLI find the actors
   after their creator exits (``bms run`` restarts, ``bms status`` from another shell).
 * ``max_restarts=-1``: a crashed actor comes back; twin shards restore their checkpoint and
-  replay, the bridge resumes its persistent MQTT session, the planner reloads work orders.
+  replay, the bridge resumes its persistent MQTT session, the planner re-queues the open
+  work orders and puts its last saved plan back in force.
 * ``max_task_retries=-1`` where calls are idempotent: shard ingest dedups by
   ``(battery_id, seq)`` and directory assignments are recorded in PostgreSQL, so a call that
   was in flight when the process died is safely retried against the new one.
@@ -24,11 +25,16 @@ ACTOR_ROLES: dict[str, dict[str, Any]] = {
     "shard": {"max_restarts": -1, "max_task_retries": -1, "num_cpus": 0},
     "directory": {"max_restarts": -1, "max_task_retries": -1, "num_cpus": 0},
     "bridge": {"max_restarts": -1, "num_cpus": 0},
+    # Restarted, it resumes from PostgreSQL (the open work orders, the last saved plan)
+    # before it answers or plans: no second order for a battery, no route lost.
     "planner": {"max_restarts": -1, "num_cpus": 0},
     # Restarted, it reloads the open alerts and silences from PostgreSQL; reports are
     # complete, so the next one from each shard brings the book up to date.
     "alerts": {"max_restarts": -1, "num_cpus": 0},
     "model_job": {"max_restarts": -1, "num_cpus": 0},
+    # Its jobs live in memory: restarted, it answers again with an empty queue (a poll of an
+    # older job is a 404). No task retries: a submit retried would queue the job twice.
+    "simulations": {"max_restarts": -1, "num_cpus": 0},
 }
 
 

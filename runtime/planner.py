@@ -1,7 +1,9 @@
 """Ray glue of the planner: a named, detached actor around :class:`~planners.planner.Planner`.
 
 The actor pulls candidates from every twin shard (one call per shard, each returning its
-top batteries), keeps work orders in PostgreSQL and tells the twins about done swaps. Shards
+top batteries), keeps work orders and its plans in PostgreSQL and tells the twins about done
+swaps. Ray restarts it when its process dies (``max_restarts=-1``); the new one resumes from
+PostgreSQL (:meth:`planners.planner.Planner.resume`) before it answers or plans. Shards
 push urgent candidates (new anomalies) to it by name; the HTTP API reads plans and routes and
 sends work-order changes through it, so every change has its consequences (queue, twins,
 urgent re-plan) in one place.
@@ -30,6 +32,7 @@ from runtime.names import PLANNER_NAME
 from runtime.options import actor_options
 from runtime.twins import FleetClient
 from store import open_postgres
+from store.plan_store import PlanStore
 from store.work_order_store import WorkOrderStore
 
 __all__ = ["PlannerSpec", "start_planner"]
@@ -51,7 +54,7 @@ class PlannerSpec:
 
 
 class _PlannerActor:
-    """Async Ray actor: one event loop, one Postgres connection for work orders."""
+    """Async Ray actor: one event loop, one Postgres connection for work orders and plans."""
 
     def __init__(self, spec: PlannerSpec) -> None:
 
@@ -81,9 +84,12 @@ class _PlannerActor:
         routing = RoutingParams(time_limit_s=self.spec.params.solve_time_limit_s)
         self.planner = Planner(
             self.spec.technicians, self.spec.depots, WorkOrderStore(conn), self._candidates,
-            self._apply_swap, self.spec.params, routing,
+            self._apply_swap, self.spec.params, routing, plan_store=PlanStore(conn),
         )  # fmt: skip
         self.planner.queue.rules = self.spec.rules
+        # Before anything reads or plans: a restarted actor re-queues the open work orders
+        # (no second order for a battery) and puts the last saved plan back in force.
+        await self.planner.resume()
         self._jobs = PlanJobs(self.planner.plan)
         if self.spec.run_schedule:
             self._task = asyncio.get_running_loop().create_task(self.planner.run_forever())

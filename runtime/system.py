@@ -3,7 +3,8 @@
 Order matters: migrations first (every component assumes the schema), then the models
 (trained on the quick plan when nothing is registered), the directory (which starts
 shards), the bridge workers (which route to shards), the Serve app (HTTP ingress and model
-deployments), and last the model job and the planner, which call all of them.
+deployments), and last the model job and the planner, which call all of them, the alert
+manager, and (with the models) the what-if simulation queue, whose runs call the models.
 
 :class:`SystemSpec` is plain values; :func:`bms.system.system_spec` builds it from the
 settings, so this module never reads a config file.
@@ -16,6 +17,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -36,10 +38,12 @@ from runtime.names import (
     MODEL_JOB_NAME,
     PLANNER_NAME,
     SERVE_APP_NAME,
+    SIMULATIONS_NAME,
     bridge_actor_name,
     shard_actor_name,
 )
 from runtime.planner import PlannerSpec, start_planner
+from runtime.simulations import SimulationsSpec, start_simulations
 from runtime.twins import TwinRuntimeSpec, start_directory
 from serve.mqtt_bridge import BridgeConfig, BridgeStats
 from store import apply_migrations, open_postgres
@@ -51,6 +55,7 @@ __all__ = [
     "RayOptions",
     "SystemSpec",
     "bridge_stats",
+    "ensure_models",
     "init_ray",
     "run_migrations",
     "shutdown_ray",
@@ -100,7 +105,12 @@ def init_ray(opts: RayOptions) -> None:
         )
     env = {"env_vars": dict(_WORKER_ENV)}
     if opts.address:
-        ray.init(address=opts.address, namespace=opts.namespace, runtime_env=env, logging_level=logging.WARNING)
+        ray.init(
+            address=opts.address,
+            namespace=opts.namespace,
+            runtime_env=env,
+            logging_level=logging.WARNING,
+        )
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     ray.init(
@@ -164,7 +174,9 @@ class SystemSpec:
     bridge_names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "bridge_names", tuple(bridge_actor_name(b.worker_index) for b in self.bridges))
+        object.__setattr__(
+            self, "bridge_names", tuple(bridge_actor_name(b.worker_index) for b in self.bridges)
+        )
         if self.train_on_start and self.artifacts_root is None:
             raise ValueError("Expected artifacts_root with train_on_start, got None.")
 
@@ -174,11 +186,27 @@ async def bridge_stats(namespace: str, names: tuple[str, ...] | list[str]) -> li
     return [await ray.get_actor(n, namespace=namespace).stats.remote() for n in names]
 
 
+async def ensure_models(postgres_url: str, artifacts_root: Path) -> None:
+    """Registry check at start: train (quick plan) what has never been trained."""
+    async with open_postgres(postgres_url, application_name="bms-models") as conn:
+        registry = ModelRegistry(ModelRegistryStore(conn), artifacts_root)
+        with tempfile.TemporaryDirectory(prefix="bms-train-") as work:
+            trained = await ensure_served(
+                registry, TrainingPlan.quick(), Path(work), progress=lambda m: log.info("%s", m)
+            )
+        if trained:
+            log.info(
+                "trained and promoted %s (quick plan; run `bms models train` for full)", trained
+            )
+
+
 class FleetSystem:
-    """The running system: directory + shards, bridge workers, the Serve app, job, planner."""
+    """The running system: directory + shards, bridge workers, the Serve app, job, planner,
+    alerts and the what-if queue."""
 
     def __init__(self, spec: SystemSpec) -> None:
         self.spec = spec
+        self._supervisor: tuple[threading.Thread, threading.Event] | None = None
 
     @property
     def namespace(self) -> str:
@@ -199,7 +227,13 @@ class FleetSystem:
         directory = start_directory(spec.twins)
         ray.get(directory.num_shards.remote())  # waits for restore + first shard
         handles = [
-            start_bridge_worker(cfg, self.namespace, spec.twins.postgres_url, spec.twins.redis_url, spec.redis_prefix)
+            start_bridge_worker(
+                cfg,
+                self.namespace,
+                spec.twins.postgres_url,
+                spec.twins.redis_url,
+                spec.redis_prefix,
+            )
             for cfg in spec.bridges
         ]
         ray.get([h.start.remote() for h in handles])
@@ -207,7 +241,9 @@ class FleetSystem:
             serve.start(
                 http_options={"host": spec.http.host, "port": spec.http.port},
                 controller_options={
-                    "runtime_env": {"env_vars": serve_controller_env(direct_ingress=spec.http.direct_ingress)}
+                    "runtime_env": {
+                        "env_vars": serve_controller_env(direct_ingress=spec.http.direct_ingress)
+                    }
                 },
             )
             serve.run(build_app(spec.http.app), name=SERVE_APP_NAME, route_prefix="/")
@@ -217,29 +253,73 @@ class FleetSystem:
             start_planner(spec.planner)
         if spec.alerts is not None:
             start_alerts(spec.alerts)
+        if self.simulations_enabled:
+            start_simulations(
+                SimulationsSpec(namespace=self.namespace, serve_app_name=SERVE_APP_NAME)
+            )
+
+    @property
+    def simulations_enabled(self) -> bool:
+        """The what-if queue runs with the model deployments, which its runs call."""
+        return self.spec.http is not None and bool(self.spec.http.app.models)
 
     async def _ensure_models(self) -> None:
-        """Registry check at start: train (quick plan) what has never been trained."""
-        root = cast(Path, self.spec.artifacts_root)
-        async with open_postgres(self.spec.twins.postgres_url, application_name="bms-models") as conn:
-            registry = ModelRegistry(ModelRegistryStore(conn), root)
-            with tempfile.TemporaryDirectory(prefix="bms-train-") as work:
-                trained = await ensure_served(
-                    registry, TrainingPlan.quick(), Path(work), progress=lambda m: log.info("%s", m)
-                )
-            if trained:
-                log.info("trained and promoted %s (quick plan; run `bms models train` for full)", trained)
+        await ensure_models(self.spec.twins.postgres_url, cast(Path, self.spec.artifacts_root))
+
+    def supervised_names(self) -> list[str]:
+        """The actors whose loops start on a ``start()`` call: the bridge workers (their MQTT
+        session), the planner (its schedule), the alert manager and the model job."""
+        names = list(self.spec.bridge_names)
+        if self.spec.planner is not None:
+            names.append(PLANNER_NAME)
+        if self.spec.alerts is not None:
+            names.append(ALERTS_NAME)
+        if self.spec.model_job is not None:
+            names.append(MODEL_JOB_NAME)
+        return names
 
     def supervise_once(self) -> None:
-        """Restart the bridge loop of any worker that Ray restarted after a crash."""
-        for name in self.spec.bridge_names:
+        """Start the loop of any supervised actor that Ray restarted after a crash.
+
+        Ray brings a dead actor's process back (``max_restarts=-1``) but only runs its
+        constructor; the loop of a bridge worker, the planner or the alert manager starts on
+        its first ``start()``. ``start()`` is idempotent, so calling it on a healthy actor
+        does nothing.
+        """
+        for name in self.supervised_names():
             try:
                 ray.get(ray.get_actor(name, namespace=self.namespace).start.remote(), timeout=30)
             except Exception:
-                log.exception("bridge worker %s is not healthy", name)
+                log.exception("%s is not healthy", name)
+
+    def start_supervisor(self, period_s: float = 1.0) -> None:
+        """Call :meth:`supervise_once` every ``period_s`` in a daemon thread until :meth:`stop`.
+
+        The period bounds how long a restarted bridge worker stays unsubscribed (the broker
+        keeps its messages meanwhile), so it is short: a call to a healthy actor is cheap.
+        """
+        if self._supervisor is not None:
+            return
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(period_s):
+                self.supervise_once()
+
+        thread = threading.Thread(target=loop, name="bms-supervisor", daemon=True)
+        self._supervisor = (thread, stop)
+        thread.start()
+
+    def _stop_supervisor(self) -> None:
+        if self._supervisor is not None:
+            thread, stop = self._supervisor
+            stop.set()
+            thread.join(35)  # one supervise_once at most
+            self._supervisor = None
 
     def stop(self) -> None:
         """Stop bridges first (no new work), then the app, shards and directory."""
+        self._stop_supervisor()  # it would start what is being stopped
         if not ray.is_initialized():
             return
         for name in self.spec.bridge_names:
@@ -249,6 +329,7 @@ class FleetSystem:
                 ray.kill(h, no_restart=True)
             except Exception:
                 log.exception("stopping %s", name)
+        self._stop_simulations()
         for name in (ALERTS_NAME, MODEL_JOB_NAME, PLANNER_NAME):
             with contextlib.suppress(ValueError):  # not started: models or planner were off
                 ray.kill(ray.get_actor(name, namespace=self.namespace), no_restart=True)
@@ -273,6 +354,19 @@ class FleetSystem:
                 log.exception("final checkpoint of shard %d", i)
             ray.kill(s, no_restart=True)
         ray.kill(d, no_restart=True)
+
+    def _stop_simulations(self) -> None:
+        """Cancel the what-if jobs first (a cancelled run stops the actors it started), then
+        kill the queue's actor; before the Serve app goes, since a run calls its models."""
+        try:
+            h = ray.get_actor(SIMULATIONS_NAME, namespace=self.namespace)
+        except ValueError:
+            return  # not started: models were off
+        try:
+            ray.get(h.aclose.remote(), timeout=30)
+        except Exception:
+            log.exception("closing the simulation queue")
+        ray.kill(h, no_restart=True)
 
     def handle(self, name: str) -> Any:
         """The named actor of this system (``runtime.names``), for CLI commands and tests."""

@@ -23,8 +23,10 @@ import psycopg
 import ray
 import redis.asyncio as aioredis
 from ray.actor import ActorHandle
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from contracts.candidates import Candidate
+from contracts.errors import Unavailable
 from contracts.health import HealthRow
 from contracts.samples import TelemetryBatch
 from runtime.metrics import EXPORT_INTERVAL_S, ScoringMetrics, ShardMetrics, export_every
@@ -39,6 +41,7 @@ from runtime.names import (
 from runtime.options import actor_options
 from store import CheckpointStore, DirectoryStore, TelemetryStore, TwinStateCache, open_postgres
 from store.demand_cache import RedisDemand
+from store.postgres import ResilientConnection
 from twins.alert_rules import TwinAlertParams, TwinAlertReport, TwinAlertRules
 from twins.battery_twin import TwinSnapshot
 from twins.directory import AssignmentStore, ShardDirectory
@@ -51,6 +54,7 @@ from twins.fleet_query import (
     merge_top_n,
     merge_vehicles_near,
 )
+from twins.ordered_lane import CallOrder, OrderedLane
 from twins.scoring import AnomalyEvent, ScoreReport, ScoringParams, TwinScorer
 from twins.shard import IngestReport, ShardStats, TwinShard
 from twins.sinks import ShardBackends
@@ -239,8 +243,9 @@ class _DirectoryActor(ShardDirectory):
             await spawn_shard(shard_id, spec)
 
         async def store() -> AssignmentStore:
-            conn = await psycopg.AsyncConnection.connect(spec.postgres_url, autocommit=True, application_name="bms-directory")
-            return DirectoryStore(conn)
+            # Reopens itself after a database outage, like every store connection.
+            conn = await ResilientConnection.connect(spec.postgres_url, "bms-directory")
+            return DirectoryStore(cast("psycopg.AsyncConnection[Any]", conn))
 
         super().__init__(spec.shard_size, spawn, store, initial_shards=spec.initial_shards)
 
@@ -297,33 +302,85 @@ class _ShardHandles:
         return [self.handle(i) for i in range(n)]
 
 
+def _as_unavailable(err: Exception, expected: str) -> Unavailable | None:
+    """``err`` as :class:`~contracts.errors.Unavailable` when it says a shard, the directory
+    or their database is out of reach for now (the bridge then waits instead of counting the
+    batch's attempts); None for any other error."""
+    cause = getattr(err, "cause", None)
+    if isinstance(err, Unavailable | RayActorError | ActorUnavailableError) or isinstance(
+        cause, Unavailable | psycopg.OperationalError | psycopg.InterfaceError
+    ) or isinstance(err, psycopg.OperationalError | psycopg.InterfaceError):
+        return Unavailable(f"Expected {expected}, got {type(err).__name__}: {err}")
+    return None
+
+
+def _transient(err: BaseException) -> bool:
+    return isinstance(err, Exception) and _as_unavailable(err, "") is not None
+
+
 class ShardRouter:
     """Splits a validated batch by shard and ingests the parts concurrently."""
 
-    def __init__(self, namespace: str = DEFAULT_NAMESPACE) -> None:
+    def __init__(self, namespace: str = DEFAULT_NAMESPACE, max_attempts: int = 3) -> None:
         self._h = _ShardHandles(namespace)
+        self._lanes: dict[int, OrderedLane[TelemetryBatch, IngestReport]] = {}
+        self._max_attempts = max_attempts
+
+    def _lane(self, shard: int) -> OrderedLane[TelemetryBatch, IngestReport]:
+        lane = self._lanes.get(shard)
+        if lane is None:
+            handle = self._h.handle(shard)
+
+            def call(part: TelemetryBatch, order: CallOrder) -> Awaitable[IngestReport]:
+                # No Ray retries: after a restart Ray may run retried calls after newer
+                # ones; the lane resends them itself, in order.
+                ref: Awaitable[IngestReport] = handle.ingest.options(max_task_retries=0).remote(part, order)
+                return ref
+
+            lane = self._lanes[shard] = OrderedLane(
+                call, _transient, name=f"ingest to shard {shard}", max_attempts=self._max_attempts
+            )
+        return lane
 
     async def submit(self, batch: TelemetryBatch) -> Awaitable[IngestReport]:
         """Place the batch's batteries and send each shard its part (in call order).
 
-        Ray runs one caller's calls to an actor in submission order, so batches submitted
-        one after another reach each shard in that order. The returned awaitable gives the
-        shards' :class:`IngestReport` summed, its rejected messages indexed into ``batch``.
+        Each shard gets this router's batches in submission order, also across its restarts
+        and database outages (:class:`~twins.ordered_lane.OrderedLane`): a part that failed
+        for one of those reasons is resent, in order, until it goes through. The returned
+        awaitable gives the shards' :class:`IngestReport` summed, its rejected messages
+        indexed into ``batch``.
         """
-        shards = np.asarray(await self._h.assign(batch.battery_ids), dtype=np.int64)
-        calls: list[ray.ObjectRef[IngestReport]] = []
+        try:
+            shards = np.asarray(await self._h.assign(batch.battery_ids), dtype=np.int64)
+        except Exception as err:
+            unavailable = _as_unavailable(err, "the directory to place the batch's batteries")
+            if unavailable is None:
+                raise
+            raise unavailable from err
+        ids = np.unique(shards).tolist()
+        # Every lane first (finding a shard's handle may fail): a submit that raises must
+        # have queued no part, so the bridge's retry cannot duplicate or reorder one.
+        lanes = [self._lane(s) for s in ids]
+        calls: list[Awaitable[IngestReport]] = []
         positions: list[list[int]] = []
-        for s in np.unique(shards).tolist():
+        for s, lane in zip(ids, lanes, strict=True):
             mine = shards == s
-            calls.append(self._h.handle(s).ingest.remote(batch.select_messages(mine)))
+            calls.append(lane.submit(batch.select_messages(mine)))
             positions.append(np.flatnonzero(mine).tolist())
         return self._collect(calls, positions)
 
     @staticmethod
     async def _collect(
-        calls: list[ray.ObjectRef[IngestReport]], positions: list[list[int]]
+        calls: list[Awaitable[IngestReport]], positions: list[list[int]]
     ) -> IngestReport:
-        reports: list[IngestReport] = await asyncio.gather(*calls)
+        try:
+            reports: list[IngestReport] = await asyncio.gather(*calls)
+        except Exception as err:
+            unavailable = _as_unavailable(err, "the shards to ingest the batch")
+            if unavailable is None:
+                raise
+            raise unavailable from err
         return IngestReport.total(list(zip(reports, positions, strict=True)))
 
     async def route(self, batch: TelemetryBatch) -> IngestReport:

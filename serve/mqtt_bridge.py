@@ -17,14 +17,21 @@ committed it to history (or after its dead letter is stored). Until then the bro
 it in our persistent session, and a bridge that dies gets it again on reconnect; shards
 drop the redelivered copy by ``(battery_id, seq)``.
 
-A batch the shards keep refusing is tried ``max_batch_attempts`` times, then its messages
+A batch the shards keep refusing is tried ``max_batch_attempts`` times (by the router, in
+each shard's call order: a retry never lands behind a newer batch), then its messages
 are dead-lettered as ``routing_failed`` and acknowledged: they are stored, so nothing is
 lost, and the batch gives its in-flight slot back instead of stalling ingest for good.
+A batch that failed because the database or a shard was out of reach
+(:class:`~contracts.errors.Unavailable`) is not poison: it is retried for as long as the
+outage lasts, without counting towards its attempts (docs/reliability.md).
 
-Backpressure: at most ``max_inflight_batches`` batches are in the shards at once, and the
-broker may send at most ``receive_maximum`` unacknowledged messages (MQTT 5), so a slow
-shard slows the broker down instead of growing a queue here. MQTT 3.1.1 brokers (the
-embedded amqtt) have no receive maximum; there the in-flight batch limit is the bound.
+Backpressure: at most ``max_inflight_batches`` batches are in the shards at once, and at
+most ``receive_maximum`` received messages wait for a batch: past that the bridge stops
+reading its socket, TCP's flow control holds the broker, and the broker keeps the rest in
+our session. So a slow shard slows the broker down instead of growing a queue here. The
+bridge also asks an MQTT 5 broker for that receive maximum, but does not count on it:
+mosquitto 2.0.11 sends past it once acknowledgements flow (measured: 17,000 unacknowledged
+messages against a maximum of 100), and MQTT 3.1.1 brokers (the embedded amqtt) have none.
 
 Several workers split the topic through an MQTT 5 shared subscription
 (``$share/<group>/fleet/+/telemetry``); with a 3.1.1 broker run one worker with a plain
@@ -40,7 +47,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiomqtt
 import numpy as np
@@ -48,6 +55,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import SecretStr
 
+from contracts.errors import Unavailable
 from contracts.samples import TelemetryBatch
 from contracts.telemetry import TOPIC_FILTER, ContractLimits, TelemetryRejected, decode_batch
 from store.dead_letters import DeadLetter
@@ -73,6 +81,15 @@ _MAX_RETRY_DELAY_S = 5.0
 _MAX_ERROR_CHARS = 300
 
 
+def _unavailable(err: BaseException) -> bool:
+    """Whether routing failed because a backend or shard is out of reach for now.
+
+    Ray re-raises an actor's exception as a ``RayTaskError`` that is usually also an
+    instance of the original class; where it cannot be, the original is its ``cause``.
+    """
+    return isinstance(err, Unavailable) or isinstance(getattr(err, "cause", None), Unavailable)
+
+
 class Router(Protocol):
     async def submit(self, batch: TelemetryBatch) -> Awaitable[IngestReport]:
         """Hand ``batch`` to its shards and return an awaitable of what they did: the
@@ -81,6 +98,9 @@ class Router(Protocol):
 
         Everything that fixes the order in which shards see batches happens before this
         returns, so batches submitted one after another reach every shard in that order.
+        A submit that raises queued nothing (the bridge retries it before the next batch);
+        an error from the awaitable is final: the router retried the failed parts itself,
+        in order, and the bridge dead-letters the batch.
         """
         ...
 
@@ -173,6 +193,51 @@ class BridgeStats:
     reconnects: int
     failed_batches: int = 0
     failed_messages: int = 0
+    #: Received, not yet in a batch: at most about ``receive_maximum``.
+    buffered_messages: int = 0
+    #: Times the bridge stopped reading its socket because that many messages waited.
+    read_pauses: int = 0
+
+
+class _PausableClient(aiomqtt.Client):
+    """An aiomqtt client whose socket reads can be paused (the bridge's backpressure).
+
+    aiomqtt reads whenever the socket is readable and queues every message, without bound;
+    paused, the event loop stops watching the socket, so unread bytes stay in the kernel
+    and TCP's window holds the broker. Writes (acknowledgements, pings) go on. A pause
+    longer than the keepalive makes paho give up the connection; the bridge then
+    reconnects and the broker redelivers, so nothing is lost.
+    """
+
+    _fileno: int | None = None
+    _reading_paused = False
+
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        super()._on_socket_open(client, userdata, sock)
+        self._fileno = sock.fileno()
+        self._reading_paused = False
+
+    def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
+        super()._on_socket_close(client, userdata, sock)
+        self._fileno = None
+
+    def pause_reading(self) -> None:
+        if self._fileno is not None and not self._reading_paused:
+            self._reading_paused = True
+            self._loop.remove_reader(self._fileno)
+
+    def resume_reading(self) -> None:
+        if self._fileno is not None and self._reading_paused:
+            self._reading_paused = False
+            self._loop.add_reader(self._fileno, self._read_ready)
+
+    def _read_ready(self) -> None:
+        # What aiomqtt's own reader does: a failed read means the connection broke.
+        try:
+            self._client.loop_read()
+        except Exception as exc:
+            if not self._disconnected.done():
+                self._disconnected.set_exception(exc)
 
 
 # (topic, payload, received_at_s, mid, qos, connection generation)
@@ -211,6 +276,7 @@ class MqttBridge:
         self._client: aiomqtt.Client | None = None
         self._generation = 0
         self._connected = False
+        self._reading = True  # the socket is read (paused while the buffer is full)
         self._counts: Counter[str] = Counter()
         self._rejected: Counter[str] = Counter()
         self.subscribed = asyncio.Event()
@@ -249,11 +315,12 @@ class MqttBridge:
     async def process(self, raws: Sequence[_Raw]) -> None:
         """Validate, deliver and dead-letter one micro-batch, then acknowledge it.
 
-        Routing to the shards is tried at most ``max_batch_attempts`` times, with backoff in
-        between. When every attempt failed, each valid message of the batch is dead-lettered
-        as ``routing_failed`` with the last error, and acknowledged like the rest: it is
-        stored, and the batch frees its in-flight slot (shards may hold part of it already;
-        they drop a later resend by seq). The dead-letter write is retried until it lands,
+        Submitting to the shards is tried at most ``max_batch_attempts`` times, with backoff
+        in between, before the next batch may submit; the shards' own failures are retried
+        in order by the router. When routing failed for good, each valid message of the
+        batch is dead-lettered as ``routing_failed`` with the last error, and acknowledged
+        like the rest: it is stored, and the batch frees its in-flight slot (shards may hold
+        part of it already; they drop a later resend by seq). The dead-letter write is retried until it lands,
         since a message is acknowledged only once it is stored somewhere. A bridge stopped
         while retrying gives up, counts and acknowledges nothing; the broker redelivers.
         """
@@ -261,36 +328,30 @@ class MqttBridge:
         report: IngestReport | None = None
         unroutable: list[DeadLetter] = []
         if batch.n_messages:
-            # Route once per batch, never again after it succeeded: re-sending a delivered
-            # batch (when only the dead-letter write failed) made the shards report it as
-            # duplicates, so the stats lost its accepted messages and applied samples.
-            attempt = 0
-            while True:
-                attempt += 1
+            # Submit in arrival order, and retry a failed submit before the next batch may
+            # submit: a batch that waits on the directory (new batteries) or failed to reach
+            # it must not let the next batch overtake it at a shard, or that battery's older
+            # samples would arrive "late" (kept in history, never applied to its twin).
+            async with self._order:
+                submitted = await self._submit(batch, [raws[k] for k in accepted])
+            if submitted is None:
+                return  # stopping: nothing acknowledged, the broker redelivers
+            pending, unroutable = submitted
+            if pending is not None:
                 try:
-                    # Submit in arrival order, collect concurrently: a batch that waits on the
-                    # directory (new batteries) must not let the next batch overtake it at the
-                    # shard, or that battery's older samples would arrive "late".
-                    async with self._order:
-                        pending = await self._router.submit(batch)
                     report = await pending
-                    break
                 except Exception as err:
-                    if attempt >= self.config.max_batch_attempts:
-                        log.error(
-                            "routing a batch of %d messages failed %d times; dead-lettering "
-                            "them as %s", len(accepted), attempt, ROUTING_FAILED, exc_info=err,
-                        )  # fmt: skip
-                        unroutable = self._routing_failed([raws[k] for k in accepted], attempt, err)
-                        break
-                    # A shard restarting: hold the messages (unacked) and try again; the
-                    # shards drop what they already applied by seq.
-                    log.warning(
-                        "routing a batch of %d messages failed (attempt %d of %d); retrying",
-                        len(accepted), attempt, self.config.max_batch_attempts, exc_info=err,
+                    # Final: the router already retried the parts in order (a shard's
+                    # calls are resent in turn, never behind a newer batch). Routing the
+                    # batch again from here would put it behind the batches submitted
+                    # since, and their twins would take its samples for late ones.
+                    log.error(
+                        "the shards failed a batch of %d messages; dead-lettering them as %s",
+                        len(accepted), ROUTING_FAILED, exc_info=err,
                     )  # fmt: skip
-                    if not await self._backoff(attempt):
-                        return
+                    unroutable = self._routing_failed(
+                        [raws[k] for k in accepted], self.config.max_batch_attempts, err
+                    )
         refused = self._refused(raws, accepted, report)
         letters += refused
         stored = letters + unroutable
@@ -321,6 +382,49 @@ class MqttBridge:
         for letter in letters:
             self._rejected[letter.reason] += 1
         self._ack(raws)
+
+    async def _submit(
+        self, batch: TelemetryBatch, good: Sequence[_Raw]
+    ) -> tuple[Awaitable[IngestReport] | None, list[DeadLetter]] | None:
+        """Submit ``batch`` (the caller holds the order lock), retrying a failed submit.
+
+        Returns the pending report, or no report and the ``routing_failed`` letters after
+        ``max_batch_attempts`` failed submits; None when the bridge stopped meanwhile. An
+        :class:`~contracts.errors.Unavailable` failure (the directory or its database out
+        of reach) is not the batch's fault and does not count towards its attempts: holding
+        the batch (unacked) for as long as the outage lasts is the backpressure; the
+        in-flight slots fill, and the broker keeps the rest in our session.
+        """
+        attempt = 0
+        waits = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._router.submit(batch), []
+            except Exception as err:
+                if _unavailable(err):
+                    attempt -= 1
+                    waits += 1
+                    if waits == 1 or waits % 10 == 0:
+                        log.warning(
+                            "a batch of %d messages waits for the shards' backends (%d "
+                            "tries so far): %s", len(good), waits, err,
+                        )  # fmt: skip
+                    if not await self._backoff(min(waits, 4)):
+                        return None
+                    continue
+                if attempt >= self.config.max_batch_attempts:
+                    log.error(
+                        "routing a batch of %d messages failed %d times; dead-lettering "
+                        "them as %s", len(good), attempt, ROUTING_FAILED, exc_info=err,
+                    )  # fmt: skip
+                    return None, self._routing_failed(good, attempt, err)
+                log.warning(
+                    "routing a batch of %d messages failed (attempt %d of %d); retrying",
+                    len(good), attempt, self.config.max_batch_attempts, exc_info=err,
+                )  # fmt: skip
+                if not await self._backoff(attempt):
+                    return None
 
     @staticmethod
     def _refused(
@@ -380,13 +484,13 @@ class MqttBridge:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: unannotated __init__
             props.SessionExpiryInterval = cfg.session_expiry_s
             props.ReceiveMaximum = cfg.receive_maximum
-            client = aiomqtt.Client(
+            client: aiomqtt.Client = _PausableClient(
                 cfg.host, cfg.port, identifier=cfg.client_id,
                 protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=props,
                 keepalive=30, username=cfg.username, password=password,
             )
         else:
-            client = aiomqtt.Client(
+            client = _PausableClient(
                 cfg.host, cfg.port, identifier=cfg.client_id,
                 protocol=aiomqtt.ProtocolVersion.V311, clean_session=False, keepalive=30,
                 username=cfg.username, password=password,
@@ -405,6 +509,7 @@ class MqttBridge:
                 try:
                     async with client:
                         self._client = client
+                        self._reading = True  # a new socket is read until the buffer fills
                         self._generation += 1
                         self._connected = True
                         delay_s = 0.5
@@ -425,7 +530,9 @@ class MqttBridge:
                     self.subscribed.clear()
                 if not self._stop.is_set():
                     await asyncio.sleep(delay_s)
-                    delay_s = min(delay_s * 2, 10.0)
+                    # Capped low: a broker restart takes seconds, and every second of
+                    # delay here is a second of telemetry the twins do not see.
+                    delay_s = min(delay_s * 2, 2.0)
         finally:
             batcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -443,7 +550,18 @@ class MqttBridge:
         self._buf.append(raw)
         if len(self._buf) >= self.config.batch_max_messages:
             self._full.set()
+        if len(self._buf) >= self.config.receive_maximum:
+            self._set_reading(False)
         self._nonempty.set()
+
+    def _set_reading(self, on: bool) -> None:
+        """Pause the socket while ``receive_maximum`` messages wait; resume below half."""
+        client = self._client
+        method = getattr(client, "resume_reading" if on else "pause_reading", None)
+        if method is not None and self._reading != on:
+            self._reading = on
+            self._counts["read_pauses"] += not on
+            method()
 
     async def _batcher(self) -> None:
         wait_s = self.config.batch_max_wait_ms / 1000.0
@@ -457,6 +575,8 @@ class MqttBridge:
             # broker's receive maximum) and the next batch is simply larger.
             await self._inflight.acquire()
             take, self._buf = self._buf[:cap], self._buf[cap:]
+            if not self._reading and len(self._buf) < self.config.receive_maximum // 2:
+                self._set_reading(True)
             if not self._buf:
                 self._nonempty.clear()
             if len(self._buf) < cap:
@@ -495,5 +615,7 @@ class MqttBridge:
             reconnects=c["reconnects"],
             failed_batches=c["failed_batches"],
             failed_messages=c["failed_messages"],
+            buffered_messages=len(self._buf),
+            read_pauses=c["read_pauses"],
         )
 

@@ -31,7 +31,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["AgeingParams", "LifetimeSample", "LifetimeSimulator", "UsageParams"]
+__all__ = [
+    "AgeingParams",
+    "LifetimeSample",
+    "LifetimeSimulator",
+    "UsageParams",
+    "age_one_day",
+    "initial_fade",
+]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -101,7 +108,9 @@ class UsageParams:
         ):  # fmt: skip
             lo, hi = getattr(self, name)
             if not lo <= hi:
-                raise ValueError(f"Expected {name} as (low, high) with low <= high, got {(lo, hi)}.")
+                raise ValueError(
+                    f"Expected {name} as (low, high) with low <= high, got {(lo, hi)}."
+                )
         if not 0.0 < self.mean_dod[0] and self.mean_dod[1] <= 1.0:
             raise ValueError(f"Expected mean_dod within (0, 1], got {self.mean_dod}.")
         if self.rated_capacity_ah <= 0.0 or self.resistance_new_ohm <= 0.0:
@@ -152,7 +161,10 @@ class LifetimeSimulator:
     """
 
     def __init__(
-        self, ageing: AgeingParams = AgeingParams(), usage: UsageParams = UsageParams(), seed: int = 0
+        self,
+        ageing: AgeingParams = AgeingParams(),
+        usage: UsageParams = UsageParams(),
+        seed: int = 0,
     ) -> None:
         self.ageing = ageing
         self.usage = usage
@@ -186,7 +198,9 @@ class LifetimeSimulator:
         start_day = rng.integers(0, days, n_packs)
         # Snapshots spread over each pack's own service time, so ages cover new to old.
         span = (days - start_day)[:, None]
-        snap_day = start_day[:, None] + (rng.random((n_packs, snapshots_per_pack)) * span).astype(np.int64)
+        snap_day = start_day[:, None] + (rng.random((n_packs, snapshots_per_pack)) * span).astype(
+            np.int64
+        )
 
         q_cal = np.zeros(n_packs)
         q_cyc = np.zeros(n_packs)
@@ -228,7 +242,9 @@ class LifetimeSimulator:
             ride_hours = cycled_efc / np.maximum(c_rate, 1e-3)
             hot_frac = 1.0 / (1.0 + np.exp(-(ride_temp - u.hot_threshold_c) / 2.0))
             hot_s += ride_hours * 3600.0 * hot_frac
-            peak = np.where(active & (cycled_efc > 0), ride_temp + rng.gamma(2.0, 1.5, n_packs), -np.inf)
+            peak = np.where(
+                active & (cycled_efc > 0), ride_temp + rng.gamma(2.0, 1.5, n_packs), -np.inf
+            )
             max_temp = np.fmax(max_temp, peak)
             for pack_idx, snap_idx in zip(*np.nonzero(snap_day == day), strict=True):
                 rows.append(self._row(
@@ -254,14 +270,20 @@ class LifetimeSimulator:
         rng: np.random.Generator,
     ) -> dict[str, npt.NDArray[np.generic]]:
         u, a = self.usage, self.ageing
-        r_ratio = 1.0 + a.resistance_growth_calendar * q_cal[i] + a.resistance_growth_cycle * q_cyc[i]
+        r_ratio = (
+            1.0 + a.resistance_growth_calendar * q_cal[i] + a.resistance_growth_cycle * q_cyc[i]
+        )
         n_cap = int(min(cycles[i], 10_000))
         # The twin's coulomb-counted capacity is an EWMA of per-segment estimates: its
         # scatter shrinks with the first few estimates, then stays at the EWMA's floor.
         cap_noise = u.capacity_estimate_noise * (1.0 + 2.0 / np.sqrt(max(n_cap, 1)))
         cap = u.rated_capacity_ah * soh[i] * (1.0 + rng.normal(0.0, cap_noise)) if n_cap else np.nan
         n_res = int(min(efc[i] * 20.0, 100_000))
-        res = u.resistance_new_ohm * r_ratio * (1.0 + rng.normal(0.0, u.resistance_estimate_noise)) if n_res else np.nan
+        res = (
+            u.resistance_new_ohm * r_ratio * (1.0 + rng.normal(0.0, u.resistance_estimate_noise))
+            if n_res
+            else np.nan
+        )
         return {
             "pack": np.array([i]),
             "age_days": np.array([float(age_days)]),
@@ -289,3 +311,51 @@ def _stack(rows: list[dict[str, npt.NDArray[np.generic]]]) -> LifetimeSample:
     int_cols = {"pack", "cycles_completed", "dod_hist", "capacity_estimates", "resistance_samples"}
     out = {k: v.astype(np.int64 if k in int_cols else np.float64) for k, v in cols.items()}
     return LifetimeSample(**out)  # type: ignore[arg-type]
+
+
+def age_one_day(
+    q_cal: FloatArray,
+    q_cyc: FloatArray,
+    temp_c: FloatArray,
+    store_soc: FloatArray,
+    efc: FloatArray,
+    dod: FloatArray,
+    c_rate: FloatArray,
+    params: AgeingParams = AgeingParams(),
+) -> tuple[FloatArray, FloatArray]:
+    """Calendar and cycle fade after one more day at these stresses (equivalent-time method).
+
+    The same laws as :class:`LifetimeSimulator`, for packs whose day was simulated in
+    detail (what-if runs): mean temperature, mean stored charge (0-1), equivalent full
+    cycles, depth of discharge (0-1) and C-rate of that day, one value per pack.
+    """
+    a = params
+    k_cal = a.a_cal * a.arrhenius(temp_c, a.ea_cal_j_per_mol) * (1.0 + a.k_soc * (store_soc - 0.5))
+    t_eq = (q_cal / k_cal) ** (1.0 / a.calendar_exponent)
+    new_cal = k_cal * (t_eq + 1.0) ** a.calendar_exponent
+    k_cyc = (
+        a.b_cyc
+        * a.arrhenius(temp_c, a.ea_cyc_j_per_mol)
+        * (0.6 + 0.8 * dod)
+        * np.exp(a.k_c_rate * (c_rate - 0.5))
+    )
+    x_eq = (q_cyc / k_cyc) ** (1.0 / a.cycle_exponent)
+    new_cyc = k_cyc * (x_eq + efc) ** a.cycle_exponent
+    return new_cal, new_cyc
+
+
+def initial_fade(
+    age_days: FloatArray,
+    temp_c: float,
+    efc_per_day: FloatArray,
+    params: AgeingParams = AgeingParams(),
+) -> tuple[FloatArray, FloatArray]:
+    """Calendar and cycle fade of packs ``age_days`` old that lived at ``temp_c``, half
+    charged, cycling ``efc_per_day`` at 60 % depth and C/2: the start of an aged fleet."""
+    a = params
+    t = np.full_like(np.asarray(age_days, dtype=np.float64), temp_c)
+    k_cal = a.a_cal * a.arrhenius(t, a.ea_cal_j_per_mol)
+    k_cyc = a.b_cyc * a.arrhenius(t, a.ea_cyc_j_per_mol) * (0.6 + 0.8 * 0.6)
+    q_cal: FloatArray = k_cal * np.asarray(age_days) ** a.calendar_exponent
+    q_cyc: FloatArray = k_cyc * (np.asarray(age_days) * efc_per_day) ** a.cycle_exponent
+    return q_cal, q_cyc

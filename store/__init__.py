@@ -1,10 +1,11 @@
-"""Persistence: Postgres for telemetry, dead letters, checkpoints, the shard directory and
-technician work orders; Redis for the latest twin states and the live dead-letter stream.
+"""Persistence: Postgres for telemetry, dead letters, checkpoints, the shard directory,
+technician work orders and the planner's plans; Redis for the latest twin states and the
+live dead-letter stream.
 
 The stores depend on :mod:`contracts` only, never on the domain packages (an import-linter
 contract). Stores that share a connection take turns on it (:func:`connection_turn`), so
 one store's statement never lands inside another's transaction. The model registry, health
-history, demand cache and work-order stores are imported from their modules.
+history, demand cache, work-order and plan stores are imported from their modules.
 """
 
 from store.checkpoints import CheckpointStore

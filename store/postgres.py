@@ -21,13 +21,14 @@ import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 
 from store.errors import StoreUsageError
 
 __all__ = [
+    "ResilientConnection",
     "connection_lock",
     "connection_turn",
     "open_postgres",
@@ -35,6 +36,10 @@ __all__ = [
     "require_autocommit",
     "require_idle",
 ]
+
+#: Seconds a (re)connect may take: an unreachable host (a network cut rather than a refused
+#: port) would otherwise hold the connection's turn, and every store waiting on it, forever.
+_CONNECT_TIMEOUT_S = 10
 
 _BUSY = (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
 
@@ -59,20 +64,76 @@ def _turn_of(conn: psycopg.AsyncConnection[Any]) -> _Turn:
     return turn
 
 
+class ResilientConnection:
+    """An autocommit connection that opens itself again after the server went away.
+
+    A component holds one connection for its whole life (a shard, the bridge, the planner).
+    psycopg never reopens a connection that was lost: a PostgreSQL restart, a failover or a
+    network cut would leave every later statement failing with "the connection is closed",
+    for good, and the component would need a restart to recover. This wrapper stands in for
+    the connection: attribute access goes to the current psycopg connection, and
+    :func:`connection_turn` (which every store method takes first) calls :meth:`ensure_open`,
+    which replaces a closed or broken connection with a new one. While the server is down
+    that raises psycopg's :class:`~psycopg.OperationalError`, as the lost connection did, and
+    the caller's retry succeeds once the server is back.
+
+    A transaction cut off with its connection is rolled back by the server; nothing here
+    retries a statement, so the caller decides, as with a plain connection.
+    """
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], url: str, application_name: str) -> None:
+        self._conn = conn
+        self._url = url
+        self._application_name = application_name
+        self.reconnects = 0
+
+    @classmethod
+    async def connect(cls, url: str, application_name: str) -> ResilientConnection:
+        conn = await psycopg.AsyncConnection.connect(
+            url, autocommit=True, application_name=application_name,
+            connect_timeout=_CONNECT_TIMEOUT_S,
+        )  # fmt: skip
+        return cls(conn, url, application_name)
+
+    @property
+    def connection(self) -> psycopg.AsyncConnection[Any]:
+        """The psycopg connection in use now (a new object after each reconnect)."""
+        return self._conn
+
+    async def ensure_open(self) -> None:
+        """Reconnect if the connection was closed or lost; raise if the server is still down."""
+        if not self._conn.closed:
+            return
+        self._conn = await psycopg.AsyncConnection.connect(
+            self._url, autocommit=True, application_name=self._application_name,
+            connect_timeout=_CONNECT_TIMEOUT_S,
+        )  # fmt: skip
+        self.reconnects += 1
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names not found on the wrapper: everything psycopg offers.
+        return getattr(self._conn, name)
+
+
 @asynccontextmanager
 async def open_postgres(
     url: str, *, application_name: str = "bms"
 ) -> AsyncIterator[psycopg.AsyncConnection]:
-    """An autocommit connection to ``url``, closed on exit.
+    """An autocommit connection to ``url`` that reconnects when lost, closed on exit.
 
     Every store method runs its own explicit transaction, so the connection itself stays in
-    autocommit mode and never holds a transaction open between calls.
+    autocommit mode and never holds a transaction open between calls. What is yielded is a
+    :class:`ResilientConnection` typed as the connection it stands in for: stores take their
+    turn on it (:func:`connection_turn`), which reopens it after the server went away.
     """
-    conn = await psycopg.AsyncConnection.connect(
-        url, autocommit=True, application_name=application_name
-    )
-    async with conn:
-        yield conn
+    conn = await ResilientConnection.connect(url, application_name)
+    try:
+        yield cast("psycopg.AsyncConnection[Any]", conn)
+    finally:
+        await conn.close()
 
 
 def require_autocommit(conn: psycopg.AsyncConnection, owner: str) -> None:
@@ -113,6 +174,8 @@ async def connection_turn(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[N
     async with turn.lock:
         turn.holder = task
         try:
+            if isinstance(conn, ResilientConnection):
+                await conn.ensure_open()
             yield
         finally:
             turn.holder = None

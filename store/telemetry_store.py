@@ -12,6 +12,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from contracts.errors import Unavailable
 from contracts.samples import SAMPLE_FIELDS, TelemetryBatch
 from store._copy_binary import COPY_COLUMNS, encode_copy_binary
 from store.postgres import connection_turn, open_postgres, require_autocommit, require_idle
@@ -107,15 +108,22 @@ class TelemetryStore:
         # for this CPU work.
         payload = encode_copy_binary(batch)
         view = memoryview(payload)
-        async with connection_turn(self._conn):
-            require_idle(self._conn, "telemetry", f"writing {n} samples")
-            # In the same turn: partition DDL run inside another store's transaction would
-            # be rolled back with it while _known_days already counts the partition.
-            await self._ensure_partitions(batch.columns["ts"])
-            async with self._conn.transaction(), self._conn.cursor() as cur:
-                async with cur.copy(_COPY_SQL) as copy:
-                    for at in range(0, len(view), _COPY_CHUNK_BYTES):
-                        await copy.write(view[at : at + _COPY_CHUNK_BYTES])
+        try:
+            async with connection_turn(self._conn):
+                require_idle(self._conn, "telemetry", f"writing {n} samples")
+                # In the same turn: partition DDL run inside another store's transaction would
+                # be rolled back with it while _known_days already counts the partition.
+                await self._ensure_partitions(batch.columns["ts"])
+                async with self._conn.transaction(), self._conn.cursor() as cur:
+                    async with cur.copy(_COPY_SQL) as copy:
+                        for at in range(0, len(view), _COPY_CHUNK_BYTES):
+                            await copy.write(view[at : at + _COPY_CHUNK_BYTES])
+        except (psycopg.OperationalError, psycopg.InterfaceError) as err:
+            # The server is out of reach (down, restarting, the network cut): the samples may
+            # be written later, so the caller waits instead of judging them poison.
+            raise Unavailable(
+                f"Expected PostgreSQL to take {n} samples, got {type(err).__name__}: {err}"
+            ) from err
         return n
 
     async def _ensure_partitions(self, ts_s: np.ndarray[Any, np.dtype[np.float64]]) -> None:

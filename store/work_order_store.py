@@ -9,6 +9,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from contracts.work_orders import (
+    OPEN_STATES,
     SwapRecord,
     WorkOrder,
     WorkOrderError,
@@ -26,11 +27,18 @@ _COLUMNS = (
     " extract(epoch FROM updated_at)::float8 AS updated_at_s"
 )
 
+_OPEN = ", ".join(f"'{s.value}'" for s in sorted(OPEN_STATES))
+
+# The conflict target names the partial unique index of migration 0011 (its columns and
+# predicate), so a second open order for a battery is skipped, not an error.
 _INSERT = f"""
 INSERT INTO work_orders (kind, state, vehicle_id, battery_id, lat, lon, priority, value)
 VALUES (%s, 'planned', %s, %s, %s, %s, %s, %s)
+ON CONFLICT (battery_id) WHERE state IN ({_OPEN}) DO NOTHING
 RETURNING {_COLUMNS}
 """
+
+_SELECT_OPEN = f"SELECT {_COLUMNS} FROM work_orders WHERE state IN ({_OPEN})"
 
 _SELECT_ONE = f"SELECT {_COLUMNS} FROM work_orders WHERE id = %s"
 
@@ -106,7 +114,14 @@ class WorkOrderStore:
         value: float,
         actor: str,
     ) -> WorkOrder:
-        """Create a ``planned`` work order and record its creation by ``actor``."""
+        """Create a ``planned`` work order and record its creation by ``actor``.
+
+        Idempotent per battery: when ``battery_id`` already has an open order (planned,
+        assigned or en route), that order is returned as it is (its kind, position and
+        values unchanged) and nothing is written, no second row and no second creation
+        event. A battery has at most one open order (the partial unique index of migration
+        0011); a planner that lost its memory and asks again gets the order it made before.
+        """
         _require_actor(actor)
         kind = WorkOrderKind(kind)
         action = f"creating a {kind.value} work order"
@@ -114,11 +129,27 @@ class WorkOrderStore:
             own_transaction(self._conn, "work-order", action),
             self._conn.cursor(row_factory=dict_row) as cur,
         ):
-            await cur.execute(
-                _INSERT, (kind.value, vehicle_id, battery_id, lat, lon, priority, value)
-            )
-            row = await cur.fetchone()
-            assert row is not None  # INSERT ... RETURNING always returns the row
+            # A conflicting order may be closed between the insert and the read of it; then
+            # the next insert goes through. Losing that race three times running is a bug.
+            for _ in range(3):
+                await cur.execute(
+                    _INSERT, (kind.value, vehicle_id, battery_id, lat, lon, priority, value)
+                )
+                row = await cur.fetchone()
+                if row is not None:
+                    break
+                # ON CONFLICT waited for a concurrent insert to commit, and this statement
+                # sees everything committed before it began (read committed): the open order.
+                await cur.execute(_SELECT_OPEN + " AND battery_id = %s", (battery_id,))
+                existing = await cur.fetchone()
+                if existing is not None:
+                    return _order(existing)
+            else:
+                raise WorkOrderError(
+                    f"Expected to create or find the open work order of battery {battery_id!r}, "
+                    "got neither three times (its orders kept closing in between)."
+                )
+            assert row is not None  # the loop left by break, with the inserted row
             order = _order(row)
             await cur.execute(
                 _INSERT_EVENT,
@@ -217,6 +248,17 @@ class WorkOrderStore:
         if row is None:
             raise KeyError(f"No work order with id {order_id}.")
         return _order(row)
+
+    async def open_orders(self) -> builtins.list[WorkOrder]:
+        """Every order still to be done (planned, assigned or en route), oldest first.
+
+        What a restarted planner resumes from: one order per battery at most, unbounded
+        (the planner must know them all, or it would plan a second visit).
+        """
+        async with connection_turn(self._conn), self._conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(_SELECT_OPEN + " ORDER BY id")
+            rows = await cur.fetchall()
+        return [_order(row) for row in rows]
 
     async def list(
         self,

@@ -8,6 +8,7 @@ without Ray, while the shard keeps thousands of twins in one set of arrays.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
@@ -15,13 +16,33 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from contracts.anomaly_kinds import AnomalyKind
+from contracts.anomaly_kinds import flag_names
 from contracts.samples import SAMPLE_FIELDS, TelemetryBatch
 from twins.clock import Clock
-from twins.twin_table import DOD_BIN_EDGES_PCT, ApplyResult, TwinTable, TwinTableParams
+from twins.twin_table import (
+    DOD_BIN_EDGES_PCT,
+    SCORED_MODELS,
+    ApplyResult,
+    TwinTable,
+    TwinTableParams,
+)
 from twins.zones import ZoneGrid
 
-__all__ = ["BatteryTwin", "HealthBand", "TwinSnapshot", "health_band", "health_bands"]
+__all__ = [
+    "DEFAULT_SCORE_STALE_AFTER_S",
+    "BatteryTwin",
+    "HealthBand",
+    "TwinSnapshot",
+    "health_band",
+    "health_bands",
+    "score_ages",
+]
+
+#: How long a model may go without scoring a twin before the twin's scores read as stale,
+#: where no shard says otherwise (a twin outside a shard: tests, notebooks). A shard passes
+#: ``ScoringParams.stale_after_ticks`` times its own ``score_interval_s``; this is that
+#: for the defaults (three ticks of 10 s).
+DEFAULT_SCORE_STALE_AFTER_S = 30.0
 
 
 class HealthBand(StrEnum):
@@ -60,6 +81,34 @@ def _f(x: Any) -> float | None:
     """JSON-friendly float: NaN and infinities become None."""
     x = float(x)
     return x if math.isfinite(x) else None
+
+
+def score_ages(
+    scored_at_s: Mapping[str, float], now_s: float, stale_after_s: float
+) -> tuple[dict[str, float | None], bool]:
+    """How old a twin's scores are at ``now_s``, and whether they are stale.
+
+    Parameters
+    ----------
+    scored_at_s
+        Per model, when it last scored the twin successfully (NaN: never).
+    now_s
+        The time the ages are measured at.
+    stale_after_s
+        A model that has scored the twin but not for longer than this makes it stale.
+
+    Returns
+    -------
+    tuple
+        Per model, seconds since its last score (``None``: it never scored the twin;
+        never negative: a reader's clock behind the scorer's reads as just scored), and
+        whether any model that has scored the twin is older than ``stale_after_s``.
+    """
+    ages = {
+        model: round(max(0.0, now_s - float(at)), 3) if math.isfinite(at) else None
+        for model, at in scored_at_s.items()
+    }
+    return ages, any(age is not None and age > stale_after_s for age in ages.values())
 
 
 @dataclass(frozen=True)
@@ -105,19 +154,26 @@ class TwinSnapshot:
     anomaly_score: float | None
     rul_cycles_to_80pct: dict[str, float | None]
     rul_cycles_to_70pct: dict[str, float | None]
+    rul_days_to_80pct: dict[str, float | None]
     rul_days_to_70pct: dict[str, float | None]
     priority: float | None
     lost_rides_6h: float | None
     idle_h: float | None
+    #: The oldest of the models' last successful score times (``TwinTable``, "Score times").
     scored_at_s: float | None
+    #: Per model of ``SCORED_MODELS``, seconds since it last scored the twin; None: never.
+    score_age_s: dict[str, float | None]
+    #: A model that has scored the twin has not succeeded for longer than the threshold.
+    scores_stale: bool
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def anomaly_flag_names(flags: int) -> list[str]:
-    """Names of the anomaly kinds set in a twin's bitmask, e.g. ``["temp_rise"]``."""
-    return [str(k.name).lower() for k in AnomalyKind(flags)]
+    """Names of the anomaly kinds set in a twin's bitmask, e.g. ``["temp_rise"]``
+    (:func:`contracts.anomaly_kinds.flags_from_names` maps them back)."""
+    return flag_names(flags)
 
 
 def _band(t: TwinTable, level: str, s: int, scale: float) -> dict[str, float | None]:
@@ -144,14 +200,27 @@ class BatteryTwin:
         Its row in ``table``.
     zones
         The grid used to name the twin's zone.
+    score_stale_after_s
+        The snapshot's ``scores_stale`` threshold (see :func:`score_ages`); a shard passes
+        its own, from its scoring interval.
     """
 
-    def __init__(self, table: TwinTable, slot: int, zones: ZoneGrid = ZoneGrid()) -> None:
+    def __init__(
+        self,
+        table: TwinTable,
+        slot: int,
+        zones: ZoneGrid = ZoneGrid(),
+        *,
+        score_stale_after_s: float = DEFAULT_SCORE_STALE_AFTER_S,
+    ) -> None:
         if not 0 <= slot < len(table):
             raise IndexError(f"Expected a slot in [0, {len(table)}), got {slot}.")
+        if not score_stale_after_s > 0:
+            raise ValueError(f"Expected score_stale_after_s > 0, got {score_stale_after_s}.")
         self.table = table
         self.slot = slot
         self.zones = zones
+        self.score_stale_after_s = score_stale_after_s
 
     @classmethod
     def standalone(
@@ -217,6 +286,10 @@ class BatteryTwin:
         soh = 100.0 * cap / rated if not math.isnan(cap) else math.nan
         lat, lon = float(t.last_lat[s]), float(t.last_lon[s])
         edges = DOD_BIN_EDGES_PCT
+        now_s = t.clock.now_s()
+        ages, stale = score_ages(
+            {m: float(t.scored_at_of(m)[s]) for m in SCORED_MODELS}, now_s, self.score_stale_after_s
+        )
         return TwinSnapshot(
             battery_id=self.battery_id,
             vehicle_id=self.vehicle_id,
@@ -262,9 +335,12 @@ class BatteryTwin:
             anomaly_score=_f(t.anomaly_score[s]),
             rul_cycles_to_80pct=_band(t, "rul80", s, 1.0),
             rul_cycles_to_70pct=_band(t, "rul70", s, 1.0),
+            rul_days_to_80pct=_band(t, "rul80", s, _days_per_cycle(t, s)),
             rul_days_to_70pct=_band(t, "rul70", s, _days_per_cycle(t, s)),
             priority=_f(t.priority[s]),
             lost_rides_6h=_f(t.lost_rides_6h[s]),
-            idle_h=_f((t.clock.now_s() - t.last_moving_ts[s]) / 3600.0),
+            idle_h=_f((now_s - t.last_moving_ts[s]) / 3600.0),
             scored_at_s=_f(t.scored_at_s[s]),
+            score_age_s=ages,
+            scores_stale=stale,
         )

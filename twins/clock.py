@@ -34,3 +34,9 @@ class ManualClock:
         if dt_s < 0:
             raise ValueError(f"Expected dt_s >= 0, got {dt_s}.")
         self._now_s += dt_s
+
+    def set(self, now_s: float) -> None:
+        """Move to ``now_s`` (never back: a clock the twins share only moves forward)."""
+        if now_s < self._now_s:
+            raise ValueError(f"Expected a time >= {self._now_s}, got {now_s}.")
+        self._now_s = now_s

@@ -63,6 +63,7 @@ class ShardDirectory:
         self._store_or_factory = store
         self._store: AssignmentStore | None = None
         self._spawned: set[int] = set()
+        self._unsaved: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self._started: asyncio.Task[None] | None = None
 
@@ -94,17 +95,21 @@ class ShardDirectory:
         await self.start()
         assert self._store is not None
         async with self._lock:
-            new: dict[str, int] = {}
             out = []
             for b in battery_ids:
                 known = self._ring.lookup(b)
                 if known is None:
                     known = self._ring.assign(b)
-                    new[b] = known
+                    self._unsaved[b] = known
                 out.append(known)
-            if new:
+            # Placed but not yet started or saved (a call that failed half-way placed them
+            # too): the shards start and the placements are saved before any caller gets
+            # them, so a retry finishes what a failed call began.
+            if self._unsaved or len(self._spawned) < self._ring.num_shards:
                 await self._spawn_missing()
-                await self._store.save(new)
+                if self._unsaved:
+                    await self._store.save(dict(self._unsaved))
+                    self._unsaved.clear()
             return out
 
     async def lookup(self, battery_ids: Sequence[str]) -> list[int | None]:

@@ -43,7 +43,8 @@ from twins.fleet_query import (
     top_n,
     vehicles_near,
 )
-from twins.scoring import AnomalyEvent, ScoreReport, TwinScorer
+from twins.ordered_lane import CallOrder, LaneSequencer
+from twins.scoring import AnomalyEvent, ScoreReport, ScoringParams, TwinScorer
 from twins.sinks import ShardBackends
 from twins.twin_columns import TwinColumns
 from twins.twin_table import TwinTable, TwinTableParams
@@ -142,40 +143,75 @@ class _GroupWriter:
 
     Pending samples are bounded; past the bound callers wait, which pushes back through
     the bridge's in-flight limit to the broker instead of growing a queue.
+
+    **Fail-stop.** Once a COPY fails, every write pending or arriving fails with the same
+    error until :meth:`resume`. The shard rebuilds its table from history before it resumes;
+    a later write that committed in between would put a newer sample into history ahead of
+    the failed older one, and the older one, retried, would then be *late* to its twin (kept
+    in history, never applied).
     """
 
-    def __init__(self, write: Callable[[TelemetryBatch], Awaitable[int]], max_pending_samples: int) -> None:
+    def __init__(
+        self, write: Callable[[TelemetryBatch], Awaitable[int]], max_pending_samples: int
+    ) -> None:
         self._write = write
         self._max = max_pending_samples
         self._pending: list[tuple[TelemetryBatch, asyncio.Future[int]]] = []
         self._pending_samples = 0
         self._wake = asyncio.Event()
         self._room = asyncio.Condition()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._failed: BaseException | None = None
+        #: Failures so far: each one makes the shard rebuild its table once.
+        self.generation = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
+    @property
+    def failed(self) -> bool:
+        return self._failed is not None
+
     async def write(self, batch: TelemetryBatch) -> int:
         async with self._room:
             await self._room.wait_for(lambda: self._pending_samples < self._max)
+        if self._failed is not None:
+            raise self._failed
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((batch, fut))
         self._pending_samples += batch.n_samples
+        self._idle.clear()
         self._wake.set()
         return await fut
+
+    async def idle(self) -> None:
+        """Return once nothing is pending or being written (every write so far committed
+        or failed)."""
+        await self._idle.wait()
+
+    def resume(self) -> None:
+        """Take writes again after a failure (the shard rebuilt its table)."""
+        self._failed = None
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             if not self._pending:
+                self._idle.set()
                 continue
             work, self._pending = self._pending, []
             n = self._pending_samples
             try:
+                if self._failed is not None:
+                    raise self._failed
                 await self._write(TelemetryBatch.concat([b for b, _ in work]))
             except Exception as err:  # every waiter learns the write failed
+                if self._failed is None:
+                    self.generation += 1
+                self._failed = err
                 for _, fut in work:
                     if not fut.done():
                         fut.set_exception(err)
@@ -186,6 +222,8 @@ class _GroupWriter:
             async with self._room:
                 self._pending_samples -= n
                 self._room.notify_all()
+            if not self._pending:
+                self._idle.set()
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -211,6 +249,17 @@ class TwinShard:
         Wall clock (freshness, checkpoints).
     checkpoint_interval_s, state_flush_interval_s
         Periods of the background checkpoint and latest-state tasks.
+    background
+        Run the periodic tasks (flush, checkpoint, scoring, alerts) on wall time. A what-if
+        run turns them off and calls :meth:`score` itself on its simulated clock.
+
+    Attributes
+    ----------
+    score_stale_after_s
+        How long a model may go without scoring a twin before the twin's reads
+        (:meth:`get`, :meth:`columns`) say ``scores_stale``: the scorer's
+        ``stale_after_ticks`` times ``score_interval_s``. The shard is the one place that
+        knows both, and the columns carry it to the HTTP replicas.
     """
 
     def __init__(
@@ -230,8 +279,10 @@ class TwinShard:
         alert_rules: TwinAlertRules | None = None,
         alert_sink: AlertSink | None = None,
         alert_interval_s: float = 10.0,
+        background: bool = True,
     ) -> None:
         self.shard_id = shard_id
+        self._background = background
         self.params = params
         self.zones = zones
         self.clock: Clock = clock or WallClock()
@@ -248,8 +299,17 @@ class TwinShard:
         self._latency = np.zeros(_LATENCY_RESERVOIR)
         self._latency_n = 0
         self._counters = dict.fromkeys(
-            ("messages", "accepted_samples", "applied_samples", "late_samples",
-             "duplicate_messages", "vehicle_changes", "checkpoints", "replayed_samples"), 0
+            (
+                "messages",
+                "accepted_samples",
+                "applied_samples",
+                "late_samples",
+                "duplicate_messages",
+                "vehicle_changes",
+                "checkpoints",
+                "replayed_samples",
+            ),
+            0,
         )
         # Events of messages the twins refused. Kept here, not in the scorer's events: the
         # scorer is None with the models off, and the scorer hands its newest events to
@@ -258,10 +318,19 @@ class TwinShard:
         self._restored = False
         self._last_apply_at_s: float | None = None
         self._healthy: asyncio.Event | None = None
+        self._rebuilt_generation = 0
+        self._sequencer = LaneSequencer()
+        # Cleared while a checkpoint waits for pending writes and takes its snapshot.
+        self._apply_gate = asyncio.Event()
+        self._apply_gate.set()
         self._recoveries = 0
         self.scorer = scorer
         self.push_urgent = push_urgent
         self._score_interval_s = score_interval_s
+        # With the models off nothing refreshes the scores a checkpoint brought back: they
+        # go stale after the default number of ticks, and say so.
+        ticks = (scorer.params if scorer is not None else ScoringParams()).stale_after_ticks
+        self.score_stale_after_s = ticks * score_interval_s
         self._score_lock = asyncio.Lock()
         self.alert_rules = alert_rules
         self.alert_sink = alert_sink
@@ -286,6 +355,8 @@ class TwinShard:
         await self._restore()
         self._writer = _GroupWriter(self._backends.history.write, self._max_pending_samples)
         self._writer.start()
+        if not self._background:
+            return
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._every(self._state_flush_interval_s, self.flush_state)),
@@ -295,7 +366,9 @@ class TwinShard:
             self._tasks.append(loop.create_task(self._every(self._score_interval_s, self.score)))
         if self.alert_rules is not None and self.alert_sink is not None:
             # Its own tick, so the critical thresholds are judged with the models off too.
-            self._tasks.append(loop.create_task(self._every(self._alert_interval_s, self.evaluate_alerts)))
+            self._tasks.append(
+                loop.create_task(self._every(self._alert_interval_s, self.evaluate_alerts))
+            )
 
     async def _restore(self) -> None:
         """Rebuild the table from the latest checkpoint plus history written after it.
@@ -321,7 +394,9 @@ class TwinShard:
                 # History holds only messages the twins accepted once: not checked again.
                 res = table.apply(batch, replay=True)
                 self._counters["replayed_samples"] += res.applied_samples
-                log.info("shard %d replayed %d samples after restore", self.shard_id, res.applied_samples)
+                log.info(
+                    "shard %d replayed %d samples after restore", self.shard_id, res.applied_samples
+                )
         self.table = table
 
     async def _every(self, period_s: float, fn: Callable[[], Awaitable[Any]]) -> None:
@@ -344,7 +419,7 @@ class TwinShard:
             await self._backends.aclose()
 
     # ------------------------------------------------------------------ writes
-    async def ingest(self, batch: TelemetryBatch) -> IngestReport:
+    async def ingest(self, batch: TelemetryBatch, order: CallOrder | None = None) -> IngestReport:
         """Apply a micro-batch and persist what was accepted; return the counts.
 
         If the history write fails the error is raised (the bridge retries, the broker keeps
@@ -355,7 +430,17 @@ class TwinShard:
         await self.start()
         assert self._writer is not None and self._healthy is not None
         await self._healthy.wait()
+        await self._apply_gate.wait()  # a checkpoint is taking a committed snapshot
+        if order is not None:
+            # A call that would overtake an older one of its lane waits for it, and is
+            # refused (the lane resends it in turn) if it does not come: before it touches a
+            # twin either way. Then the gates again: a rebuild or a checkpoint may have begun.
+            await self._sequencer.wait_turn(order)
+            await self._healthy.wait()
+            await self._apply_gate.wait()
         res = self.table.apply(batch)
+        if order is not None:
+            self._sequencer.applied(order)
         now = self.clock.now_s()
         acc = res.accepted_messages
         if acc.size:
@@ -392,8 +477,10 @@ class TwinShard:
             try:
                 await self._writer.write(batch.select_messages(keep))
             except Exception:
-                await self._recover()
+                await self._recover(self._writer.generation)
                 raise
+        if order is not None:
+            self._sequencer.committed(order)
         return IngestReport(
             messages=res.messages,
             accepted_messages=int(acc.size),
@@ -407,24 +494,41 @@ class TwinShard:
             rejected=tuple(res.rejected),
         )
 
-    async def _recover(self) -> None:
-        """Rebuild the table from the latest checkpoint plus history (see :meth:`ingest`)."""
-        assert self._healthy is not None
+    async def _recover(self, generation: int) -> None:
+        """Rebuild the table from the latest checkpoint plus history (see :meth:`ingest`).
+
+        ``generation`` is the writer's failure count the caller saw: a failure the table was
+        already rebuilt after needs no second rebuild (which could drop samples applied and
+        committed since).
+        """
+        assert self._healthy is not None and self._writer is not None
+        if self._rebuilt_generation >= generation:
+            return
         if not self._healthy.is_set():  # another failed ingest is already rebuilding
             await self._healthy.wait()
             return
         self._healthy.clear()
         delay_s = 0.1
         try:
+            # Every write of the failed generation comes back (failed) first: a rebuild
+            # must not race a write still in flight.
+            await self._writer.idle()
             while True:
                 try:
                     await self._restore()
                     self._dirty = set(range(len(self.table)))
                     self._recoveries += 1
-                    log.warning("shard %d rebuilt its twins after a failed history write", self.shard_id)
+                    self._rebuilt_generation = self._writer.generation
+                    self._sequencer.rewind()  # what was applied and not committed is gone
+                    self._writer.resume()
+                    log.warning(
+                        "shard %d rebuilt its twins after a failed history write", self.shard_id
+                    )
                     return
                 except Exception:
-                    log.exception("shard %d: rebuilding after a failed write failed; retrying", self.shard_id)
+                    log.exception(
+                        "shard %d: rebuilding after a failed write failed; retrying", self.shard_id
+                    )
                     await asyncio.sleep(delay_s)
                     delay_s = min(2 * delay_s, 5.0)
         finally:
@@ -441,7 +545,9 @@ class TwinShard:
     def reset_latency(self) -> None:
         self._latency_n = 0
 
-    async def set_lstm_state(self, battery_ids: Sequence[str], h: np.ndarray, c: np.ndarray) -> None:
+    async def set_lstm_state(
+        self, battery_ids: Sequence[str], h: np.ndarray, c: np.ndarray
+    ) -> None:
         """Replace the LSTM (h, c) of many twins at once (one model step of a batch)."""
         await self.start()
         slots = np.array([self.table.slot(b) for b in battery_ids], dtype=np.int64)
@@ -469,21 +575,47 @@ class TwinShard:
             return [x if np.isfinite(x) else None for x in a.tolist()]
 
         cols = [
-            slots.tolist(), t.last_ts[slots].tolist(), latest[:, 0].tolist(), latest[:, 1].tolist(),
-            latest[:, 2].tolist(), latest[:, 3].tolist(), t.last_lat[slots].tolist(),
-            t.last_lon[slots].tolist(), opt(soh), bands, t.efc[slots].tolist(), opt(soh_model),
-            opt(t.health_score[slots]), opt(t.priority[slots]), t.anomaly_flags[slots].tolist(),
+            slots.tolist(),
+            t.last_ts[slots].tolist(),
+            latest[:, 0].tolist(),
+            latest[:, 1].tolist(),
+            latest[:, 2].tolist(),
+            latest[:, 3].tolist(),
+            t.last_lat[slots].tolist(),
+            t.last_lon[slots].tolist(),
+            opt(soh),
+            bands,
+            t.efc[slots].tolist(),
+            opt(soh_model),
+            opt(t.health_score[slots]),
+            opt(t.priority[slots]),
+            t.anomaly_flags[slots].tolist(),
         ]
         states: dict[str, bytes] = {}
-        for s, ts, v, i, temp, soc, lat, lon, sh, band, efc, shm, hs, prio, flags in zip(*cols, strict=True):
-            states[t.ids[s]] = orjson.dumps({
-                "battery_id": t.ids[s], "vehicle_id": t.vehicle_ids[s], "ts": ts,
-                "pack_voltage_v": v, "current_a": i, "temp_c": temp, "soc_pct": soc,
-                "lat": lat, "lon": lon, "soh_pct_est": sh,
-                "health_band": band, "efc": efc, "shard": self.shard_id,
-                "soh_model_pct": shm, "health_score": hs, "priority": prio,
-                "anomaly_flags": flags,
-            })
+        for s, ts, v, i, temp, soc, lat, lon, sh, band, efc, shm, hs, prio, flags in zip(
+            *cols, strict=True
+        ):
+            states[t.ids[s]] = orjson.dumps(
+                {
+                    "battery_id": t.ids[s],
+                    "vehicle_id": t.vehicle_ids[s],
+                    "ts": ts,
+                    "pack_voltage_v": v,
+                    "current_a": i,
+                    "temp_c": temp,
+                    "soc_pct": soc,
+                    "lat": lat,
+                    "lon": lon,
+                    "soh_pct_est": sh,
+                    "health_band": band,
+                    "efc": efc,
+                    "shard": self.shard_id,
+                    "soh_model_pct": shm,
+                    "health_score": hs,
+                    "priority": prio,
+                    "anomaly_flags": flags,
+                }
+            )
         try:
             await self._backends.state.publish(states)
         except Exception:
@@ -498,8 +630,23 @@ class TwinShard:
         # Never checkpoint a table that is being rebuilt after a failed write: it may
         # hold samples history does not have.
         await self._healthy.wait()
-        taken_at = self.clock.now_s()
-        payload = self.table.to_bytes()
+        # Nor one holding samples whose history write is still in flight: restored after a
+        # crash, it would take the bridge's redelivery of those messages for duplicates,
+        # and they would never reach history. So hold new applies, let pending writes
+        # commit, and snapshot before anything else runs (no await in between).
+        assert self._writer is not None
+        self._apply_gate.clear()
+        try:
+            await self._writer.idle()
+            if self._writer.failed or not self._healthy.is_set():  # rebuilt before the next
+                raise RuntimeError(
+                    f"Expected shard {self.shard_id}'s pending writes to commit before its "
+                    "checkpoint, got a failed write; the next checkpoint follows the rebuild."
+                )
+            taken_at = self.clock.now_s()
+            payload = self.table.to_bytes()
+        finally:
+            self._apply_gate.set()
         await self._backends.checkpoints.save(self.shard_id, payload, len(self.table), taken_at)
         self._counters["checkpoints"] += 1
         return len(payload)
@@ -525,12 +672,14 @@ class TwinShard:
                 log.exception("shard %d: sending the alert report failed", self.shard_id)
         if report.new_anomalies and self.push_urgent is not None:
             # New anomalies go to the planner now, not at its next pull.
-            fresh = {e.battery_id for e in list(self.scorer.events)[-report.new_anomalies:]}
+            fresh = {e.battery_id for e in list(self.scorer.events)[-report.new_anomalies :]}
             slots = np.array(sorted(self.table.index[b] for b in fresh), dtype=np.int64)
             try:
                 await self.push_urgent(self._candidate_rows(slots))
             except Exception:  # the planner being down must not fail scoring
-                log.exception("shard %d: pushing %d urgent candidates failed", self.shard_id, len(slots))
+                log.exception(
+                    "shard %d: pushing %d urgent candidates failed", self.shard_id, len(slots)
+                )
         return report
 
     async def evaluate_alerts(self) -> TwinAlertReport | None:
@@ -553,11 +702,16 @@ class TwinShard:
         soc = t.latest("soc_pct")
         return [
             Candidate(
-                battery_id=t.ids[s], vehicle_id=t.vehicle_ids[s],
-                lat=float(t.last_lat[s]), lon=float(t.last_lon[s]),
-                soc_pct=float(soc[s]), priority=float(t.priority[s]),
-                lost_rides_6h=float(t.lost_rides_6h[s]), hours_to_empty=float(t.hours_to_empty[s]),
-                health_score=float(t.health_score[s]), anomaly_flags=int(t.anomaly_flags[s]),
+                battery_id=t.ids[s],
+                vehicle_id=t.vehicle_ids[s],
+                lat=float(t.last_lat[s]),
+                lon=float(t.last_lon[s]),
+                soc_pct=float(soc[s]),
+                priority=float(t.priority[s]),
+                lost_rides_6h=float(t.lost_rides_6h[s]),
+                hours_to_empty=float(t.hours_to_empty[s]),
+                health_score=float(t.health_score[s]),
+                anomaly_flags=int(t.anomaly_flags[s]),
                 charging=bool(t.charging[s]),
             )
             for s in slots.tolist()
@@ -600,10 +754,18 @@ class TwinShard:
         n = len(t)
         scored = np.flatnonzero(np.isfinite(t.soh_model_pct[:n]) & np.isfinite(t.health_score[:n]))
         first = t.first_ts[scored]
-        months = np.where(np.isfinite(first), first, 0).astype("datetime64[s]").astype("datetime64[M]")
+        months = (
+            np.where(np.isfinite(first), first, 0).astype("datetime64[s]").astype("datetime64[M]")
+        )
         return [
-            HealthRow(t.ids[s], str(m), float(t.soh_model_pct[s]), float(t.health_score[s]), float(t.efc[s]),
-                      int(t.health_model_version[s]))
+            HealthRow(
+                t.ids[s],
+                str(m),
+                float(t.soh_model_pct[s]),
+                float(t.health_score[s]),
+                float(t.efc[s]),
+                int(t.health_model_version[s]),
+            )
             for s, m in zip(scored.tolist(), months.tolist(), strict=True)
         ]
 
@@ -613,13 +775,16 @@ class TwinShard:
         if self.scorer is None:
             return None
         last = self.scorer.last_report
-        return replace(last, rows=dict(last.rows), errors=dict(last.errors))
+        return replace(last, rows=dict(last.rows), errors=dict(last.errors), retries=dict(last.retries))
 
     # ------------------------------------------------------------------ reads
     async def get(self, battery_id: str) -> TwinSnapshot | None:
         await self.start()
         slot = self.table.index.get(battery_id)
-        return None if slot is None else BatteryTwin(self.table, slot, self.zones).snapshot()
+        if slot is None:
+            return None
+        twin = BatteryTwin(self.table, slot, self.zones, score_stale_after_s=self.score_stale_after_s)
+        return twin.snapshot()
 
     async def window(self, battery_id: str) -> dict[str, list[float | None]] | None:
         await self.start()
@@ -631,17 +796,36 @@ class TwinShard:
             for k, arr in self.table.window_of(slot).items()
         }
 
-    async def top_n(self, by: str, n: int, descending: bool, filters: Sequence[Filter]) -> list[TopNRow]:
+    async def top_n(
+        self, by: str, n: int, descending: bool, filters: Sequence[Filter]
+    ) -> list[TopNRow]:
         await self.start()
-        return top_n(self.table, by, n, descending=descending, filters=filters, zones=self.zones, now_s=self.clock.now_s())
+        return top_n(
+            self.table,
+            by,
+            n,
+            descending=descending,
+            filters=filters,
+            zones=self.zones,
+            now_s=self.clock.now_s(),
+        )
 
     async def group_stats(
         self, group_by: str | None, fields: Sequence[str], filters: Sequence[Filter]
     ) -> dict[str, GroupStats]:
         await self.start()
-        return group_stats(self.table, group_by, fields, filters=filters, zones=self.zones, now_s=self.clock.now_s())
+        return group_stats(
+            self.table,
+            group_by,
+            fields,
+            filters=filters,
+            zones=self.zones,
+            now_s=self.clock.now_s(),
+        )
 
-    async def vehicles_near(self, lat: float, lon: float, radius_m: float, limit: int) -> list[AvailableVehicle]:
+    async def vehicles_near(
+        self, lat: float, lon: float, radius_m: float, limit: int
+    ) -> list[AvailableVehicle]:
         """Rentable vehicles of this shard near a point (:func:`twins.fleet_query.vehicles_near`)."""
         await self.start()
         return vehicles_near(self.table, lat, lon, radius_m, limit, now_s=self.clock.now_s())
@@ -653,7 +837,9 @@ class TwinShard:
     async def columns(self) -> TwinColumns:
         """Every twin's latest state as columns (what the HTTP replicas read from)."""
         await self.start()
-        return TwinColumns.from_table(self.table, self.zones, self.clock.now_s())
+        return TwinColumns.from_table(
+            self.table, self.zones, self.clock.now_s(), score_stale_after_s=self.score_stale_after_s
+        )
 
     async def stats(self) -> ShardStats:
         await self.start()

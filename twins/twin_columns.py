@@ -23,9 +23,15 @@ import numpy as np
 import numpy.typing as npt
 
 from contracts.samples import WINDOW_FIELDS
-from twins.battery_twin import anomaly_flag_names, health_band, health_bands
+from twins.battery_twin import (
+    DEFAULT_SCORE_STALE_AFTER_S,
+    anomaly_flag_names,
+    health_band,
+    health_bands,
+    score_ages,
+)
 from twins.fleet_query import RentableInputs
-from twins.twin_table import DOD_BIN_EDGES_PCT, TwinTable
+from twins.twin_table import DOD_BIN_EDGES_PCT, SCORED_MODELS, TwinTable
 from twins.zones import ZoneGrid
 
 __all__ = ["TwinColumns"]
@@ -43,6 +49,8 @@ _COPIED = (
     "health_model_version", "anomaly_flags", "anomaly_score", "rul70_p10_cycles",
     "rul70_p50_cycles", "rul70_p90_cycles", "rul80_p10_cycles", "rul80_p50_cycles",
     "rul80_p90_cycles", "priority", "lost_rides_6h", "last_moving_ts", "scored_at_s",
+    "health_scored_at_s", "anomaly_scored_at_s", "degradation_scored_at_s",
+    "priority_scored_at_s",
 )  # fmt: skip
 
 
@@ -74,17 +82,22 @@ class TwinColumns:
         Unix time the columns were taken (the shard's clock).
     zone_cell_km
         Cell size of the zone grid the twins are named on (:class:`twins.zones.ZoneGrid`).
+    score_stale_after_s
+        The ``scores_stale`` threshold of :meth:`state_of`, from the shard that took the
+        columns (its scoring interval): carried with the columns so an HTTP replica judges
+        staleness as the shard would, without a setting of its own.
     battery_ids, vehicle_ids
         One entry per row; ``None`` where the battery is in no vehicle.
     latest
         The newest sample's readings, ``(rows, len(WINDOW_FIELDS))`` float32 as the twin's
         window holds them; NaN where the twin has no sample.
-    last_ts ... scored_at_s
+    last_ts ... priority_scored_at_s
         The twin table's arrays of the same names (:class:`twins.twin_table.TwinTable`).
     """
 
     as_of_s: float
     zone_cell_km: float
+    score_stale_after_s: float
     battery_ids: list[str]
     vehicle_ids: list[str | None]
     latest: npt.NDArray[np.float32]
@@ -123,8 +136,14 @@ class TwinColumns:
     lost_rides_6h: npt.NDArray[np.float64]
     last_moving_ts: npt.NDArray[np.float64]
     scored_at_s: npt.NDArray[np.float64]
+    health_scored_at_s: npt.NDArray[np.float64]
+    anomaly_scored_at_s: npt.NDArray[np.float64]
+    degradation_scored_at_s: npt.NDArray[np.float64]
+    priority_scored_at_s: npt.NDArray[np.float64]
 
     def __post_init__(self) -> None:
+        if not self.score_stale_after_s > 0:
+            raise ValueError(f"Expected score_stale_after_s > 0, got {self.score_stale_after_s}.")
         n = len(self.battery_ids)
         if len(self.vehicle_ids) != n or self.latest.shape != (n, len(WINDOW_FIELDS)):
             raise ValueError(
@@ -140,7 +159,14 @@ class TwinColumns:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def from_table(cls, table: TwinTable, zones: ZoneGrid, as_of_s: float) -> TwinColumns:
+    def from_table(
+        cls,
+        table: TwinTable,
+        zones: ZoneGrid,
+        as_of_s: float,
+        *,
+        score_stale_after_s: float = DEFAULT_SCORE_STALE_AFTER_S,
+    ) -> TwinColumns:
         """Copy the state of every twin of ``table``, taken at ``as_of_s``."""
         n = len(table)
         pos = (table.head[:n] - 1) % table.params.window_samples
@@ -149,6 +175,7 @@ class TwinColumns:
         return cls(
             as_of_s=float(as_of_s),
             zone_cell_km=zones.cell_km,
+            score_stale_after_s=score_stale_after_s,
             battery_ids=list(table.ids),
             vehicle_ids=list(table.vehicle_ids),
             latest=latest,
@@ -172,6 +199,9 @@ class TwinColumns:
         return cls(
             as_of_s=min(p.as_of_s for p in parts),
             zone_cell_km=parts[0].zone_cell_km,
+            # The shards of one system share one scoring interval; while a restart mixes
+            # two, the longer threshold keeps a slower shard's twins from reading stale.
+            score_stale_after_s=max(p.score_stale_after_s for p in parts),
             battery_ids=[b for p in parts for b in p.battery_ids],
             vehicle_ids=[v for p in parts for v in p.vehicle_ids],
             **arrays,
@@ -217,7 +247,7 @@ class TwinColumns:
     def state_of(self, row: int, now_s: float) -> dict[str, Any]:
         """One twin's state as plain values, keyed and valued as :class:`TwinSnapshot`.
 
-        ``now_s`` dates ``idle_h`` (hours since the twin last moved).
+        ``now_s`` dates ``idle_h`` (hours since the twin last moved) and ``score_age_s``.
         """
         s = row
         lat, lon = float(self.last_lat[s]), float(self.last_lon[s])
@@ -234,6 +264,11 @@ class TwinColumns:
         rul70 = (self.rul70_p10_cycles[s], self.rul70_p50_cycles[s], self.rul70_p90_cycles[s])
         rul80 = (self.rul80_p10_cycles[s], self.rul80_p50_cycles[s], self.rul80_p90_cycles[s])
         r = _READING
+        ages, stale = score_ages(
+            {m: float(getattr(self, f"{m}_scored_at_s")[s]) for m in SCORED_MODELS},
+            now_s,
+            self.score_stale_after_s,
+        )
         return {
             "battery_id": self.battery_ids[s],
             "vehicle_id": self.vehicle_ids[s],
@@ -274,6 +309,9 @@ class TwinColumns:
             "anomaly_score": _f(self.anomaly_score[s]),
             "rul_cycles_to_80pct": {q: _f(v) for q, v in zip(_QUANTILES, rul80, strict=True)},
             "rul_cycles_to_70pct": {q: _f(v) for q, v in zip(_QUANTILES, rul70, strict=True)},
+            "rul_days_to_80pct": {
+                q: _f(v * days_per_cycle) for q, v in zip(_QUANTILES, rul80, strict=True)
+            },
             "rul_days_to_70pct": {
                 q: _f(v * days_per_cycle) for q, v in zip(_QUANTILES, rul70, strict=True)
             },
@@ -281,4 +319,6 @@ class TwinColumns:
             "lost_rides_6h": _f(self.lost_rides_6h[s]),
             "idle_h": _f((now_s - self.last_moving_ts[s]) / 3600.0),
             "scored_at_s": _f(self.scored_at_s[s]),
+            "score_age_s": ages,
+            "scores_stale": stale,
         }

@@ -29,10 +29,13 @@ from twins.plausibility import (
     step_problem,
 )
 
-__all__ = ["DOD_BIN_EDGES_PCT", "ApplyResult", "TwinTable", "TwinTableParams"]
+__all__ = ["DOD_BIN_EDGES_PCT", "SCORED_MODELS", "ApplyResult", "TwinTable", "TwinTableParams"]
 
 #: Depth-of-discharge histogram bins: 0-10 %, 10-20 %, ..., 90-100 %.
 DOD_BIN_EDGES_PCT = tuple(float(x) for x in range(0, 101, 10))
+#: The model families of a scoring tick, in tick order; each has a ``<model>_scored_at_s``
+#: column (:meth:`TwinTable.scored_at_of`).
+SCORED_MODELS = ("health", "anomaly", "degradation", "priority")
 _N_DOD_BINS = len(DOD_BIN_EDGES_PCT) - 1
 _SEQ_WINDOW = 64  # how far back an out-of-order message is still told from a duplicate
 _MASK64 = (1 << 64) - 1
@@ -205,6 +208,21 @@ _SCALARS: dict[str, tuple[type, float]] = {
     # Model outputs, written by the scorer (twins/scoring.py) from the Serve deployments.
     "lstm_capacity_mark": (np.int64, 0),
     "lstm_last_soh": (np.float64, math.nan),
+    # Cycle count (equivalent full cycles) at the degradation LSTM's last step (0: none yet)
+    # and SOH at its first: the model reads time relative to the cycles lived
+    # (twins/cycle_inputs.py).
+    "lstm_last_cycle": (np.float64, 0.0),
+    "lstm_first_soh": (np.float64, math.nan),
+    # The last step's smoothed fade slope (cycle_inputs' slope_ewma): the next step's input
+    # and the unit of the forecast.
+    "lstm_slope_ewma": (np.float64, 0.0),
+    # When each model family last scored the twin successfully (NaN: never), so a read can
+    # tell a score kept through a model outage from a fresh one; scored_at_s is the oldest
+    # of them (see TwinTable). Checkpoints from before these columns load them as NaN.
+    "health_scored_at_s": (np.float64, math.nan),
+    "anomaly_scored_at_s": (np.float64, math.nan),
+    "degradation_scored_at_s": (np.float64, math.nan),
+    "priority_scored_at_s": (np.float64, math.nan),
     "scored_at_s": (np.float64, math.nan),
     "soh_model_pct": (np.float64, math.nan),
     "health_score": (np.float64, math.nan),
@@ -234,6 +252,17 @@ class TwinTable:
         Source of wall-clock time (``updated_at_s``).
     initial_capacity
         Slots allocated up front; the table doubles when full.
+
+    Notes
+    -----
+    Score times. ``<model>_scored_at_s``, one column per model family of
+    :data:`SCORED_MODELS`, is when that model last scored the twin successfully (NaN: it
+    never has); a failed model step leaves its outputs *and* its time as they were, so a
+    score kept through an outage shows its age. ``scored_at_s`` is the oldest of those times
+    among the models that have scored the twin: every model output the twin holds is at
+    least that fresh. It is not "the last tick in which every model succeeded": the
+    degradation LSTM steps only on a new capacity measurement, and a twin that has had none
+    would never count as scored.
     """
 
     # One array per _SCALARS row, allocated in __init__ with setattr (the table drives
@@ -269,6 +298,13 @@ class TwinTable:
     last_moving_ts: npt.NDArray[np.float64]
     lstm_capacity_mark: npt.NDArray[np.int64]
     lstm_last_soh: npt.NDArray[np.float64]
+    lstm_last_cycle: npt.NDArray[np.float64]
+    lstm_first_soh: npt.NDArray[np.float64]
+    lstm_slope_ewma: npt.NDArray[np.float64]
+    health_scored_at_s: npt.NDArray[np.float64]
+    anomaly_scored_at_s: npt.NDArray[np.float64]
+    degradation_scored_at_s: npt.NDArray[np.float64]
+    priority_scored_at_s: npt.NDArray[np.float64]
     scored_at_s: npt.NDArray[np.float64]
     soh_model_pct: npt.NDArray[np.float64]
     health_score: npt.NDArray[np.float64]
@@ -837,6 +873,22 @@ class TwinTable:
             out[name] = self.window[slot, idx, i].astype(np.float64)
         return out
 
+    def scored_at_of(self, model: str) -> npt.NDArray[np.float64]:
+        """The ``<model>_scored_at_s`` column (every slot) of a model of :data:`SCORED_MODELS`."""
+        if model not in SCORED_MODELS:
+            raise ValueError(f"Expected a model of {SCORED_MODELS}, got {model!r}.")
+        column: npt.NDArray[np.float64] = getattr(self, f"{model}_scored_at_s")
+        return column
+
+    def oldest_score_s(self, slots: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        """What ``scored_at_s`` is for ``slots``: the oldest per-model score time among the
+        models that have scored each twin, NaN where none has."""
+        out = np.full(len(slots), np.nan)
+        for model in SCORED_MODELS:
+            # fmin skips NaN: a model that never scored the twin does not make it unscored.
+            out = np.fmin(out, self.scored_at_of(model)[slots])
+        return out
+
     def latest(self, name: str) -> npt.NDArray[np.float64]:
         """Newest value of window column ``name`` for every slot (NaN if none)."""
         n = len(self.ids)
@@ -864,7 +916,11 @@ class TwinTable:
     def from_bytes(
         cls, payload: bytes, params: TwinTableParams, clock: Clock | None = None
     ) -> TwinTable:
-        """Rebuild a table written by :meth:`to_bytes` (same window and hidden sizes)."""
+        """Rebuild a table written by :meth:`to_bytes` (same window and hidden sizes).
+
+        A column the payload lacks (a checkpoint written before the column existed, such
+        as the per-model score times) keeps its fill value for every twin.
+        """
         data = np.load(io.BytesIO(payload), allow_pickle=True)
         ids = [str(x) for x in data["ids"]]
         table = cls(params, clock, initial_capacity=max(16, len(ids)))
@@ -882,6 +938,8 @@ class TwinTable:
             )
         n = len(ids)
         for name in ("window", "window_ts", "head", "count", "dod_hist", "lstm_h", "lstm_c", *_SCALARS):
+            # Skipping a missing column is what lets an older checkpoint load: the new
+            # state starts from its default, as for a twin seen for the first time.
             if name in data:
                 getattr(table, name)[:n] = data[name]
         table.ids = ids

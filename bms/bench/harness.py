@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bms.services import ServiceUrls
+from bms.services import ServiceUrls, free_http_port
 from bms.settings import Settings
 
 __all__ = ["BenchSystem", "bench_system", "fleet_process", "free_port", "issue_tokens"]
@@ -121,7 +121,7 @@ def bench_system(
 
     run = uuid.uuid4().hex[:6]
     tmp = tempfile.TemporaryDirectory(prefix="bms-bench-")
-    port = free_port()
+    port = free_http_port()  # HAProxy binds it later: not from the ephemeral range
     settings = base.model_copy(update={
         "data_dir": Path(tmp.name),
         "serve": base.serve.model_copy(update={"http_host": "127.0.0.1", "http_port": port}),

@@ -43,7 +43,19 @@ from bms.settings import Settings
 from sim.publisher import FleetPublisher, parse_mqtt_url
 from sim.telemetry_encoder import SAMPLE_COLUMNS, encode_messages
 
-__all__ = ["IngestBenchParams", "ray_pss_mb", "run_ingest_bench", "system_rss_mb"]
+__all__ = [
+    "IngestBenchParams",
+    "SyntheticLoad",
+    "bridge_totals",
+    "login_args",
+    "own_ray_processes",
+    "publish_warm_up",
+    "ray_processes",
+    "ray_pss_mb",
+    "run_ingest_bench",
+    "system_rss_mb",
+    "wait_drained",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,29 +82,55 @@ class IngestBenchParams:
             raise ValueError(f"Expected report_interval_s > 0, got {self.report_interval_s}.")
 
 
+def ray_processes(
+    exclude_pids: set[int], among: list[psutil.Process] | None = None
+) -> list[tuple[psutil.Process, str]]:
+    """Ray's processes (GCS, raylet, dashboard, workers), each with its role.
+
+    Roles: twin shards (``shard``), bridge workers (``bridge``), the directory, and
+    ``other`` (GCS, raylet, dashboard, Serve, idle workers). ``among`` limits the search to
+    those processes (default: every process on the machine); ``exclude_pids`` are skipped.
+    """
+    out: list[tuple[psutil.Process, str]] = []
+    for p in psutil.process_iter(["pid", "name", "cmdline"]) if among is None else among:
+        try:
+            pid, name, argv = p.pid, p.name(), p.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if pid in exclude_pids:
+            continue
+        cmd = " ".join(argv or [])
+        if not ("ray" in name or "/ray/" in cmd or cmd.startswith("ray::") or "gcs_server" in cmd or "raylet" in cmd):
+            continue
+        role = ("shard" if "_ShardActor" in cmd else "bridge" if "BridgeWorker" in cmd
+                else "directory" if "_DirectoryActor" in cmd else "other")  # fmt: skip
+        out.append((p, role))
+    return out
+
+
+def own_ray_processes(exclude_pids: set[int]) -> list[tuple[psutil.Process, str]]:
+    """:func:`ray_processes` of the Ray this process started (its descendants), so another
+    cluster on a shared machine is not counted; every Ray process on the machine when this
+    process started none (the system joined a running cluster)."""
+    mine = psutil.Process().children(recursive=True)
+    return ray_processes(exclude_pids, among=mine) or ray_processes(exclude_pids)
+
+
 def ray_pss_mb(exclude_pids: set[int]) -> dict[str, list[float]]:
     """Proportional set size of Ray's processes (GCS, raylet, dashboard, workers), by role.
 
     PSS charges each shared page to its sharers pro rata, so summing it over processes
     counts the memory once. Database and broker servers are not Ray processes and are
-    not counted; neither is the benchmark's own publisher (``exclude_pids``). Roles: twin
-    shards (``shard``), bridge workers (``bridge``), the directory, and ``other`` (GCS,
-    raylet, dashboard, idle workers).
+    not counted; neither is the benchmark's own publisher (``exclude_pids``), nor another
+    Ray cluster on the machine (:func:`own_ray_processes`). Roles: as
+    :func:`ray_processes` gives them.
     """
     out: dict[str, list[float]] = {"shard": [], "bridge": [], "directory": [], "other": []}
-    for p in psutil.process_iter(["pid", "name", "cmdline"]):
-        if p.info["pid"] in exclude_pids:
-            continue
-        cmd = " ".join(p.info["cmdline"] or [])
-        name = p.info["name"] or ""
-        if not ("ray" in name or "/ray/" in cmd or cmd.startswith("ray::") or "gcs_server" in cmd or "raylet" in cmd):
-            continue
+    for p, role in own_ray_processes(exclude_pids):
         try:
             pss = p.memory_full_info().pss / 2**20
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        role = ("shard" if "_ShardActor" in cmd else "bridge" if "BridgeWorker" in cmd
-                else "directory" if "_DirectoryActor" in cmd else "other")  # fmt: skip
         out[role].append(pss)
     return out
 
@@ -102,41 +140,79 @@ def system_rss_mb(exclude_pids: set[int]) -> float:
     return sum(sum(v) for v in ray_pss_mb(exclude_pids).values())
 
 
-class _Load:
-    """Synthetic but valid telemetry for N batteries (fixed seed), encoded in bulk."""
+class SyntheticLoad:
+    """Synthetic but valid telemetry for N batteries (fixed seed), encoded in bulk.
+
+    Battery ``i`` is ``bb<run>-<i:06d>`` (:meth:`battery_prefix`) in vehicle
+    ``bv<run>-<i:06d>``, parked within a few km of (:attr:`CENTER_LAT`, :attr:`CENTER_LON`);
+    each call of :meth:`messages` gives the batteries picked their next message (``seq`` one
+    up, timestamps after the previous message's, the last one at ``now_s``).
+    """
+
+    #: Where the batteries are (central Berlin, as the simulated fleet's default centre).
+    CENTER_LAT = 52.52
+    CENTER_LON = 13.40
 
     def __init__(self, run: str, n: int, m: int, seed: int = 11) -> None:
         self.vehicles = [f"bv{run}-{i:06d}" for i in range(n)]
-        self.batteries = [f"bb{run}-{i:06d}" for i in range(n)]
+        self.batteries = [f"{self.battery_prefix(run)}{i:06d}" for i in range(n)]
         self.seq = np.zeros(n, dtype=np.int64)
         self.last_ms = np.zeros(n, dtype=np.int64)
         self.m = m
         self.rng = np.random.default_rng(seed)
         self.soc = self.rng.uniform(40, 95, n)
-        self.lat = 52.52 + self.rng.normal(0, 0.03, n)
-        self.lon = 13.40 + self.rng.normal(0, 0.05, n)
+        self.lat = self.CENTER_LAT + self.rng.normal(0, 0.03, n)
+        self.lon = self.CENTER_LON + self.rng.normal(0, 0.05, n)
         self.odo = self.rng.uniform(0, 3000, n)
         self.col = {c: i for i, c in enumerate(SAMPLE_COLUMNS)}
+
+    @staticmethod
+    def battery_prefix(run: str) -> str:
+        """What every battery id of run ``run`` starts with."""
+        return f"bb{run}-"
 
     def messages(self, idx: np.ndarray, now_s: float, span_s: float, m: int | None = None) -> tuple[list[tuple[str, bytes]], int]:
         m = self.m if m is None else m
         k = idx.size
         n = k * m
-        v = np.empty((n, len(SAMPLE_COLUMNS)))
-        c = self.col
         # Whole milliseconds: the encoder writes ts with 3 decimals, and two samples of one
         # battery with the same ts are duplicates. Each message starts after the previous one.
         step_ms = max(1, round(span_s * 1000 / (m - 1))) if m > 1 else 1
         offs_ms = np.arange(m, dtype=np.int64) * step_ms
         start_ms = np.maximum(int(now_s * 1000) - int(offs_ms[-1]), self.last_ms[idx] + 1)
         ts_ms = start_ms[:, None] + offs_ms[None, :]
-        ts = (ts_ms / 1000.0).ravel()
+        previous_ms = self.last_ms[idx].copy()
         self.last_ms[idx] = ts_ms[:, -1]
+        v = self._values(idx, ts_ms, previous_ms)
+        seqs = self.seq[idx].copy()
+        self.seq[idx] += 1
+        msgs = encode_messages(
+            [self.vehicles[i] for i in idx.tolist()],
+            [self.batteries[i] for i in idx.tolist()],
+            seqs,
+            np.full(k, m),
+            v,
+        )
+        return msgs, n
+
+    def _values(self, idx: np.ndarray, ts_ms: np.ndarray, previous_ms: np.ndarray) -> np.ndarray:
+        """The ``(k * m, len(SAMPLE_COLUMNS))`` sample values of the ``k`` batteries ``idx``,
+        ``m`` samples each at ``ts_ms`` (``(k, m)``, whole ms), battery by battery;
+        ``previous_ms`` is each battery's sample before them (0: none yet).
+
+        Current, temperature and speed are drawn afresh for every sample: cheap, and
+        enough to load the ingest path, though no pack behaves like that (the soak's
+        :class:`bms.bench.steady_load.SteadyLoad` does).
+        """
+        k, m = ts_ms.shape
+        n = k * m
+        v = np.empty((n, len(SAMPLE_COLUMNS)))
+        c = self.col
         # Drains slowly and stops at 15 %: jumping back to full would be a SoC rise the
         # twins refuse as implausible (a swap is a different battery, not a refill).
         self.soc[idx] = np.maximum(self.soc[idx] - 0.05 * m / 50, 15.0)
         rep = np.repeat
-        v[:, c["ts"]] = ts
+        v[:, c["ts"]] = (ts_ms / 1000.0).ravel()
         current = self.rng.uniform(0.0, 15.0, n)
         v[:, c["current_a"]] = current
         soc = rep(self.soc[idx], m)
@@ -149,16 +225,7 @@ class _Load:
         v[:, c["speed_kmh"]] = self.rng.uniform(0.0, 25.0, n)
         v[:, c["cell_min_v"]] = 3.4 + 0.008 * soc - 0.01
         v[:, c["cell_max_v"]] = 3.4 + 0.008 * soc + 0.01
-        seqs = self.seq[idx].copy()
-        self.seq[idx] += 1
-        msgs = encode_messages(
-            [self.vehicles[i] for i in idx.tolist()],
-            [self.batteries[i] for i in idx.tolist()],
-            seqs,
-            np.full(k, m),
-            v,
-        )
-        return msgs, n
+        return v
 
 
 def _bare_subscriber(
@@ -192,7 +259,24 @@ def _bare_subscriber(
     asyncio.run(main())
 
 
-def _login(login: MqttLogin | None) -> tuple[str | None, str | None]:
+async def publish_warm_up(pub: FleetPublisher, load: SyntheticLoad, age_s: float = 0.0) -> int:
+    """One one-sample message per battery, so every twin and directory entry exists before
+    a timed phase starts; returns the samples published (acknowledged).
+
+    The sample is stamped ``age_s`` in the past: a battery's next message starts after it,
+    so a paced phase whose messages reach that far back must not find it newer (its first
+    messages would end in the future).
+    """
+    published = 0
+    all_idx = np.arange(len(load.batteries))
+    for a in range(0, all_idx.size, 2000):
+        msgs, n = load.messages(all_idx[a : a + 2000], time.time() - age_s, 0.0, m=1)
+        await pub.publish(msgs)  # raises unless every message was acknowledged
+        published += n
+    return published
+
+
+def login_args(login: MqttLogin | None) -> tuple[str | None, str | None]:
     """Username and password of the load generator, or none (an anonymous broker)."""
     if login is None:
         return None, None
@@ -200,14 +284,14 @@ def _login(login: MqttLogin | None) -> tuple[str | None, str | None]:
 
 
 async def _measure_bare(
-    urls: ServiceUrls, load: _Load, n_messages: int, run: str, loadgen: MqttLogin | None
+    urls: ServiceUrls, load: SyntheticLoad, n_messages: int, run: str, loadgen: MqttLogin | None
 ) -> dict[str, float]:
     host, port = parse_mqtt_url(urls.mqtt_url)
     # Away from fleet/, so the bridge does not see it; the load generator may use bench/#.
     topic_root = f"{BENCH_TOPIC_ROOT}/bare{run}"
     ctx = mp.get_context("spawn")
     out, ready = ctx.Queue(), ctx.Event()
-    username, password = _login(loadgen)
+    username, password = login_args(loadgen)
     proc = ctx.Process(
         target=_bare_subscriber,
         args=(host, port, f"{topic_root}/+/telemetry", n_messages, out, ready, username, password),
@@ -233,7 +317,9 @@ async def _measure_bare(
     return {"samples_per_s": res["samples"] / max(res["seconds"], 1e-9), "messages": res["messages"]}
 
 
-async def _bridge_totals(namespace: str, bridge_names: list[str]) -> dict[str, int]:
+async def bridge_totals(namespace: str, bridge_names: list[str]) -> dict[str, int]:
+    """Accepted samples, rejected and duplicate messages, duplicate samples: summed over
+    the bridge workers, since they started."""
     from runtime.system import bridge_stats
 
     stats = await bridge_stats(namespace, bridge_names)
@@ -245,11 +331,11 @@ async def _bridge_totals(namespace: str, bridge_names: list[str]) -> dict[str, i
     }
 
 
-async def _wait_drained(namespace: str, bridge_names: list[str], target: int, timeout_s: float) -> dict[str, int]:
+async def wait_drained(namespace: str, bridge_names: list[str], target: int, timeout_s: float) -> dict[str, int]:
     """Bridge totals once ``target`` samples were accepted (or at the timeout)."""
     deadline = time.time() + timeout_s
     while True:
-        totals = await _bridge_totals(namespace, bridge_names)
+        totals = await bridge_totals(namespace, bridge_names)
         if totals["accepted_samples"] >= target or time.time() > deadline:
             return totals
         await asyncio.sleep(0.1)
@@ -321,22 +407,17 @@ async def _bench(
     p: IngestBenchParams, system: Any, urls: ServiceUrls, run: str, fleet: Any, loadgen: MqttLogin | None
 ) -> dict[str, Any]:
     host, port = parse_mqtt_url(urls.mqtt_url)
-    load = _Load(run, p.batteries, p.samples_per_message)
+    load = SyntheticLoad(run, p.batteries, p.samples_per_message)
     me = {os.getpid()}
     rss_peak = 0.0
-    published = 0
     all_idx = np.arange(p.batteries)
-    username, password = _login(loadgen)
+    username, password = login_args(loadgen)
     async with FleetPublisher(
         host, port, n_connections=2, client_id_prefix=f"bench{run}", username=username, password=password
     ) as pub:
-        # Warm-up: every twin and directory entry exists before the clock starts.
-        for a in range(0, p.batteries, 2000):
-            msgs, n = load.messages(all_idx[a : a + 2000], time.time(), 0.0, m=1)
-            await pub.publish(msgs)
-            published += n
-        await _wait_drained(system.namespace, system.bridge_names, published, 600)
-        base = await _bridge_totals(system.namespace, system.bridge_names)
+        published = await publish_warm_up(pub, load)
+        await wait_drained(system.namespace, system.bridge_names, published, 600)
+        base = await bridge_totals(system.namespace, system.bridge_names)
         await fleet.call_all("reset_latency")
         rss_peak = system_rss_mb(me)
 
@@ -384,7 +465,7 @@ async def _bench(
             await asyncio.gather(*inflight)
         t_published = time.time()
         total = published + timed_published
-        end = await _wait_drained(system.namespace, system.bridge_names, total, 300)
+        end = await wait_drained(system.namespace, system.bridge_names, total, 300)
         rss_peak = max(rss_peak, system_rss_mb(me))
 
     shard_stats = await fleet.shard_stats()

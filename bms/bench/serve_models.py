@@ -60,9 +60,10 @@ def bench_inputs(name: str, rows: int, seed: int = 0) -> Inputs:
         from twins.cycle_inputs import cycle_inputs
 
         soh = rng.uniform(0.75, 1.0, rows)
-        x = cycle_inputs(soh, rng.integers(1, 300, rows), soh + 0.002)
+        cycle = rng.uniform(30, 1500, rows)
+        x = cycle_inputs(soh, cycle, soh + 0.002, 0.96 * cycle, soh + 0.05, -0.5)
         h = rng.normal(0, 0.1, (rows, 32)).astype(np.float32)
-        return ids, {"x": x, "h": h, "c": h.copy(), "soh": soh}
+        return ids, {"x": x, "h": h, "c": h.copy(), "soh": soh, "cycle": cycle}
     return _extra_inputs(name, rows, rng, ids)
 
 

@@ -19,6 +19,7 @@ from serve.http import (
     fleet,
     models,
     planner,
+    simulations,
     system,
     tokens,
     vehicles,
@@ -71,7 +72,10 @@ def create_api(
     api.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     # Any route may need a service that is not running (the planner): 503, never a 500.
     api.add_exception_handler(ServiceUnavailable, _unavailable)
-    areas = (system, batteries, battery_history, fleet, vehicles, models, planner, work_orders, alerts, webhooks, tokens)
+    areas = (
+        system, batteries, battery_history, fleet, vehicles, models, planner, work_orders, alerts, webhooks,
+        tokens, simulations,
+    )  # fmt: skip
     for area in areas:
         api.include_router(area.router)
     api.include_router(fleet.map_router)  # fleet managers and ops, unlike the rest of fleet

@@ -95,11 +95,27 @@ class TwinState(ApiModel):
     anomaly_score: float | None
     rul_cycles_to_80pct: dict[str, float | None] = Field(description="p10/p50/p90 cycles")
     rul_cycles_to_70pct: dict[str, float | None] = Field(description="p10/p50/p90 cycles")
-    rul_days_to_70pct: dict[str, float | None] = Field(description="p10/p50/p90 days")
+    rul_days_to_80pct: dict[str, float | None] = Field(description="p10/p50/p90 days at the battery's own usage rate")
+    rul_days_to_70pct: dict[str, float | None] = Field(description="p10/p50/p90 days at the battery's own usage rate")
     priority: float | None = Field(description="Swap priority, 0-100")
     lost_rides_6h: float | None
     idle_h: float | None
-    scored_at_s: float | None
+    scored_at_s: float | None = Field(
+        description="Unix time of the oldest of the models' last successful scores of this "
+        "twin (models that never scored it left out): every model output here is at least "
+        "this fresh; null before any model scored it"
+    )
+    score_age_s: dict[str, float | None] = Field(
+        description="Per model (health, anomaly, degradation, priority): seconds since it last "
+        "scored this twin successfully, measured when the state was taken (as_of_s); null for "
+        "a model that never scored it. A failing model leaves its outputs as they were, and "
+        "their age grows"
+    )
+    scores_stale: bool = Field(
+        description="True when a model that has scored this twin has not succeeded for longer "
+        "than the stale threshold (3 scoring intervals by default): some model outputs here "
+        "are kept from before an outage"
+    )
 
 
 class BatteryRead(TwinState):

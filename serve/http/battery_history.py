@@ -64,7 +64,17 @@ class ForecastResponse(ApiModel):
 
     battery_id: str
     lstm_steps: int = Field(description="Capacity measurements the degradation LSTM has seen")
-    scored_at_s: float | None = Field(description="Unix time the twin was last scored")
+    scored_at_s: float | None = Field(
+        description="Unix time of the oldest of the models' last successful scores of the twin"
+    )
+    score_age_s: dict[str, float | None] = Field(
+        description="Per model, seconds since it last scored the twin (null: never); the "
+        "forecast is the degradation model's"
+    )
+    scores_stale: bool = Field(
+        description="True when a model that has scored the twin has not succeeded for longer "
+        "than the stale threshold (3 scoring intervals by default)"
+    )
     now: ForecastPoint | None = Field(
         description="Cycles so far and the measured SOH the forecast starts from; null when "
         "no SOH is known yet"
@@ -108,6 +118,7 @@ def forecast_of(twin: Mapping[str, Any]) -> ForecastResponse:
             bands[q] = line
     return ForecastResponse(
         battery_id=twin["battery_id"], lstm_steps=twin["lstm_steps"], scored_at_s=twin["scored_at_s"],
+        score_age_s=twin["score_age_s"], scores_stale=twin["scores_stale"],
         now=now, thresholds_pct=list(FORECAST_THRESHOLDS_PCT), **bands,
     )  # fmt: skip
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from contracts.alerts import Alert, AlertSeverity, AlertTransition, Silence
     from contracts.health import HealthPoint
     from contracts.model_registry import ModelEvent, ModelVersion, ServingConfig
+    from contracts.simulations import SimulationJob
     from contracts.webhooks import (
         DeliveryAttempt,
         DeliveryState,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from planners.planner import PlanRecord, TechnicianRoute
     from planners.views import QueueEntry, Roster
     from serve.mqtt_bridge import BridgeStats
+    from sim.scenario import Scenario
     from twins.battery_twin import TwinSnapshot
     from twins.fleet_query import AvailableVehicle, Filter, GroupStats, TopNRow
     from twins.scoring import AnomalyEvent
@@ -58,6 +60,7 @@ __all__ = [
     "ModelRegistryAccess",
     "ModelStatusSource",
     "PlannerClient",
+    "SimulationAccess",
     "Stores",
     "TelemetryHistory",
     "TokenAdmin",
@@ -292,6 +295,29 @@ class AlertAccess(Protocol):
         ...
 
 
+class SimulationAccess(Protocol):
+    """What-if jobs (:class:`runtime.simulation_access.RaySimulationAccess`, over the
+    queue of :mod:`runtime.simulations`). ``KeyError`` for an unknown job."""
+
+    async def submit(self, scenarios: Sequence[Scenario], baseline: str | None, submitted_by: str) -> SimulationJob:
+        """Queue one job running every scenario over its seeds (paired against
+        ``baseline`` when given); :class:`contracts.simulations.SimulationQueueFull` when
+        the queue takes no more."""
+        ...
+
+    async def list(self) -> builtins.list[SimulationJob]:
+        """Every known job, newest first, without outcomes."""
+        ...
+
+    async def get(self, job_id: str) -> SimulationJob:
+        """One job with its outcome."""
+        ...
+
+    async def cancel(self, job_id: str, actor: str) -> SimulationJob:
+        """Cancel a queued or running job; ``ValueError`` when it has finished."""
+        ...
+
+
 class TokenAdmin(Protocol):
     """API tokens (:class:`store.token_store.TokenStore`)."""
 
@@ -400,6 +426,9 @@ class ApiDeps:
         The read snapshot that answers battery reads, availability and the fleet map; by
         default one loaded from ``fleet.columns`` on the first read (the runtime passes
         one it refreshes in the background).
+    simulations
+        What-if jobs; ``None`` when the simulations actor is not started (models off: the
+        simulation routes answer 503).
     """
 
     fleet: FleetReader
@@ -412,6 +441,7 @@ class ApiDeps:
     webhook_allow_cidrs: tuple[str, ...] = ()
     webhook_allow_http: bool = False
     reads: ReadSnapshots = None  # type: ignore[assignment]  # None: made in __post_init__
+    simulations: SimulationAccess | None = None
 
     def __post_init__(self) -> None:
         if self.max_history_rows < 1:

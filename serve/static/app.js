@@ -11,7 +11,8 @@
  *   BMS.views, BMS.shell       the views of each role and the #hash router that shows them
  *
  * The charts (charts.js), the map (map.js), the alert list (alerts.js) and one file per
- * view add to BMS; app.js is loaded first and starts the shell once the page has loaded.
+ * view (fleet, battery, whatif, technician, customer, ops) add to BMS; app.js is loaded
+ * first and starts the shell once the page has loaded.
  */
 "use strict";
 

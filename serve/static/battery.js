@@ -19,6 +19,19 @@
       el("div", { class: "value" }, String(value), unit && value !== "–" ? el("small", { class: "muted", text: " " + unit }) : null));
   }
 
+  // The model scores below (health, SOH, life, priority) are kept through a model outage:
+  // when one has not been refreshed for a few ticks the page says how old the oldest is,
+  // and the tooltip gives each model's age.
+  function staleChip(t) {
+    if (!t.scores_stale) return null;
+    const ages = Object.entries(t.score_age_s || {}).filter(([, a]) => BMS.known(a));
+    const oldest = Math.max(...ages.map(([, a]) => a));
+    const c = chip(`scores stale (${fmt.duration(oldest)})`, "warning");
+    c.id = "scores-stale";
+    c.title = ages.map(([m, a]) => `${m}: ${fmt.duration(a)} old`).join(", ");
+    return c;
+  }
+
   function mountEmpty(main) {
     main.append(el("div", { class: "page-head" }, el("h1", { text: "Battery" })),
       card("Open a battery", { body: el("p", { class: "muted", text: "Type a battery id in the search box at the top, or click a vehicle on the fleet map." }) }));
@@ -92,9 +105,10 @@
       state.twin = t;
       notFound.hidden = true;
       chips.replaceChildren(...[chip(fmt.label(t.health_band), t.health_band), t.charging ? chip("charging", "info") : null,
-        ...t.anomaly_flags.map((f) => chip(fmt.label(f), "anomaly"))].filter(Boolean));
+        staleChip(t), ...t.anomaly_flags.map((f) => chip(fmt.label(f), "anomaly"))].filter(Boolean));
       sub.textContent = `vehicle ${t.vehicle_id ?? "none"} · zone ${t.zone} · last sample ${fmt.ago(t.last_ts)}`;
       const rul70 = t.rul_cycles_to_70pct || {}, days70 = t.rul_days_to_70pct || {};
+      const rul80 = t.rul_cycles_to_80pct || {}, days80 = t.rul_days_to_80pct || {};
       facts.replaceChildren(
         fact("State of charge", fmt.num(t.soc_pct), "%", "soc"),
         fact("Pack voltage", fmt.num(t.pack_voltage_v, 2), "V"),
@@ -107,6 +121,7 @@
         fact("Capacity", BMS.known(t.capacity_est_ah) ? `${fmt.num(t.capacity_est_ah)} / ${fmt.num(t.rated_capacity_ah)}` : "–", "Ah"),
         fact("Resistance", BMS.known(t.resistance_est_ohm) ? fmt.num(t.resistance_est_ohm * 1000, 0) : "–", "mΩ"),
         fact("Cycles (EFC)", fmt.num(t.efc), null, "efc"),
+        fact("Life to 80 %", BMS.known(rul80.p50) ? `${fmt.int(rul80.p50)} cyc` : "–", BMS.known(days80.p50) ? `≈ ${fmt.int(days80.p50)} d` : null),
         fact("Life to 70 %", BMS.known(rul70.p50) ? `${fmt.int(rul70.p50)} cyc` : "–", BMS.known(days70.p50) ? `≈ ${fmt.int(days70.p50)} d` : null),
         fact("Swap priority", fmt.num(t.priority), "/ 100"),
         fact("Lost rides (6 h)", fmt.num(t.lost_rides_6h, 2)),

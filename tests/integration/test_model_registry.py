@@ -407,3 +407,31 @@ def test_data_fingerprint_is_stable_and_sensitive() -> None:
     assert data_fingerprint(y, x) != fp
     with pytest.raises(ValueError, match="dtype object"):
         data_fingerprint(np.array(["a", 1], dtype=object))
+
+
+async def test_start_retrains_a_production_model_this_code_cannot_load(
+    conn: psycopg.AsyncConnection, tmp_path: Path
+) -> None:
+    """An upgrade: the production degradation model was written in an older format the
+    replicas cannot load, so the start-up check trains and promotes a new version; a
+    loadable production model is left alone on the next start."""
+    import json
+
+    from models.predictors import PREDICTORS
+    from models.training import TrainingPlan, ensure_served
+
+    registry = ModelRegistry(ModelRegistryStore(conn), tmp_path / "artifacts")
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "degradation_lstm.json").write_text(json.dumps({"format_version": 1, "params": {}}))
+    (old / "degradation_lstm.pt").write_bytes(b"weights of the absolute-time model")
+    v1 = await registry.register("degradation", old, {}, {}, "fp-old", "ci")
+    await registry.store.promote("degradation", v1.version, "ci")
+
+    plan = TrainingPlan.quick()
+    trained = await ensure_served(registry, plan, tmp_path / "work", names=["degradation"])
+    assert trained == ["degradation"]
+    serving = await registry.store.serving_or_none("degradation")
+    assert serving is not None and serving.production_version == v1.version + 1
+    PREDICTORS["degradation"].load(await registry.artifact_dir("degradation", serving.production_version))
+    assert await ensure_served(registry, plan, tmp_path / "work2", names=["degradation"]) == []

@@ -43,7 +43,13 @@ def _low_battery(api: httpx.Client, services: ServiceHandles) -> tuple[str, str]
 
 def _replan(api: httpx.Client) -> dict[str, Any]:
     """Ask for a re-plan (202 and a job), poll the job, then read the plan it made."""
-    r = api.post("/api/v1/planner/plan")
+
+    def asked() -> httpx.Response | None:
+        # Re-plans are rate limited per token (a small burst, then one every few seconds).
+        r = api.post("/api/v1/planner/plan")
+        return None if r.status_code == 429 else r
+
+    r = _wait(asked, 60, "a re-plan the rate limit lets through")
     assert r.status_code == 202, r.text
     job = r.json()
     assert r.headers["location"] == job["status_url"]
@@ -128,3 +134,52 @@ def test_work_order_errors_are_clear(api: httpx.Client) -> None:
     r = api.post("/api/v1/work-orders/1/transition", json={"state": "en_route", "actor": "someone else"})
     assert r.status_code == 422  # the actor is the token's subject, never the body's
     assert api.get("/api/v1/technicians/nobody/route").status_code == 404
+
+
+def test_a_killed_planner_resumes_from_postgres(api: httpx.Client, services: ServiceHandles) -> None:
+    """Issue 12, fault 7: the planner process dies and Ray restarts it. The new one answers
+    with the plan numbering carried on (the saved plan is back in force), keeps the battery's
+    job on its work order, and a re-plan makes no second order for the battery."""
+    import os
+
+    import ray
+
+    from runtime.names import PLANNER_NAME
+
+    _, battery = _low_battery(api, services)
+    plan = _replan(api)
+    stops = {s["battery_id"]: s for r in plan["routes"] for s in r["stops"]}
+    assert battery in stops, plan
+    order_id = stops[battery]["work_order_id"]
+
+    planner = ray.get_actor(PLANNER_NAME, namespace=services.namespace)
+
+    def pid() -> int:
+        got: Any = ray.get(planner.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
+        return int(got)
+
+    before = pid()
+    ray.kill(planner, no_restart=False)
+
+    def restarted() -> bool:
+        # ray.kill returns before the actor is gone: wait for the *new* process.
+        try:
+            return pid() != before
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return False
+
+    _wait(restarted, 120, "the restarted planner")
+    # The saved plan (or a newer one, the restarted schedule's first round) is in force:
+    # never no plan, and never a numbering started afresh.
+    r = api.get("/api/v1/planner/plan")
+    assert r.status_code == 200 and r.json()["plan_id"] >= plan["plan_id"], r.text
+    queue = api.get("/api/v1/planner/queue").json()["jobs"]
+    assert any(j["battery_id"] == battery and j["work_order_id"] == order_id for j in queue), queue
+
+    again = _replan(api)
+    assert again["plan_id"] > plan["plan_id"]
+    stops = {s["battery_id"]: s for r in again["routes"] for s in r["stops"]}
+    if battery in stops:
+        assert stops[battery]["work_order_id"] == order_id
+    orders = api.get("/api/v1/work-orders", params={"battery_id": battery}).json()["orders"]
+    assert [o["id"] for o in orders] == [order_id]

@@ -125,7 +125,8 @@ async def test_embedded_servers_answer_and_stop_without_leftovers(tmp_path: Path
         )
         assert str(shared.topic) == "fleet/v-00001/telemetry"
         config = (tmp_path / "data" / "mqtt" / "mosquitto.conf").read_text()
-        assert "max_queued_messages 0" in config
+        # A deep queue (not 0: see bms.services) and sessions kept on disk (docs/reliability.md).
+        assert "max_queued_messages 10000000" in config and "persistence true" in config
     assert all(gone(pid) for pid in pids.values()), pids
     services.stop()
     with pytest.raises(ServiceError, match="Expected started services"):

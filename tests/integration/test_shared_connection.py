@@ -188,3 +188,22 @@ async def test_callback_inside_a_transaction_may_read_but_not_commit_on_the_conn
     assert conn.info.transaction_status == IDLE
     assert await registry.names() == []
     assert await checkpoints.load(1) is None
+
+
+async def test_a_lost_connection_reopens_on_the_next_store_call(schema_url: str, services: Any) -> None:
+    """A server-side disconnect (what a PostgreSQL restart or failover does to every client)
+    fails the call in flight; the next call reconnects instead of failing for good."""
+    from store import open_postgres
+
+    async with open_postgres(schema_url, application_name="bms-resilience-test") as conn:
+        await apply_migrations(conn)
+        store = CheckpointStore(conn)
+        await store.save(1, b"first", 1, NOW_S)
+        pid = conn.info.backend_pid
+        async with await psycopg.AsyncConnection.connect(services.postgres_admin_url, autocommit=True) as admin:
+            await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(psycopg.OperationalError):
+            await store.load(1)  # the call that meets the dead connection fails ...
+        assert await store.load(1) == (b"first", NOW_S)  # ... and the retry reconnects
+        assert conn.info.backend_pid != pid
+        assert conn.reconnects == 1  # type: ignore[attr-defined]  # ResilientConnection

@@ -17,7 +17,7 @@ from contracts.work_orders import (
     WorkOrderKind,
     WorkOrderState,
 )
-from store import StoreUsageError, open_postgres
+from store import StoreUsageError, apply_migrations, open_postgres
 from store.work_order_store import WorkOrderStore
 
 pytestmark = pytest.mark.integration
@@ -25,10 +25,10 @@ pytestmark = pytest.mark.integration
 S = WorkOrderState
 
 
-async def new_swap(store: WorkOrderStore) -> int:
-    """Create a battery swap for vehicle v1 / battery b1; return its id."""
+async def new_swap(store: WorkOrderStore, battery_id: str = "b1") -> int:
+    """Create a battery swap for vehicle v1 / ``battery_id``; return its id."""
     order = await store.create(
-        WorkOrderKind.BATTERY_SWAP, "v1", "b1", 52.52, 13.40, 2.0, 15.0, actor="planner"
+        WorkOrderKind.BATTERY_SWAP, "v1", battery_id, 52.52, 13.40, 2.0, 15.0, actor="planner"
     )
     return order.id
 
@@ -72,7 +72,7 @@ async def test_replan_clears_technician_and_list_filters_by_state(
 ) -> None:
     """assigned -> planned un-assigns the order; list(state) returns only orders in it."""
     store = WorkOrderStore(conn)
-    first, second = await new_swap(store), await new_swap(store)
+    first, second = await new_swap(store), await new_swap(store, "b2")
     await store.transition(first, S.ASSIGNED, "planner", technician_id="t1")
     replanned = await store.transition(first, S.PLANNED, "planner", note="re-plan")
     assert replanned.technician_id is None
@@ -153,3 +153,123 @@ async def test_concurrent_transitions_on_one_order_serialise(
     assert "from en_route to en_route" in str(losses[0])
     events = await store.history(order_id)
     assert [e["to_state"] for e in events] == ["planned", "assigned", "en_route"]
+
+
+# -- one open order per battery (migration 0011) --------------------------------------------
+
+
+async def test_create_returns_the_open_order_of_a_battery(conn: psycopg.AsyncConnection) -> None:
+    """A second create for a battery with an open order returns that order: no second row,
+    no second creation event; once the order is closed, create makes a new one."""
+    store = WorkOrderStore(conn)
+    first = await store.create(
+        WorkOrderKind.BATTERY_SWAP, "v1", "b1", 52.52, 13.40, 2.0, 15.0, actor="planner"
+    )
+    await store.transition(first.id, S.ASSIGNED, "planner", technician_id="t1")
+    await store.transition(first.id, S.EN_ROUTE, "t1")
+    again = await store.create(
+        WorkOrderKind.INSPECTION, "v9", "b1", 52.0, 13.0, 9.0, 99.0, actor="planner-2"
+    )
+    assert again == await store.get(first.id)  # as it is: en route, its own kind and values
+    assert again.state is S.EN_ROUTE and again.kind is WorkOrderKind.BATTERY_SWAP
+    assert len(await store.list(battery_id="b1")) == 1
+    assert [e["to_state"] for e in await store.history(first.id)] == ["planned", "assigned", "en_route"]
+    await store.transition(first.id, S.FAILED, "t1")
+    fresh = await store.create(
+        WorkOrderKind.BATTERY_SWAP, "v1", "b1", 52.52, 13.40, 2.0, 15.0, actor="planner"
+    )
+    assert fresh.id != first.id and fresh.state is S.PLANNED
+
+
+async def test_concurrent_creates_for_one_battery_make_one_order(
+    conn: psycopg.AsyncConnection, schema_url: str
+) -> None:
+    """Two connections creating an order for one battery at once: both get the same order."""
+    async with open_postgres(schema_url) as conn_a, open_postgres(schema_url) as conn_b:
+        made = await asyncio.gather(*(
+            WorkOrderStore(c).create(WorkOrderKind.BATTERY_SWAP, "v1", "b1", 52.5, 13.4, 2.0, 15.0, "planner")
+            for c in (conn_a, conn_b)
+        ))  # fmt: skip
+    assert made[0] == made[1]
+    store = WorkOrderStore(conn)
+    assert len(await store.list(battery_id="b1")) == 1 and len(await store.history(made[0].id)) == 1
+
+
+async def test_the_database_refuses_a_second_open_order(conn: psycopg.AsyncConnection) -> None:
+    """The partial unique index holds whatever the writer: a raw second open row for a
+    battery is refused, a closed one is not."""
+    store = WorkOrderStore(conn)
+    order_id = await new_swap(store)
+    insert = (
+        "INSERT INTO work_orders (kind, state, vehicle_id, battery_id, lat, lon, priority, value)"
+        " VALUES ('battery_swap', %s, 'v1', 'b1', 52.5, 13.4, 1, 1)"
+    )
+    with pytest.raises(psycopg.errors.UniqueViolation, match="work_orders_one_open_per_battery"):
+        await conn.execute(insert, ("assigned",))
+    await conn.execute(insert, ("cancelled",))
+    await conn.execute(insert, ("done",))
+    assert [o.id for o in await store.open_orders()] == [order_id]
+
+
+async def test_open_orders_lists_every_open_order_oldest_first(conn: psycopg.AsyncConnection) -> None:
+    """open_orders: planned, assigned and en route, all of them (no limit), oldest first."""
+    store = WorkOrderStore(conn)
+    ids = [await new_swap(store, f"b{k}") for k in range(120)]
+    await store.transition(ids[1], S.ASSIGNED, "planner", technician_id="t1")
+    await store.transition(ids[2], S.ASSIGNED, "planner", technician_id="t1")
+    await store.transition(ids[2], S.EN_ROUTE, "t1")
+    await store.transition(ids[3], S.CANCELLED, "operator")
+    await store.transition(ids[2], S.DONE, "t1", swap=SwapRecord("v1", "b2", "b-new"))
+    opened = await store.open_orders()
+    assert [o.id for o in opened] == [i for i in ids if i not in (ids[2], ids[3])]
+    assert {o.state for o in opened} == {S.PLANNED, S.ASSIGNED}
+
+
+async def test_migration_0011_closes_duplicate_open_orders_before_the_index(
+    conn: psycopg.AsyncConnection,
+) -> None:
+    """Duplicates written before the index: per battery the order that got furthest (then
+    the newest) stays open, the others are cancelled with an attributed event; then the
+    index is built. Other batteries' orders are untouched."""
+    # Back to the schema before 0011, holding duplicates (written as the old create did,
+    # a row and its creation event) that it must clean up.
+    await conn.execute("DROP INDEX work_orders_one_open_per_battery")
+    await conn.execute("DELETE FROM schema_migrations WHERE version = '0011_one_open_work_order'")
+
+    async def old_create(battery_id: str, state: str = "planned", tech: str | None = None) -> int:
+        cur = await conn.execute(
+            "INSERT INTO work_orders (kind, state, vehicle_id, battery_id, lat, lon, priority,"
+            " value, technician_id) VALUES ('battery_swap', %s, 'v1', %s, 52.5, 13.4, 1, 1, %s)"
+            " RETURNING id",
+            (state, battery_id, tech),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        await conn.execute(
+            "INSERT INTO work_order_events (work_order_id, to_state, actor) VALUES (%s, %s, 'old')",
+            (row[0], state),
+        )
+        return int(row[0])
+
+    en_route = await old_create("b1", "en_route", "t1")
+    older_planned, newer_planned = await old_create("b1"), await old_create("b1")
+    b2_old = await old_create("b2")
+    b2_assigned = await old_create("b2", "assigned", "t2")
+    b2_new = await old_create("b2")
+    lone = await old_create("b3")
+    closed = await old_create("b3", "cancelled")
+    b4_old, b4_new = await old_create("b4"), await old_create("b4")
+
+    assert await apply_migrations(conn) == ["0011_one_open_work_order"]
+    store = WorkOrderStore(conn)
+    open_ids = sorted(o.id for o in await store.open_orders())
+    assert open_ids == sorted([en_route, b2_assigned, lone, b4_new])
+    for order_id in (older_planned, newer_planned, b2_old, b2_new, b4_old):
+        events = await store.history(order_id)
+        assert len(events) == 2 and (await store.get(order_id)).state is S.CANCELLED
+        assert (events[-1]["from_state"], events[-1]["to_state"], events[-1]["actor"]) == (
+            "planned", "cancelled", "migration 0011",
+        )
+    assert len(await store.history(closed)) == 1 and len(await store.history(en_route)) == 1
+    again = await store.create(WorkOrderKind.BATTERY_SWAP, "v1", "b2", 52.5, 13.4, 2.0, 15.0, "planner")
+    assert again == await store.get(b2_assigned)

@@ -142,13 +142,15 @@ def test_amqtt_hash_is_argon2_that_verifies() -> None:
 
 
 def test_conf_snippet_disallows_anonymous_and_comments_out_tls() -> None:
-    """The snippet names both files, refuses anonymous clients, and carries a TLS listener
-    with client certificates as usernames, commented out."""
+    """The snippet names both files, refuses anonymous clients, carries a TLS listener with
+    client certificates as usernames, commented out, and keeps the bridge's queue whole
+    (unlimited queue, sessions on disk: docs/reliability.md)."""
     conf = mosquitto_conf_text(Path("/x/passwd"), Path("/x/acl"), port=1884)
     active = _rules(conf)
     assert active == [
         "per_listener_settings false", "allow_anonymous false", "password_file /x/passwd",
-        "acl_file /x/acl", "listener 1884 127.0.0.1",
+        "acl_file /x/acl", "listener 1884 127.0.0.1", "max_queued_messages 10000000",
+        "persistence true", "autosave_interval 30",
     ]  # fmt: skip
     for line in ("#listener 8883", "#require_certificate true", "#use_identity_as_username true",
                  "#cafile ", "#certfile ", "#keyfile "):  # fmt: skip

@@ -203,6 +203,10 @@ def test_unknown_key_or_section_is_rejected(tmp_path: Path, text: str, key: str)
             "bridge.max_batch_attempts: Input should be less than or equal to 100 (got 101)",
         ),
         ("[ray]\nnum_cpus = 'many'\n", "ray.num_cpus: Input should be a valid integer"),
+        (
+            "[planner]\nmax_jobs_per_round = 0\n",
+            "planner.max_jobs_per_round: Input should be greater than or equal to 1 (got 0)",
+        ),
     ],
 )
 def test_bad_value_is_rejected_with_expected_and_got(

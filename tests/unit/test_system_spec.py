@@ -47,7 +47,7 @@ def test_every_settings_section_reaches_its_component() -> None:
         "bridge": {"workers": 3, "batch_max_messages": 77, "max_age_s": 60.0},
         "ray": {"namespace": "ns1", "num_cpus": 1},
         "models": {"score_interval_s": 5.0, "utc_offset_h": 2.0, "retrain_interval_s": 100.0},
-        "planner": {"solve_time_limit_s": 3.0, "default_technicians": 2},
+        "planner": {"solve_time_limit_s": 3.0, "default_technicians": 2, "max_jobs_per_round": 250},
         "serve": {"http_port": 8123},
     })
     spec = system_spec(settings, _URLS, shared_subscriptions=True, redis_prefix="p:")
@@ -59,7 +59,16 @@ def test_every_settings_section_reaches_its_component() -> None:
     assert spec.model_job is not None and spec.model_job.params.retrain_interval_s == 100.0
     assert spec.planner is not None and len(spec.planner.technicians) == 2
     assert spec.planner.params.solve_time_limit_s == 3.0 and spec.planner.params.utc_offset_h == 2.0
+    assert spec.planner.params.max_jobs_per_round == 250
     assert spec.http is not None and spec.http.port == 8123 and spec.redis_prefix == "p:"
+
+
+def test_production_planner_rounds_are_bounded() -> None:
+    """An empty config caps a round's jobs (a day of 20 vans of 30): thousands of flagged
+    twins must not reach the solver at once."""
+    spec = system_spec(Settings(), _URLS)
+    assert Settings().planner.max_jobs_per_round == 600
+    assert spec.planner is not None and spec.planner.params.max_jobs_per_round == 600
 
 
 def test_without_shared_subscriptions_one_bridge_runs() -> None:

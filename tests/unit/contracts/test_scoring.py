@@ -1,11 +1,11 @@
-"""Merging the requests of one model batch (:func:`contracts.scoring.merge_arrays`)."""
+"""Merging the requests of one model batch (:mod:`contracts.scoring`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from contracts.scoring import DRIFT_ELIGIBLE, ScoreRequest, merge_arrays
+from contracts.scoring import DRIFT_ELIGIBLE, ScoreRequest, merge_arrays, mergeable_groups
 
 
 def test_arrays_concatenate_in_order_and_missing_drift_flags_count_as_eligible() -> None:
@@ -22,3 +22,15 @@ def test_requests_with_other_arrays_cannot_share_a_batch() -> None:
     b = ScoreRequest(["b"], {"values": np.ones((1, 3))})
     with pytest.raises(ValueError, match="Expected every request of a batch to carry arrays"):
         merge_arrays([a, b])
+
+
+def test_requests_with_other_row_widths_form_separate_groups() -> None:
+    # A what-if run's shards (W=64) and the live fleet's (W=32) call one deployment together.
+    w64 = ScoreRequest(["a"], {"values": np.ones((1, 64, 5)), DRIFT_ELIGIBLE: np.array([True])})
+    w32 = ScoreRequest(["b", "c"], {"values": np.ones((2, 32, 5))})
+    w64b = ScoreRequest(["d"], {"values": np.zeros((1, 64, 5))})
+    groups = mergeable_groups([w64, w32, w64b])
+    assert groups == [[0, 2], [1]]
+    for g in groups:
+        merge_arrays([[w64, w32, w64b][i] for i in g])  # each group concatenates
+    assert mergeable_groups([w32, w32]) == [[0, 1]]

@@ -9,6 +9,7 @@ import pytest
 
 from contracts.work_orders import (
     ALLOWED_TRANSITIONS,
+    OPEN_STATES,
     InvalidTransition,
     SwapRecord,
     SwapRecordError,
@@ -152,3 +153,8 @@ def test_work_order_validates_position_and_numbers() -> None:
         replace(order, lat=91.0)
     with pytest.raises(WorkOrderError, match="finite"):
         replace(order, priority=float("nan"))
+
+
+def test_open_states_are_exactly_the_non_terminal_ones() -> None:
+    """OPEN_STATES (one order per battery among them) is every state that can still move."""
+    assert {s for s, nxt in ALLOWED_TRANSITIONS.items() if nxt} == OPEN_STATES

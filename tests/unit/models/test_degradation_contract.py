@@ -10,7 +10,13 @@ import pytest
 
 from models.cell_data import CellHistory, load_cell_histories
 from models.cell_eval import METRICS, evaluate_cells
-from models.degradation_lstm import DegradationLSTM, DegradationParams, cycle_inputs, train
+from models.degradation_lstm import (
+    DegradationLSTM,
+    DegradationParams,
+    cycle_inputs,
+    step_due,
+    train,
+)
 
 _TINY = DegradationParams(train_steps=40, batch_size=8)
 
@@ -28,17 +34,21 @@ def model() -> DegradationLSTM:
 
 
 def test_stepping_cycle_by_cycle_equals_encoding_the_history(model: DegradationLSTM) -> None:
-    """The twin's path (one stateless step per cycle, carrying h and c) gives the same state
-    as running the whole history at once (the offline path)."""
-    soh = 1.0 - 0.003 * np.arange(1, 31)
+    """The twin's path (offered every cycle, one stateless step when due, carrying h and c)
+    gives the same state as running the whole history at once (the offline path)."""
+    soh = 1.0 - 0.003 * np.arange(1, 61)
     h, c = model.initial_state(1)
-    prev = np.nan
+    last_k, last_s, first_s, ewma = 0.0, np.nan, np.nan, 0.0
     for k, s in enumerate(soh, start=1):
-        _, h, c = model.step(cycle_inputs(s, k, prev), h, c)
-        prev = s
-    h_all, c_all = model.encode([soh])
-    np.testing.assert_allclose(h, h_all, atol=1e-5)
-    np.testing.assert_allclose(c, c_all, atol=1e-5)
+        if step_due(k, last_k, model.params.step_fraction):
+            x = cycle_inputs(s, k, last_s, last_k, first_s, ewma)
+            _, h, c = model.step(x, h, c)
+            first_s = s if np.isnan(first_s) else first_s
+            last_k, last_s, ewma = k, s, float(x[0, 5])
+    enc = model.encode([soh])
+    np.testing.assert_allclose(h, enc.h, atol=1e-5)
+    np.testing.assert_allclose(c, enc.c, atol=1e-5)
+    assert enc.step_cycle[0] == last_k and enc.step_slope_ewma[0] == ewma
 
 
 def test_bands_are_ordered_and_save_load_is_exact(model: DegradationLSTM, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from contracts.candidates import Candidate
 from contracts.work_orders import (
+    OPEN_STATES,
     SwapRecord,
     WorkOrder,
     WorkOrderError,
@@ -37,6 +38,10 @@ class MemoryOrders:
         self._ids = itertools.count(1)
 
     async def create(self, kind, vehicle_id, battery_id, lat, lon, priority, value, actor) -> WorkOrder:  # type: ignore[no-untyped-def]
+        # Like the store: a battery's open order is returned, not doubled.
+        for o in self.orders.values():
+            if o.battery_id == battery_id and o.state in OPEN_STATES:
+                return o
         oid = next(self._ids)
         o = WorkOrder(oid, WorkOrderKind(kind), WorkOrderState.PLANNED, vehicle_id, battery_id, lat, lon,
                       priority, value, NOW_S, None, NOW_S)
@@ -57,6 +62,9 @@ class MemoryOrders:
 
     async def get(self, order_id: int) -> WorkOrder:
         return self.orders[order_id]
+
+    async def open_orders(self) -> list[WorkOrder]:
+        return [o for _, o in sorted(self.orders.items()) if o.state in OPEN_STATES]
 
 
 def _candidate(k: int, **over: object) -> Candidate:
@@ -217,3 +225,64 @@ def test_a_critical_alert_is_an_urgent_replacement_job() -> None:
     job = p.queue.jobs["b005"]
     assert job.kind is WorkOrderKind.BATTERY_REPLACEMENT and job.severity.value == "critical"
     assert p._urgent.is_set()
+
+
+async def test_a_stop_under_way_stays_feasible_with_an_empty_van_and_a_passed_deadline() -> None:
+    """A committed stop is kept even when the planner's estimate of the van is empty and the
+    job's deadline passed: before, the locked stop made the whole problem infeasible and no
+    plan came back at all (found by the what-if loop)."""
+    p, _, _ = _planner([_candidate(k, hours_to_empty=0.01) for k in range(4)], stock=4, techs=1)
+    await p.pull()
+    first = await p.plan()
+    stop = first.routes[0].stops[-1]  # the last stop: reached after its 36 s deadline
+    await p.report(stop.work_order_id, WorkOrderState.EN_ROUTE, "tech")  # type: ignore[arg-type]
+    p._shifts[first.routes[0].technician_id] = replace(p._shifts[first.routes[0].technician_id], used=99)
+    again = await p.plan()
+    assert again.routes[0].stops[0].battery_id == stop.battery_id
+
+
+async def test_a_stop_under_way_with_a_technician_off_shift_goes_to_no_one_else() -> None:
+    """An en-route job whose technician left the shift is not routed to another technician."""
+    p, _, _ = _planner([_candidate(k) for k in range(6)], techs=2)
+    await p.pull()
+    first = await p.plan()
+    route = next(r for r in first.routes if r.stops)
+    stop = route.stops[0]
+    await p.report(stop.work_order_id, WorkOrderState.EN_ROUTE, "tech")  # type: ignore[arg-type]
+    del p.technicians[route.technician_id]  # off shift from now on
+    again = await p.plan()
+    assert all(s.battery_id != stop.battery_id for r in again.routes for s in r.stops)
+    assert stop.battery_id not in again.dropped
+
+
+def test_no_solution_error_crosses_a_process_boundary() -> None:
+    """Solves run in a worker process: the error must unpickle (it broke the pool before)."""
+    import pickle
+
+    from planners.errors import NoSolutionError
+
+    err = pickle.loads(pickle.dumps(NoSolutionError("no plan", "ROUTING_FAIL")))
+    assert isinstance(err, NoSolutionError) and err.status == "ROUTING_FAIL" and str(err) == "no plan"
+
+
+async def test_a_round_routes_at_most_max_jobs_the_most_valuable() -> None:
+    """max_jobs_per_round keeps the critical and most valuable jobs; the rest stay queued."""
+    cands = [_candidate(k, lost_rides_6h=float(k + 1)) for k in range(8)] + [_candidate(8, anomaly_flags=2)]
+    p, _, _ = _planner(cands, max_jobs_per_round=3)
+    await p.pull()
+    rec = await p.plan()
+    routed = {s.battery_id for r in rec.routes for s in r.stops} | set(rec.dropped)
+    assert routed == {"b008", "b007", "b006"} and rec.jobs == 3
+    assert len(p.queue.jobs) == 9
+
+
+async def test_a_reported_van_stock_bounds_the_next_plan() -> None:
+    """report_van_stock replaces the planner's estimate of a van's charged batteries."""
+    p, _, _ = _planner([_candidate(k, lost_rides_6h=float(k + 1)) for k in range(8)], stock=20, techs=1)
+    await p.pull()
+    assert sum(len(r.stops) for r in (await p.plan()).routes) > 2
+    p.report_van_stock("t0", 2)
+    rec = await p.plan()
+    assert sorted(s.battery_id for r in rec.routes for s in r.stops) == ["b006", "b007"]
+    with pytest.raises(KeyError):
+        p.report_van_stock("nobody", 1)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from contracts.errors import Unavailable
 from contracts.samples import TelemetryBatch
 from contracts.telemetry import ContractLimits, RejectedMessage, RejectReason
 from serve.mqtt_bridge import BridgeConfig, MqttBridge
@@ -48,12 +49,17 @@ class FakeRouter:
         self.refuse = refuse or {}
 
     async def submit(self, batch: TelemetryBatch) -> Awaitable[IngestReport]:
-        return self.route(batch)
-
-    async def route(self, batch: TelemetryBatch) -> IngestReport:
+        """Fails (queueing nothing) the first ``fail_times`` calls, as a directory or shard
+        out of reach at submit time does; the bridge retries before the next batch."""
         self.calls += 1
         if self.calls <= self.fail_times:
             raise ConnectionError("shard restarting")
+        return self.deliver(batch)
+
+    async def route(self, batch: TelemetryBatch) -> IngestReport:
+        return await (await self.submit(batch))
+
+    async def deliver(self, batch: TelemetryBatch) -> IngestReport:
         self.batches.append(batch)
         refused = tuple(
             RejectedMessage(k, self.refuse[b], f"twin refused {b}")
@@ -406,11 +412,11 @@ def _connected(bridge: MqttBridge) -> FakePaho:
 class PoisonRouter(FakeRouter):
     """Refuses every batch holding battery ``b-poison`` with a very long error; takes the rest."""
 
-    async def route(self, batch: TelemetryBatch) -> IngestReport:
+    async def deliver(self, batch: TelemetryBatch) -> IngestReport:
+        # The shards' error, after the router's own in-order retries: final for the bridge.
         if "b-poison" in list(batch.battery_ids):
-            self.calls += 1
             raise RuntimeError("shard rejected the batch: " + "x" * 2000)
-        return await super().route(batch)
+        return await super().deliver(batch)
 
 
 async def test_batch_the_shards_always_refuse_is_dead_lettered_acked_and_counted(
@@ -496,6 +502,39 @@ async def test_transient_routing_failures_deliver_without_a_dead_letter(
     assert (s.accepted_messages, s.failed_batches, s.failed_messages, s.rejected_messages) == (2, 0, 0, 0)
 
 
+class UnavailableRouter(FakeRouter):
+    """Raises :class:`Unavailable` (the database or a shard out of reach) ``outage`` times,
+    wrapped the way Ray re-raises an actor's error when it cannot subclass it (``cause``)."""
+
+    def __init__(self, outage: int) -> None:
+        super().__init__()
+        self.outage = outage
+
+    async def submit(self, batch: TelemetryBatch) -> Awaitable[IngestReport]:
+        if self.calls < self.outage:
+            self.calls += 1
+            if self.calls % 2:
+                raise Unavailable("postgres down")
+            err = RuntimeError("RayTaskError")
+            err.cause = Unavailable("postgres down")  # type: ignore[attr-defined]
+            raise err
+        return await super().submit(batch)
+
+
+async def test_a_batch_waits_out_an_outage_without_using_up_its_attempts(
+    dead_letters: FakeDeadLetters,
+) -> None:
+    """Unavailable backends are not the batch's fault: 7 failed tries with only 2 attempts
+    allowed still deliver the batch when the outage ends, with no dead letter."""
+    router = UnavailableRouter(outage=7)
+    bridge = _bridge(router, dead_letters, max_batch_attempts=2, retry_backoff_s=0.0)
+    paho = _connected(bridge)
+    await asyncio.wait_for(bridge.process([_raw(_payload("b-1"), 1.0, mid=1)]), 5.0)
+    assert router.calls == 8 and [list(b.battery_ids) for b in router.batches] == [["b-1"]]
+    assert dead_letters.recorded == [] and paho.acked == [1]
+    assert (bridge.stats().accepted_messages, bridge.stats().failed_messages) == (1, 0)
+
+
 class StopWhileFailingDeadLetters(FakeDeadLetters):
     """Fails every write (the database is down) and stops the bridge on the second one."""
 
@@ -550,3 +589,61 @@ def test_retry_knob_defaults() -> None:
     """By default a batch is tried five times, the first retry after 0.2 s."""
     cfg = BridgeConfig(host="127.0.0.1", port=1)
     assert (cfg.max_batch_attempts, cfg.retry_backoff_s) == (10, 0.2)
+
+
+async def test_a_failed_submit_is_retried_before_the_next_batch_submits(
+    dead_letters: FakeDeadLetters,
+) -> None:
+    """The next batch waits while the first one's failed submit is retried (with backoff):
+    had it overtaken, a shard would see a battery's newer message first and take the older
+    one's samples for late ones (what CI's overload run met)."""
+    router = FakeRouter(fail_times=1)
+    bridge = _bridge(router, dead_letters, max_batch_attempts=3, retry_backoff_s=0.05)
+    _connected(bridge)
+    first = asyncio.create_task(bridge.process([_raw(_payload("b-older"), 1.0, mid=1)]))
+    await asyncio.sleep(0)  # the first batch holds the order lock, its submit failed
+    second = asyncio.create_task(bridge.process([_raw(_payload("b-newer"), 2.0, mid=2)]))
+    await asyncio.wait_for(asyncio.gather(first, second), 5.0)
+    assert [list(b.battery_ids) for b in router.batches] == [["b-older"], ["b-newer"]]
+    assert router.calls == 3 and dead_letters.recorded == []
+
+
+class FakeSocketClient(SimpleNamespace):
+    """A connection whose socket reads the bridge pauses and resumes."""
+
+    def __init__(self, paho: FakePaho) -> None:
+        super().__init__(_client=paho, calls=[])
+
+    def pause_reading(self) -> None:
+        self.calls.append("pause")
+
+    def resume_reading(self) -> None:
+        self.calls.append("resume")
+
+
+async def test_the_bridge_stops_reading_while_receive_maximum_messages_wait(
+    dead_letters: FakeDeadLetters,
+) -> None:
+    """The bound does not depend on the broker honouring the receive maximum (mosquitto
+    2.0.11 does not once acks flow; MQTT 3.1.1 has none): at ``receive_maximum`` waiting
+    messages the socket is paused, and read again once fewer than half wait."""
+    router = FakeRouter()
+    bridge = _bridge(router, dead_letters, receive_maximum=10, batch_max_messages=3, batch_max_wait_ms=0)
+    client = FakeSocketClient(FakePaho())
+    bridge._client = client  # type: ignore[assignment]
+    bridge._generation = 1
+    for k in range(12):
+        bridge._enqueue(_raw(_payload(f"b-{k}"), float(k), mid=k + 1))
+    assert client.calls == ["pause"]  # once, at the 10th
+    assert bridge.stats().buffered_messages == 12 and bridge.stats().read_pauses == 1
+    batcher = asyncio.create_task(bridge._batcher())
+    try:
+        async with asyncio.timeout(5.0):
+            while bridge.stats().accepted_messages < 12:
+                await asyncio.sleep(0.01)
+    finally:
+        batcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await batcher
+    assert client.calls == ["pause", "resume"]
+    assert bridge.stats().buffered_messages == 0

@@ -9,7 +9,15 @@ import math
 import numpy as np
 import pytest
 
-from twins.battery_twin import BatteryTwin, HealthBand, TwinSnapshot, health_band, health_bands
+from twins.battery_twin import (
+    DEFAULT_SCORE_STALE_AFTER_S,
+    BatteryTwin,
+    HealthBand,
+    TwinSnapshot,
+    health_band,
+    health_bands,
+    score_ages,
+)
 from twins.clock import ManualClock
 from twins.twin_table import TwinTable, TwinTableParams
 from twins.zones import ZoneGrid
@@ -227,3 +235,46 @@ def test_snapshot_is_frozen(twin: BatteryTwin) -> None:
     snap: TwinSnapshot = twin.snapshot()
     with pytest.raises(dataclasses.FrozenInstanceError):
         snap.soc_pct = 1.0  # type: ignore[misc]
+
+
+def test_a_twin_never_scored_has_no_score_ages_and_is_not_stale(twin: BatteryTwin) -> None:
+    """Before any model scored the twin every age is null and nothing is stale."""
+    snap = twin.snapshot()
+    assert snap.score_age_s == {"health": None, "anomaly": None, "degradation": None, "priority": None}
+    assert snap.scores_stale is False and snap.scored_at_s is None
+
+
+def test_snapshot_ages_each_model_score_at_read_time(twin: BatteryTwin, clock: ManualClock) -> None:
+    """score_age_s is the seconds since each model last scored the twin, at the clock's
+    now; a model kept longer than the threshold makes the scores stale, one that never
+    scored the twin does not."""
+    t, s = twin.table, twin.slot
+    now = clock.now_s()
+    t.health_scored_at_s[s] = now - 5.0
+    t.anomaly_scored_at_s[s] = now - 5.0
+    t.priority_scored_at_s[s] = now - 95.5
+    t.scored_at_s[s] = now - 95.5
+    snap = twin.snapshot()
+    assert snap.score_age_s == {"health": 5.0, "anomaly": 5.0, "degradation": None, "priority": 95.5}
+    assert snap.scores_stale is True and snap.scored_at_s == now - 95.5
+    lenient = BatteryTwin(t, s, score_stale_after_s=100.0).snapshot()
+    assert lenient.scores_stale is False and lenient.score_age_s == snap.score_age_s
+    clock.advance(10.0)
+    assert twin.snapshot().score_age_s["health"] == 15.0
+    assert json.loads(json.dumps(twin.snapshot().to_dict()))["score_age_s"]["degradation"] is None
+
+
+def test_score_ages_threshold_is_exclusive_and_ages_never_negative() -> None:
+    """A score exactly as old as the threshold is not stale yet; a score time after now
+    (a reader's clock behind the scorer's) reads as age 0."""
+    at = {"health": T0_S, "anomaly": T0_S + 50.0, "degradation": math.nan, "priority": T0_S}
+    ages, stale = score_ages(at, T0_S + DEFAULT_SCORE_STALE_AFTER_S, DEFAULT_SCORE_STALE_AFTER_S)
+    assert ages == {"health": 30.0, "anomaly": 0.0, "degradation": None, "priority": 30.0}
+    assert stale is False
+    assert score_ages(at, T0_S + 30.001, 30.0)[1] is True
+
+
+def test_a_twin_refuses_a_non_positive_stale_threshold(twin: BatteryTwin) -> None:
+    """score_stale_after_s must be > 0; the error names the value."""
+    with pytest.raises(ValueError, match="score_stale_after_s > 0, got 0"):
+        BatteryTwin(twin.table, twin.slot, score_stale_after_s=0.0)

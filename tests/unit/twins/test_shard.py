@@ -19,7 +19,7 @@ from contracts.samples import SAMPLE_FIELDS, TelemetryBatch
 from contracts.telemetry import RejectedMessage, RejectReason
 from twins.clock import ManualClock
 from twins.fleet_query import Filter
-from twins.scoring import AnomalyEvent, MemoryDemand, ScoreReport, TwinScorer
+from twins.scoring import AnomalyEvent, MemoryDemand, ScoreReport, ScoringParams, TwinScorer
 from twins.shard import IngestReport, TwinShard
 from twins.sinks import (
     MemoryAssignments,
@@ -524,6 +524,32 @@ class _NoModels:
         raise ConnectionError(f"{model} is not deployed")
 
 
+async def test_reads_judge_stale_scores_by_the_shards_scoring_interval(clock: ManualClock) -> None:
+    """A shard scoring every 20 s with stale_after_ticks=5 calls a score stale after 100 s,
+    in its snapshots and in the columns it hands the HTTP replicas; a shard without a
+    scorer uses the default 3 ticks (its checkpointed scores age too)."""
+    params = ScoringParams(stale_after_ticks=5.0)
+    scorer = TwinScorer(_NoModels(), MemoryDemand(), params=params, clock=clock)
+    s = _make_shard(_backends(), clock, scorer=scorer, score_interval_s=20.0)  # type: ignore[arg-type]
+    plain = _make_shard(_backends(), clock, score_interval_s=20.0)
+    try:
+        assert s.score_stale_after_s == 100.0 and plain.score_stale_after_s == 60.0
+        await s.ingest(_drive("bat-a", 0, [0.0]))
+        s.table.health_scored_at_s[s.table.slot("bat-a")] = clock.now_s() - 80.0
+        snap = await s.get("bat-a")
+        assert snap is not None and snap.score_age_s["health"] == 80.0 and not snap.scores_stale
+        cols = await s.columns()
+        assert cols.score_stale_after_s == 100.0 and not cols.state_of(0, cols.as_of_s)["scores_stale"]
+        clock.advance(20.5)
+        snap = await s.get("bat-a")
+        assert snap is not None and snap.scores_stale and snap.score_age_s["health"] == 100.5
+        cols = await s.columns()
+        assert cols.state_of(0, cols.as_of_s)["scores_stale"] is True
+    finally:
+        await s.aclose()
+        await plain.aclose()
+
+
 async def test_scoring_reads_are_typed_records(clock: ManualClock) -> None:
     """anomaly_events answers the scorer's AnomalyEvent records, newest first, at most
     ``limit``; scoring_report answers a copy of the last ScoreReport (None without models)."""
@@ -545,7 +571,8 @@ async def test_scoring_reads_are_typed_records(clock: ManualClock) -> None:
         copy = await s.scoring_report()
         assert isinstance(copy, ScoreReport) and copy == report
         copy.errors.clear()  # the caller's copy: the shard's own report is untouched
-        assert scorer.last_report.errors
+        copy.retries["health"] = 1
+        assert scorer.last_report.errors and scorer.last_report.retries == {}
         scorer.events.extend(
             AnomalyEvent("bat-a", kind, 0.5, T0_S + k) for k, kind in enumerate(("temp_rise", "voltage_sag", "cell_imbalance"))
         )
@@ -702,3 +729,78 @@ def _connect(backends: ShardBackends) -> Callable[[], Awaitable[ShardBackends]]:
         return backends
 
     return connect
+
+
+class _GatedHistory(MemoryHistory):
+    """A history store whose writes wait for ``gate`` and fail while ``down`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.down = False
+
+    async def write(self, batch: TelemetryBatch) -> int:
+        await self.gate.wait()
+        if self.down:
+            raise ConnectionError("postgres down")
+        return await super().write(batch)
+
+
+async def test_a_checkpoint_never_holds_samples_history_lacks(clock: ManualClock) -> None:
+    """A checkpoint taken while a write is in flight waits for it to commit: restored after
+    a crash, a table holding uncommitted messages would take their redelivery for duplicates
+    and the messages would never reach history."""
+    history = _GatedHistory()
+    checkpoints = MemoryCheckpoints()
+    s = _make_shard(ShardBackends(history, MemoryState(), checkpoints, MemoryAssignments()), clock)
+    try:
+        await s.start()
+        history.gate.clear()
+        ingest = asyncio.create_task(s.ingest(_drive("bat-a", 0, [0.0, 1.0])))
+        await asyncio.sleep(0.01)
+        checkpoint = asyncio.create_task(s.checkpoint())
+        await asyncio.sleep(0.01)
+        later = asyncio.create_task(s.ingest(_drive("bat-a", 1, [2.0, 3.0])))
+        await asyncio.sleep(0.01)
+        assert not checkpoint.done() and not later.done()  # waiting on the write; applies held
+        history.gate.set()
+        await asyncio.gather(ingest, checkpoint, later)
+        restored = _make_shard(ShardBackends(MemoryHistory(), MemoryState(), checkpoints, MemoryAssignments()), clock)
+        try:
+            twin = await restored.get("bat-a")
+            assert twin is not None and twin.samples_total == 2  # the committed message only
+        finally:
+            await restored.aclose()
+    finally:
+        await s.aclose()
+
+
+async def test_after_a_failed_write_no_later_write_commits_before_the_rebuild(clock: ManualClock) -> None:
+    """Fail-stop: the write queued behind a failed one fails too, so history never holds a
+    newer message ahead of an older one that failed (which would then come back *late*)."""
+    history = _GatedHistory()
+    s = _make_shard(ShardBackends(history, MemoryState(), MemoryCheckpoints(), MemoryAssignments()), clock)
+    try:
+        await s.start()
+        history.gate.clear()
+        history.down = True
+        first = asyncio.create_task(s.ingest(_drive("bat-a", 0, [0.0, 1.0])))
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(s.ingest(_drive("bat-a", 1, [2.0, 3.0])))
+        await asyncio.sleep(0.01)
+        history.gate.set()
+        await asyncio.sleep(0.01)
+        history.down = False  # back before the second write would have run
+        for task in (first, second):
+            with pytest.raises(ConnectionError):
+                await task
+        assert history.batches == []
+        # Redelivered in order, both are applied and written once.
+        await s.ingest(_drive("bat-a", 0, [0.0, 1.0]))
+        await s.ingest(_drive("bat-a", 1, [2.0, 3.0]))
+        twin = await s.get("bat-a")
+        assert twin is not None and twin.samples_total == 4 and twin.last_ts == T0_S + 3.0
+        assert sum(b.n_samples for b in history.batches) == 4
+    finally:
+        await s.aclose()

@@ -31,8 +31,8 @@ def _same(a: object, b: object) -> bool:
 @pytest.fixture
 def varied(clock: ManualClock) -> TwinTable:
     """Twins in every state a read meets: a long random walk (capacity estimates, cycles,
-    charging), one scored with an anomaly flag and remaining-life bands, one in no vehicle,
-    and one created by a swap with no sample yet."""
+    charging), one scored with an anomaly flag and remaining-life bands (its priority model
+    failing since: stale), one in no vehicle, and one created by a swap with no sample yet."""
     table = TwinTable(TwinTableParams(window_samples=16, lstm_hidden_size=4), clock)
     walk = RandomWalk(seed=3, n_batteries=6, n_samples=400)
     for m in walk.messages(samples_per_message=20):
@@ -42,6 +42,9 @@ def varied(clock: ManualClock) -> TwinTable:
     table.soh_model_pct[s], table.health_score[s], table.health_model_version[s] = 83.5, 71.0, 3
     table.anomaly_flags[s] = int(AnomalyKind.TEMP_RISE | AnomalyKind.CELL_IMBALANCE)
     table.anomaly_score[s], table.priority[s], table.scored_at_s[s] = 0.9, 64.0, T0_S + 6.0
+    table.health_scored_at_s[s] = table.anomaly_scored_at_s[s] = T0_S + 3600.0
+    table.degradation_scored_at_s[s] = T0_S + 3590.0
+    table.priority_scored_at_s[s] = T0_S + 6.0
     # Ten days of history and 20 cycles: remaining life in days too (2 cycles a day).
     table.first_ts[s], table.efc[s] = T0_S - 10 * 86_400.0, 20.0
     for level in ("rul70", "rul80"):
@@ -67,6 +70,24 @@ def test_every_twin_reads_as_its_snapshot(varied: TwinTable, clock: ManualClock)
         assert _same(got, expected), (battery, {k: (got[k], expected[k]) for k in got if not _same(got[k], expected[k])})
 
 
+def test_score_ages_are_read_with_the_shards_threshold(varied: TwinTable, clock: ManualClock) -> None:
+    """state_of ages each model's score at ``now_s`` and judges staleness with the
+    threshold the columns were taken with (the shard's), not a replica's own."""
+    s = varied.index["bat-scored"]
+    now = clock.now_s()
+    strict = TwinColumns.from_table(varied, ZoneGrid(), now, score_stale_after_s=20.0)
+    state = strict.state_of(s, now)
+    assert state["score_age_s"] == {"health": 0.0, "anomaly": 0.0, "degradation": 10.0, "priority": 3594.0}
+    assert state["scores_stale"] is True and state["scored_at_s"] == T0_S + 6.0
+    lenient = TwinColumns.from_table(varied, ZoneGrid(), now, score_stale_after_s=4000.0)
+    assert lenient.state_of(s, now)["scores_stale"] is False
+    fresh = varied.index["bat-loose"]
+    assert strict.state_of(fresh, now)["scores_stale"] is False
+    assert set(strict.state_of(fresh, now)["score_age_s"].values()) == {None}
+    with pytest.raises(ValueError, match="score_stale_after_s > 0, got -1"):
+        TwinColumns.from_table(varied, ZoneGrid(), now, score_stale_after_s=-1.0)
+
+
 def test_the_columns_are_a_copy_taken_at_as_of(varied: TwinTable, clock: ManualClock) -> None:
     """Changing the table afterwards leaves the columns as they were; as_of_s is kept."""
     cols = TwinColumns.from_table(varied, ZoneGrid(), clock.now_s())
@@ -90,20 +111,25 @@ def test_derived_columns(varied: TwinTable, clock: ManualClock) -> None:
     np.testing.assert_array_equal(cols.soh_pct[est], cols.soh_pct_est[est])
     assert cols.anomaly_names()[s] == ["temp_rise", "cell_imbalance"]
     assert cols.anomaly_names()[varied.index["bat-new"]] == []
-    assert cols.state_of(s, clock.now_s())["rul_days_to_70pct"]["p50"] == pytest.approx(450.0 / 2.0, rel=1e-3)
+    state = cols.state_of(s, clock.now_s())
+    assert state["rul_days_to_70pct"]["p50"] == pytest.approx(450.0 / 2.0, rel=1e-3)
+    days_per_cycle = state["rul_days_to_70pct"]["p50"] / state["rul_cycles_to_70pct"]["p50"]
+    assert state["rul_days_to_80pct"]["p50"] == pytest.approx(state["rul_cycles_to_80pct"]["p50"] * days_per_cycle)
 
 
 def test_concat_joins_shards_as_of_the_oldest(clock: ManualClock) -> None:
-    """Parts of two shards concatenate row after row, as of the older part; one part is
-    answered as it is; no part, or parts on different zone grids, are refused."""
+    """Parts of two shards concatenate row after row, as of the older part, with the longer
+    stale threshold; one part is answered as it is; no part, or parts on different zone
+    grids, are refused."""
     a = TwinTable(TwinTableParams(window_samples=8), clock)
     b = TwinTable(TwinTableParams(window_samples=8), clock)
     a.apply(make_batch(message("bat-a", 0, [T0_S], soc_pct=50.0)))
     b.apply(make_batch(message("bat-b", 0, [T0_S], soc_pct=40.0), message("bat-c", 0, [T0_S], vehicle_id="veh-2")))
     pa = TwinColumns.from_table(a, ZoneGrid(), T0_S + 10.0)
-    pb = TwinColumns.from_table(b, ZoneGrid(), T0_S + 12.0)
+    pb = TwinColumns.from_table(b, ZoneGrid(), T0_S + 12.0, score_stale_after_s=60.0)
     both = TwinColumns.concat([pa, pb])
     assert both.battery_ids == ["bat-a", "bat-b", "bat-c"] and both.as_of_s == T0_S + 10.0
+    assert both.score_stale_after_s == 60.0  # the longer threshold: no shard reads stale early
     assert both.reading("soc_pct").tolist()[:2] == [50.0, 40.0]
     assert both.state_of(2, T0_S)["vehicle_id"] == "veh-2"
     assert TwinColumns.concat([pa]) is pa

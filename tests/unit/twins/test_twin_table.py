@@ -16,7 +16,7 @@ import pytest
 
 from contracts.samples import TelemetryBatch
 from twins.clock import ManualClock
-from twins.twin_table import DOD_BIN_EDGES_PCT, TwinTable, TwinTableParams
+from twins.twin_table import DOD_BIN_EDGES_PCT, SCORED_MODELS, TwinTable, TwinTableParams
 
 from .factories import T0_S, Message, RandomWalk, make_batch, message, permuted
 
@@ -723,3 +723,44 @@ def test_empty_table_round_trips(clock: ManualClock) -> None:
     restored = TwinTable.from_bytes(TwinTable(params, clock).to_bytes(), params, clock)
     assert len(restored) == 0
     assert restored.ids == []
+
+
+def test_a_checkpoint_from_before_the_score_times_loads_them_as_unknown(clock: ManualClock) -> None:
+    """A checkpoint written before the per-model score times existed (the same payload
+    without those columns) loads: they are NaN (never scored) for every twin, and every
+    other array, id and vehicle is restored as written, scored_at_s included."""
+    params = TwinTableParams(window_samples=8, lstm_hidden_size=4)
+    table, _ = _populated(clock, params)
+    n = len(table)
+    table.scored_at_s[:n] = T0_S + 5.0
+    for model in SCORED_MODELS:
+        table.scored_at_of(model)[:n] = T0_S + 5.0  # so only the stripping can empty them
+    added = {f"{model}_scored_at_s" for model in SCORED_MODELS}
+    with np.load(io.BytesIO(table.to_bytes()), allow_pickle=True) as data:
+        assert added <= set(data.files)
+        old = {name: data[name] for name in data.files if name not in added}
+    payload = io.BytesIO()
+    np.savez(payload, **old)
+    restored = TwinTable.from_bytes(payload.getvalue(), params, clock)
+    assert restored.ids == table.ids and restored.vehicle_ids == table.vehicle_ids
+    for name in added:
+        assert np.isnan(getattr(restored, name)[:n]).all(), name
+    for name in set(_state_names(table)) - added:
+        np.testing.assert_array_equal(getattr(restored, name)[:n], getattr(table, name)[:n], err_msg=name)
+    # The restored table grows and scores like any other: the new columns are full arrays.
+    assert restored.health_scored_at_s.shape == restored.last_ts.shape
+
+
+def test_scored_at_s_follows_from_the_per_model_times(clock: ManualClock) -> None:
+    """oldest_score_s is the oldest time among the models that scored each twin (a model
+    that never did is left out; none at all is NaN); scored_at_of names only the models."""
+    table = TwinTable(TwinTableParams(window_samples=4), clock)
+    a, b, c = (table.ensure(battery)[0] for battery in ("bat-a", "bat-b", "bat-c"))
+    table.health_scored_at_s[[a, b]] = [T0_S + 10.0, T0_S + 30.0]
+    table.priority_scored_at_s[[a, b]] = [T0_S + 20.0, T0_S + 5.0]
+    table.degradation_scored_at_s[b] = T0_S + 40.0
+    oldest = table.oldest_score_s(np.array([a, b, c], dtype=np.int64))
+    assert oldest[:2].tolist() == [T0_S + 10.0, T0_S + 5.0] and np.isnan(oldest[2])
+    assert table.scored_at_of("health") is table.health_scored_at_s
+    with pytest.raises(ValueError, match=r"Expected a model of .*got 'drift'"):
+        table.scored_at_of("drift")

@@ -18,6 +18,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 from contracts.access import Role
 from contracts.work_orders import WorkOrderState
 from serve.http import ApiDeps, create_api
+from serve.http.deps import SimulationAccess
 
 with warnings.catch_warnings():
     # Starlette asks for the httpx2 package; the installed httpx works the same for these
@@ -26,6 +27,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from .fake_alerts import MemoryAlerts
+from .fake_simulations import MemorySimulations
 from .fakes import (
     FakeBridges,
     FakeFleet,
@@ -52,11 +54,13 @@ class Fakes:
     models: FakeModels
     stores: MemoryStores
     alerts: MemoryAlerts = field(default_factory=MemoryAlerts)
+    simulations: SimulationAccess | None = field(default_factory=MemorySimulations)
 
     def deps(self, max_history_rows: int = 10_000) -> ApiDeps:
         return ApiDeps(
             fleet=self.fleet, planner=self.planner, bridges=self.bridges, models=self.models,
             stores=self.stores, max_history_rows=max_history_rows, alerts=self.alerts,
+            simulations=self.simulations,
         )  # fmt: skip
 
 

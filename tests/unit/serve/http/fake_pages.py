@@ -5,7 +5,8 @@
 * ``n`` twins around Berlin (one sample each, seeded), with the model outputs a scoring tick
   writes (health score, SOH, anomaly flags, swap priority) set on the table;
 * the focus battery :data:`FOCUS` with six hours of telemetry, two days of hourly health
-  history, a stepped degradation LSTM (remaining-life quantiles) and anomaly events;
+  history, a stepped degradation LSTM (remaining-life quantiles), anomaly events, and a
+  swap priority kept from five minutes ago (the priority model is down: stale scores);
 * a plan routing technician ``tech-01`` through :data:`STOPS` with one work order per stop
   (assigned), and the queue of those jobs;
 * three alerts (critical firing on the focus battery, a pending warning, an acknowledged one),
@@ -32,7 +33,7 @@ from planners.views import QueueEntry
 from serve.http.deps import AlertEvent
 from twins.clock import ManualClock
 from twins.scoring import AnomalyEvent
-from twins.twin_table import TwinTable, TwinTableParams
+from twins.twin_table import SCORED_MODELS, TwinTable, TwinTableParams
 
 from ...twins.factories import T0_S, make_batch, message
 from .conftest import Fakes
@@ -152,6 +153,8 @@ def city_table(n: int, seed: int = 7) -> TwinTable:
     table.priority[slots] = np.clip(100.0 - soc + rng.normal(0.0, 8.0, n), 0.0, 100.0)
     table.lost_rides_6h[slots] = table.priority[slots] / 25.0
     table.efc[slots] = rng.uniform(20.0, 600.0, n)
+    for model in SCORED_MODELS:
+        table.scored_at_of(model)[slots] = NOW_S
     table.scored_at_s[slots] = NOW_S
     flagged = slots[rng.random(n) < 0.01]
     table.anomaly_flags[flagged] = 1  # temp_rise
@@ -159,8 +162,10 @@ def city_table(n: int, seed: int = 7) -> TwinTable:
 
 
 def _focus(table: TwinTable) -> None:
-    """The focus battery: a stepped LSTM with remaining-life quantiles, a temp_rise flag."""
+    """The focus battery: a stepped LSTM with remaining-life quantiles, a temp_rise flag, and
+    a priority last scored five minutes before the others (stale)."""
     s = table.index[FOCUS]
+    table.priority_scored_at_s[s] = table.scored_at_s[s] = NOW_S - 300.0
     table.soh_model_pct[s] = 86.5
     table.capacity_est_ah[s] = 0.87 * table.rated_capacity_ah[s]
     table.health_score[s] = 71.0

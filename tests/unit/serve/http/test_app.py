@@ -49,6 +49,7 @@ _SUCCESS = {
     ("/api/v1/tokens", "post"): "201", ("/api/v1/planner/plan", "post"): "202",
     ("/api/v1/silences", "post"): "201", ("/api/v1/webhooks", "post"): "201",
     ("/api/v1/webhook-deliveries/{delivery_id}/replay", "post"): "202",
+    ("/api/v1/simulations", "post"): "202",
 }
 #: Operations that answer a stream of server-sent events, not a JSON document.
 _STREAMS = {("/api/v1/alerts/stream", "get")}

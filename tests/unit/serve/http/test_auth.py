@@ -89,6 +89,11 @@ EXPECTED_ROLES: dict[tuple[str, str], set[str]] = {
     ("POST", "/api/v1/webhook-deliveries/{delivery_id}/replay"): {"fleet_manager", "ops"},
     ("POST", "/api/v1/work-orders/{order_id}/vendor-reply"): {"fleet_manager", "ops"},
     ("GET", "/api/v1/work-orders/{order_id}/vendor-ticket"): {"fleet_manager", "ops"},
+    ("GET", "/api/v1/simulations/presets"): {"fleet_manager", "ops"},
+    ("POST", "/api/v1/simulations"): {"fleet_manager"},
+    ("GET", "/api/v1/simulations"): {"fleet_manager", "ops"},
+    ("GET", "/api/v1/simulations/{job_id}"): {"fleet_manager", "ops"},
+    ("POST", "/api/v1/simulations/{job_id}/cancel"): {"fleet_manager"},
 }
 
 #: A valid request for each route, and what an allowed caller gets for it from the fakes
@@ -162,6 +167,11 @@ REQUESTS: dict[tuple[str, str], tuple[str, dict[str, Any], int]] = {
         "/api/v1/work-orders/1/vendor-reply", {"json": {"status": "accepted"}}, 409,
     ),
     ("GET", "/api/v1/work-orders/{order_id}/vendor-ticket"): ("/api/v1/work-orders/1/vendor-ticket", {}, 404),
+    ("GET", "/api/v1/simulations/presets"): ("/api/v1/simulations/presets", {}, 200),
+    ("POST", "/api/v1/simulations"): ("/api/v1/simulations", {"json": {"preset": "heatwave", "seeds": [1]}}, 202),
+    ("GET", "/api/v1/simulations"): ("/api/v1/simulations", {}, 200),
+    ("GET", "/api/v1/simulations/{job_id}"): ("/api/v1/simulations/sim-abcdef-1", {}, 404),  # no jobs yet
+    ("POST", "/api/v1/simulations/{job_id}/cancel"): ("/api/v1/simulations/sim-abcdef-1/cancel", {}, 404),
 }
 
 # The routes as the app declares them (its deps are not called to build it).
@@ -202,7 +212,7 @@ def test_the_document_declares_the_bearer_scheme_and_auth_errors(client: TestCli
     assert any(s == {**s, "type": "http", "scheme": "bearer"} for s in schemes.values())
     limited = {
         ("POST", "/api/v1/planner/plan"), ("POST", "/api/v1/tokens"), ("POST", "/api/v1/webhooks"),
-        ("POST", "/api/v1/webhook-deliveries/{delivery_id}/replay"),
+        ("POST", "/api/v1/webhook-deliveries/{delivery_id}/replay"), ("POST", "/api/v1/simulations"),
     } | {
         (m, p) for m, p in ROUTES if m in ("POST", "DELETE") and p.startswith("/api/v1/models/")
     }

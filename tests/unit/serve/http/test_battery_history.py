@@ -82,6 +82,18 @@ def test_the_forecast_before_the_lstm_stepped_has_no_band(client: TestClient) ->
     assert client.get("/api/v1/batteries/nobody/forecast").status_code == 404
 
 
+def test_the_forecast_says_how_old_the_scores_are(fakes: Fakes, client: TestClient) -> None:
+    """The forecast answers the twin's score_age_s and scores_stale: a degradation score
+    kept 40 s while the model is down is stale."""
+    t = fakes.fleet.table
+    c = t.index["bat-c"]
+    t.health_scored_at_s[c] = NOW_S - 1.0
+    t.degradation_scored_at_s[c] = t.scored_at_s[c] = NOW_S - 40.0
+    body = client.get("/api/v1/batteries/bat-c/forecast").json()
+    assert body["score_age_s"] == {"health": 1.0, "anomaly": None, "degradation": 40.0, "priority": None}
+    assert body["scores_stale"] is True and body["scored_at_s"] == NOW_S - 40.0
+
+
 def test_the_forecast_joins_each_quantile_from_now_to_80_and_70_percent(fakes: Fakes) -> None:
     """Each quantile is now, then (cycles now + remaining cycles to 80 %, 80), then the same
     to 70 %: p10 reaches them soonest."""

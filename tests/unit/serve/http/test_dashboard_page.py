@@ -226,7 +226,8 @@ def test_the_battery_page_charts_telemetry_health_and_the_forecast_band(
 ) -> None:
     """The battery page draws the six hours of telemetry (361 samples per chart), health
     score and SOH of 48 runs, the forecast with its p10-p90 band (3 + 3 points), and lists
-    the battery's anomaly events, alert and work order."""
+    the battery's anomaly events, alert and work order; its priority, five minutes old, is
+    marked stale."""
     errors: list[str] = []
     page = _signed_in(browser, city, fakes, Role.FLEET_MANAGER, "manager-1", errors)
     page.wait_for_selector("#kpis .kpi")
@@ -237,6 +238,7 @@ def test_the_battery_page_charts_telemetry_health_and_the_forecast_band(
     page.wait_for_selector("#chart-forecast[data-stepped='1'][data-band-points='6']")
     assert "260" in page.inner_text("#forecast-info")  # median cycles to 80 %
     assert "71" in page.inner_text("[data-fact='health']") and "86.5" in page.inner_text("[data-fact='soh']")
+    assert page.inner_text("#scores-stale") == "scores stale (5 min)"
     page.wait_for_selector("#battery-anomalies tbody tr:nth-child(2)")
     assert "temp rise" in page.inner_text("#battery-anomalies")
     page.wait_for_selector("#battery-orders tbody tr")

@@ -94,6 +94,33 @@ def test_a_battery_newer_than_the_snapshot_is_read_live(
     assert manager.get("/api/v1/batteries/bad id!").status_code == 422
 
 
+def test_score_ages_and_staleness_are_answered_from_the_snapshot_and_live(
+    fakes: Fakes, reads: Reads, manager: TestClient
+) -> None:
+    """A twin whose priority model has not scored it for 45 s (over 3 ticks of 10 s) reads
+    stale, with each model's age measured at as_of_s (a later answer from the same snapshot
+    keeps them, and says its staleness); a twin read live answers the same fields."""
+    t = fakes.fleet.table
+    b = t.index["bat-b"]
+    t.health_scored_at_s[b] = t.anomaly_scored_at_s[b] = NOW_S - 2.0
+    t.priority_scored_at_s[b] = t.scored_at_s[b] = NOW_S - 45.0
+    body = manager.get("/api/v1/batteries/bat-b").json()
+    BatteryRead.model_validate(body)
+    assert body["score_age_s"] == {"health": 2.0, "anomaly": 2.0, "degradation": None, "priority": 45.0}
+    assert body["scores_stale"] is True and body["scored_at_s"] == NOW_S - 45.0
+    never = manager.get("/api/v1/batteries/bat-a").json()
+    assert never["scores_stale"] is False and set(never["score_age_s"].values()) == {None}
+    reads.clock.advance(0.5)
+    again = manager.get("/api/v1/batteries/bat-b").json()
+    assert again["score_age_s"] == body["score_age_s"] and again["staleness_s"] == 0.5
+    t.apply(make_batch(message("bat-new", 0, [T0_S], vehicle_id="veh-n")))
+    t.health_scored_at_s[t.index["bat-new"]] = NOW_S - 10.0
+    live = manager.get("/api/v1/batteries/bat-new").json()
+    BatteryRead.model_validate(live)
+    assert live["staleness_s"] == 0.0 and live["scores_stale"] is False
+    assert live["score_age_s"] == {"health": 10.0, "anomaly": None, "degradation": None, "priority": None}
+
+
 def test_a_swap_reported_here_is_read_at_once(fakes: Fakes, reads: Reads) -> None:
     """A technician's done swap moves the batteries between vehicles; this replica reads
     both live until a snapshot taken after the swap (it reads its own writes)."""
