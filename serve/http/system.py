@@ -108,6 +108,8 @@ class BridgeStatsOut(ApiModel):
     reconnects: int
     failed_batches: int = Field(description="Batches the shards refused on every attempt")
     failed_messages: int = Field(description="Their messages, dead-lettered as routing_failed")
+    buffered_messages: int = Field(description="Received, waiting for a batch (at most about receive_maximum)")
+    read_pauses: int = Field(description="Times the bridge stopped reading the broker because that many waited")
 
 
 class BridgeDown(ApiModel):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sim.electrochem import BmsArtefacts, PackRun, PackSpec, pack_run, simulate_pack
+from sim.electrochem import BmsArtefacts, PackFault, PackRun, PackSpec, pack_run, simulate_pack
 
 
 def _spec(soh: float = 1.0, resistance_multiple: float = 1.0, seed: int = 3) -> PackSpec:
@@ -103,3 +104,72 @@ def test_an_ageing_mode_a_cell_does_not_respond_to_is_refused() -> None:
     pack labelled with an SOH it does not have."""
     with pytest.raises(ValueError, match=r"Expected 'lli' ageing of Mohtat2020 to reach SOH 0\.9, got 0\.99"):
         simulate_pack(PackSpec(parameter_set="Mohtat2020", soh=0.9, ageing_mode="lli", hours=0.5))
+
+
+def _faulty(kind: str, magnitude: float | None = None) -> PackSpec:
+    return replace(_spec(), fault=PackFault(kind, onset_h=0.1, magnitude=magnitude))  # mid-ride  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("electrochem-faults")
+
+
+def _pair(cache: Path, kind: str, magnitude: float | None = None) -> tuple[PackRun, PackRun, np.ndarray]:
+    """The healthy pack, the faulty one (same solve, same BMS noise) and the samples after onset."""
+    healthy, faulty = pack_run(_spec(), cache), pack_run(_faulty(kind, magnitude), cache)
+    np.testing.assert_array_equal(healthy.ts, faulty.ts)
+    return healthy, faulty, faulty.ts >= faulty.fault_onset_s
+
+
+def test_a_faulty_pack_shares_its_healthy_twins_solve_and_differs_only_from_onset(cache: Path) -> None:
+    healthy, faulty, after = _pair(cache, "resistance_jump")
+    assert len(list(cache.glob("cell-*.npz"))) == 1  # one solve for both
+    np.testing.assert_array_equal(faulty.pack_voltage_v[~after], healthy.pack_voltage_v[~after])
+    assert faulty.fault_onset_s == 360.0 and np.isnan(healthy.fault_onset_s)
+    # A group at 3x resistance: the pack sags by 2 cell-resistances more under load.
+    riding = after & (faulty.current_a > 5.0)
+    sag = healthy.pack_voltage_v[riding] - faulty.pack_voltage_v[riding]
+    assert riding.sum() > 10 and np.median(sag) > 0.02 and np.all(sag > -0.05)
+    assert np.median(healthy.cell_min_v[riding] - faulty.cell_min_v[riding]) > 0.02
+
+
+def test_a_weak_group_and_an_internal_short_pull_the_pack_down_as_charge_goes(cache: Path) -> None:
+    """Both leave the current unchanged (the sensor does not see the leak) and lower the
+    voltage by more the further the group's charge runs away from the others'."""
+    for kind in ("weak_cell", "internal_short"):
+        healthy, faulty, after = _pair(cache, kind, 0.3 if kind == "weak_cell" else 0.5)
+        np.testing.assert_array_equal(faulty.current_a, healthy.current_a)
+        gap = healthy.pack_voltage_v - faulty.pack_voltage_v
+        assert np.all(np.abs(gap[~after]) < 1e-9)
+        late = after & (faulty.ts > faulty.ts[after][0] + 600.0) & (faulty.current_a > -1.0)
+        assert late.any() and np.median(gap[late]) > 0.03, kind
+
+
+def test_thermal_offset_and_stuck_sensor_faults_change_only_their_reading(cache: Path) -> None:
+    healthy, hot, after = _pair(cache, "thermal_excursion")
+    np.testing.assert_array_equal(hot.pack_voltage_v, healthy.pack_voltage_v)
+    held = after & (hot.ts - hot.fault_onset_s > 600.0) & (hot.ts - hot.fault_onset_s < 2400.0)
+    assert held.any() and np.median(hot.temp_c[held] - healthy.temp_c[held]) == pytest.approx(15.0, abs=1.0)
+    healthy, offset, after = _pair(cache, "sensor_offset", -2.0)
+    np.testing.assert_allclose(offset.pack_voltage_v[after] - healthy.pack_voltage_v[after], -2.0, atol=0.011)
+    healthy, stuck, after = _pair(cache, "stuck_sensor")
+    assert np.unique(stuck.temp_c[after]).size == 1 and np.unique(healthy.temp_c[after]).size > 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"kind": "gremlins", "onset_h": 1.0}, "Expected a fault kind among"),
+        ({"kind": "resistance_jump", "onset_h": -1.0}, r"Expected onset_h in \[0, 48\]"),
+        ({"kind": "weak_cell", "onset_h": 1.0, "magnitude": 1.5}, r"Expected the weak_cell magnitude .* in \[0.2, 0.95\], got 1.5"),
+    ],
+)
+def test_impossible_faults_say_what_was_expected(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        PackFault(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_fault_after_the_duty_ends_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"Expected the fault's onset within the 0.75 h duty, got 2.0 h"):
+        replace(_spec(), fault=PackFault("stuck_sensor", onset_h=2.0))
