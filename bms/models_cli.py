@@ -55,6 +55,8 @@ def train(
 
     settings = load_settings(config)
     plan = TrainingPlan.quick(seed) if quick else TrainingPlan(seed=seed)
+    # Packs `bms models data` built join the health model's training (nothing is solved here).
+    plan = TrainingPlan(**{**plan.__dict__, "electrochem_dir": settings.data_dir / "electrochem"})
     if cells is not None:
         plan = TrainingPlan(**{**plan.__dict__, "cells_dir": cells})
     with tempfile.TemporaryDirectory(prefix="bms-train-") as work:
@@ -178,6 +180,9 @@ def build_data(
     started = time.perf_counter()
     directory = _electrochem_dir(settings, cache)
     packs = _health_packs(sets, hours, directory)
+    from models.telemetry_data import write_health_rows
+
+    write_health_rows(packs, directory / "health_rows.json", f"bms models data --hours {hours:g}")
     sys.stdout.write(json.dumps({
         "packs": len(packs.runs), "parameter_sets": sorted(set(packs.group.tolist())),
         "cache_dir": str(directory), "seconds": round(time.perf_counter() - started, 1),
@@ -205,13 +210,31 @@ def evaluate_telemetry(
     if seeds < 1:
         raise _eval_error("--seeds", f"expected N >= 1 seeds, got {seeds}.")
     settings = load_settings(config)
-    packs = _health_packs(sets, hours, _electrochem_dir(settings, cache))
+    directory = _electrochem_dir(settings, cache)
+    packs = _health_packs(sets, hours, directory)
     try:
-        result = evaluate_health(packs, seeds=list(range(seeds)), log=lambda line: typer.echo(line, err=True))
+        health = evaluate_health(packs, seeds=list(range(seeds)), log=lambda line: typer.echo(line, err=True))
     except ValueError as err:
         raise _eval_error("--set", str(err)) from err
-    result = {"date": datetime.date.today().isoformat(), "hours_per_pack": hours, "health": result}
+    detectors = _evaluate_detectors(packs, directory)
+    result = {"date": datetime.date.today().isoformat(), "hours_per_pack": hours, "health": health, "detectors": detectors}
     sys.stdout.write(json.dumps(result) + "\n")
+
+
+def _evaluate_detectors(packs: Any, directory: Path) -> dict[str, Any]:
+    """The anomaly detectors as production trains them, on the healthy packs and on each
+    set's SOH-90 % pack with every fault."""
+    from models.anomaly import AnomalyDetector, AnomalyParams
+    from models.telemetry_data import build_packs, fault_pack_specs
+    from models.telemetry_eval import evaluate_detectors
+    from models.training import TrainingPlan, normal_windows
+
+    plan = TrainingPlan()
+    typer.echo("training the anomaly detectors as production does", err=True)
+    detector = AnomalyDetector(AnomalyParams()).fit(normal_windows(plan.anomaly_vehicles, plan.anomaly_hours, plan.seed))
+    base = [r.spec for r in packs.runs if abs(r.spec.soh - 0.9) < 1e-9]
+    faulty = build_packs(fault_pack_specs(base), directory)
+    return evaluate_detectors(packs.runs, faulty, detector)
 
 
 @models_app.command("eval-simulated")

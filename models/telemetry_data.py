@@ -14,6 +14,7 @@ does it once into ``<data_dir>/electrochem`` (cached per pack); the tests use a 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,9 +32,13 @@ __all__ = [
     "HEALTH_SOH_LEVELS",
     "HealthPackSet",
     "build_health_packs",
+    "build_packs",
+    "fault_pack_specs",
     "health_pack_specs",
     "pack_batch",
+    "read_health_rows",
     "twin_features",
+    "write_health_rows",
 ]
 
 log = logging.getLogger(__name__)
@@ -43,11 +48,12 @@ HEALTH_SOH_LEVELS: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
 #: The fleet's packs: 13 cells in series, about 15 Ah.
 _SERIES = 13
 _PACK_AH = 15.0
-#: Nominal capacity (Ah) of one cell of each set, from its PyBaMM parameters: it sizes the
-#: parallel count, so every pack is about 15 Ah.
+#: Capacity (Ah) of one fresh cell of each set at C/3, as :mod:`sim.electrochem` measures
+#: it (PyBaMM's nominal figures are not it: Ecker2015's cell is 0.16 Ah nominal, 0.17 here,
+#: Marquis2019's 0.68 and 0.87): it sizes the parallel count, so every pack is about 15 Ah.
 _CELL_AH: dict[str, float] = {
-    "Chen2020": 5.0, "OKane2022": 5.0, "Mohtat2020": 5.0, "Ecker2015": 7.5,
-    "Marquis2019": 0.68, "NCA_Kim2011": 0.43, "Prada2013": 2.3,
+    "Chen2020": 5.1, "OKane2022": 5.05, "Mohtat2020": 4.9, "Ecker2015": 0.17,
+    "Marquis2019": 0.87, "NCA_Kim2011": 0.48, "Prada2013": 2.18,
 }  # fmt: skip
 _SAMPLES_PER_MESSAGE = 30
 
@@ -66,14 +72,19 @@ def health_pack_specs(
     unknown = sorted(set(parameter_sets) - set(PARAMETER_SETS))
     if unknown:
         raise ValueError(f"Expected parameter sets among {sorted(PARAMETER_SETS)}, got {unknown}.")
-    rng = np.random.default_rng(seed)
     specs = []
-    for i, p in enumerate(parameter_sets):
-        for j, soh in enumerate(soh_levels):
+    for p in parameter_sets:
+        # Numbered by the set's place among all sets, not in this call's list: a pack is the
+        # same (and read from the cache) whichever sets are asked for with it.
+        i = list(PARAMETER_SETS).index(p)
+        for soh in soh_levels:
+            pct = round(100 * soh)
+            rng = np.random.default_rng([seed, i, pct])
             specs.append(PackSpec(
-                parameter_set=p, soh=soh, ageing_mode="lli" if (i + j) % 2 == 0 else "lam",
+                parameter_set=p, soh=soh, ageing_mode="lli" if (i + pct // 5) % 2 == 0 else "lam",
                 resistance_multiple=round(1.0 + 2.5 * (1.0 - soh), 3), series=_SERIES, parallel=_parallel(p),
-                ambient_c=float(np.round(rng.uniform(15.0, 30.0), 1)), hours=hours, seed=seed * 1000 + i * 100 + j,
+                ambient_c=float(np.round(rng.uniform(15.0, 30.0), 1)), hours=hours,
+                seed=seed * 1000 + i * 100 + pct,
             ))  # fmt: skip
     return specs
 
@@ -118,15 +129,21 @@ def build_health_packs(
 
 def pack_batch(run: PackRun, battery_id: str = "pack", vehicle_id: str = "vehicle") -> TelemetryBatch:
     """The pack's telemetry as the bridge hands it to a shard: messages of 30 samples, with
-    sequence numbers, standing still at one place."""
+    sequence numbers, at one place."""
     n = run.ts.size
     starts = np.arange(0, n, _SAMPLES_PER_MESSAGE)
     offsets = np.append(starts, n).astype(np.int64)
     zeros = np.zeros(n)
+    # Moving while it draws current, and through a regenerative pulse between two such
+    # samples; standing still otherwise (parked, or charging at a depot). The twin tells a
+    # charge from braking by the vehicle standing still.
+    drawing = run.current_a > 0.5
+    regen = (run.current_a < 0) & np.r_[False, drawing[:-1]] & np.r_[drawing[1:], False]
+    speed = np.where(drawing | regen, 15.0, 0.0)
     cols = {
         "ts": run.ts, "pack_voltage_v": run.pack_voltage_v, "current_a": run.current_a, "temp_c": run.temp_c,
         "soc_pct": run.soc_pct, "lat": zeros + 52.52, "lon": zeros + 13.40, "odometer_km": zeros,
-        "speed_kmh": zeros, "cell_min_v": run.cell_min_v, "cell_max_v": run.cell_max_v,
+        "speed_kmh": speed, "cell_min_v": run.cell_min_v, "cell_max_v": run.cell_max_v,
     }  # fmt: skip
     assert set(cols) == set(SAMPLE_FIELDS)
     m = starts.size
@@ -147,3 +164,69 @@ def twin_counters(run: PackRun) -> TwinCounters:
 def twin_features(run: PackRun) -> npt.NDArray[np.float32]:
     """One row of :func:`twins.features.health_features`: the twin's view of the pack."""
     return health_features(twin_counters(run))
+
+
+def fault_pack_specs(healthy: Sequence[PackSpec], onset_fraction: float = 0.4) -> list[PackSpec]:
+    """Each of ``healthy`` (a set's SOH-90 % pack, say) with every fault of
+    :data:`sim.electrochem.FAULT_KINDS`, beginning ``onset_fraction`` into its duty: no new
+    solve, the fault is added to the healthy pack's solution."""
+    from dataclasses import replace
+
+    from sim.electrochem import FAULT_KINDS, PackFault
+
+    if not 0.0 < onset_fraction < 1.0:
+        raise ValueError(f"Expected onset_fraction in (0, 1), got {onset_fraction}.")
+    return [
+        replace(s, fault=PackFault(kind, onset_h=round(onset_fraction * s.hours, 3)))  # type: ignore[arg-type]
+        for s in healthy for kind in FAULT_KINDS
+    ]  # fmt: skip
+
+
+def build_packs(specs: Sequence[PackSpec], cache_dir: Path) -> list[PackRun]:
+    """Every spec's run (cached), the other ageing mode where a cell does not respond."""
+    out = []
+    for spec in specs:
+        try:
+            out.append(pack_run(spec, cache_dir))
+        except ValueError:
+            if spec.soh >= 0.999:
+                raise
+            out.append(pack_run(_other_mode(spec), cache_dir))
+    return out
+
+
+def write_health_rows(packs: HealthPackSet, path: Path, built_with: str) -> None:
+    """The healthy packs' twin features and truth as a small JSON file: what the health model
+    trains on (``models/data/electrochem_health_rows.json`` is one, shipped so training
+    never has to solve a pack)."""
+    from twins.features import HEALTH_FEATURE_NAMES
+
+    healthy = [k for k, r in enumerate(packs.runs) if r.spec.fault is None]
+    doc = {
+        "built_with": built_with,
+        "features": list(HEALTH_FEATURE_NAMES),
+        "rows": [
+            {"parameter_set": str(packs.group[k]), "soh": float(packs.soh[k]),
+             "x": [None if not np.isfinite(v) else float(v) for v in packs.x[k]]}
+            for k in healthy
+        ],
+    }  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def read_health_rows(path: Path) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64], npt.NDArray[np.str_]]:
+    """(features, SOH, parameter set) of a :func:`write_health_rows` file."""
+    from twins.features import HEALTH_FEATURE_NAMES
+
+    doc = json.loads(Path(path).read_text())
+    if doc.get("features") != list(HEALTH_FEATURE_NAMES):
+        raise ValueError(
+            f"Expected health rows over features {list(HEALTH_FEATURE_NAMES)}, got {doc.get('features')} "
+            f"in {path}: rebuild it with `bms models data`."
+        )
+    rows = doc["rows"]
+    x = np.array([[np.nan if v is None else v for v in r["x"]] for r in rows], dtype=np.float32)
+    return x.reshape(len(rows), len(HEALTH_FEATURE_NAMES)), np.array([r["soh"] for r in rows]), np.array(
+        [r["parameter_set"] for r in rows]
+    )

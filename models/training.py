@@ -32,7 +32,7 @@ from models.demand_lstm import DemandLstmParams
 from models.demand_lstm import evaluate as evaluate_demand
 from models.demand_lstm import train as train_demand
 from models.drift import DriftReference
-from models.health_xgb import HealthParams, train_health
+from models.health_xgb import ForeignRows, HealthParams, health_score_label, train_health
 from models.priority_rf import PriorityParams, train_priority
 from models.registry import ModelRegistry, data_fingerprint
 from models.served_model import DRIFT_REFERENCE_FILE
@@ -92,6 +92,11 @@ class TrainingPlan:
         Simulated normal telemetry for the anomaly detectors.
     demand_zones, demand_days
         Simulated ride history for the demand model.
+    electrochem_dir
+        Electrochemical packs already built there (``bms models data``) join the health
+        model's training, and its correction's weight is chosen on each of their cells left
+        out in turn; None or an empty folder: the shipped rows of the same set
+        (:data:`SHIPPED_HEALTH_ROWS`). Nothing is solved here.
     """
 
     seed: int = 7
@@ -105,6 +110,7 @@ class TrainingPlan:
     anomaly_hours: float = 12.0
     demand_zones: int = 40
     demand_days: int = 90
+    electrochem_dir: Path | None = None
 
     @classmethod
     def quick(cls, seed: int = 7) -> TrainingPlan:
@@ -137,11 +143,44 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and np.isfinite(v)}
 
 
+#: The twin features of the electrochemical pack set (`bms models data`, 42 packs of seven
+#: cells), shipped so every training, `make run`'s included, chooses the health correction's
+#: weight on cells it was not trained on without solving a pack.
+SHIPPED_HEALTH_ROWS = Path(__file__).parent / "data" / "electrochem_health_rows.json"
+
+
+def health_rows(path: Path) -> ForeignRows:
+    """A :func:`models.telemetry_data.write_health_rows` file as labelled health rows."""
+    from models.telemetry_data import read_health_rows
+
+    x, soh, group = read_health_rows(path)
+    return ForeignRows(x, soh, health_score_label(soh, np.ones_like(soh)), group)
+
+
+def cached_health_rows(directory: Path) -> ForeignRows | None:
+    """The healthy electrochemical packs cached in ``directory`` as labelled health rows (one
+    per pack, grouped by parameter set); None when there are none."""
+    from models.telemetry_data import twin_features
+    from sim.electrochem import PackRun
+
+    runs = [r for r in (PackRun.from_npz(p) for p in sorted(Path(directory).glob("pack-*.npz"))) if r.spec.fault is None]
+    if not runs:
+        return None
+    soh = np.array([r.soh for r in runs])
+    return ForeignRows(
+        np.concatenate([twin_features(r) for r in runs]), soh, health_score_label(soh, np.ones_like(soh)),
+        np.array([r.spec.parameter_set for r in runs]),
+    )  # fmt: skip
+
+
 def _train_health(plan: TrainingPlan, out: Path) -> TrainedModel:
     started = time.perf_counter()
     sample = LifetimeSimulator(seed=plan.seed).run(plan.health_packs, plan.health_days, plan.health_snapshots)
     params = HealthParams()
-    model, x = train_health(sample, params, seed=plan.seed)
+    foreign = cached_health_rows(plan.electrochem_dir) if plan.electrochem_dir is not None else None
+    if foreign is None and SHIPPED_HEALTH_ROWS.is_file():
+        foreign = health_rows(SHIPPED_HEALTH_ROWS)
+    model, x = train_health(sample, params, seed=plan.seed, foreign=foreign)
     model.save(out)
     _write_drift_reference(out, x, HEALTH_FEATURE_NAMES)
     return TrainedModel(

@@ -223,9 +223,9 @@ class PackSpec:
             raise ValueError(f"Expected ageing_mode among {AGEING_MODES}, got {self.ageing_mode!r}.")
         if not 1.0 <= self.resistance_multiple <= 5.0:
             raise ValueError(f"Expected resistance_multiple in [1, 5], got {self.resistance_multiple}.")
-        # Up to 64 in parallel: a 15 Ah pack of 0.43 Ah cells (NCA_Kim2011) needs 35.
-        if not (1 <= self.series <= 40 and 1 <= self.parallel <= 64):
-            raise ValueError(f"Expected 1-40 cells in series and 1-64 in parallel, got {self.series}S{self.parallel}P.")
+        # Up to 128 in parallel: a 15 Ah pack of Ecker2015's 0.17 Ah cells needs 88.
+        if not (1 <= self.series <= 40 and 1 <= self.parallel <= 128):
+            raise ValueError(f"Expected 1-40 cells in series and 1-128 in parallel, got {self.series}S{self.parallel}P.")
         if not -20.0 <= self.ambient_c <= 50.0:
             raise ValueError(f"Expected ambient_c in [-20, 50], got {self.ambient_c}.")
         if not 0.5 <= self.hours <= 48.0:

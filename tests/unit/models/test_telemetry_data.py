@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ def test_every_set_at_every_soh_as_a_15_ah_pack() -> None:
         ("Chen2020", 1.0), ("Chen2020", 0.8), ("Prada2013", 1.0), ("Prada2013", 0.8),
         ("NCA_Kim2011", 1.0), ("NCA_Kim2011", 0.8),
     ]  # fmt: skip
-    assert [s.parallel for s in specs[::2]] == [3, 7, 35]
+    assert [s.parallel for s in specs[::2]] == [3, 7, 31]
     assert {s.series for s in specs} == {13} and len({s.seed for s in specs}) == 6
     assert specs[1].resistance_multiple == pytest.approx(1.5)
     assert health_pack_specs(("Chen2020",), hours=2.0) == health_pack_specs(("Chen2020",), hours=2.0)
@@ -90,3 +91,89 @@ def test_a_built_set_reads_from_its_cache(tmp_path: Path) -> None:
     assert seen == [0] and len(list(tmp_path.glob("pack-*.npz"))) == 1
     np.testing.assert_array_equal(first.x, again.x)
     assert list(first.group) == ["Chen2020"] and first.soh[0] == pytest.approx(1.0)
+
+
+def test_a_pack_is_the_same_whichever_sets_are_asked_for_with_it() -> None:
+    """The cache key: Prada2013 at 80 % alone or among others is one pack."""
+    alone = health_pack_specs(("Prada2013",), soh_levels=(0.8,))
+    among = health_pack_specs(("Chen2020", "Prada2013"), soh_levels=(1.0, 0.8))
+    assert alone[0] == among[-1]
+
+
+class HotScorer:
+    """Flags TEMP_RISE while the window's newest temperature is above 38 C; or always."""
+
+    def __init__(self, always: bool = False) -> None:
+        self.always = always
+
+    def score(self, windows: object) -> object:
+        from types import SimpleNamespace
+
+        from contracts.anomaly_kinds import AnomalyKind
+        from twins.telemetry_windows import FIELD_INDEX
+
+        last = windows.values[:, -1, FIELD_INDEX["temp_c"]]  # type: ignore[attr-defined]
+        hot = np.ones_like(last, dtype=bool) if self.always else last > 38.0
+        return SimpleNamespace(flags=np.where(hot, int(AnomalyKind.TEMP_RISE), 0).astype(np.int64))
+
+
+def test_detectors_are_judged_by_false_alarms_and_by_recall_and_delay_per_fault(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from models.telemetry_eval import evaluate_detectors
+    from sim.electrochem import PackFault
+
+    healthy = pack_run(PackSpec(soh=0.9, hours=0.75, seed=3), tmp_path)
+    hot = pack_run(replace(healthy.spec, fault=PackFault("thermal_excursion", onset_h=0.1)), tmp_path)
+    report = evaluate_detectors([healthy], [hot], HotScorer())
+    assert report["false_alarms"] == 0
+    f = report["faults"]["thermal_excursion"]
+    assert f["recall"] == 1.0 and 0.0 < f["median_delay_min"] < 10.0 and f["first_event_kinds"] == {"temp_rise": 1}
+    hours = (float(healthy.ts[-1]) + hot.fault_onset_s) / 3600.0
+    assert report["healthy_pack_hours"] == pytest.approx(hours, abs=0.05)
+    noisy = evaluate_detectors([healthy], [hot], HotScorer(always=True))
+    assert noisy["false_alarms"] == 2 and noisy["false_alarms_by_kind"] == {"temp_rise": 2}
+    assert noisy["faults"]["thermal_excursion"]["recall"] == 0.0  # already flagged: no new event
+
+
+def test_training_reads_the_built_healthy_packs_and_solves_nothing(tmp_path: Path) -> None:
+    """models.training.cached_health_rows: one labelled row per healthy cached pack, faulty
+    packs left out, an empty folder gives None."""
+    from dataclasses import replace
+
+    from models.training import cached_health_rows
+    from sim.electrochem import PackFault
+
+    assert cached_health_rows(tmp_path) is None
+    run = pack_run(PackSpec(soh=0.9, hours=0.75, seed=3), tmp_path)
+    pack_run(replace(run.spec, fault=PackFault("stuck_sensor", onset_h=0.1)), tmp_path)
+    rows = cached_health_rows(tmp_path)
+    assert rows is not None and rows.x.shape == (1, len(HEALTH_FEATURE_NAMES))
+    assert rows.soh[0] == pytest.approx(run.soh) and list(rows.group) == ["Chen2020"]
+
+
+def test_the_shipped_rows_are_the_seven_cells_over_todays_features() -> None:
+    """models/data/electrochem_health_rows.json is what every training chooses the correction's
+    weight on: a change of the health features must rebuild it (`bms models data`)."""
+    from models.training import SHIPPED_HEALTH_ROWS, health_rows
+
+    rows = health_rows(SHIPPED_HEALTH_ROWS)
+    assert rows.x.shape == (42, len(HEALTH_FEATURE_NAMES)) and len(set(rows.group.tolist())) == 7
+    assert 0.74 < rows.soh.min() and rows.soh.max() < 1.01
+    assert np.isfinite(rows.x[:, HEALTH_FEATURE_NAMES.index("capacity_ratio_est")]).all()
+
+
+def test_health_rows_round_trip_and_refuse_other_features(tmp_path: Path, run: object) -> None:
+    from models.telemetry_data import read_health_rows, write_health_rows
+
+    packs = HealthPackSet([run], twin_features(run), np.array([run.soh]), np.array(["Chen2020"]))  # type: ignore[arg-type, attr-defined]
+    path = tmp_path / "rows.json"
+    write_health_rows(packs, path, "test")
+    x, soh, group = read_health_rows(path)
+    np.testing.assert_array_equal(x, packs.x)
+    assert soh[0] == pytest.approx(run.soh) and list(group) == ["Chen2020"]  # type: ignore[attr-defined]
+    doc = json.loads(path.read_text())
+    doc["features"] = doc["features"][:-1]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="rebuild it with `bms models data`"):
+        read_health_rows(path)
