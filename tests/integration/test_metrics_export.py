@@ -97,7 +97,11 @@ def test_metrics_endpoint_serves_ingest_scoring_shard_and_planner_metrics(
     (queue,) = PLANNER_QUEUE.series
     samples = _wait_for(url, {
         f"{ingest} > 0": lambda ss: sum(s.value for s in ss if s.name == ingest) >= 45,
-        f"{rejects} with a reason": lambda ss: any(s.name == rejects and s.labels.get("reason") for s in ss),
+        # This message's own reason: other tests' rejects (another reason) may be exported
+        # before the bridge's next export carries this one.
+        f"{rejects} for malformed_json": lambda ss: any(
+            s.name == rejects and s.labels.get("reason") == "malformed_json" for s in ss
+        ),
         f"{bucket} with a model tag": lambda ss: any(
             s.name == bucket and s.labels.get("model") == "health" and s.value > 0 for s in ss
         ),
