@@ -44,6 +44,7 @@ __all__ = [
     "HealthPrediction",
     "HealthXGB",
     "health_score_label",
+    "regressor",
     "shrink_errors",
     "train_health",
 ]
@@ -143,22 +144,11 @@ class HealthXGB:
         if not has.any():
             raise ValueError("Expected some training rows with a capacity estimate, got none.")
 
-        def regressor() -> xgb.XGBRegressor:
-            return xgb.XGBRegressor(
-                n_estimators=params.n_estimators,
-                max_depth=params.max_depth,
-                learning_rate=params.learning_rate,
-                subsample=params.subsample,
-                n_jobs=params.n_jobs,
-                random_state=seed,
-                tree_method="hist",
-            )
-
-        m_res = regressor()
+        m_res = regressor(params, seed)
         m_res.fit(x[has][:, _RES], soh[has] - x[has, _EST].astype(np.float64))
         if score is None:
             return cls(m_res, None, None, params, shrink)
-        m_prior, m_score = regressor(), regressor()
+        m_prior, m_score = regressor(params, seed), regressor(params, seed)
         m_prior.fit(_hide_estimate(x), soh)
         m_score.fit(x, score)
         return cls(m_res, m_prior, m_score, params, shrink)
@@ -235,6 +225,19 @@ class HealthXGB:
         prior.load_model(directory / "soh_prior.json")
         score.load_model(directory / "score.json")
         return cls(res, prior, score, HealthParams(**meta["params"]), float(meta["shrink"]), meta["metrics"])
+
+
+def regressor(params: HealthParams, seed: int) -> xgb.XGBRegressor:
+    """One boosted-tree regressor with the model's knobs."""
+    return xgb.XGBRegressor(
+        n_estimators=params.n_estimators,
+        max_depth=params.max_depth,
+        learning_rate=params.learning_rate,
+        subsample=params.subsample,
+        n_jobs=params.n_jobs,
+        random_state=seed,
+        tree_method="hist",
+    )
 
 
 def _hide_estimate(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

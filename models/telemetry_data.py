@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from contracts.samples import SAMPLE_FIELDS, TelemetryBatch
+from models.health_xgb import ForeignRows, health_score_label
 from sim.electrochem import PARAMETER_SETS, PackRun, PackSpec, pack_run
 from twins.features import TwinCounters, counters_from_history, health_features
 from twins.twin_table import TwinTableParams
@@ -97,12 +98,22 @@ def _other_mode(spec: PackSpec) -> PackSpec:
 
 @dataclass(frozen=True)
 class HealthPackSet:
-    """Built packs, their twin features and their truth, one row per pack."""
+    """Built packs, their twin features and their truth (SOH, resistance as a multiple of the
+    fresh pack's), one row per pack."""
 
     runs: list[PackRun]
     x: npt.NDArray[np.float32]
     soh: npt.NDArray[np.float64]
     group: npt.NDArray[np.str_]
+    resistance_ratio: npt.NDArray[np.float64] | None = None
+
+    def resistance(self) -> npt.NDArray[np.float64]:
+        """The resistance multiples (1 where unknown)."""
+        return self.resistance_ratio if self.resistance_ratio is not None else np.ones_like(self.soh)
+
+    def foreign(self) -> ForeignRows:
+        """As the health model's training rows, the health score labelled from both truths."""
+        return ForeignRows(self.x, self.soh, health_score_label(self.soh, self.resistance()), self.group)
 
 
 def build_health_packs(
@@ -113,18 +124,23 @@ def build_health_packs(
     for k, spec in enumerate(specs):
         if progress is not None:
             progress(k, len(specs), spec)
-        try:
-            run = pack_run(spec, cache_dir)
-        except ValueError as err:
-            if spec.soh >= 0.999:
-                raise
-            log.info("%s; trying the other ageing mode", err)
-            run = pack_run(_other_mode(spec), cache_dir)
-        runs.append(run)
+        runs.append(_run(spec, cache_dir))
     x = np.concatenate([twin_features(r) for r in runs]) if runs else np.empty((0, 0), np.float32)
     return HealthPackSet(
-        runs, x, np.array([r.soh for r in runs]), np.array([r.spec.parameter_set for r in runs])
-    )
+        runs, x, np.array([r.soh for r in runs]), np.array([r.spec.parameter_set for r in runs]),
+        np.array([r.spec.resistance_multiple for r in runs]),
+    )  # fmt: skip
+
+
+def _run(spec: PackSpec, cache_dir: Path) -> PackRun:
+    """The spec's run (cached), in the other ageing mode where the cell does not respond."""
+    try:
+        return pack_run(spec, cache_dir)
+    except ValueError as err:
+        if spec.soh >= 0.999:
+            raise
+        log.info("%s; trying the other ageing mode", err)
+        return pack_run(_other_mode(spec), cache_dir)
 
 
 def pack_batch(run: PackRun, battery_id: str = "pack", vehicle_id: str = "vehicle") -> TelemetryBatch:
@@ -184,15 +200,7 @@ def fault_pack_specs(healthy: Sequence[PackSpec], onset_fraction: float = 0.4) -
 
 def build_packs(specs: Sequence[PackSpec], cache_dir: Path) -> list[PackRun]:
     """Every spec's run (cached), the other ageing mode where a cell does not respond."""
-    out = []
-    for spec in specs:
-        try:
-            out.append(pack_run(spec, cache_dir))
-        except ValueError:
-            if spec.soh >= 0.999:
-                raise
-            out.append(pack_run(_other_mode(spec), cache_dir))
-    return out
+    return [_run(spec, cache_dir) for spec in specs]
 
 
 def write_health_rows(packs: HealthPackSet, path: Path, built_with: str) -> None:
@@ -207,6 +215,7 @@ def write_health_rows(packs: HealthPackSet, path: Path, built_with: str) -> None
         "features": list(HEALTH_FEATURE_NAMES),
         "rows": [
             {"parameter_set": str(packs.group[k]), "soh": float(packs.soh[k]),
+             "resistance_ratio": float(packs.resistance()[k]),
              "x": [None if not np.isfinite(v) else float(v) for v in packs.x[k]]}
             for k in healthy
         ],
@@ -215,8 +224,8 @@ def write_health_rows(packs: HealthPackSet, path: Path, built_with: str) -> None
     path.write_text(json.dumps(doc, indent=1) + "\n")
 
 
-def read_health_rows(path: Path) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64], npt.NDArray[np.str_]]:
-    """(features, SOH, parameter set) of a :func:`write_health_rows` file."""
+def read_health_rows(path: Path) -> HealthPackSet:
+    """The rows of a :func:`write_health_rows` file (no runs)."""
     from twins.features import HEALTH_FEATURE_NAMES
 
     doc = json.loads(Path(path).read_text())
@@ -227,6 +236,7 @@ def read_health_rows(path: Path) -> tuple[npt.NDArray[np.float32], npt.NDArray[n
         )
     rows = doc["rows"]
     x = np.array([[np.nan if v is None else v for v in r["x"]] for r in rows], dtype=np.float32)
-    return x.reshape(len(rows), len(HEALTH_FEATURE_NAMES)), np.array([r["soh"] for r in rows]), np.array(
-        [r["parameter_set"] for r in rows]
-    )
+    return HealthPackSet(
+        [], x.reshape(len(rows), len(HEALTH_FEATURE_NAMES)), np.array([r["soh"] for r in rows]),
+        np.array([r["parameter_set"] for r in rows]), np.array([r["resistance_ratio"] for r in rows]),
+    )  # fmt: skip

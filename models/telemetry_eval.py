@@ -27,7 +27,7 @@ import xgboost as xgb
 
 from contracts.anomaly_kinds import AnomalyKind
 from contracts.samples import TelemetryBatch
-from models.health_xgb import ForeignRows, HealthParams, health_score_label, train_health
+from models.health_xgb import HealthParams, regressor, train_health
 from models.telemetry_data import HealthPackSet, pack_batch
 from sim.ageing import LifetimeSimulator
 from sim.electrochem import PARAMETER_SETS, PackRun
@@ -51,10 +51,7 @@ class HealthEvalPlan:
 
 
 def _first_model(x: npt.NDArray[np.float32], soh: npt.NDArray[np.float64], params: HealthParams, seed: int) -> xgb.XGBRegressor:
-    m = xgb.XGBRegressor(
-        n_estimators=params.n_estimators, max_depth=params.max_depth, learning_rate=params.learning_rate,
-        subsample=params.subsample, n_jobs=params.n_jobs, random_state=seed, tree_method="hist",
-    )  # fmt: skip
+    m = regressor(params, seed)
     m.fit(x, soh)
     return m
 
@@ -72,7 +69,7 @@ def evaluate_health(
     has = np.isfinite(est)
     errors: dict[str, list[npt.NDArray[np.float64]]] = {"model": [], "first_model": []}
     shrinks: dict[str, list[float]] = {g: [] for g in groups}
-    score = health_score_label(packs.soh, np.ones_like(packs.soh))
+    rows = packs.foreign()
     for seed in seeds:
         sample = LifetimeSimulator(seed=seed).run(plan.packs, plan.days, plan.snapshots)
         x_sim = health_features(TwinCounters.from_lifetime(sample))
@@ -80,8 +77,7 @@ def evaluate_health(
         pred = np.full(truth.size, np.nan)
         for g in groups:
             out = packs.group == g
-            foreign = ForeignRows(packs.x[~out], packs.soh[~out], score[~out], packs.group[~out])
-            model, _ = train_health(sample, plan.params, seed=seed, foreign=foreign)
+            model, _ = train_health(sample, plan.params, seed=seed, foreign=rows.select(~out))
             pred[out] = model.predict_features(packs.x[out]).soh_pct
             shrinks[g].append(model.shrink)
             log(f"seed {seed}: {g} left out, correction weight {model.shrink:g}")
@@ -142,10 +138,8 @@ def detector_events(
 ) -> list[list[tuple[float, str]]]:
     """Replay every run through one twin table in lockstep (run time from 0), scoring each
     tick: per run, its events as (seconds into the run, detector kind)."""
-    params_by_run = [TwinTableParams(rated_capacity_ah=r.rated_capacity_ah) for r in runs]
-    # One table per rating would be exact; the detectors read windows, not the rating, so
-    # one table at the first run's rating serves all.
-    table = TwinTable(params_by_run[0] if runs else TwinTableParams(), initial_capacity=max(16, len(runs)))
+    # One table for all: the detectors read windows, not the rating, so one rating serves.
+    table = TwinTable(TwinTableParams(), initial_capacity=max(16, len(runs)))
     batches = [pack_batch(r, battery_id=f"pack-{k}", vehicle_id=f"vehicle-{k}") for k, r in enumerate(runs)]
     ends = [b.columns["ts"][b.msg_offsets[1:] - 1] for b in batches]
     done = [0] * len(runs)

@@ -32,7 +32,7 @@ from models.demand_lstm import DemandLstmParams
 from models.demand_lstm import evaluate as evaluate_demand
 from models.demand_lstm import train as train_demand
 from models.drift import DriftReference
-from models.health_xgb import ForeignRows, HealthParams, health_score_label, train_health
+from models.health_xgb import ForeignRows, HealthParams, train_health
 from models.priority_rf import PriorityParams, train_priority
 from models.registry import ModelRegistry, data_fingerprint
 from models.served_model import DRIFT_REFERENCE_FILE
@@ -153,24 +153,22 @@ def health_rows(path: Path) -> ForeignRows:
     """A :func:`models.telemetry_data.write_health_rows` file as labelled health rows."""
     from models.telemetry_data import read_health_rows
 
-    x, soh, group = read_health_rows(path)
-    return ForeignRows(x, soh, health_score_label(soh, np.ones_like(soh)), group)
+    return read_health_rows(path).foreign()
 
 
 def cached_health_rows(directory: Path) -> ForeignRows | None:
     """The healthy electrochemical packs cached in ``directory`` as labelled health rows (one
     per pack, grouped by parameter set); None when there are none."""
-    from models.telemetry_data import twin_features
+    from models.telemetry_data import HealthPackSet, twin_features
     from sim.electrochem import PackRun
 
     runs = [r for r in (PackRun.from_npz(p) for p in sorted(Path(directory).glob("pack-*.npz"))) if r.spec.fault is None]
     if not runs:
         return None
-    soh = np.array([r.soh for r in runs])
-    return ForeignRows(
-        np.concatenate([twin_features(r) for r in runs]), soh, health_score_label(soh, np.ones_like(soh)),
-        np.array([r.spec.parameter_set for r in runs]),
-    )  # fmt: skip
+    return HealthPackSet(
+        runs, np.concatenate([twin_features(r) for r in runs]), np.array([r.soh for r in runs]),
+        np.array([r.spec.parameter_set for r in runs]), np.array([r.spec.resistance_multiple for r in runs]),
+    ).foreign()  # fmt: skip
 
 
 def _train_health(plan: TrainingPlan, out: Path) -> TrainedModel:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from contracts.samples import SAMPLE_FIELDS
-from models.health_xgb import HealthParams
+from models.health_xgb import HealthParams, health_score_label
 from models.telemetry_data import (
     HealthPackSet,
     health_pack_specs,
@@ -159,6 +159,8 @@ def test_the_shipped_rows_are_the_seven_cells_over_todays_features() -> None:
 
     rows = health_rows(SHIPPED_HEALTH_ROWS)
     assert rows.x.shape == (42, len(HEALTH_FEATURE_NAMES)) and len(set(rows.group.tolist())) == 7
+    # The score label carries each pack's resistance growth (x1.625 at 75 %), not just its SOH.
+    assert rows.score.min() < health_score_label(np.array([0.75]), np.array([1.0]))[0] - 5.0
     assert 0.74 < rows.soh.min() and rows.soh.max() < 1.01
     assert np.isfinite(rows.x[:, HEALTH_FEATURE_NAMES.index("capacity_ratio_est")]).all()
 
@@ -169,9 +171,11 @@ def test_health_rows_round_trip_and_refuse_other_features(tmp_path: Path, run: o
     packs = HealthPackSet([run], twin_features(run), np.array([run.soh]), np.array(["Chen2020"]))  # type: ignore[arg-type, attr-defined]
     path = tmp_path / "rows.json"
     write_health_rows(packs, path, "test")
-    x, soh, group = read_health_rows(path)
-    np.testing.assert_array_equal(x, packs.x)
-    assert soh[0] == pytest.approx(run.soh) and list(group) == ["Chen2020"]  # type: ignore[attr-defined]
+    back = read_health_rows(path)
+    np.testing.assert_array_equal(back.x, packs.x)
+    assert back.soh[0] == pytest.approx(run.soh) and list(back.group) == ["Chen2020"]  # type: ignore[attr-defined]
+    # The packs' resistance growth labels the health score: ratio 1 here (none stored).
+    assert back.resistance()[0] == 1.0 and back.foreign().score[0] == pytest.approx(packs.foreign().score[0])
     doc = json.loads(path.read_text())
     doc["features"] = doc["features"][:-1]
     path.write_text(json.dumps(doc))
