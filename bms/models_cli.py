@@ -193,6 +193,7 @@ def build_data(
 def evaluate_telemetry(
     sets: SetsOpt = None, hours: HoursOpt = 6.0, cache: CacheOpt = None,
     seeds: Annotated[int, typer.Option("--seeds", help="Training seeds 0..N-1 (mean and sd over them)")] = 3,
+    write_thresholds: Annotated[Optional[Path], typer.Option("--write-thresholds", help="Also write the detectors' thresholds, calibrated on every set, here (models/data/pack_watch_thresholds.json is the shipped file)")] = None,  # noqa: UP045
     config: ConfigOpt = None,
 ) -> None:  # fmt: skip
     """The health model on telemetry the simulator did not make, each cell left out in turn.
@@ -200,7 +201,10 @@ def evaluate_telemetry(
     Builds (or reads) the electrochemical packs as `bms models data` does, then trains the
     health model as in production plus the packs of every other cell, and compares its SOH
     on the left-out cell's packs with the twin's coulomb-counted estimate and with the
-    first model's plain regression. The last line is one JSON object.
+    first model's plain regression. Then replays every pack, and each set's SOH-90 % pack
+    with every fault, through the twins, and judges their own evidence with thresholds
+    calibrated on the other sets, and a simulated fleet with the simulator's own faults with
+    the thresholds of all sets. The last line is one JSON object.
     """
     import datetime
 
@@ -216,25 +220,29 @@ def evaluate_telemetry(
         health = evaluate_health(packs, seeds=list(range(seeds)), log=lambda line: typer.echo(line, err=True))
     except ValueError as err:
         raise _eval_error("--set", str(err)) from err
-    detectors = _evaluate_detectors(packs, directory)
+    detectors = _evaluate_detectors(packs, directory, write_thresholds)
     result = {"date": datetime.date.today().isoformat(), "hours_per_pack": hours, "health": health, "detectors": detectors}
     sys.stdout.write(json.dumps(result) + "\n")
 
 
-def _evaluate_detectors(packs: Any, directory: Path) -> dict[str, Any]:
-    """The anomaly detectors as production trains them, on the healthy packs and on each
-    set's SOH-90 % pack with every fault."""
-    from models.anomaly import AnomalyDetector, AnomalyParams
+def _evaluate_detectors(packs: Any, directory: Path, thresholds_out: Path | None) -> dict[str, Any]:
+    """The twins' own evidence with thresholds from the other sets' healthy packs, on the
+    healthy packs and on each set's SOH-90 % pack with every fault."""
+    from models.anomaly import PackEvidenceParams
     from models.telemetry_data import build_packs, fault_pack_specs
-    from models.telemetry_eval import evaluate_detectors
-    from models.training import TrainingPlan, normal_windows
+    from models.telemetry_eval import evaluate_detectors, evaluate_fleet
+    from models.training import write_pack_thresholds
 
-    plan = TrainingPlan()
-    typer.echo("training the anomaly detectors as production does", err=True)
-    detector = AnomalyDetector(AnomalyParams()).fit(normal_windows(plan.anomaly_vehicles, plan.anomaly_hours, plan.seed))
     base = [r.spec for r in packs.runs if abs(r.spec.soh - 0.9) < 1e-9]
     faulty = build_packs(fault_pack_specs(base), directory)
-    return evaluate_detectors(packs.runs, faulty, detector)
+    typer.echo(f"replaying {len(packs.runs)} healthy and {len(faulty)} faulty packs through the twins", err=True)
+    result = evaluate_detectors(packs.runs, faulty)
+    if thresholds_out is not None:
+        write_pack_thresholds(thresholds_out, result)
+    # The simulator's own fleet, judged with the thresholds the packs gave (it had no part in them).
+    typer.echo("replaying a simulated fleet through the twins", err=True)
+    result["simulator_fleet"] = evaluate_fleet(PackEvidenceParams(tuple(result["production_thresholds"].items())))
+    return result
 
 
 @models_app.command("eval-simulated")

@@ -127,13 +127,19 @@ class SimSettings(BaseModel):
     radius_km: float = Field(FleetParams.radius_km, gt=0)
     seed: int = FleetParams.seed
     time_scale: float = Field(1.0, gt=0, le=3600, description="Simulated seconds per real second")
-    # A lively demo, not a noisy one: a fresh fleet shows alerts within minutes, then
+    # A lively demo, not a noisy one: a fresh fleet shows alerts once its twins know their
+    # packs (an hour in), then
     # about two new faults a day per 1,000 vehicles (FleetParams' own defaults are 0).
     fault_rate_per_vehicle_day: float = Field(
         0.002, ge=0, le=100, description="Battery faults per vehicle and day (Poisson)"
     )
     initial_faults: int = Field(
-        3, ge=0, le=1_000_000, description="Batteries of a fresh fleet that fail within its first 10 min"
+        3, ge=0, le=1_000_000, description="Batteries of a fresh fleet that fail soon after initial_fault_after_s"
+    )
+    # A twin judges its pack against what it learned from the pack's first hour
+    # (twins/pack_watch.py): a fault from the first minutes would be learned as normal.
+    initial_fault_after_s: float = Field(
+        3600.0, ge=0, le=86_400, description="Initial faults begin within 10 min after this (simulated s)"
     )
 
 

@@ -69,7 +69,7 @@ def fleet_params(sim: SimSettings, **overrides: Any) -> FleetParams:
         "samples_per_message": sim.samples_per_message, "center_lat": sim.center_lat,
         "center_lon": sim.center_lon, "radius_km": sim.radius_km, "seed": sim.seed,
         "fault_rate_per_vehicle_day": sim.fault_rate_per_vehicle_day,
-        "initial_faults": sim.initial_faults,
+        "initial_faults": sim.initial_faults, "initial_fault_after_s": sim.initial_fault_after_s,
     }  # fmt: skip
     values.update(overrides)
     return FleetParams(**values)

@@ -33,6 +33,9 @@ class AnomalyKind(IntFlag):
     BATTERY_CLAIM_CONFLICT = 32
     SEQ_OUT_OF_RANGE = 64
     IMPLAUSIBLE_TELEMETRY = 128
+    # A sensor that disagrees with the others or stopped changing (after the ingest kinds:
+    # bits are stored in checkpoints and jobs, so a new kind takes the next free one).
+    SENSOR_FAULT = 256
 
 
 #: The detector kinds, in bit order (``NONE`` excluded).
@@ -42,6 +45,7 @@ DETECTOR_KINDS: tuple[AnomalyKind, ...] = (
     AnomalyKind.VOLTAGE_SAG,
     AnomalyKind.CELL_IMBALANCE,
     AnomalyKind.SEQUENCE_ERROR,
+    AnomalyKind.SENSOR_FAULT,
 )
 
 #: The kinds a twin raises when it refuses a message; never set in a twin's flags.

@@ -1,15 +1,27 @@
-"""Battery anomaly detection: three detector families combined into one verdict per battery.
+"""Battery anomaly detection: what each pack learned about itself, and three fleet-trained
+detector families, combined into one verdict per battery.
 
-:class:`AnomalyDetector` runs, over the same :class:`~twins.telemetry_windows.TelemetryWindows`,
+:class:`AnomalyDetector` reads :class:`~twins.telemetry_windows.TelemetryWindows`:
 
+* the twins' own evidence (:mod:`twins.pack_watch`: each pack's learned voltage, spread and
+  thermal behaviour) against one threshold per channel (:class:`PackEvidenceParams`), set
+  from a false-alarm budget on healthy packs of chemistries left out
+  (``bms models eval-telemetry``): ``SENSOR_FAULT``, ``CELL_IMBALANCE``,
+  ``VOLTAGE_RESIDUAL``, ``TEMP_RISE``;
 * the voltage regression (:mod:`models.voltage_regression`): ``VOLTAGE_RESIDUAL``;
 * the statistical detectors (:mod:`models.stat_detectors`): ``TEMP_RISE``, ``VOLTAGE_SAG``,
   ``CELL_IMBALANCE``;
 * the LSTM prediction-error detector (:mod:`models.telemetry_lstm`): ``SEQUENCE_ERROR``.
 
-Each sets one bit of :class:`AnomalyKind` in the report's ``flags`` when its score passes its
-own threshold. The combined ``anomaly_score`` is the largest score-to-threshold ratio, so it
-exceeds 1 exactly when some bit is set and reads as "how far past the nearest alarm".
+The three window families learned one fleet (the simulator's) and raised 1,819 false alarms
+per 1,000 healthy pack-hours on packs of other cells; production therefore trains them with
+``window_flags`` off: their scores are still computed and served, and only the packs' own
+evidence raises flags (:func:`models.training.production_anomaly_params`).
+
+Each source sets one bit of :class:`AnomalyKind` in the report's ``flags`` when its score
+passes its threshold. The combined ``anomaly_score`` is the largest score-to-threshold ratio
+among the sources that may flag, so it exceeds 1 exactly when some bit is set and reads as
+"how far past the nearest alarm".
 :func:`anomaly_events` turns a report into one event record per flagged battery and kind,
 the form in which anomalies reach the twin's event stream.
 """
@@ -17,6 +29,7 @@ the form in which anomalies reach the twin's event stream.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
@@ -28,16 +41,20 @@ from contracts.anomaly_kinds import DETECTOR_KINDS, AnomalyKind
 from models.stat_detectors import StatDetectorParams, StatDetectors
 from models.telemetry_lstm import TelemetryLSTM, TelemetryLSTMParams
 from models.voltage_regression import VoltageRegression, VoltageRegressionParams
+from twins.pack_watch import EVIDENCE_NAMES
 from twins.telemetry_windows import TelemetryWindows
 
 __all__ = [
     "DETECTOR_KINDS",
+    "EVIDENCE_KINDS",
     "AnomalyDetector",
     "AnomalyEvent",
     "AnomalyKind",
     "AnomalyParams",
     "AnomalyReport",
+    "PackEvidenceParams",
     "anomaly_events",
+    "evidence_flags",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -47,6 +64,69 @@ BoolArray = npt.NDArray[np.bool_]
 _META_FILE = "anomaly_detector.json"
 _LSTM_DIR = "lstm"
 _FORMAT_VERSION = 1
+
+#: The kind each evidence channel of :mod:`twins.pack_watch` raises.
+EVIDENCE_KINDS: dict[str, AnomalyKind] = {
+    "voltage_consistency": AnomalyKind.SENSOR_FAULT,
+    "cell_spread": AnomalyKind.CELL_IMBALANCE,
+    "ocv_residual": AnomalyKind.VOLTAGE_RESIDUAL,
+    "thermal": AnomalyKind.TEMP_RISE,
+    "temp_stuck": AnomalyKind.SENSOR_FAULT,
+}
+_EVIDENCE_DETAIL = {
+    "voltage_consistency": "pack voltage {x:.0f} times its usual distance from its cells' mean x series count",
+    "cell_spread": "cell spread {x:.0f} times its usual distance from this pack's learned spread at this current",
+    "ocv_residual": "pack voltage {x:.0f} times its usual distance from this pack's learned open-circuit curve",
+    "thermal": "heating {x:.0f} times faster than this pack's learned thermal model explains",
+    "temp_stuck": "temperature reading unchanged {x:.1f} times longer than this pack ever showed",
+}
+
+
+@dataclass(frozen=True)
+class PackEvidenceParams:
+    """Thresholds on the twins' own evidence (:func:`twins.pack_watch.evidence`), one per
+    channel, in multiples of the pack's usual residual. Evidence above its threshold flags the
+    channel's kind (:data:`EVIDENCE_KINDS`).
+
+    The defaults are the shipped calibration (``models/data/pack_watch_thresholds.json``,
+    written by ``bms models eval-telemetry``): the largest evidence any healthy pack showed,
+    times a margin; a channel missing from a mapping never flags.
+    """
+
+    thresholds: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        for name, value in self.thresholds:
+            if name not in EVIDENCE_KINDS:
+                raise ValueError(f"Expected evidence channels among {list(EVIDENCE_NAMES)}, got {name!r}.")
+            if not value > 0:
+                raise ValueError(f"Expected a positive threshold for {name!r}, got {value}.")
+
+    def threshold(self, name: str) -> float:
+        """The channel's threshold (infinite: it never flags)."""
+        return dict(self.thresholds).get(name, float("inf"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"thresholds": dict(self.thresholds)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PackEvidenceParams:
+        unknown = set(data) - {"thresholds"}
+        if unknown:
+            raise ValueError(f"Expected the key thresholds in the pack section, got unknown {sorted(unknown)}.")
+        return cls(tuple((str(k), float(v)) for k, v in dict(data.get("thresholds", {})).items()))
+
+
+def evidence_flags(evidence: FloatArray, params: PackEvidenceParams) -> tuple[IntArray, FloatArray]:
+    """Flags and largest evidence-to-threshold ratio of ``(n, len(EVIDENCE_NAMES))`` evidence
+    (NaN, a twin still learning its pack, never flags)."""
+    flags = np.zeros(evidence.shape[0], dtype=np.int64)
+    ratio = np.zeros(evidence.shape[0])
+    for c, name in enumerate(EVIDENCE_NAMES):
+        r = evidence[:, c] / params.threshold(name)
+        flags |= np.where(r > 1.0, int(EVIDENCE_KINDS[name]), 0)
+        ratio = np.maximum(ratio, np.where(np.isfinite(r), r, 0.0))
+    return flags, ratio
 
 
 @dataclass(frozen=True)
@@ -59,12 +139,19 @@ class AnomalyParams:
         The three families' parameters (their thresholds included).
     use_lstm
         Without the LSTM, ``SEQUENCE_ERROR`` is never set and fitting needs no torch time.
+    pack
+        Thresholds on the twins' own evidence.
+    window_flags
+        Whether the window families (regression, statistics, LSTM) may raise flags; off,
+        they only score.
     """
 
     regression: VoltageRegressionParams = field(default_factory=VoltageRegressionParams)
     stats: StatDetectorParams = field(default_factory=StatDetectorParams)
     lstm: TelemetryLSTMParams = field(default_factory=TelemetryLSTMParams)
     use_lstm: bool = True
+    pack: PackEvidenceParams = field(default_factory=PackEvidenceParams)
+    window_flags: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready sections."""
@@ -73,21 +160,26 @@ class AnomalyParams:
             "stats": self.stats.to_dict(),
             "lstm": self.lstm.to_dict(),
             "use_lstm": self.use_lstm,
+            "pack": self.pack.to_dict(),
+            "window_flags": self.window_flags,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AnomalyParams:
         """Sections from :meth:`to_dict` (or a config file); a missing section is default."""
-        unknown = set(data) - {"regression", "stats", "lstm", "use_lstm"}
+        unknown = set(data) - {"regression", "stats", "lstm", "use_lstm", "pack", "window_flags"}
         if unknown:
             raise ValueError(
-                f"Expected sections regression, stats, lstm, use_lstm; got unknown {sorted(unknown)}."
+                f"Expected sections regression, stats, lstm, use_lstm, pack, window_flags; got unknown {sorted(unknown)}."
             )
         return cls(
             regression=VoltageRegressionParams.from_dict(data.get("regression", {})),
             stats=StatDetectorParams.from_dict(data.get("stats", {})),
             lstm=TelemetryLSTMParams.from_dict(data.get("lstm", {})),
             use_lstm=bool(data.get("use_lstm", True)),
+            # An artifact from before the twins learned their packs: its windows flagged.
+            pack=PackEvidenceParams.from_dict(data.get("pack", {})),
+            window_flags=bool(data.get("window_flags", True)),
         )
 
     def threshold(self, kind: AnomalyKind) -> float:
@@ -98,6 +190,7 @@ class AnomalyParams:
             AnomalyKind.VOLTAGE_SAG: self.stats.sag_z_threshold,
             AnomalyKind.CELL_IMBALANCE: self.stats.imbalance_z_threshold,
             AnomalyKind.SEQUENCE_ERROR: self.lstm.z_threshold,
+            AnomalyKind.SENSOR_FAULT: math.inf,  # raised by the packs' evidence only
         }
         try:
             return thresholds[kind]
@@ -131,6 +224,9 @@ class AnomalyReport:
         Length of the scored recent part (for the event texts).
     thresholds
         Each detector's threshold, keyed by kind.
+    evidence, evidence_thresholds
+        Each evidence channel's value (NaN: no evidence) and threshold, keyed by channel
+        (:data:`twins.pack_watch.EVIDENCE_NAMES`); empty for windows without evidence.
     """
 
     battery_ids: tuple[str, ...]
@@ -141,6 +237,8 @@ class AnomalyReport:
     details: dict[str, FloatArray]
     recent_samples: int
     thresholds: dict[AnomalyKind, float]
+    evidence: dict[str, FloatArray] = field(default_factory=dict)
+    evidence_thresholds: dict[str, float] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -213,14 +311,23 @@ class AnomalyDetector:
             AnomalyKind.VOLTAGE_SAG: stat.voltage_sag.score,
             AnomalyKind.CELL_IMBALANCE: stat.cell_imbalance.score,
             AnomalyKind.SEQUENCE_ERROR: seq,
+            AnomalyKind.SENSOR_FAULT: np.zeros(windows.n),
         }
         thresholds = {kind: self.params.threshold(kind) for kind in DETECTOR_KINDS}
         flags = np.zeros(windows.n, dtype=np.int64)
         ratio = np.zeros(windows.n)
-        for kind in DETECTOR_KINDS:
-            r = scores[kind] / thresholds[kind]
-            flags |= np.where(r > 1.0, int(kind), 0)
-            ratio = np.maximum(ratio, r)
+        if self.params.window_flags:
+            for kind in DETECTOR_KINDS:
+                r = scores[kind] / thresholds[kind]
+                flags |= np.where(r > 1.0, int(kind), 0)
+                ratio = np.maximum(ratio, r)
+        evidence: dict[str, FloatArray] = {}
+        evidence_thresholds = {name: self.params.pack.threshold(name) for name in EVIDENCE_NAMES}
+        if windows.evidence is not None:
+            evidence = {name: windows.evidence[:, c] for c, name in enumerate(EVIDENCE_NAMES)}
+            e_flags, e_ratio = evidence_flags(windows.evidence, self.params.pack)
+            flags |= e_flags
+            ratio = np.maximum(ratio, e_ratio)
         evaluable = (
             reg.evaluable
             | stat.temp_rise.evaluable
@@ -245,6 +352,8 @@ class AnomalyDetector:
             details=details,
             recent_samples=self.params.regression.recent_samples,
             thresholds=thresholds,
+            evidence=evidence,
+            evidence_thresholds=evidence_thresholds if evidence else {},
         )
 
     # ------------------------------------------------------------------ persistence
@@ -284,6 +393,14 @@ class AnomalyDetector:
 
 
 def _detail(report: AnomalyReport, kind: AnomalyKind, row: int) -> str:
+    own = [
+        (name, float(e[row]) / report.evidence_thresholds[name]) for name, e in report.evidence.items()
+        if EVIDENCE_KINDS[name] is kind and float(e[row]) > report.evidence_thresholds[name]
+    ]  # fmt: skip
+    if own:
+        name, r = max(own, key=lambda x: x[1])
+        x = float(report.evidence[name][row])
+        return f"{_EVIDENCE_DETAIL[name].format(x=x)} ({r:.1f} x its threshold, learned from this pack's own history)"
     d = {name: float(values[row]) for name, values in report.details.items()}
     z, threshold = float(report.scores[kind][row]), report.thresholds[kind]
     tail = f"(z {z:.1f}, threshold {threshold:g})"
@@ -311,6 +428,16 @@ def _detail(report: AnomalyReport, kind: AnomalyKind, row: int) -> str:
     return f"next samples far from the sequence model's prediction {tail}"
 
 
+def _event_score(report: AnomalyReport, kind: AnomalyKind, row: int) -> float:
+    """The flag's score: the strongest evidence of its kind (in multiples of the pack's usual
+    residual) where the pack's own evidence raised it, else the window detector's z."""
+    own = [
+        float(e[row]) for name, e in report.evidence.items()
+        if EVIDENCE_KINDS[name] is kind and float(e[row]) > report.evidence_thresholds[name]
+    ]  # fmt: skip
+    return max(own) if own else float(report.scores[kind][row])
+
+
 def anomaly_events(report: AnomalyReport) -> list[AnomalyEvent]:
     """One event per flagged (battery, kind), most anomalous battery first.
 
@@ -330,7 +457,7 @@ def anomaly_events(report: AnomalyReport) -> list[AnomalyEvent]:
                     AnomalyEvent(
                         battery_id=report.battery_ids[row],
                         kind=str(kind.name).lower(),
-                        score=round(float(report.scores[kind][row]), 2),
+                        score=round(_event_score(report, kind, row), 2),
                         detail=_detail(report, kind, row),
                     )
                 )

@@ -44,12 +44,15 @@ class Predictor:
         Names of the request arrays ``predict`` needs.
     drift_input
         The request array whose columns are watched for drift (None: not watched).
+    optional_inputs
+        Request arrays ``predict`` reads where a caller sends them.
     """
 
     load: Callable[[Path], Any]
     predict: Callable[[Any, Mapping[str, npt.NDArray[Any]]], Arrays]
     inputs: tuple[str, ...]
     drift_input: str | None = None
+    optional_inputs: tuple[str, ...] = ()
 
 
 def _health(model: HealthXGB, req: Mapping[str, npt.NDArray[Any]]) -> Arrays:
@@ -86,6 +89,8 @@ def _anomaly(model: AnomalyDetector, req: Mapping[str, npt.NDArray[Any]]) -> Arr
         ts_s=np.asarray(req["ts_s"], dtype=np.float64),
         lengths=lengths,
         battery_ids=tuple(str(k) for k in range(lengths.shape[0])),
+        # A caller from before the twins learned their packs sends no evidence.
+        evidence=np.asarray(req["evidence"], dtype=np.float64) if "evidence" in req else None,
     )
     report = model.score(windows)
     out: Arrays = {"flags": report.flags, "anomaly_score": report.anomaly_score}
@@ -131,7 +136,7 @@ PREDICTORS: dict[str, Predictor] = {
     "health": Predictor(HealthXGB.load, _health, ("features",), drift_input="features"),
     "priority": Predictor(PriorityRF.load, _priority, ("features",), drift_input="features"),
     "degradation": Predictor(DegradationLSTM.load, _degradation, ("x", "h", "c", "soh", "cycle")),
-    "anomaly": Predictor(AnomalyDetector.load, _anomaly, ("values", "ts_s", "lengths")),
+    "anomaly": Predictor(AnomalyDetector.load, _anomaly, ("values", "ts_s", "lengths"), optional_inputs=("evidence",)),
     "demand": Predictor(
         DemandLSTM.load,
         _demand,

@@ -109,7 +109,8 @@ class ServedModel:
                 f"missing {missing}."
             )
         n = len(ids)
-        for k in self.predictor.inputs:
+        names = (*self.predictor.inputs, *(k for k in self.predictor.optional_inputs if k in request))
+        for k in names:
             if request[k].shape[0] != n:
                 raise ValueError(
                     f"Expected {n} rows in {k!r} (one per id), got shape {request[k].shape}."
@@ -118,7 +119,7 @@ class ServedModel:
         out: Arrays = {}
         for v in np.unique(versions).tolist():
             rows = np.flatnonzero(versions == v)
-            part = {k: request[k][rows] for k in self.predictor.inputs}
+            part = {k: request[k][rows] for k in names}
             res = self.predictor.predict(models[int(v)], part)
             for key, arr in res.items():
                 if key not in out:

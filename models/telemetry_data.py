@@ -143,11 +143,16 @@ def _run(spec: PackSpec, cache_dir: Path) -> PackRun:
         return pack_run(_other_mode(spec), cache_dir)
 
 
-def pack_batch(run: PackRun, battery_id: str = "pack", vehicle_id: str = "vehicle") -> TelemetryBatch:
-    """The pack's telemetry as the bridge hands it to a shard: messages of 30 samples, with
-    sequence numbers, at one place."""
+def pack_batch(
+    run: PackRun, battery_id: str = "pack", vehicle_id: str = "vehicle", samples_per_message: int = _SAMPLES_PER_MESSAGE
+) -> TelemetryBatch:
+    """The pack's telemetry as the bridge hands it to a shard: messages of
+    ``samples_per_message`` samples (30: 5 minutes at 10 s), with sequence numbers, at one
+    place."""
+    if samples_per_message < 1:
+        raise ValueError(f"Expected samples_per_message >= 1, got {samples_per_message}.")
     n = run.ts.size
-    starts = np.arange(0, n, _SAMPLES_PER_MESSAGE)
+    starts = np.arange(0, n, samples_per_message)
     offsets = np.append(starts, n).astype(np.int64)
     zeros = np.zeros(n)
     # Moving while it draws current, and through a regenerative pulse between two such

@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from contracts.errors import ArtifactError
 from contracts.model_registry import ModelVersion
-from models.anomaly import AnomalyDetector, AnomalyParams
+from models.anomaly import AnomalyDetector, AnomalyParams, PackEvidenceParams
 from models.cell_data import CellHistory, load_cell_datasets, load_cell_histories
 from models.degradation_lstm import DegradationParams
 from models.degradation_lstm import train as train_degradation
@@ -147,6 +147,34 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
 #: cells), shipped so every training, `make run`'s included, chooses the health correction's
 #: weight on cells it was not trained on without solving a pack.
 SHIPPED_HEALTH_ROWS = Path(__file__).parent / "data" / "electrochem_health_rows.json"
+#: The anomaly model's thresholds on the twins' own evidence, calibrated on the healthy
+#: electrochemical packs of every parameter set (``bms models eval-telemetry
+#: --write-thresholds``).
+SHIPPED_PACK_THRESHOLDS = Path(__file__).parent / "data" / "pack_watch_thresholds.json"
+
+
+def write_pack_thresholds(path: Path, detectors: dict[str, Any]) -> None:
+    """The production thresholds of an ``evaluate_detectors`` result as a small JSON file."""
+    doc = {
+        "built_with": "bms models eval-telemetry --write-thresholds",
+        "budget_per_1000_h": detectors["budget_per_1000_h"],
+        "margin": detectors["margin"],
+        "thresholds": detectors["production_thresholds"],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def production_anomaly_params(path: Path = SHIPPED_PACK_THRESHOLDS) -> AnomalyParams:
+    """The anomaly model as production trains it: flags from the twins' own evidence against
+    the shipped thresholds; the window detectors score but never flag (on packs of other
+    cells they raised 1,819 false alarms per 1,000 healthy pack-hours)."""
+    try:
+        doc = json.loads(path.read_text())
+        pack = PackEvidenceParams.from_dict({"thresholds": doc["thresholds"]})
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"Expected the anomaly thresholds as JSON with a 'thresholds' mapping in {path}: {err}") from err
+    return AnomalyParams(pack=pack, window_flags=False)
 
 
 def health_rows(path: Path) -> ForeignRows:
@@ -327,7 +355,7 @@ def normal_windows(vehicles: int, hours: float, seed: int, window_samples: int =
 def _train_anomaly(plan: TrainingPlan, out: Path) -> TrainedModel:
     started = time.perf_counter()
     windows = normal_windows(plan.anomaly_vehicles, plan.anomaly_hours, plan.seed)
-    detector = AnomalyDetector(AnomalyParams()).fit(windows)
+    detector = AnomalyDetector(production_anomaly_params()).fit(windows)
     detector.save(out)
     report = detector.score(windows)
     metrics = {

@@ -37,7 +37,7 @@ from contracts.work_orders import OPEN_STATES, WorkOrder, WorkOrderKind, WorkOrd
 __all__ = ["JobQueue", "JobRules", "QueuedJob", "Severity"]
 
 _CRITICAL_FLAGS = int(AnomalyKind.TEMP_RISE | AnomalyKind.VOLTAGE_SAG | AnomalyKind.CELL_IMBALANCE)
-_SOFT_FLAGS = int(AnomalyKind.VOLTAGE_RESIDUAL | AnomalyKind.SEQUENCE_ERROR)
+_SOFT_FLAGS = int(AnomalyKind.VOLTAGE_RESIDUAL | AnomalyKind.SEQUENCE_ERROR | AnomalyKind.SENSOR_FAULT)
 
 
 def _finite(x: float) -> float | None:

@@ -32,7 +32,8 @@ from contracts.candidates import Candidate
 __all__ = ["SOFT_ANOMALIES", "PriorityModelPolicy", "SwapPolicy", "ThresholdPolicy"]
 
 #: Flags that make an inspection job (the job queue's soft anomalies).
-SOFT_ANOMALIES = int(AnomalyKind.VOLTAGE_RESIDUAL | AnomalyKind.SEQUENCE_ERROR)
+# A sensor fault needs a technician to look, not a fresh battery.
+SOFT_ANOMALIES = int(AnomalyKind.VOLTAGE_RESIDUAL | AnomalyKind.SEQUENCE_ERROR | AnomalyKind.SENSOR_FAULT)
 
 
 def _soft_off(c: Candidate, keep: bool) -> Candidate:

@@ -193,7 +193,7 @@ class FleetSimulator:
         k = min(p.initial_faults, n)
         if k:
             vehicles = rng.choice(n, size=k, replace=False).tolist()
-            onsets_s = rng.uniform(0.0, p.initial_fault_window_s, k).tolist()
+            onsets_s = (p.initial_fault_after_s + rng.uniform(0.0, p.initial_fault_window_s, k)).tolist()
             for j, (v, onset_s) in enumerate(zip(vehicles, onsets_s, strict=True)):
                 kind = p.fault_kinds[j % len(p.fault_kinds)]  # the kinds in turn
                 self._set_fault(int(self._battery_of[v]), kind, onset_s)

@@ -18,8 +18,8 @@ __all__ = ["FAULT_FIELDS", "FleetParams"]
 #: The fields that shape what goes wrong from now on, not the state a fleet is in: a saved
 #: fleet may resume under other values (:func:`sim.fleet_snapshot.params_differences`).
 FAULT_FIELDS = frozenset(
-    {"fault_rate_per_vehicle_day", "initial_faults", "initial_fault_window_s", "fault_kinds",
-     "fault_response_s"}
+    {"fault_rate_per_vehicle_day", "initial_faults", "initial_fault_after_s", "initial_fault_window_s",
+     "fault_kinds", "fault_response_s"}
 )  # fmt: skip
 
 _PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,50}$")
@@ -95,9 +95,10 @@ class FleetParams:
         this rate per vehicle and day; 0.002 gives a fleet of 1,000 about two a day.
     initial_faults
         This many batteries of a fresh fleet (at most one per vehicle) develop a fault,
-        with onsets spread uniformly over its first ``initial_fault_window_s``: a new demo
-        shows alerts within minutes. A restored fleet keeps the faults it had instead.
-    initial_fault_window_s
+        with onsets spread uniformly over ``initial_fault_window_s`` from
+        ``initial_fault_after_s`` on: a new demo shows alerts soon after its twins have
+        learned their packs. A restored fleet keeps the faults it had instead.
+    initial_fault_after_s, initial_fault_window_s
         See ``initial_faults``.
     fault_kinds
         The kinds drawn (uniformly) for the Poisson faults, and taken in turn by the
@@ -147,6 +148,7 @@ class FleetParams:
     battery_id_prefix: str = "b-"
     fault_rate_per_vehicle_day: float = 0.0
     initial_faults: int = 0
+    initial_fault_after_s: float = 0.0
     initial_fault_window_s: float = 600.0
     fault_kinds: tuple[FaultKind, ...] = (FaultKind.THERMAL_RUNAWAY, FaultKind.WEAK_CELL)
     fault_response_s: float = 3600.0
@@ -239,6 +241,8 @@ class FleetParams:
             )
         if not 0 <= self.initial_faults <= 1_000_000:
             raise ValueError(f"Expected initial_faults in [0, 1000000], got {self.initial_faults}.")
+        if not 0.0 <= self.initial_fault_after_s <= 86_400.0:
+            raise ValueError(f"Expected initial_fault_after_s in [0, 86400], got {self.initial_fault_after_s}.")
         if not 0.0 < self.initial_fault_window_s <= 86_400.0:
             raise ValueError(
                 f"Expected initial_fault_window_s in (0, 86400], got {self.initial_fault_window_s}."

@@ -305,7 +305,11 @@ class TwinScorer:
         self, t: TwinTable, slots: npt.NDArray[np.int64], ids: list[str], now: float, report: ScoreReport
     ) -> int:
         w = windows_from_table(t, slots)
-        out = await self._call(report, "anomaly", ids, {"values": w.values, "ts_s": w.ts_s, "lengths": w.lengths})
+        assert w.evidence is not None  # windows_from_table always reads the twins' evidence
+        request: dict[str, npt.NDArray[Any]] = {
+            "values": w.values, "ts_s": w.ts_s, "lengths": w.lengths, "evidence": w.evidence,
+        }  # fmt: skip
+        out = await self._call(report, "anomaly", ids, request)
         flags = out["flags"].astype(np.int64)
         new = flags & ~t.anomaly_flags[slots]
         for k in np.flatnonzero(new).tolist():

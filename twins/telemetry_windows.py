@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from contracts.samples import WINDOW_FIELDS
+from twins.pack_watch import EVIDENCE_NAMES, evidence
 from twins.twin_table import TwinTable
 
 __all__ = [
@@ -60,12 +61,17 @@ class TelemetryWindows:
         positions of its row).
     battery_ids
         One id per row.
+    evidence
+        ``(n, len(EVIDENCE_NAMES))`` what each twin learned about its own pack says about
+        its newest samples (:func:`twins.pack_watch.evidence`; NaN while it warms up), or
+        None where the windows come from plain sample columns (training, offline scoring).
     """
 
     values: Float32Array
     ts_s: FloatArray
     lengths: IntArray
     battery_ids: tuple[str, ...]
+    evidence: FloatArray | None = None
 
     def __post_init__(self) -> None:
         if self.values.ndim != 3 or self.values.shape[2] != len(WINDOW_FIELDS):
@@ -80,6 +86,10 @@ class TelemetryWindows:
             )
         if len(self.battery_ids) != n:
             raise ValueError(f"Expected {n} battery_ids, got {len(self.battery_ids)}.")
+        if self.evidence is not None and self.evidence.shape != (n, len(EVIDENCE_NAMES)):
+            raise ValueError(
+                f"Expected evidence of shape {(n, len(EVIDENCE_NAMES))}, got {self.evidence.shape}."
+            )
         if n and not (0 <= int(self.lengths.min()) and int(self.lengths.max()) <= w):
             raise ValueError(
                 f"Expected lengths in [0, {w}], got {self.lengths.min()}..{self.lengths.max()}."
@@ -144,6 +154,7 @@ class TelemetryWindows:
             ts_s=self.ts_s[idx],
             lengths=self.lengths[idx],
             battery_ids=tuple(self.battery_ids[i] for i in idx.tolist()),
+            evidence=None if self.evidence is None else self.evidence[idx],
         )
 
     @staticmethod
@@ -154,11 +165,14 @@ class TelemetryWindows:
         widths = {p.window_samples for p in parts}
         if len(widths) != 1:
             raise ValueError(f"Expected windows of one length W, got lengths {sorted(widths)}.")
+        with_evidence = [p.evidence is not None for p in parts]
         return TelemetryWindows(
             values=np.concatenate([p.values for p in parts]),
             ts_s=np.concatenate([p.ts_s for p in parts]),
             lengths=np.concatenate([p.lengths for p in parts]),
             battery_ids=tuple(b for p in parts for b in p.battery_ids),
+            # Evidence only where every part has it: a row without would read as "calm".
+            evidence=np.concatenate([p.evidence for p in parts if p.evidence is not None]) if all(with_evidence) else None,
         )
 
 
@@ -200,6 +214,7 @@ def windows_from_table(table: TwinTable, slots: npt.ArrayLike) -> TelemetryWindo
         ts_s=ts_s,
         lengths=lengths,
         battery_ids=tuple(table.ids[s] for s in slot_arr.tolist()),
+        evidence=evidence(table.pack_watch[slot_arr], table.params.pack_watch),
     )
 
 

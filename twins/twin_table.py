@@ -20,7 +20,9 @@ import numpy.typing as npt
 
 from contracts.samples import SAMPLE_FIELDS, WINDOW_FIELDS, TelemetryBatch
 from contracts.telemetry import RejectedMessage, RejectReason
+from twins import pack_watch
 from twins.clock import Clock, WallClock
+from twins.pack_watch import PackWatchParams
 from twins.plausibility import (
     Sample,
     SampleColumns,
@@ -95,6 +97,8 @@ class TwinTableParams:
         SoC may rise between two samples by at most ``soc_jump_slack_pct`` plus
         ``max_soc_rise_pct_per_s`` per second (0.1 %/s is a full charge in about 17
         minutes, faster than any scooter charger); more is ``implausible_telemetry``.
+    pack_watch
+        How each twin learns what its pack normally looks like (:mod:`twins.pack_watch`).
     max_speed_mps
         Two positions of one battery further apart than this speed allows are
         ``implausible_telemetry`` (50 m/s: no scooter, nor a van carrying the pack).
@@ -119,6 +123,7 @@ class TwinTableParams:
     max_soc_rise_pct_per_s: float = 0.1
     soc_jump_slack_pct: float = 5.0
     max_speed_mps: float = 50.0
+    pack_watch: PackWatchParams = field(default_factory=PackWatchParams)
 
     def __post_init__(self) -> None:
         if self.window_samples < 1:
@@ -170,6 +175,9 @@ class ApplyResult:
         """Samples taken into the twin's history (applied live, or late)."""
         return self.applied_samples + self.late_samples
 
+
+# Every per-twin array the table grows and checkpoints: the 2-D ones, then _SCALARS.
+_ARRAYS_2D = ("window", "window_ts", "head", "count", "dod_hist", "lstm_h", "lstm_c", "pack_watch")
 
 # Array attributes of the table, with dtype and per-slot fill value. The checkpoint
 # writes exactly these, so adding state means adding a row here.
@@ -239,6 +247,7 @@ _SCALARS: dict[str, tuple[type, float]] = {
     "priority": (np.float64, math.nan),
     "hours_to_empty": (np.float64, math.nan),
 }
+_ARRAYS = (*_ARRAYS_2D, *_SCALARS)
 
 
 class TwinTable:
@@ -343,6 +352,8 @@ class TwinTable:
         self.dod_hist = np.zeros((cap, _N_DOD_BINS), dtype=np.int64)
         self.lstm_h = np.zeros((cap, h), dtype=np.float32)
         self.lstm_c = np.zeros((cap, h), dtype=np.float32)
+        # What each pack normally looks like, learned online (twins/pack_watch.py).
+        self.pack_watch = pack_watch.new_state(cap)
         for name, (dtype, fill) in _SCALARS.items():
             setattr(self, name, np.full(cap, fill, dtype=dtype))
 
@@ -359,12 +370,14 @@ class TwinTable:
         if need <= cap:
             return
         new_cap = max(need, cap * 2)
-        for name in ("window", "window_ts", "head", "count", "dod_hist", "lstm_h", "lstm_c", *_SCALARS):
+        for name in _ARRAYS:
             old = getattr(self, name)
             fill = _SCALARS[name][1] if name in _SCALARS else (np.nan if old.dtype.kind == "f" else 0)
             new = np.full((new_cap, *old.shape[1:]), fill, dtype=old.dtype)
             if name in ("lstm_h", "lstm_c"):
                 new[:] = 0
+            if name == "pack_watch":
+                new = pack_watch.new_state(new_cap)
             new[:cap] = old
             setattr(self, name, new)
 
@@ -806,6 +819,9 @@ class TwinTable:
         self.last_lon[gslots] = v["lon"][lastidx]
         self.charging[gslots] = chg[lastidx]
         self.updated_at_s[gslots] = self.clock.now_s()
+        pack_watch.apply_samples(
+            self.pack_watch, slots, starts, {**v, "ts": ts}, p.pack_watch
+        )
         res.applied_samples += n
 
     def _segments_scalar(
@@ -903,7 +919,7 @@ class TwinTable:
         n = len(self.ids)
         arrays: dict[str, npt.NDArray[np.generic]] = {
             name: getattr(self, name)[:n]
-            for name in ("window", "window_ts", "head", "count", "dod_hist", "lstm_h", "lstm_c", *_SCALARS)
+            for name in _ARRAYS
         }
         arrays["ids"] = np.array(self.ids, dtype=object)
         arrays["vehicle_ids"] = np.array(["" if x is None else x for x in self.vehicle_ids], dtype=object)
@@ -937,7 +953,7 @@ class TwinTable:
                 f"configured lstm_hidden_size {params.lstm_hidden_size}."
             )
         n = len(ids)
-        for name in ("window", "window_ts", "head", "count", "dod_hist", "lstm_h", "lstm_c", *_SCALARS):
+        for name in _ARRAYS:
             # Skipping a missing column is what lets an older checkpoint load: the new
             # state starts from its default, as for a twin seen for the first time.
             if name in data:

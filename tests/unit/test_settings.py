@@ -78,6 +78,7 @@ seed = 11
 time_scale = 60.0
 fault_rate_per_vehicle_day = 0.01
 initial_faults = 0
+initial_fault_after_s = 600.0
 """
 
 
@@ -135,7 +136,7 @@ def test_full_config_sets_every_section(tmp_path: Path) -> None:
     assert s.sim == SimSettings(
         vehicles=50, report_interval_s=2.0, samples_per_message=10, center_lat=48.1,
         center_lon=11.6, radius_km=3.0, seed=11, time_scale=60.0,
-        fault_rate_per_vehicle_day=0.01, initial_faults=0,
+        fault_rate_per_vehicle_day=0.01, initial_faults=0, initial_fault_after_s=600.0,
     )  # fmt: skip
     assert s.alerts.series_cells == 10 and s.alerts.webhook_allow_cidrs == ["10.0.0.0/8"]
     # Every field of every section differs from its default, so nothing was silently dropped.

@@ -14,7 +14,9 @@ _URLS = ServiceUrls("postgresql://127.0.0.1/x", "redis://127.0.0.1:6379/0", "mqt
 def test_fleet_from_default_settings() -> None:
     """An empty [sim] section gives the default fleet, with the demo's faults switched on
     (FleetParams' own defaults have none)."""
-    assert fleet_params(SimSettings()) == FleetParams(initial_faults=3, fault_rate_per_vehicle_day=0.002)
+    assert fleet_params(SimSettings()) == FleetParams(
+        initial_faults=3, initial_fault_after_s=3600.0, fault_rate_per_vehicle_day=0.002
+    )
 
 
 def test_fleet_from_full_settings_and_overrides() -> None:

@@ -245,3 +245,51 @@ def test_params_from_full_empty_and_bad_dicts() -> None:
                 (),
             )
         )
+
+
+def test_the_packs_own_evidence_flags_against_its_thresholds_and_says_why(
+    detector: AnomalyDetector, judged: Judged, tmp_path: Path
+) -> None:
+    """With thresholds on the twins' evidence and the window families silenced (production),
+    flags come from the evidence alone: each channel its kind, NaN (still learning) never;
+    the event names the channel; the section survives save and load."""
+    from dataclasses import replace
+
+    from models.anomaly import PackEvidenceParams
+    from twins.pack_watch import EVIDENCE_NAMES
+
+    pack = PackEvidenceParams((("voltage_consistency", 3.0), ("cell_spread", 2.0), ("temp_stuck", 2.0)))
+    det = AnomalyDetector(replace(detector.params, pack=pack, window_flags=False))
+    det.regression, det.stats, det.lstm, det.fitted = detector.regression, detector.stats, detector.lstm, True
+    w = judged.windows.take(np.arange(4))
+    ev = np.full((4, len(EVIDENCE_NAMES)), np.nan)
+    ev[0] = 0.5  # calm
+    ev[1, 0] = 10.0  # pack voltage off its cells: a sensor
+    ev[2, 1], ev[2, 4] = 2.5, 2.5  # a group leaving the others; a stuck reading
+    ev[3, 2] = 1e9  # a channel without a threshold never flags
+    rep = det.score(TelemetryWindows(w.values, w.ts_s, w.lengths, w.battery_ids, evidence=ev))
+    assert rep.flags.tolist() == [
+        0, int(AnomalyKind.SENSOR_FAULT), int(AnomalyKind.CELL_IMBALANCE | AnomalyKind.SENSOR_FAULT), 0,
+    ]  # fmt: skip
+    assert rep.anomaly_score[1] == pytest.approx(10.0 / 3.0) and rep.anomaly_score[0] < 1.0
+    events = anomaly_events(rep)
+    sensor = next(e for e in events if e["battery_id"] == w.battery_ids[1])
+    assert sensor["kind"] == "sensor_fault" and sensor["score"] == 10.0
+    assert "its cells' mean" in sensor["detail"] and "3.3 x its threshold" in sensor["detail"]
+    # Without evidence (offline windows) and with window flags off: nothing flags at all.
+    assert not det.score(w).flags.any()
+    det.save(tmp_path / "pack")
+    assert AnomalyDetector.load(tmp_path / "pack").params == det.params
+    with pytest.raises(ValueError, match="Expected evidence channels among"):
+        PackEvidenceParams((("voltage", 1.0),))
+
+
+def test_production_params_read_the_shipped_thresholds(tmp_path: Path) -> None:
+    from models.training import SHIPPED_PACK_THRESHOLDS, production_anomaly_params
+
+    params = production_anomaly_params()
+    assert not params.window_flags and params.pack.thresholds
+    assert params.pack.to_dict()["thresholds"] == __import__("json").loads(SHIPPED_PACK_THRESHOLDS.read_text())["thresholds"]
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="Expected the anomaly thresholds as JSON"):
+        production_anomaly_params(tmp_path / "bad.json")

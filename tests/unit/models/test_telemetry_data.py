@@ -100,40 +100,51 @@ def test_a_pack_is_the_same_whichever_sets_are_asked_for_with_it() -> None:
     assert alone[0] == among[-1]
 
 
-class HotScorer:
-    """Flags TEMP_RISE while the window's newest temperature is above 38 C; or always."""
+def test_thresholds_allow_the_budget_of_packs_past_them_times_the_margin() -> None:
+    """Ten healthy 100-hour packs (1,000 pack-hours): a budget of 1 per 1,000 h lets one pack
+    past, so the threshold is the second-largest peak times the margin; a channel no pack
+    ever spoke on gets none (it never flags)."""
+    from types import SimpleNamespace
 
-    def __init__(self, always: bool = False) -> None:
-        self.always = always
+    from models.telemetry_eval import DetectorEvalParams, EvidenceTrace, calibrate_thresholds
+    from twins.pack_watch import EVIDENCE_NAMES
 
-    def score(self, windows: object) -> object:
-        from types import SimpleNamespace
-
-        from contracts.anomaly_kinds import AnomalyKind
-        from twins.telemetry_windows import FIELD_INDEX
-
-        last = windows.values[:, -1, FIELD_INDEX["temp_c"]]  # type: ignore[attr-defined]
-        hot = np.ones_like(last, dtype=bool) if self.always else last > 38.0
-        return SimpleNamespace(flags=np.where(hot, int(AnomalyKind.TEMP_RISE), 0).astype(np.int64))
+    runs, traces = [], []
+    for k in range(10):
+        t = np.arange(1.0, 361.0) * 1000.0
+        ev = np.full((t.size, len(EVIDENCE_NAMES)), np.nan)
+        ev[:, 0] = 1.0 + k  # peaks 1..10
+        ev[:, 1] = 0.5
+        runs.append(SimpleNamespace(ts=t, fault_onset_s=float("nan")))
+        traces.append(EvidenceTrace(t, ev))
+    th = dict(calibrate_thresholds(runs, traces, DetectorEvalParams(budget_per_1000_h=1.0, margin=1.5)).thresholds)  # type: ignore[arg-type]
+    assert th == {"voltage_consistency": 13.5, "cell_spread": 1.5}  # 1.5 x 9; 1.5 x max(0.5, 1)
+    strict = dict(calibrate_thresholds(runs, traces, DetectorEvalParams(budget_per_1000_h=0.1, margin=2.0)).thresholds)  # type: ignore[arg-type]
+    assert strict["voltage_consistency"] == 20.0
 
 
 def test_detectors_are_judged_by_false_alarms_and_by_recall_and_delay_per_fault(tmp_path: Path) -> None:
+    """A real pack and the same pack heating from within: the twin, warmed up on its first
+    10 minutes, finds the excursion within minutes and is silent on the healthy pack."""
     from dataclasses import replace
 
-    from models.telemetry_eval import evaluate_detectors
+    from models.telemetry_eval import DetectorEvalParams, evaluate_detectors
     from sim.electrochem import PackFault
+    from twins.pack_watch import PackWatchParams
 
     healthy = pack_run(PackSpec(soh=0.9, hours=0.75, seed=3), tmp_path)
-    hot = pack_run(replace(healthy.spec, fault=PackFault("thermal_excursion", onset_h=0.1)), tmp_path)
-    report = evaluate_detectors([healthy], [hot], HotScorer())
+    hot = pack_run(replace(healthy.spec, fault=PackFault("thermal_excursion", onset_h=0.4)), tmp_path)
+    params = DetectorEvalParams(pack_watch=PackWatchParams(warmup_samples=60, warmup_s=600.0))
+    report = evaluate_detectors([healthy], [hot], params)
     assert report["false_alarms"] == 0
     f = report["faults"]["thermal_excursion"]
     assert f["recall"] == 1.0 and 0.0 < f["median_delay_min"] < 10.0 and f["first_event_kinds"] == {"temp_rise": 1}
     hours = (float(healthy.ts[-1]) + hot.fault_onset_s) / 3600.0
     assert report["healthy_pack_hours"] == pytest.approx(hours, abs=0.05)
-    noisy = evaluate_detectors([healthy], [hot], HotScorer(always=True))
-    assert noisy["false_alarms"] == 2 and noisy["false_alarms_by_kind"] == {"temp_rise": 2}
-    assert noisy["faults"]["thermal_excursion"]["recall"] == 0.0  # already flagged: no new event
+    assert set(report["production_thresholds"]) >= {"thermal", "cell_spread", "voltage_consistency"}
+    # Thresholds at the floor flag the healthy pack too: false alarms, and the fault is missed.
+    noisy = evaluate_detectors([healthy], [hot], replace(params, margin=1e-3))
+    assert noisy["false_alarms"] >= 2 and noisy["faults"]["thermal_excursion"]["recall"] == 0.0
 
 
 def test_training_reads_the_built_healthy_packs_and_solves_nothing(tmp_path: Path) -> None:
@@ -181,3 +192,24 @@ def test_health_rows_round_trip_and_refuse_other_features(tmp_path: Path, run: o
     path.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="rebuild it with `bms models data`"):
         read_health_rows(path)
+
+
+def test_the_simulators_fleet_is_judged_with_thresholds_it_had_no_part_in() -> None:
+    """A small simulated fleet with each of the simulator's faults after the twins' first
+    hour: the report counts healthy battery-hours and false alarms, and per fault kind the
+    batteries, how many carried current after onset, recall and delay; a thermal runaway
+    (it heats a parked pack too) is found."""
+    import json
+
+    from models.anomaly import PackEvidenceParams
+    from models.telemetry_eval import FleetEvalPlan, evaluate_fleet
+    from models.training import SHIPPED_PACK_THRESHOLDS
+
+    thresholds = PackEvidenceParams(tuple(json.loads(SHIPPED_PACK_THRESHOLDS.read_text())["thresholds"].items()))
+    plan = FleetEvalPlan(vehicles=16, hours=2.0, faults=4, fault_after_s=4200.0, fault_window_s=600.0)
+    report = evaluate_fleet(thresholds, plan)
+    assert report["healthy_battery_hours"] > 16 and report["false_alarms"] == 0
+    assert set(report["faults"]) == {"thermal_runaway", "resistance_jump", "weak_cell", "voltage_sensor_offset"}
+    runaway = report["faults"]["thermal_runaway"]
+    assert runaway["batteries"] == 1 and runaway["recall"] == 1.0 and runaway["first_event_kinds"] == {"temp_rise": 1}
+    assert all(0 <= f["carried_current_after_onset"] <= f["batteries"] for f in report["faults"].values())
