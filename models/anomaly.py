@@ -63,7 +63,9 @@ BoolArray = npt.NDArray[np.bool_]
 
 _META_FILE = "anomaly_detector.json"
 _LSTM_DIR = "lstm"
-_FORMAT_VERSION = 1
+# 2: the pack-evidence section and window_flags. A format-1 artifact (window detectors that
+# flag) is refused, so a system upgraded in place trains and promotes a new one at start.
+_FORMAT_VERSION = 2
 
 #: The kind each evidence channel of :mod:`twins.pack_watch` raises.
 EVIDENCE_KINDS: dict[str, AnomalyKind] = {

@@ -85,14 +85,14 @@ _RES_SP = np.array([0.05, 0.05, 0.01])
 _RES_TH = np.array([1.0, 0.05, 0.3])
 _SCALE = _REG + _N_REGIMES  # one learned scale per channel (_C values)
 _Z = _SCALE + _C  # the last _PERSIST raw evidence values per channel (_C x _PERSIST)
-# Per SOC bin: settled samples, then the EW moments of (1, SOC, V) of a line through them.
+# Per SOC bin, a line through the settled samples: their count, then the EW means of SOC, V,
+# SOC^2 and SOC V (one block of _N_BINS each).
 _OCV = _Z + _C * _PERSIST
-_OCV_M = _OCV + _N_BINS
-_RES_SOC = np.array([0.2])  # % state of charge a BMS resolves (see _regress)
+_RES_SOC = 0.2  # % state of charge a BMS resolves (see _regress)
 # The temperature sensor's jitter: the sign of its last change, how many of its changes
 # reversed the one before, and how many changed at all (while warming up); the samples under
 # load in the current run of one reading, and the longest such run while warming up.
-_T_SIGN, _T_FLIPS, _T_MOVES, _RUN_N, _RUN_N_REF = (_OCV_M + 9 * _N_BINS + k for k in range(5))
+_T_SIGN, _T_FLIPS, _T_MOVES, _RUN_N, _RUN_N_REF = (_OCV + 5 * _N_BINS + k for k in range(5))
 STATE_WIDTH = _RUN_N_REF + 1
 #: A sensor whose changes reverse this often (fraction of samples) while warming up is noisy.
 _NOISY_FLIP_FRACTION = 0.1
@@ -173,12 +173,21 @@ def evidence(state: FloatArray, params: PackWatchParams = PackWatchParams()) -> 
     return out
 
 
-def _regress_update(m: FloatArray, f: FloatArray, y: FloatArray, alpha: FloatArray, use: npt.NDArray[np.bool_]) -> FloatArray:
-    """One EW step of the moments ``E[z z^T]``, ``z = (1, f, y)`` (flattened rows) where ``use``."""
-    z = np.concatenate([np.ones((f.shape[0], 1)), f, y[:, None]], axis=1)
+def _regress_update(m: FloatArray, f: FloatArray, y: FloatArray, alpha: FloatArray, use: npt.NDArray[np.bool_]) -> None:
+    """One EW step, in place, of the moments ``E[z z^T]``, ``z = (1, f, y)`` (flattened rows)
+    of the rows where ``use`` and every value is finite."""
+    z = np.empty((f.shape[0], f.shape[1] + 2))
+    z[:, 0] = 1.0
+    z[:, 1:-1] = f
+    z[:, -1] = y
     ok = use & np.isfinite(z).all(axis=1)
-    outer = (z[:, :, None] * z[:, None, :]).reshape(z.shape[0], z.shape[1] ** 2)
-    return np.where(ok[:, None], m + alpha[:, None] * (np.nan_to_num(outer) - m), m)
+    if ok.all():  # the usual case: no gather and scatter of rows
+        m += alpha[:, None] * ((z[:, :, None] * z[:, None, :]).reshape(z.shape[0], -1) - m)
+        return
+    rows = np.flatnonzero(ok)
+    zr = z[rows]
+    outer = (zr[:, :, None] * zr[:, None, :]).reshape(rows.size, z.shape[1] ** 2)
+    m[rows] += alpha[rows, None] * (outer - m[rows])
 
 
 def _regress(m: FloatArray, f: FloatArray, resolution: FloatArray) -> tuple[FloatArray, FloatArray]:
@@ -205,19 +214,12 @@ def _regress(m: FloatArray, f: FloatArray, resolution: FloatArray) -> tuple[Floa
     return out, beta
 
 
-def _bin_moments(state: FloatArray, rows: IntArray, bins: IntArray) -> FloatArray:
-    """The (1, SOC, V) moments of each row's bin, ``(len(rows), 9)``."""
-    cols = _OCV_M + 9 * bins[:, None] + np.arange(9)[None, :]
-    out: FloatArray = state[rows[:, None], cols]
-    return out
-
-
 def step(
     state: FloatArray, ts: FloatArray, pack_v: FloatArray, current_a: FloatArray, temp_c: FloatArray,
     soc_pct: FloatArray, cell_min_v: FloatArray, cell_max_v: FloatArray, params: PackWatchParams = PackWatchParams(),
 ) -> FloatArray:  # fmt: skip
-    """One new sample for each row of ``state`` (a copy is returned, rows in the same order)."""
-    s = state.copy()
+    """One new sample for each row of ``state``, updated in place (and returned)."""
+    s = state
     n = s[:, _N]
     rows = np.arange(s.shape[0])
     warm = learned(s, params)
@@ -250,9 +252,11 @@ def step(
     last_load = np.where(at_rest, s[:, _LAST_LOAD], ts)
     settled = at_rest & (ts - np.where(np.isnan(last_load), -np.inf, last_load) >= params.settle_s)
     bins = np.clip(np.nan_to_num(np.floor(soc_pct / _SOC_BIN_PCT)), 0, _N_BINS - 1).astype(np.int64)
-    bin_n = s[rows, _OCV + bins]
-    m_ocv = _bin_moments(s, rows, bins)
-    ocv = _regress(m_ocv, soc_pct[:, None], _RES_SOC)[0]
+    bin_cols = _OCV + bins[:, None] + _N_BINS * np.arange(5)[None, :]
+    ocv_m = s[rows[:, None], bin_cols]  # count, E[SOC], E[V], E[SOC^2], E[SOC V] of the bin
+    bin_n = ocv_m[:, 0]
+    slope = (ocv_m[:, 4] - ocv_m[:, 1] * ocv_m[:, 2]) / (ocv_m[:, 3] - ocv_m[:, 1] ** 2 + _RES_SOC**2)
+    ocv = ocv_m[:, 2] + slope * (soc_pct - ocv_m[:, 1])
     resid[:, 2] = np.where(settled & (bin_n >= _MIN_REGIME_SAMPLES), pack_v - ocv, np.nan)
     # Thermal: unexplained heating, smoothed.
     rate = np.where(dt_ok, (temp_c - s[:, _PREV_T]) / np.where(dt_ok, dt, 1.0), np.nan)
@@ -292,9 +296,9 @@ def step(
     # Learn: everything while warming up; afterwards a channel only from a sample it finds
     # unremarkable, at the slow rate.
     calm = ~warm[:, None] | ~(z > params.learn_gate)  # NaN evidence (nothing to say) is calm
-    s[:, _CONS:_SP] = _regress_update(s[:, _CONS:_SP], f_cons, pack_v, alpha, calm[:, 0])
-    s[:, _SP:_TH] = _regress_update(s[:, _SP:_TH], f_sp, spread, alpha, calm[:, 1])
-    s[:, _TH:_REG] = _regress_update(s[:, _TH:_REG], f_th, rate, alpha, calm[:, 3] & np.isfinite(rate))
+    _regress_update(s[:, _CONS:_SP], f_cons, pack_v, alpha, calm[:, 0])
+    _regress_update(s[:, _SP:_TH], f_sp, spread, alpha, calm[:, 1])
+    _regress_update(s[:, _TH:_REG], f_th, rate, alpha, calm[:, 3])
     s[:, _E_TH] = e_new
     s[:, _LAST_LOAD] = last_load
     absr = np.abs(resid)
@@ -315,12 +319,13 @@ def step(
     # The open-circuit curve: the sample's bin.
     use_ocv = calm[:, 2] & settled & np.isfinite(pack_v) & np.isfinite(soc_pct)
     sel = np.flatnonzero(use_ocv)
-    b = bins[sel]
-    cnt = s[sel, _OCV + b]
-    w = np.maximum(1.0 / (cnt + 1.0), params.learn_alpha * 10.0)
-    cols = _OCV_M + 9 * b[:, None] + np.arange(9)[None, :]
-    s[sel[:, None], cols] = _regress_update(m_ocv[sel], soc_pct[sel, None], pack_v[sel], w, np.ones(sel.size, dtype=bool))
-    s[sel, _OCV + b] = cnt + 1.0
+    m_sel = ocv_m[sel]
+    w = np.maximum(1.0 / (m_sel[:, 0] + 1.0), params.learn_alpha * 10.0)[:, None]
+    x, v = soc_pct[sel], pack_v[sel]
+    new_m = np.stack([m_sel[:, 0] + 1.0, x, v, x * x, x * v], axis=1)
+    m_sel[:, 1:] += w * (new_m[:, 1:] - m_sel[:, 1:])
+    m_sel[:, 0] = new_m[:, 0]
+    s[sel[:, None], bin_cols[sel]] = m_sel
 
     # The last _PERSIST raw values, oldest first.
     zs = s[:, _Z : _Z + _C * _PERSIST].reshape(-1, _C, _PERSIST)

@@ -280,6 +280,12 @@ def test_the_packs_own_evidence_flags_against_its_thresholds_and_says_why(
     assert not det.score(w).flags.any()
     det.save(tmp_path / "pack")
     assert AnomalyDetector.load(tmp_path / "pack").params == det.params
+    # An artifact from before (format 1: window detectors that flag) is refused, so the
+    # system retrains it at start.
+    meta = tmp_path / "pack" / "anomaly_detector.json"
+    meta.write_text(meta.read_text().replace('"format_version": 2', '"format_version": 1'))
+    with pytest.raises(ValueError, match=r"Expected format_version 2 .* got 1"):
+        AnomalyDetector.load(tmp_path / "pack")
     with pytest.raises(ValueError, match="Expected evidence channels among"):
         PackEvidenceParams((("voltage", 1.0),))
 
