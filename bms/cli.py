@@ -227,6 +227,7 @@ def bench_route(
     instance: Annotated[Path, typer.Option("--instance", exists=True, dir_okay=False, help="Solomon-format VRPTW file")],
     time_limit_s: Annotated[float, typer.Option("--time-limit", min=0.001, help="Search time limit, seconds")] = 30.0,
     objective: Annotated[str, typer.Option("--objective", help="distance (DIMACS: truncated to 0.1) or hierarchical (vehicles first, exact)")] = "distance",
+    engine: Annotated[str, typer.Option("--engine", help="ortools, pyvrp, or both (one after the other, same instance)")] = "ortools",
 ) -> None:
     """Route a Solomon-format VRPTW instance with the planner's routing model; check it; compare with the BKS."""
     logging.basicConfig(level=logging.WARNING)
@@ -235,8 +236,17 @@ def bench_route(
     if objective not in ("distance", "hierarchical"):
         typer.echo(f"Expected --objective distance or hierarchical, got {objective!r}.", err=True)
         raise typer.Exit(2)
-    result = main_route(instance, time_limit_s, objective)
-    sys.stdout.write(json.dumps(result) + "\n")
+    if engine not in ("ortools", "pyvrp", "both"):
+        typer.echo(f"Expected --engine ortools, pyvrp or both, got {engine!r}.", err=True)
+        raise typer.Exit(2)
+    if engine != "both":
+        sys.stdout.write(json.dumps(main_route(instance, time_limit_s, objective, engine=engine)) + "\n")
+        return
+    rows = {e: main_route(instance, time_limit_s, objective, engine=e) for e in ("ortools", "pyvrp")}
+    for row in rows.values():
+        sys.stdout.write(json.dumps(row) + "\n")
+    # The last line: both side by side.
+    sys.stdout.write(json.dumps({"benchmark": "route", "instance": rows["ortools"]["instance"], "engines": rows}) + "\n")
 
 
 @bench_app.command("plan")
@@ -246,12 +256,17 @@ def bench_plan(
     van_capacity: Annotated[int, typer.Option("--van-capacity", min=0, help="Charged batteries per van")] = 30,
     time_limit_s: Annotated[float, typer.Option("--time-limit", min=0.001, help="Search time limit, seconds")] = 60.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the generated day")] = 7,
+    engine: Annotated[str, typer.Option("--engine", help="ortools, pyvrp, or both (the same day, one after the other)")] = "both",
 ) -> None:
-    """Plan a seeded technician day in Berlin with the routing model and a greedy; check and compare both."""
+    """Plan a seeded technician day in Berlin with the routing model and a greedy; check and compare them."""
     logging.basicConfig(level=logging.WARNING)
     from bms.bench.plan import main_plan
 
-    result = main_plan(jobs, technicians, van_capacity, time_limit_s, seed)
+    if engine not in ("ortools", "pyvrp", "both"):
+        typer.echo(f"Expected --engine ortools, pyvrp or both, got {engine!r}.", err=True)
+        raise typer.Exit(2)
+    engines = ("ortools", "pyvrp") if engine == "both" else (engine,)
+    result = main_plan(jobs, technicians, van_capacity, time_limit_s, seed, engines)
     sys.stdout.write(json.dumps(result) + "\n")
 
 

@@ -186,6 +186,9 @@ class PlannerSettings(BaseModel):
     plan_interval_s: float = Field(PlannerParams.plan_interval_s, gt=0, description="Scheduled re-plan period")
     urgent_delay_s: float = Field(PlannerParams.urgent_delay_s, ge=0, description="Re-plan this soon after an urgent event")
     solve_time_limit_s: float = Field(PlannerParams.solve_time_limit_s, gt=0, le=3600, description="Search budget per plan")
+    routing_engine: Literal["ortools", "pyvrp"] = Field(
+        "ortools", description="Routing engine of the technician plan (planners/routing.py)"
+    )
     candidates_per_shard: int = Field(PlannerParams.candidates_per_shard, ge=1, description="Top batteries each shard reports")
     # Bounded in production: a round's travel matrices are n x n and are pickled to the
     # solver process, so 4,046 flagged twins once took the planner past 3 GB. The default

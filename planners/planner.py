@@ -49,7 +49,7 @@ from planners.plan import Plan
 from planners.problem import Job, RoutingProblem, Vehicle
 from planners.resources import Depot, Technician, shift_window_s
 from planners.routing import solve_async
-from planners.routing_params import RoutingParams
+from planners.routing_params import ENGINES, RoutingParams
 from planners.travel import HaversineTravel, TravelMatrixSource
 
 __all__ = [
@@ -116,7 +116,10 @@ class PlannerParams:
     urgent_delay_s
         An urgent event re-plans after this long (events arriving together share a round).
     solve_time_limit_s
-        Guided-local-search budget of one round.
+        Search budget of one round.
+    routing_engine
+        The routing engine (:attr:`~planners.routing_params.RoutingParams.engine`):
+        ``"ortools"`` or ``"pyvrp"``.
     candidates_per_shard
         How many top-priority batteries each shard reports per pull.
     penalty_per_value
@@ -140,6 +143,7 @@ class PlannerParams:
     plan_interval_s: float = 900.0
     urgent_delay_s: float = 2.0
     solve_time_limit_s: float = 20.0
+    routing_engine: str = "ortools"
     candidates_per_shard: int = 300
     penalty_per_value: int = 500
     utc_offset_h: float = 1.0
@@ -151,6 +155,8 @@ class PlannerParams:
                 f"Expected positive plan_interval_s and solve_time_limit_s and urgent_delay_s >= 0, "
                 f"got {self.plan_interval_s}, {self.solve_time_limit_s}, {self.urgent_delay_s}."
             )
+        if self.routing_engine not in ENGINES:
+            raise ValueError(f"Expected routing_engine in {list(ENGINES)}, got {self.routing_engine!r}.")
         if self.max_jobs_per_round is not None and self.max_jobs_per_round < 1:
             raise ValueError(f"Expected max_jobs_per_round >= 1 or None, got {self.max_jobs_per_round}.")
         if self.candidates_per_shard < 1 or self.penalty_per_value < 1:
@@ -311,7 +317,9 @@ class Planner:
         self.candidates = candidates
         self.apply_swap = apply_swap
         self.params = params
-        self.routing = routing or RoutingParams(time_limit_s=params.solve_time_limit_s)
+        self.routing = routing or RoutingParams(
+            time_limit_s=params.solve_time_limit_s, engine=params.routing_engine  # type: ignore[arg-type]
+        )
         self.travel: TravelMatrixSource = travel or HaversineTravel(
             detour_factor=1.3, speed_kmh=20.0
         )

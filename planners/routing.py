@@ -1,4 +1,10 @@
-"""Solve a :class:`~planners.problem.RoutingProblem` with OR-Tools' routing library.
+"""Solve a :class:`~planners.problem.RoutingProblem`: the routing-engine seam, and the
+OR-Tools engine.
+
+:func:`solve` checks the inputs every engine shares (locked stops, warm start) and hands the
+problem to the engine ``params.engine`` names: OR-Tools' routing library (this module) or
+PyVRP's hybrid genetic search (:mod:`planners.routing_pyvrp`). Both return the same
+:class:`~planners.plan.Plan`, judged by the same checkers.
 
 The model
 ---------
@@ -387,6 +393,11 @@ def solve(
                     f"Expected initial_routes[{k}] to start with its locked stops {list(head)}, "
                     f"got {initial_routes[k]}."
                 )
+    if params.engine == "pyvrp":
+        # Imported here: a planner on OR-Tools never loads PyVRP.
+        from planners.routing_pyvrp import solve_pyvrp
+
+        return solve_pyvrp(problem, params, initial_routes, locked)
 
     model = _Model(problem, params)
     search = _search_parameters(params)

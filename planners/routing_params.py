@@ -11,9 +11,12 @@ from ortools.constraint_solver import routing_enums_pb2
 
 from planners.errors import ProblemError
 
-__all__ = ["ITERATED_LOCAL_SEARCH", "Objective", "RoutingParams"]
+__all__ = ["ENGINES", "ITERATED_LOCAL_SEARCH", "Engine", "Objective", "RoutingParams"]
 
 Objective = Literal["distance", "hierarchical"]
+Engine = Literal["ortools", "pyvrp"]
+#: The routing engines :func:`planners.routing.solve` can use.
+ENGINES: tuple[str, ...] = ("ortools", "pyvrp")
 _OBJECTIVES = ("distance", "hierarchical")
 _FIRST_SOLUTION = tuple(
     n for n in routing_enums_pb2.FirstSolutionStrategy.Value.keys() if n not in ("UNSET",)
@@ -56,6 +59,14 @@ class RoutingParams:
         it is randomised (see ``solution_limit``), and a warm start always uses guided
         local search, since OR-Tools' iterated local search cannot start from given
         routes.
+    engine
+        The solver behind :func:`planners.routing.solve`: ``"ortools"`` (OR-Tools' routing
+        library; the search fields above are its settings) or ``"pyvrp"`` (PyVRP's hybrid
+        genetic search, :mod:`planners.routing_pyvrp`; it reads ``time_limit_s``,
+        ``solution_limit`` as its iteration limit, ``seed``, ``objective`` and
+        ``vehicle_cost``).
+    seed
+        PyVRP's random seed (OR-Tools' iterated local search has a fixed one).
     objective
         ``"distance"`` minimises distance (plus vehicle fixed costs and drop penalties).
         ``"hierarchical"`` minimises the number of vehicles first, then distance: each
@@ -78,6 +89,8 @@ class RoutingParams:
 
     time_limit_s: float = 10.0
     solution_limit: int | None = None
+    engine: Engine = "ortools"
+    seed: int = 0
     first_solution_strategy: str = "PARALLEL_CHEAPEST_INSERTION"
     local_search_metaheuristic: str = "GUIDED_LOCAL_SEARCH"
     objective: Objective = "distance"
@@ -103,6 +116,10 @@ class RoutingParams:
                 f"Expected local_search_metaheuristic in {list(_METAHEURISTICS)}, "
                 f"got {self.local_search_metaheuristic!r}."
             )
+        if self.engine not in ENGINES:
+            raise ProblemError(f"Expected engine in {list(ENGINES)}, got {self.engine!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ProblemError(f"Expected seed >= 0, got {self.seed!r}.")
         if self.objective not in _OBJECTIVES:
             raise ProblemError(f"Expected objective in {list(_OBJECTIVES)}, got {self.objective!r}.")
         if self.vehicle_cost is not None and (

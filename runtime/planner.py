@@ -81,7 +81,10 @@ class _PlannerActor:
         conn = await self._stack.enter_async_context(
             open_postgres(self.spec.postgres_url, application_name="bms-planner")
         )
-        routing = RoutingParams(time_limit_s=self.spec.params.solve_time_limit_s)
+        routing = RoutingParams(
+            time_limit_s=self.spec.params.solve_time_limit_s,
+            engine=self.spec.params.routing_engine,  # type: ignore[arg-type]  # checked by PlannerParams
+        )
         self.planner = Planner(
             self.spec.technicians, self.spec.depots, WorkOrderStore(conn), self._candidates,
             self._apply_swap, self.spec.params, routing, plan_store=PlanStore(conn),

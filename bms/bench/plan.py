@@ -5,9 +5,9 @@ A seeded day in Berlin (centre 52.52 N, 13.405 E, radius 6 km): two depots, tech
 jobs (battery swaps, battery replacements, inspections), each with a value the plan earns
 by serving it. The day is over-subscribed on purpose: the planner must choose.
 
-The day is routed by :func:`planners.routing.solve` and by a greedy baseline ("nearest
-highest-priority first"); both plans are then re-checked by :func:`check_routes`, which
-shares no code with either.
+The day is routed by :func:`planners.routing.solve` (with each engine asked for: OR-Tools,
+PyVRP) and by a greedy baseline ("nearest highest-priority first"); every plan is then
+re-checked by :func:`check_routes`, which shares no code with any of them.
 
 Times are seconds since midnight; "now" is 07:00, the start of the first shifts.
 """
@@ -264,53 +264,69 @@ def main_plan(
     van_capacity: int = 30,
     time_limit_s: float = 60.0,
     seed: int = 7,
+    engines: Sequence[str] = ("ortools",),
 ) -> dict[str, Any]:
-    """Plan one day with the routing model and with the greedy; report both.
+    """Plan one day with the routing model (each engine of ``engines``) and with the greedy;
+    report all.
 
     Returns
     -------
     dict
-        ``jobs, technicians, van_capacity, time_limit_s, replan_time_s, served,
-        value_collected, value_total, distance_km, feasible`` for the model,
-        ``greedy_served, greedy_value_collected, greedy_distance_km, greedy_feasible,
-        greedy_time_s`` for the greedy, and ``value_ratio`` (model over greedy value).
+        ``jobs, technicians, van_capacity, time_limit_s``; for the first engine of
+        ``engines`` (``engine``): ``replan_time_s, served, value_collected, value_total,
+        distance_km, feasible``; for the greedy: ``greedy_served, greedy_value_collected,
+        greedy_distance_km, greedy_feasible, greedy_time_s``; ``value_ratio`` (model over
+        greedy value); with more than one engine, ``engines`` holds each engine's
+        ``replan_time_s, served, value_collected, distance_km, feasible, value_ratio``.
         ``violations`` / ``greedy_violations`` list the first few problems the checker
         found, when a plan is infeasible.
     """
+    if not engines:
+        raise ValueError("Expected at least one engine, got none.")
     day = build_day(jobs, technicians, van_capacity, seed)
     problem = day.problem
 
     started = time.perf_counter()
-    plan = solve(problem, RoutingParams(time_limit_s=time_limit_s))
-    replan_time_s = time.perf_counter() - started
-    model_routes = [list(r) for r in plan.job_routes()]
-
-    started = time.perf_counter()
     greedy = greedy_routes(problem, day.values)
     greedy_time_s = time.perf_counter() - started
-
-    served, collected, km, violations = _summary(problem, day.values, model_routes)
     g_served, g_collected, g_km, g_violations = _summary(problem, day.values, greedy)
+
+    per_engine: dict[str, dict[str, Any]] = {}
+    for engine in engines:
+        started = time.perf_counter()
+        plan = solve(problem, RoutingParams(time_limit_s=time_limit_s, engine=engine))  # type: ignore[arg-type]
+        replan_time_s = time.perf_counter() - started
+        served, collected, km, violations = _summary(problem, day.values, [list(r) for r in plan.job_routes()])
+        per_engine[engine] = {
+            "replan_time_s": round(replan_time_s, 2), "served": served, "value_collected": collected,
+            "distance_km": km, "feasible": not violations,
+            "value_ratio": round(collected / g_collected, 4) if g_collected else None,
+            **({"violations": violations[:5]} if violations else {}),
+        }  # fmt: skip
+    first = per_engine[engines[0]]
     result: dict[str, Any] = {
         "jobs": jobs,
         "technicians": technicians,
         "van_capacity": van_capacity,
         "time_limit_s": time_limit_s,
-        "replan_time_s": round(replan_time_s, 2),
-        "served": served,
-        "value_collected": collected,
+        "engine": engines[0],
+        "replan_time_s": first["replan_time_s"],
+        "served": first["served"],
+        "value_collected": first["value_collected"],
         "value_total": sum(day.values),
-        "distance_km": km,
-        "feasible": not violations,
+        "distance_km": first["distance_km"],
+        "feasible": first["feasible"],
         "greedy_served": g_served,
         "greedy_value_collected": g_collected,
         "greedy_distance_km": g_km,
         "greedy_feasible": not g_violations,
         "greedy_time_s": round(greedy_time_s, 3),
-        "value_ratio": round(collected / g_collected, 4) if g_collected else None,
+        "value_ratio": first["value_ratio"],
     }
-    if violations:
-        result["violations"] = violations[:5]
+    if len(engines) > 1:
+        result["engines"] = per_engine
+    if "violations" in first:
+        result["violations"] = first["violations"]
     if g_violations:
         result["greedy_violations"] = g_violations[:5]
     return result

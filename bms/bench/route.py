@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from planners.routing import solve
-from planners.routing_params import ITERATED_LOCAL_SEARCH, Objective, RoutingParams
+from planners.routing_params import ENGINES, ITERATED_LOCAL_SEARCH, Objective, RoutingParams
 from planners.solomon import (
     SCALE,
     BksEntry,
@@ -68,6 +68,7 @@ def main_route(
     objective: str,
     *,
     local_search_metaheuristic: str | None = None,
+    engine: str = "ortools",
 ) -> dict[str, Any]:
     """Solve one instance and report it as the fields of the benchmark's JSON line.
 
@@ -83,12 +84,14 @@ def main_route(
         first).
     local_search_metaheuristic
         As in :class:`~planners.routing_params.RoutingParams`; ``None`` picks the one that
-        measured best for the objective (:data:`SEARCH_BY_OBJECTIVE`).
+        measured best for the objective (:data:`SEARCH_BY_OBJECTIVE`). OR-Tools only.
+    engine
+        ``"ortools"`` or ``"pyvrp"`` (:attr:`RoutingParams.engine`).
 
     Returns
     -------
     dict
-        ``instance, objective, search, customers, fleet, vehicles, distance, served,
+        ``instance, objective, engine, search, customers, fleet, vehicles, distance, served,
         feasible, time_s`` and, when the instance has a best-known solution, ``bks_distance,
         bks_vehicles, gap_pct, excess_vehicles``; ``violations`` lists the first few problems found by the
         checker when the plan is infeasible.
@@ -96,11 +99,13 @@ def main_route(
     if objective not in SCALE:
         raise ValueError(f"Expected objective in {sorted(SCALE)}, got {objective!r}.")
     obj: Objective = "distance" if objective == "distance" else "hierarchical"
+    if engine not in ENGINES:
+        raise ValueError(f"Expected engine in {list(ENGINES)}, got {engine!r}.")
     search = local_search_metaheuristic or SEARCH_BY_OBJECTIVE[obj]
     data = read_solomon(instance)
     problem = to_routing_problem(data, obj)
     params = RoutingParams(
-        time_limit_s=time_limit_s, objective=obj, local_search_metaheuristic=search
+        time_limit_s=time_limit_s, objective=obj, local_search_metaheuristic=search, engine=engine  # type: ignore[arg-type]
     )
 
     started = time.perf_counter()
@@ -114,7 +119,8 @@ def main_route(
     result: dict[str, Any] = {
         "instance": data.name,
         "objective": obj,
-        "search": search,
+        "engine": engine,
+        "search": search if engine == "ortools" else "hybrid genetic search",
         "customers": data.num_customers,
         "fleet": data.num_vehicles,
         "vehicles": len(routes),

@@ -5,7 +5,7 @@ shared with itself). Each result is appended to a JSON-lines file as soon as it 
 an interrupted run resumes where it stopped; the markdown table is rebuilt from that file::
 
     .venv/bin/python -m bms.bench.route_table ../shared/data/solomon/txt \\
-        --time-limit 30 --objective distance \\
+        --time-limit 30 --objective distance --engine both \\
         --out route_table.jsonl --table route_table.md
 """
 
@@ -34,7 +34,12 @@ def instance_class(name: str) -> str:
     return (match.group(1) + match.group(2)).upper() if match else "other"
 
 
-def _done(out: Path, time_limit_s: float, objective: str) -> set[str]:
+def _engine(row: dict[str, Any]) -> str:
+    # Rows from before the engine seam were OR-Tools'.
+    return str(row.get("engine", "ortools"))
+
+
+def _done(out: Path, time_limit_s: float, objective: str, engine: str) -> set[str]:
     if not out.is_file():
         return set()
     done = set()
@@ -42,7 +47,7 @@ def _done(out: Path, time_limit_s: float, objective: str) -> set[str]:
         if not line.strip():
             continue
         row = json.loads(line)
-        if row.get("time_limit_s") == time_limit_s and row.get("objective") == objective:
+        if row.get("time_limit_s") == time_limit_s and row.get("objective") == objective and _engine(row) == engine:
             done.add(row["file"])
     return done
 
@@ -55,6 +60,7 @@ def run_table(
     *,
     pattern: str = "*.txt",
     resume: bool = True,
+    engines: Sequence[str] = ("ortools",),
 ) -> list[dict[str, Any]]:
     """Solve every instance of ``directory`` in name order, appending one JSON line each to ``out``.
 
@@ -69,7 +75,9 @@ def run_table(
     pattern
         Glob selecting the instance files.
     resume
-        Skip files that ``out`` already holds for this time limit and objective.
+        Skip files that ``out`` already holds for this time limit, objective and engine.
+    engines
+        The engines to run, each on every file (one after the other per file).
 
     Returns
     -------
@@ -79,27 +87,26 @@ def run_table(
     files = sorted(directory.glob(pattern))
     if not files:
         raise FileNotFoundError(f"Expected instance files matching {pattern!r} in {directory}, got none.")
-    skip = _done(out, time_limit_s, objective) if resume else set()
+    skip = {e: _done(out, time_limit_s, objective, e) if resume else set() for e in engines}
     out.parent.mkdir(parents=True, exist_ok=True)
     for path in files:
-        if path.name in skip:
-            continue
-        try:
-            row = main_route(path, time_limit_s, objective)
-        except Exception as err:  # one bad instance must not lose the rest of a long run
-            traceback.print_exc()
-            row = {"instance": path.stem, "objective": objective, "error": f"{type(err).__name__}: {err}"}
-        row = {"file": path.name, "time_limit_s": time_limit_s, **row}
-        with out.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(json.dumps(row), flush=True)
+        for engine in engines:
+            if path.name in skip[engine]:
+                continue
+            try:
+                row = main_route(path, time_limit_s, objective, engine=engine)
+            except Exception as err:  # one bad instance must not lose the rest of a long run
+                traceback.print_exc()
+                row = {"instance": path.stem, "objective": objective, "engine": engine, "error": f"{type(err).__name__}: {err}"}
+            row = {"file": path.name, "time_limit_s": time_limit_s, **row}
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     return [
-        json.loads(line)
-        for line in out.read_text().splitlines()
-        if line.strip()
-        and json.loads(line).get("time_limit_s") == time_limit_s
-        and json.loads(line).get("objective") == objective
-    ]
+        r for r in rows
+        if r.get("time_limit_s") == time_limit_s and r.get("objective") == objective and _engine(r) in engines
+    ]  # fmt: skip
 
 
 def _mean(values: Iterable[float]) -> str:
@@ -164,13 +171,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--table", type=Path, default=Path("route_table.md"), help="markdown table")
     parser.add_argument("--pattern", default="*.txt", help="glob of instance files")
     parser.add_argument("--no-resume", action="store_true", help="rerun files already in --out")
+    parser.add_argument("--engine", choices=["ortools", "pyvrp", "both"], default="ortools", help="routing engine(s)")
     args = parser.parse_args(argv)
+    engines = ("ortools", "pyvrp") if args.engine == "both" else (args.engine,)
     rows = run_table(
         args.directory, args.time_limit, args.objective, args.out,
-        pattern=args.pattern, resume=not args.no_resume,
+        pattern=args.pattern, resume=not args.no_resume, engines=engines,
     )
-    title = f"Solomon routing, objective {args.objective}, time limit {args.time_limit:g} s\n\n"
-    table = title + markdown_table(rows)
+    table = ""
+    for engine in engines:
+        table += f"Solomon routing, engine {engine}, objective {args.objective}, time limit {args.time_limit:g} s\n\n"
+        table += markdown_table([r for r in rows if _engine(r) == engine]) + "\n"
     args.table.write_text(table)
     sys.stdout.write(table)
     return 0

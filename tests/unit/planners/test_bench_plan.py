@@ -13,8 +13,9 @@ from planners import Job, RoutingProblem, Vehicle
 
 @pytest.fixture(scope="module")
 def tiny_day() -> dict[str, object]:
-    """40 jobs, 3 technicians with 8 batteries each (fewer than the swaps), 3 s of search."""
-    return main_plan(jobs=40, technicians=3, van_capacity=8, time_limit_s=3.0, seed=7)
+    """40 jobs, 3 technicians with 8 batteries each (fewer than the swaps), 3 s of search
+    with each engine."""
+    return main_plan(jobs=40, technicians=3, van_capacity=8, time_limit_s=3.0, seed=7, engines=("ortools", "pyvrp"))
 
 
 def test_tiny_day_both_plans_feasible(tiny_day: dict[str, object]) -> None:
@@ -38,9 +39,14 @@ def test_tiny_day_model_collects_at_least_the_greedy_value(tiny_day: dict[str, o
         "jobs", "technicians", "van_capacity", "time_limit_s", "replan_time_s", "served",
         "value_collected", "value_total", "distance_km", "feasible", "greedy_served",
         "greedy_value_collected", "greedy_distance_km", "greedy_feasible", "greedy_time_s",
-        "value_ratio",
+        "value_ratio", "engine", "engines",
     }
     assert set(tiny_day) == fields
+    engines = tiny_day["engines"]
+    assert set(engines) == {"ortools", "pyvrp"}  # type: ignore[arg-type]
+    for row in engines.values():  # type: ignore[attr-defined]
+        assert row["feasible"], row.get("violations")
+        assert row["value_collected"] >= 0.98 * tiny_day["greedy_value_collected"]  # type: ignore[operator]
 
 
 def test_day_is_deterministic_for_a_seed() -> None:

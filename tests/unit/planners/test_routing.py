@@ -21,10 +21,18 @@ from .factories import QUICK, assert_schedule_consistent, line_problem, route_co
 DAY_S = 8 * 3600
 
 
-@pytest.fixture(params=["GUIDED_LOCAL_SEARCH", "ITERATED_LOCAL_SEARCH"])
+@pytest.fixture(params=["GUIDED_LOCAL_SEARCH", "ITERATED_LOCAL_SEARCH", "pyvrp"])
 def quick(request: pytest.FixtureRequest) -> RoutingParams:
-    """:data:`QUICK` with each of the two searches the planner offers."""
+    """:data:`QUICK` with each engine and search the planner offers: OR-Tools' two, PyVRP."""
+    if request.param == "pyvrp":
+        return dataclasses.replace(QUICK, engine="pyvrp")
     return dataclasses.replace(QUICK, local_search_metaheuristic=request.param)
+
+
+@pytest.fixture(params=["ortools", "pyvrp"])
+def engine(request: pytest.FixtureRequest) -> RoutingParams:
+    """:data:`QUICK` on each engine (OR-Tools with its default search)."""
+    return dataclasses.replace(QUICK, engine=request.param)
 
 
 def van(**overrides: object) -> Vehicle:
@@ -156,12 +164,12 @@ def test_warm_start_inserts_jobs_missing_from_the_initial_routes(quick: RoutingP
     assert plan.dropped == ()
 
 
-def test_infeasible_warm_start_falls_back_with_a_warning() -> None:
+def test_infeasible_warm_start_falls_back_with_a_warning(engine: RoutingParams) -> None:
     """Initial routes breaking a window (it has since closed) warn and are replanned."""
     jobs = [Job(node=1, service_s=600), Job(node=2, latest_s=400)]
     problem = line_problem([0, 1, 5], [van()], jobs)
     with pytest.warns(WarmStartWarning, match="infeasible"):
-        plan = solve(problem, QUICK, initial_routes=[[0, 1]])
+        plan = solve(problem, engine, initial_routes=[[0, 1]])
     assert not plan.warm_started
     assert plan.routes[0].jobs == (1, 0)
 
@@ -173,19 +181,26 @@ def test_warm_start_must_keep_locked_stops_first() -> None:
         solve(problem, QUICK, initial_routes=[[0, 1]], locked={0: [1]})
 
 
-def test_no_solution_raises() -> None:
+def test_no_solution_raises(engine: RoutingParams) -> None:
     """A mandatory job whose window closes before anyone can get there cannot be planned."""
     problem = line_problem([0, 100], [van()], [Job(node=1, latest_s=60)])
     with pytest.raises(NoSolutionError, match="make jobs optional") as info:
-        solve(problem, RoutingParams(time_limit_s=1.0))
-    assert info.value.status.startswith("ROUTING_")
+        solve(problem, dataclasses.replace(engine, solution_limit=None))
+    assert info.value.status.startswith({"ortools": "ROUTING_", "pyvrp": "PYVRP_"}[engine.engine])
 
 
-def test_solution_limit_makes_solves_repeatable() -> None:
+def test_an_unreachable_locked_stop_has_no_solution(engine: RoutingParams) -> None:
+    """A stop locked on a route that can no longer reach it in its window: no plan."""
+    problem = line_problem([0, 100], [van()], [Job(node=1, latest_s=60, drop_penalty=5)])
+    with pytest.raises(NoSolutionError):
+        solve(problem, dataclasses.replace(engine, solution_limit=None), locked={0: [0]})
+
+
+def test_solution_limit_makes_solves_repeatable(engine: RoutingParams) -> None:
     """With a solution limit instead of a binding time limit, two solves agree exactly."""
     jobs = [Job(node=n, demand=1 + n % 3, earliest_s=60 * (n % 4)) for n in range(1, 13)]
     problem = line_problem([0, *(n * 7 % 13 for n in range(1, 13))], [van(), van(), van()], jobs)
-    params = RoutingParams(time_limit_s=30.0, solution_limit=40)
+    params = dataclasses.replace(engine, time_limit_s=30.0, solution_limit=40)
     first, second = solve(problem, params), solve(problem, params)
     assert first.job_routes() == second.job_routes()
     assert first.objective == second.objective
@@ -202,18 +217,18 @@ def test_hierarchical_objective_uses_fewer_vehicles(quick: RoutingParams) -> Non
     assert (vehicles.vehicles_used, vehicles.total_distance) == (1, 3800)
 
 
-def test_jobs_opening_after_every_shift() -> None:
+def test_jobs_opening_after_every_shift(engine: RoutingParams) -> None:
     """An optional job whose window opens after all shifts end is dropped; a mandatory one is an error."""
     late = van(shift_end_s=100)
     problem = line_problem([0, 1], [late], [Job(node=1, earliest_s=200, drop_penalty=5)])
-    assert solve(problem, QUICK).dropped == (0,)
+    assert solve(problem, engine).dropped == (0,)
     problem = line_problem([0, 1], [late], [Job(node=1, earliest_s=200)])
     with pytest.raises(ProblemError, match="window opens at 200, after every shift ends"):
-        solve(problem, QUICK)
+        solve(problem, engine)
 
 
-def test_a_day_without_jobs_plans_empty_routes() -> None:
+def test_a_day_without_jobs_plans_empty_routes(engine: RoutingParams) -> None:
     """No jobs: every vehicle gets an empty route and nothing is dropped."""
-    plan = solve(line_problem([0], [van(), van()], []), QUICK)
+    plan = solve(line_problem([0], [van(), van()], []), engine)
     assert [r.used for r in plan.routes] == [False, False]
     assert (plan.dropped, plan.total_distance, plan.objective) == ((), 0, 0)
