@@ -23,7 +23,7 @@ from typing import Any
 
 from bms.bench.route import main_route
 
-__all__ = ["instance_class", "main", "markdown_table", "run_table"]
+__all__ = ["engine_gap_table", "instance_class", "main", "markdown_table", "run_table"]
 
 _CLASS = re.compile(r"^(RC|R|C)([12])", re.IGNORECASE)
 
@@ -161,6 +161,38 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def engine_gap_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Per instance, each engine's vehicles and distance and its gap to the better of the
+    engines (fewer vehicles, then less distance; an infeasible plan is no candidate): the
+    comparison for instances without a best-known solution."""
+    by_instance: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        if "error" not in r:
+            by_instance.setdefault(str(r["instance"]), {})[_engine(r)] = r
+    engines = sorted({e for runs in by_instance.values() for e in runs})
+    head = "| instance | customers | " + " | ".join(f"{e} vehicles | {e} distance | {e} gap %" for e in engines) + " |"
+    lines = [head, "|---|---:|" + "---:|" * (3 * len(engines))]
+    gaps: dict[str, list[float]] = {e: [] for e in engines}
+    for name, runs in sorted(by_instance.items(), key=lambda kv: (int(next(iter(kv[1].values()))["customers"]), kv[0])):
+        feasible = [r for r in runs.values() if r["feasible"]]
+        best = min(feasible, key=lambda r: (r["vehicles"], r["distance"])) if feasible else None
+        cells = [name, str(next(iter(runs.values()))["customers"])]
+        for e in engines:
+            r = runs.get(e)
+            if r is None:
+                cells += ["-", "-", "-"]
+                continue
+            gap = "infeasible"
+            if r["feasible"] and best is not None:
+                g = 100.0 * (r["distance"] - best["distance"]) / best["distance"]
+                gaps[e].append(g)
+                gap = f"{g:.2f}" + (f" (+{r['vehicles'] - best['vehicles']} veh.)" if r["vehicles"] > best["vehicles"] else "")
+            cells += [str(r["vehicles"]), f"{r['distance']:.1f}", gap]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("| " + " | ".join(["**mean gap**", "", *(c for e in engines for c in ("", "", _mean(gaps[e])))]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: run a folder, write the JSON lines and the markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -182,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for engine in engines:
         table += f"Solomon routing, engine {engine}, objective {args.objective}, time limit {args.time_limit:g} s\n\n"
         table += markdown_table([r for r in rows if _engine(r) == engine]) + "\n"
+    if len(engines) > 1:
+        table += "Engines side by side (gap to the better of them)\n\n" + engine_gap_table(rows)
     args.table.write_text(table)
     sys.stdout.write(table)
     return 0
