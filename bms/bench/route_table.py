@@ -178,10 +178,10 @@ def engine_gap_table(rows: Sequence[dict[str, Any]]) -> str:
         best = min(feasible, key=lambda r: (r["vehicles"], r["distance"])) if feasible else None
         cells = [name, str(next(iter(runs.values()))["customers"])]
         for e in engines:
-            r = runs.get(e)
-            if r is None:
+            if e not in runs:
                 cells += ["-", "-", "-"]
                 continue
+            r = runs[e]
             gap = "infeasible"
             if r["feasible"] and best is not None:
                 g = 100.0 * (r["distance"] - best["distance"]) / best["distance"]
