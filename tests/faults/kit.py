@@ -191,9 +191,12 @@ _SAMPLE = (
 )
 
 
-def _payload(vehicle: str, battery: str, seq: int, first_ts: float, n: int, dt_s: float, lat: float, lon: float) -> tuple[bytes, float]:
+def _payload(
+    vehicle: str, battery: str, seq: int, first_ts: float, n: int, dt_s: float, lat: float, lon: float,
+    soc_start_pct: float = 90.0,
+) -> tuple[bytes, float]:  # fmt: skip
     """One message of ``n`` samples ``dt_s`` apart from ``first_ts``; and its last sample's ts."""
-    soc = max(15.0, 90.0 - 0.002 * seq)  # slow, steady discharge: plausible for any twin
+    soc = max(15.0, soc_start_pct - 0.002 * seq)  # slow, steady discharge: plausible for any twin
     ts = [round(first_ts + i * dt_s, 6) for i in range(n)]
     samples = ",".join(_SAMPLE % (t, soc, lat, lon) for t in ts)
     body = (
@@ -213,7 +216,7 @@ class SeqPublisher:
 
     def __init__(
         self, mqtt_port: int, tag: str, n_batteries: int, period_s: float = 1.0,
-        samples_per_message: int = 5, window: int = 2000,
+        samples_per_message: int = 5, window: int = 2000, soc_start_pct: float = 90.0,
     ) -> None:  # fmt: skip
         run = uuid.uuid4().hex[:6]
         self.port = mqtt_port
@@ -221,6 +224,7 @@ class SeqPublisher:
         self.batteries = [f"ft{tag}{run}-b{i:04d}" for i in range(n_batteries)]
         self.period_s = period_s
         self.samples_per_message = samples_per_message
+        self.soc_start_pct = soc_start_pct
         self.ledger = Ledger()
         self._window = window
         self._seq = dict.fromkeys(self.batteries, 1)
@@ -318,7 +322,7 @@ class SeqPublisher:
             dt = min(0.01, 0.5 * self.period_s / k)
             first = max(now - (k - 1) * dt, self._last_ts[b] + dt)
             seq = self._seq[b]
-            payload, last_ts = _payload(v, b, seq, first, k, dt, lat, lon)
+            payload, last_ts = _payload(v, b, seq, first, k, dt, lat, lon, self.soc_start_pct)
             await self._publish(topic, payload)
             with self._lock:
                 self.ledger.acked.setdefault(b, {})[seq] = (k, last_ts)
