@@ -48,17 +48,21 @@ def test_both_engines_route_a_generated_instance_feasibly(engine: str) -> None:
 def test_the_side_by_side_table_measures_each_engine_against_the_better() -> None:
     from bms.bench.route_table import engine_gap_table
 
-    def row(name: str, engine: str, vehicles: int, distance: float, feasible: bool = True) -> dict[str, object]:
+    def row(name: str, engine: str, vehicles: int, distance: float, feasible: bool = True,
+            objective: str = "hierarchical") -> dict[str, object]:
         return {"instance": name, "customers": 200, "engine": engine, "vehicles": vehicles,
-                "distance": distance, "feasible": feasible}  # fmt: skip
+                "distance": distance, "feasible": feasible, "objective": objective}  # fmt: skip
 
     table = engine_gap_table([
         row("A", "ortools", 10, 100.0), row("A", "pyvrp", 9, 110.0),
         row("B", "ortools", 10, 100.0), row("B", "pyvrp", 10, 95.0),
         row("C", "ortools", 10, 100.0, feasible=False), row("C", "pyvrp", 12, 120.0),
+        # Under DIMACS's distance objective the vehicles are free: distance alone decides.
+        row("D", "ortools", 8, 100.0, objective="distance"), row("D", "pyvrp", 9, 98.0, objective="distance"),
     ])  # fmt: skip
     lines = table.splitlines()
     assert lines[2] == "| A | 200 | 10 | 100.0 | -9.09 (+1 veh.) | 9 | 110.0 | 0.00 |"
     assert lines[3] == "| B | 200 | 10 | 100.0 | 5.26 | 10 | 95.0 | 0.00 |"
     assert lines[4] == "| C | 200 | 10 | 100.0 | infeasible | 12 | 120.0 | 0.00 |"
-    assert lines[5] == "| **mean gap** |  |  |  | -1.91 |  |  | 0.00 |"
+    assert lines[5] == "| D | 200 | 8 | 100.0 | 2.04 | 9 | 98.0 | 0.00 |"
+    assert lines[6] == "| **mean gap** |  |  |  | -0.60 |  |  | 0.00 |"
