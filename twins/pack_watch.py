@@ -7,11 +7,11 @@ did not make). So each twin learns its own pack from its first hour of samples, 
 learning slowly while nothing looks wrong:
 
 * ``voltage_consistency``: the pack voltage against its cells (``cell_min_v`` and
-  ``cell_max_v``): their mean times a learned series count. A pack-voltage sensor that drifts
-  or is offset breaks it; the cells do not.
-* ``cell_spread``: ``cell_max_v - cell_min_v`` against a learned line in ``|current_a|``. A
-  cell group whose resistance jumps, which lost a cell, or which leaks charge (an internal
-  short) leaves the others.
+  ``cell_max_v``): a learned linear model of their mean, the current and their spread. A
+  pack-voltage sensor that drifts or is offset breaks it; the cells do not.
+* ``cell_spread``: ``cell_max_v - cell_min_v`` against a learned linear model of the
+  discharge current, the charge current and a low-charge term. A cell group whose resistance
+  jumps, which lost a cell, or which leaks charge (an internal short) leaves the others.
 * ``ocv_residual``: the voltage of a pack that has rested 10 minutes against the
   open-circuit curve it showed at rest before, learned per 5 % of state of charge: a cell
   group that leaks or loses capacity, or a state of charge that no longer matches the
@@ -27,8 +27,13 @@ learning slowly while nothing looks wrong:
   (its readings jitter back and forth), how many samples under load repeated one reading,
   against the longest such run while learning.
 
-Each channel's residual is divided by its own learned scale (its mean absolute residual while
-learning), so the evidence is in "times the usual", whatever the pack. The evidence a channel
+The linear models are least squares on exponentially weighted moments, with each sensor's
+resolution counted as measurement error (:func:`_regress`), so a reading the pack has barely
+moved cannot get a coefficient that turns its quantisation into volts. An operating regime the
+pack has not shown yet (its first charge, its first time below 20 %, a state of charge it never
+rested at) is learned, not judged. Each channel's residual is divided by its own learned
+scale (its mean absolute residual while learning), so the evidence is in "times the usual",
+whatever the pack. The evidence a channel
 reports is the *smallest* of its last three values: one odd sample is never evidence, only
 a deviation that persists (30 s at a 10 s sample period). The twin keeps the state; the
 thresholds that turn evidence into flags belong to the anomaly model
