@@ -71,7 +71,7 @@ _FLOOR = np.array([0.02, 0.002, 0.02, 0.0005, 0.5])
 # largest such change seen while warming up.
 _N, _PREV_TS, _PREV_T, _RUN_S, _RUN_REF, _E_TH, _FIRST_TS = 0, 1, 2, 3, 4, 5, 6
 _LAST_LOAD = 7  # the last sample time the pack carried current (NaN: never)
-_SPARE = 8
+_SPARE = 8  # free: room for one more per-twin value without moving the rest
 # Three linear models, each kept as the EW mean of the outer product of (1, features, target):
 # pack volts on the cells' mean, current and spread (3 features); the spread on discharge
 # current, charge current and a low-charge term (3); the heating rate on I^2 (Joule heat),
