@@ -138,6 +138,9 @@ def _pack_trace(t0: float, n: int, offset_from: int) -> list[dict[str, Any]]:
             t0 + 10.0 * k, soc=round(float(soc[k]), 1), pack_voltage_v=round(float(pack_v[k]), 2),
             current_a=round(float(current[k] + rng.normal(0, 0.05)), 2),
             temp_c=round(float(temp[k] + rng.normal(0, 0.3)) * 2) / 2, speed_kmh=16.0 if ride[k] else 0.0,
+            # Away from the planner tests' zone: 80 minutes of rides there would be that
+            # zone's ride history, and its demand forecast, for the rest of the session.
+            lat=52.60, lon=13.30,
             cell_min_v=round(float(cell_v[k] - half[k]), 3), cell_max_v=round(float(cell_v[k] + half[k]), 3),
         )
         for k in range(n)
