@@ -257,6 +257,8 @@ def bench_plan(
     time_limit_s: Annotated[float, typer.Option("--time-limit", min=0.001, help="Search time limit, seconds")] = 60.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the generated day")] = 7,
     engine: Annotated[str, typer.Option("--engine", help="ortools, pyvrp, or both (the same day, one after the other)")] = "both",
+    depots: Annotated[Optional[int], typer.Option("--depots", min=1, help="Depots (default: one per 10 technicians, at least 2)")] = None,  # noqa: UP045
+    radius_km: Annotated[Optional[float], typer.Option("--radius-km", min=0.1, help="City radius (default: 6 km x sqrt(jobs / 1000))")] = None,  # noqa: UP045
 ) -> None:
     """Plan a seeded technician day in Berlin with the routing model and a greedy; check and compare them."""
     logging.basicConfig(level=logging.WARNING)
@@ -266,7 +268,42 @@ def bench_plan(
         typer.echo(f"Expected --engine ortools, pyvrp or both, got {engine!r}.", err=True)
         raise typer.Exit(2)
     engines = ("ortools", "pyvrp") if engine == "both" else (engine,)
-    result = main_plan(jobs, technicians, van_capacity, time_limit_s, seed, engines)
+    result = main_plan(
+        jobs, technicians, van_capacity, time_limit_s, seed, engines,
+        depots=depots, radius_m=None if radius_km is None else radius_km * 1000,
+    )  # fmt: skip
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+@bench_app.command("replan")
+def bench_replan(
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Candidate jobs of the live day (1,600 give about 1,000 planned)")] = 1600,
+    technicians: Annotated[int, typer.Option("--technicians", min=1, help="Technicians")] = 32,
+    engine: Annotated[str, typer.Option("--engine", help="ortools, pyvrp, or both")] = "both",
+    live_time_limit_s: Annotated[float, typer.Option("--live-time-limit", min=0.001, help="Search time of the live plan, seconds")] = 60.0,
+    events: Annotated[int, typer.Option("--events", min=1, help="Urgent jobs, each against the live plan")] = 20,
+    improve: Annotated[str, typer.Option("--improve", help="Comma-separated improvement budgets after insertion, seconds")] = "0,1",
+    budgets: Annotated[str, typer.Option("--budgets", help="Comma-separated full re-plan budgets, seconds")] = "5,20,60",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the generated day")] = 7,
+) -> None:
+    """Urgent insertion latency on a live plan of about 1,000 jobs, and full re-plan value against time."""
+    logging.basicConfig(level=logging.WARNING)
+    from bms.bench.replan import main_replan
+
+    if engine not in ("ortools", "pyvrp", "both"):
+        typer.echo(f"Expected --engine ortools, pyvrp or both, got {engine!r}.", err=True)
+        raise typer.Exit(2)
+    try:
+        improve_s = [float(x) for x in improve.split(",") if x.strip()]
+        budgets_s = [float(x) for x in budgets.split(",") if x.strip()]
+    except ValueError:
+        typer.echo(f"Expected comma-separated seconds for --improve and --budgets, got {improve!r} and {budgets!r}.", err=True)
+        raise typer.Exit(2) from None
+    engines = ("ortools", "pyvrp") if engine == "both" else (engine,)
+    result = main_replan(
+        jobs, technicians, engines=engines, live_time_limit_s=live_time_limit_s, events=events,
+        improve_s=improve_s, replan_budgets_s=budgets_s, seed=seed,
+    )  # fmt: skip
     sys.stdout.write(json.dumps(result) + "\n")
 
 

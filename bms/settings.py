@@ -185,6 +185,10 @@ class PlannerSettings(BaseModel):
     enabled: bool = Field(True, description="Run the planner actor (needs the models)")
     plan_interval_s: float = Field(PlannerParams.plan_interval_s, gt=0, description="Scheduled re-plan period")
     urgent_delay_s: float = Field(PlannerParams.urgent_delay_s, ge=0, description="Re-plan this soon after an urgent event")
+    urgent_improve_s: float = Field(
+        PlannerParams.urgent_improve_s, ge=0, le=60,
+        description="Search after an urgent round's insertion pass; a full round follows in the background",
+    )  # fmt: skip
     solve_time_limit_s: float = Field(PlannerParams.solve_time_limit_s, gt=0, le=3600, description="Search budget per plan")
     routing_engine: Literal["ortools", "pyvrp"] = Field(
         "ortools", description="Routing engine of the technician plan (planners/routing.py)"

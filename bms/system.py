@@ -181,6 +181,7 @@ def planner_spec(settings: Settings, urls: ServiceUrls) -> PlannerSpec:
         namespace=settings.ray.namespace, postgres_url=urls.postgres_url, technicians=techs, depots=depots,
         params=PlannerParams(
             plan_interval_s=p.plan_interval_s, urgent_delay_s=p.urgent_delay_s,
+            urgent_improve_s=p.urgent_improve_s,
             solve_time_limit_s=p.solve_time_limit_s, routing_engine=p.routing_engine,
             candidates_per_shard=p.candidates_per_shard,
             utc_offset_h=settings.models.utc_offset_h, max_jobs_per_round=p.max_jobs_per_round,

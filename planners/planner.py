@@ -44,6 +44,7 @@ import numpy as np
 
 from contracts.candidates import Candidate
 from contracts.work_orders import SwapRecord, WorkOrder, WorkOrderKind, WorkOrderState
+from planners.insertion import solve_urgent_async, warm_up_async
 from planners.job_queue import JobQueue, QueuedJob, Severity
 from planners.plan import Plan
 from planners.problem import Job, RoutingProblem, Vehicle
@@ -115,6 +116,9 @@ class PlannerParams:
         Period of scheduled re-plans (each pulls fresh candidates first).
     urgent_delay_s
         An urgent event re-plans after this long (events arriving together share a round).
+    urgent_improve_s
+        Search budget of an urgent round after its insertion pass
+        (:func:`~planners.insertion.solve_urgent`); a full round follows in the background.
     solve_time_limit_s
         Search budget of one round.
     routing_engine
@@ -142,6 +146,7 @@ class PlannerParams:
 
     plan_interval_s: float = 900.0
     urgent_delay_s: float = 2.0
+    urgent_improve_s: float = 1.0
     solve_time_limit_s: float = 20.0
     routing_engine: str = "ortools"
     candidates_per_shard: int = 300
@@ -155,6 +160,8 @@ class PlannerParams:
                 f"Expected positive plan_interval_s and solve_time_limit_s and urgent_delay_s >= 0, "
                 f"got {self.plan_interval_s}, {self.solve_time_limit_s}, {self.urgent_delay_s}."
             )
+        if not self.urgent_improve_s >= 0:
+            raise ValueError(f"Expected urgent_improve_s >= 0, got {self.urgent_improve_s}.")
         if self.routing_engine not in ENGINES:
             raise ValueError(f"Expected routing_engine in {list(ENGINES)}, got {self.routing_engine!r}.")
         if self.max_jobs_per_round is not None and self.max_jobs_per_round < 1:
@@ -270,6 +277,22 @@ class _Shift:
     used: int = 0
 
 
+@dataclass(frozen=True, eq=False)
+class _Round:
+    """One round's snapshot: when, who is on shift, which jobs, and the problem they make
+    (``None`` when there is nothing to route)."""
+
+    now: float
+    t0: int
+    techs: list[tuple[Technician, float, float]]
+    jobs: list[QueuedJob]
+    loads: dict[str, int]
+    depot_ids: list[str]
+    problem: RoutingProblem | None
+    locked: dict[int, list[int]]
+    initial: list[list[int]] | None
+
+
 class Planner:
     """Keeps the job queue and the technicians' plans (see the module docstring).
 
@@ -327,7 +350,15 @@ class Planner:
         self.now_s = now_s
         self.plans: deque[PlanRecord] = deque(maxlen=20)
         self._shifts: dict[str, _Shift] = {}
+        # _lock guards the queue, the orders and the plans; _full_lock lets one full solve
+        # run at a time without holding _lock while it searches.
         self._lock = asyncio.Lock()
+        self._full_lock = asyncio.Lock()
+        # Counts changes to what a round snapshots (queue, vans, plans): a full solve whose
+        # snapshot went stale while it searched is brought up to date before it commits.
+        self._version = 0
+        self._full_task: asyncio.Task[None] | None = None
+        self._full_again: str | None = None
         self._urgent = asyncio.Event()
         self._plan_count = 0
         self.plan_store = plan_store
@@ -338,11 +369,13 @@ class Planner:
         """Scheduled pull: the shards' top candidates into the queue; returns how many came."""
         cands = await self.candidates(self.params.candidates_per_shard)
         self.queue.update(cands, self.now_s())
+        self._version += 1
         return len(cands)
 
     def push(self, candidates: Sequence[Candidate]) -> int:
         """Shards push urgent candidates between pulls; a new critical job triggers a re-plan."""
         escalated = self.queue.update(list(candidates), self.now_s())
+        self._version += 1
         critical = [j for j in escalated if j.severity is Severity.CRITICAL]
         if critical:
             log.info(
@@ -374,6 +407,7 @@ class Planner:
             note=note, assigned_to=assigned_to,
         )  # fmt: skip
         battery = order.battery_id
+        self._version += 1
         if order.state is WorkOrderState.EN_ROUTE:
             self.queue.mark_en_route(battery, order.technician_id)
         elif order.state is WorkOrderState.DONE:
@@ -407,6 +441,7 @@ class Planner:
         if shift is None or start > shift.start_s + 12 * 3600:
             shift = _Shift(start_s=start, loaded=charged_batteries)
         self._shifts[technician_id] = replace(shift, loaded=charged_batteries, used=0)
+        self._version += 1
 
     # ------------------------------------------------------------------ restarts
     async def resume(self) -> bool:
@@ -513,22 +548,66 @@ class Planner:
         return loads
 
     async def plan(self, reason: str = "manual") -> PlanRecord:
-        """One planning round (see the module docstring); serialised."""
+        """One full planning round (see the module docstring).
+
+        Full rounds run one at a time. The solve itself holds no lock, so reports, pushes
+        and urgent rounds go on meanwhile; if any of them changed the queue, the solved
+        routes are brought up to date by an insertion pass on a fresh snapshot before they
+        are put in force (:func:`~planners.insertion.solve_urgent` without improvement).
+        """
+        async with self._full_lock:
+            async with self._lock:
+                await self._resume()
+                rnd = await self._build(self.latest())
+                version = self._version
+            if rnd.problem is None:
+                async with self._lock:
+                    return await self._commit(reason, rnd, None)
+            result = await solve_async(rnd.problem, self.routing, initial_routes=rnd.initial, locked=rnd.locked)
+            async with self._lock:
+                if self._version != version:
+                    provisional = self._record(reason, rnd, result)
+                    rnd = await self._build(provisional)
+                    if rnd.problem is None:
+                        return await self._commit(reason, rnd, None)
+                    rebased = await solve_urgent_async(
+                        rnd.problem, self.routing, rnd.initial, rnd.locked, improve_s=0.0,
+                        may_eject=self._critical(rnd),
+                    )  # fmt: skip
+                    result = replace(rebased, solve_time_s=result.solve_time_s + rebased.solve_time_s)
+                return await self._commit(reason, rnd, result)
+
+    async def plan_urgent(self, reason: str = "urgent") -> PlanRecord:
+        """An urgent round: the jobs not on the routes in force are inserted into them, then
+        the engine improves the result for ``urgent_improve_s``
+        (:func:`~planners.insertion.solve_urgent`); seconds, not a full solve. The loop runs
+        a full round in the background afterwards."""
         async with self._lock:
             await self._resume()
-            return await self._plan(reason)
+            rnd = await self._build(self.latest())
+            if rnd.problem is None:
+                return await self._commit(reason, rnd, None)
+            result = await solve_urgent_async(
+                rnd.problem, self.routing, rnd.initial, rnd.locked, improve_s=self.params.urgent_improve_s,
+                may_eject=self._critical(rnd),
+            )  # fmt: skip
+            return await self._commit(reason, rnd, result)
 
-    async def _plan(self, reason: str) -> PlanRecord:
+    @staticmethod
+    def _critical(rnd: _Round) -> list[int]:
+        """The round's critical jobs: an urgent insertion may displace a routine stop for them."""
+        return [k for k, j in enumerate(rnd.jobs) if j.severity is Severity.CRITICAL]
+
+    async def _build(self, last: PlanRecord | None) -> _Round:
+        """Snapshot the queue and the roster now into a routing problem; ``last`` (the plan
+        in force, or a solved one being brought up to date) locks the stops under way and
+        warm-starts the search."""
         now = self.now_s()
         t0 = math.floor(now)
         techs = self._on_shift(now)
         jobs = self._routable_jobs({t.id for t, _, _ in techs})
-        self._plan_count += 1
         if not jobs or not techs:
-            rec = PlanRecord(self._plan_count, reason, now, (), tuple(j.battery_id for j in jobs),
-                             len(jobs), 0.0, sum(j.value for j in jobs), 0, 0.0, False)  # fmt: skip
-            await self._keep(rec)
-            return rec
+            return _Round(now, t0, techs, jobs, {}, [], None, {}, None)
         depot_ids = sorted({t.depot_id for t, _, _ in techs})
         depot_node = {d: k for k, d in enumerate(depot_ids)}
         points = np.array(
@@ -539,7 +618,7 @@ class Planner:
         loads = self._van_loads(techs)
         job_index = {j.battery_id: k for k, j in enumerate(jobs)}
         tech_index = {t.id: k for k, (t, _, _) in enumerate(techs)}
-        locked, initial = self._locked_and_initial(jobs, job_index, tech_index)
+        locked, initial = self._locked_and_initial(jobs, job_index, tech_index, last)
         # A stop under way is committed: the plan must keep it feasible, or no plan at all
         # comes back. Its van holds the battery it needs (the estimate of the van's load may
         # be short of the truth), its deadline no longer binds (the technician is on the
@@ -570,16 +649,27 @@ class Planner:
         problem = RoutingProblem(
             travel.duration_s, travel.distance_m, tuple(vehicles), tuple(routing_jobs)
         )
-        result = await solve_async(problem, self.routing, initial_routes=initial, locked=locked)
-        record = self._record(reason, now, t0, result, jobs, techs, loads, depot_ids)
-        record = await self._sync_orders(record, jobs, result, techs)
+        return _Round(now, t0, techs, jobs, loads, depot_ids, problem, locked, initial)
+
+    async def _commit(self, reason: str, rnd: _Round, result: Plan | None) -> PlanRecord:
+        """Put a round's plan in force: number it, make the work orders match, keep it."""
+        self._plan_count += 1
+        self._version += 1
+        if result is None:
+            jobs = rnd.jobs
+            rec = PlanRecord(self._plan_count, reason, rnd.now, (), tuple(j.battery_id for j in jobs),
+                             len(jobs), 0.0, sum(j.value for j in jobs), 0, 0.0, False)  # fmt: skip
+            await self._keep(rec)
+            return rec
+        record = self._record(reason, rnd, result)
+        record = await self._sync_orders(record, rnd.jobs, result, rnd.techs)
         await self._keep(record)
         log.info(
             "plan %d (%s): %d/%d jobs, value %.0f, %.1f km, %.1f s",
             record.plan_id,
             reason,
-            len(jobs) - len(record.dropped),
-            len(jobs),
+            len(rnd.jobs) - len(record.dropped),
+            len(rnd.jobs),
             record.value_collected,
             record.distance_m / 1000,
             record.solve_time_s,
@@ -624,13 +714,13 @@ class Planner:
         return by
 
     def _locked_and_initial(
-        self, jobs: list[QueuedJob], job_index: dict[str, int], tech_index: dict[str, int]
-    ) -> tuple[dict[int, list[int]], list[list[int]] | None]:
-        """Stops under way stay first on their technician's route, in the last plan's order;
-        the last plan warm-starts the search."""
+        self, jobs: list[QueuedJob], job_index: dict[str, int], tech_index: dict[str, int],
+        last: PlanRecord | None,
+    ) -> tuple[dict[int, list[int]], list[list[int]] | None]:  # fmt: skip
+        """Stops under way stay first on their technician's route, in ``last``'s order;
+        ``last`` warm-starts the search."""
         locked: dict[int, list[int]] = {}
         under_way = self._under_way_by()
-        last = self.plans[-1] if self.plans else None
         initial: list[list[int]] | None = None
         if last is not None:
             initial = [[] for _ in tech_index]
@@ -660,10 +750,8 @@ class Planner:
                 initial = None
         return locked, initial
 
-    def _record(
-        self, reason: str, now: float, t0: int, plan: Plan, jobs: list[QueuedJob],
-        techs: list[tuple[Technician, float, float]], loads: dict[str, int], depot_ids: list[str],
-    ) -> PlanRecord:  # fmt: skip
+    def _record(self, reason: str, rnd: _Round, plan: Plan) -> PlanRecord:
+        now, t0, jobs, techs, loads = rnd.now, rnd.t0, rnd.jobs, rnd.techs, rnd.loads
         routes = []
         for route in plan.routes:
             tech = techs[route.vehicle][0]
@@ -772,20 +860,36 @@ class Planner:
 
     # ------------------------------------------------------------------ loop
     async def run_forever(self) -> None:
-        """Pull and plan every ``plan_interval_s``; urgent events re-plan within seconds."""
-        p = self.params
+        """Pull and plan every ``plan_interval_s``; urgent events re-plan within seconds.
+
+        Full rounds (scheduled, and the one following each urgent round) run as a background
+        task, so an urgent event never waits for a full solve to finish.
+        """
         next_scheduled = 0.0
+        try:
+            await warm_up_async()  # the urgent solver's process, started before it is needed
+        except Exception:
+            log.exception("the urgent solver could not be started; urgent rounds will start it")
+        try:
+            await self._loop(next_scheduled)
+        finally:
+            if self._full_task is not None:
+                self._full_task.cancel()
+
+    async def _loop(self, next_scheduled: float) -> None:
+        p = self.params
         while True:
             now = time.monotonic()
             try:
                 if now >= next_scheduled:
                     next_scheduled = now + p.plan_interval_s
                     await self.pull()
-                    await self.plan("scheduled")
+                    self._start_full("scheduled")
                 elif self._urgent.is_set():
                     await asyncio.sleep(p.urgent_delay_s)  # let events that come together gather
                     self._urgent.clear()
-                    await self.plan("urgent")
+                    await self.plan_urgent()
+                    self._start_full("follow-up")
             except Exception:
                 log.exception("planning round failed; retrying next period")
             # Sleep until the next scheduled round, or less if an urgent event arrives.
@@ -793,3 +897,18 @@ class Planner:
                 await asyncio.wait_for(
                     self._urgent.wait(), max(0.0, next_scheduled - time.monotonic())
                 )
+
+    def _start_full(self, reason: str) -> None:
+        """Start a full round in the background; while one runs, one more is queued."""
+        if self._full_task is not None and not self._full_task.done():
+            self._full_again = reason
+            return
+        self._full_task = asyncio.get_running_loop().create_task(self._full_rounds(reason))
+
+    async def _full_rounds(self, reason: str | None) -> None:
+        while reason is not None:
+            try:
+                await self.plan(reason)
+            except Exception:
+                log.exception("full planning round (%s) failed; the plan in force stands", reason)
+            reason, self._full_again = self._full_again, None

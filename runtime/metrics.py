@@ -229,7 +229,7 @@ METRICS: tuple[MetricSpec, ...] = (
 )  # fmt: skip
 #: The outcomes :class:`WebhookMetrics` takes.
 WEBHOOK_OUTCOMES = ("succeeded", "failed", "retried", "disabled")
-_PLAN_REASONS = ("scheduled", "urgent", "manual")
+_PLAN_REASONS = ("scheduled", "urgent", "follow-up", "manual")
 
 
 def _tags(spec: MetricSpec, tags: Mapping[str, str]) -> dict[str, str]:

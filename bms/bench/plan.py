@@ -1,6 +1,7 @@
 """`bms bench plan`: plan one realistic technician day with the routing model, against a greedy.
 
-A seeded day in Berlin (centre 52.52 N, 13.405 E, radius 6 km): two depots, technicians on
+A seeded day in Berlin (centre 52.52 N, 13.405 E, radius 6 km at 1,000 jobs, growing with
+the day: :func:`city_scale`): two depots (one per 10 technicians on bigger days), technicians on
 8-hour shifts starting at 07:00 or 09:00, vans carrying charged batteries, and candidate
 jobs (battery swaps, battery replacements, inspections), each with a value the plan earns
 by serving it. The day is over-subscribed on purpose: the planner must choose.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import resource
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from planners.errors import NoSolutionError
 from planners.problem import Job, RoutingProblem, Vehicle
 from planners.routing import solve
 from planners.routing_params import RoutingParams
@@ -37,6 +40,7 @@ __all__ = [
     "Day",
     "build_day",
     "check_routes",
+    "city_scale",
     "greedy_routes",
     "main_plan",
     "route_distance_m",
@@ -80,6 +84,17 @@ def _offsets_to_deg(dx_m: np.ndarray[Any, Any], dy_m: np.ndarray[Any, Any]) -> n
     return np.column_stack([lat, lon])
 
 
+def city_scale(jobs: int, technicians: int) -> tuple[int, float]:
+    """Depots and city radius of a day of this size: the 1,000-job day's density of jobs
+    and of technicians per depot, kept as the day grows (one depot per 10 technicians, at
+    least 2; the radius grows with the square root of the jobs).
+
+    1,000 jobs and 20 technicians: 2 depots, 6 km; 3,000 and 60: 6, 10.4 km; 10,000 and
+    200: 20, 19 km.
+    """
+    return max(2, technicians // 10), RADIUS_M * math.sqrt(max(jobs, 1) / 1000)
+
+
 def build_day(
     jobs: int = 1000,
     technicians: int = 20,
@@ -87,24 +102,31 @@ def build_day(
     seed: int = 7,
     *,
     penalty_per_value: int = PENALTY_PER_VALUE,
+    depots: int = 2,
+    radius_m: float = RADIUS_M,
 ) -> Day:
     """A seeded day: the same arguments always give the same problem.
 
-    Locations 0 and 1 are the depots, location ``2 + j`` is job ``j``. Technician ``k``
-    works from depot ``k % 2``, starts at 07:00 or 09:00 (alternating in pairs, so both
-    depots get both shifts), and every third technician (``k % 3 == 0``) can also replace
-    batteries and inspect vehicles.
+    Locations ``0 .. depots - 1`` are the depots, location ``depots + j`` is job ``j``.
+    Technician ``k`` works from depot ``k % depots``, starts at 07:00 or 09:00 (alternating
+    in pairs, so the depots get both shifts), and every third technician (``k % 3 == 0``)
+    can also replace batteries and inspect vehicles. Jobs lie uniformly on a disc of
+    ``radius_m``; the depots evenly round a ring a third to two thirds of the way out.
     """
+    if depots < 1:
+        raise ValueError(f"Expected depots >= 1, got {depots}.")
+    if not radius_m > 0:
+        raise ValueError(f"Expected radius_m > 0, got {radius_m}.")
     rng = np.random.default_rng(seed)
-    # Depots: two yards on opposite sides, 2-4 km out.
+    # Depots: yards evenly round the centre, 2-4 km out in the 6 km city (two: opposite sides).
     angle0 = rng.uniform(0, 2 * math.pi)
-    depot_r = rng.uniform(2_000, 4_000, size=2)
-    depot_a = np.array([angle0, angle0 + math.pi])
-    depots = _offsets_to_deg(depot_r * np.cos(depot_a), depot_r * np.sin(depot_a))
+    depot_r = rng.uniform(2_000, 4_000, size=depots) * (radius_m / RADIUS_M)
+    depot_a = angle0 + 2 * math.pi * np.arange(depots) / depots
+    depot_points = _offsets_to_deg(depot_r * np.cos(depot_a), depot_r * np.sin(depot_a))
     # Jobs uniform over the disc.
-    r = RADIUS_M * np.sqrt(rng.uniform(0, 1, size=jobs))
+    r = radius_m * np.sqrt(rng.uniform(0, 1, size=jobs))
     a = rng.uniform(0, 2 * math.pi, size=jobs)
-    points = np.vstack([depots, _offsets_to_deg(r * np.cos(a), r * np.sin(a))])
+    points = np.vstack([depot_points, _offsets_to_deg(r * np.cos(a), r * np.sin(a))])
     kind_names = list(_KINDS)
     kinds = rng.choice(len(kind_names), size=jobs, p=[_KINDS[k][0] for k in kind_names])
     priority = rng.uniform(0, 1, size=jobs)
@@ -117,7 +139,7 @@ def build_day(
         start = SHIFT_STARTS_S[(k // 2) % 2]
         skilled = k % 3 == 0
         vehicles.append(Vehicle(
-            start_node=k % 2,
+            start_node=k % depots,
             shift_start_s=start,
             shift_end_s=start + SHIFT_S,
             capacity=van_capacity,
@@ -130,7 +152,7 @@ def build_day(
         _, demand, service_s, skill = _KINDS[kind]
         value = round(1000 * float(priority[j]))
         job_list.append(Job(
-            node=2 + j,
+            node=depots + j,
             demand=demand,
             service_s=service_s,
             earliest_s=NOW_S,
@@ -258,6 +280,11 @@ def _summary(
     return served, collected, round(route_distance_m(problem, routes) / 1000, 2), violations
 
 
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def main_plan(
     jobs: int = 1000,
     technicians: int = 20,
@@ -265,25 +292,37 @@ def main_plan(
     time_limit_s: float = 60.0,
     seed: int = 7,
     engines: Sequence[str] = ("ortools",),
+    *,
+    depots: int | None = None,
+    radius_m: float | None = None,
 ) -> dict[str, Any]:
     """Plan one day with the routing model (each engine of ``engines``) and with the greedy;
     report all.
 
+    ``depots`` and ``radius_m`` default to :func:`city_scale` of the day's size.
+
     Returns
     -------
     dict
-        ``jobs, technicians, van_capacity, time_limit_s``; for the first engine of
-        ``engines`` (``engine``): ``replan_time_s, served, value_collected, value_total,
-        distance_km, feasible``; for the greedy: ``greedy_served, greedy_value_collected,
+        ``jobs, technicians, van_capacity, time_limit_s, depots, radius_km``; the travel
+        matrices' ``matrix_build_s`` and ``matrix_mb``; for the first engine of ``engines``
+        (``engine``): ``replan_time_s, served, value_collected, value_total, distance_km,
+        feasible``; for the greedy: ``greedy_served, greedy_value_collected,
         greedy_distance_km, greedy_feasible, greedy_time_s``; ``value_ratio`` (model over
         greedy value); with more than one engine, ``engines`` holds each engine's
-        ``replan_time_s, served, value_collected, distance_km, feasible, value_ratio``.
-        ``violations`` / ``greedy_violations`` list the first few problems the checker
-        found, when a plan is infeasible.
+        ``replan_time_s, served, value_collected, distance_km, feasible, value_ratio`` (or
+        its ``error`` when it found no plan). ``violations`` / ``greedy_violations`` list
+        the first few problems the checker found, when a plan is infeasible;
+        ``peak_rss_mb`` is the process's peak resident memory.
     """
     if not engines:
         raise ValueError("Expected at least one engine, got none.")
-    day = build_day(jobs, technicians, van_capacity, seed)
+    auto_depots, auto_radius = city_scale(jobs, technicians)
+    depots = auto_depots if depots is None else depots
+    radius_m = auto_radius if radius_m is None else radius_m
+    started = time.perf_counter()
+    day = build_day(jobs, technicians, van_capacity, seed, depots=depots, radius_m=radius_m)
+    build_s = time.perf_counter() - started
     problem = day.problem
 
     started = time.perf_counter()
@@ -294,7 +333,11 @@ def main_plan(
     per_engine: dict[str, dict[str, Any]] = {}
     for engine in engines:
         started = time.perf_counter()
-        plan = solve(problem, RoutingParams(time_limit_s=time_limit_s, engine=engine))  # type: ignore[arg-type]
+        try:
+            plan = solve(problem, RoutingParams(time_limit_s=time_limit_s, engine=engine))  # type: ignore[arg-type]
+        except NoSolutionError as err:
+            per_engine[engine] = {"replan_time_s": round(time.perf_counter() - started, 2), "error": str(err)}
+            continue
         replan_time_s = time.perf_counter() - started
         served, collected, km, violations = _summary(problem, day.values, [list(r) for r in plan.job_routes()])
         per_engine[engine] = {
@@ -309,24 +352,31 @@ def main_plan(
         "technicians": technicians,
         "van_capacity": van_capacity,
         "time_limit_s": time_limit_s,
+        "depots": depots,
+        "radius_km": round(radius_m / 1000, 2),
+        "day_build_s": round(build_s, 2),
+        "matrix_mb": round((problem.distance_matrix.nbytes + problem.duration_matrix.nbytes) / 2**20, 1),
         "engine": engines[0],
         "replan_time_s": first["replan_time_s"],
-        "served": first["served"],
-        "value_collected": first["value_collected"],
+        "served": first.get("served"),
+        "value_collected": first.get("value_collected"),
         "value_total": sum(day.values),
-        "distance_km": first["distance_km"],
-        "feasible": first["feasible"],
+        "distance_km": first.get("distance_km"),
+        "feasible": first.get("feasible", False),
         "greedy_served": g_served,
         "greedy_value_collected": g_collected,
         "greedy_distance_km": g_km,
         "greedy_feasible": not g_violations,
         "greedy_time_s": round(greedy_time_s, 3),
-        "value_ratio": first["value_ratio"],
+        "value_ratio": first.get("value_ratio"),
     }
     if len(engines) > 1:
         result["engines"] = per_engine
     if "violations" in first:
         result["violations"] = first["violations"]
+    if "error" in first:
+        result["error"] = first["error"]
     if g_violations:
         result["greedy_violations"] = g_violations[:5]
+    result["peak_rss_mb"] = _peak_rss_mb()
     return result

@@ -39,7 +39,8 @@ def test_tiny_day_model_collects_at_least_the_greedy_value(tiny_day: dict[str, o
         "jobs", "technicians", "van_capacity", "time_limit_s", "replan_time_s", "served",
         "value_collected", "value_total", "distance_km", "feasible", "greedy_served",
         "greedy_value_collected", "greedy_distance_km", "greedy_feasible", "greedy_time_s",
-        "value_ratio", "engine", "engines",
+        "value_ratio", "engine", "engines", "depots", "radius_km", "day_build_s", "matrix_mb",
+        "peak_rss_mb",
     }
     assert set(tiny_day) == fields
     engines = tiny_day["engines"]
@@ -111,3 +112,22 @@ def test_checker_catches_repeats_skills_and_shift_end() -> None:
     )
     violations = check_routes(skilled, [[0, 1]])
     assert any("skills" in v for v in violations) and any("shift" in v for v in violations)
+
+
+def test_a_bigger_day_keeps_the_density_with_more_depots() -> None:
+    """city_scale: 2 depots and 6 km at 1,000 jobs (the day measured so far, unchanged), 6
+    depots at 60 technicians, 20 at 200; each technician starts at its depot, round the ring."""
+    from bms.bench.plan import city_scale
+
+    assert city_scale(1000, 20) == (2, 6000.0)
+    depots, radius = city_scale(3000, 60)
+    assert depots == 6 and radius == pytest.approx(6000 * 3**0.5)
+    assert city_scale(10_000, 200)[0] == 20
+    day = build_day(jobs=300, technicians=60, seed=1, depots=6, radius_m=radius)
+    assert sorted({v.start_node for v in day.problem.vehicles}) == list(range(6))
+    assert day.problem.jobs[0].node == 6 and day.problem.num_locations == 306
+    # Depots lie a third to two thirds of the way out.
+    centre = np.radians([52.52, 13.405])
+    lat, lon = np.radians(day.points_deg[:6]).T
+    km = 6371 * np.hypot(lat - centre[0], (lon - centre[1]) * np.cos(centre[0]))
+    assert ((km > radius / 3000 - 0.01) & (km < 2 * radius / 3000 + 0.01)).all()

@@ -176,15 +176,62 @@ async def test_critical_push_triggers_an_urgent_replan_in_the_loop() -> None:
         assert p.plans and p.plans[-1].reason == "scheduled"
         p.push([_candidate(9, anomaly_flags=2)])
         for _ in range(100):
-            if p.plans[-1].reason == "urgent":
+            if any(r.reason == "urgent" for r in p.plans):
                 break
             await asyncio.sleep(0.1)
-        rec = p.plans[-1]
-        assert rec.reason == "urgent"
+        rec = next(r for r in reversed(p.plans) if r.reason == "urgent")
         assert "b009" in [s.battery_id for r in rec.routes for s in r.stops]
         assert rec.warm_started
+        # A full round follows the urgent one in the background, warm-started from it.
+        for _ in range(100):
+            if p.plans[-1].reason == "follow-up":
+                break
+            await asyncio.sleep(0.1)
+        assert p.plans[-1].reason == "follow-up"
+        assert "b009" in [s.battery_id for r in p.plans[-1].routes for s in r.stops]
     finally:
         task.cancel()
+
+
+async def test_an_urgent_round_inserts_into_the_plan_in_force() -> None:
+    """plan_urgent keeps the routes in force (stops under way first on their technician's
+    route) and adds the new critical job, without a full solve."""
+    p, orders, _ = _planner([_candidate(k) for k in range(6)])
+    await p.pull()
+    first = await p.plan()
+    route = next(r for r in first.routes if r.stops)
+    stop = route.stops[0]
+    await p.report(stop.work_order_id, WorkOrderState.EN_ROUTE, "tech")  # type: ignore[arg-type]
+    p.push([_candidate(7, anomaly_flags=2)])
+    rec = await p.plan_urgent()
+    assert rec.reason == "urgent" and rec.warm_started
+    mine = next(r for r in rec.routes if r.technician_id == route.technician_id)
+    assert mine.stops[0].battery_id == stop.battery_id
+    new = next(s for r in rec.routes for s in r.stops if s.battery_id == "b007")
+    assert orders.orders[new.work_order_id].state is WorkOrderState.ASSIGNED  # type: ignore[index]
+    # Everything the first plan served is still served.
+    served = {s.battery_id for r in rec.routes for s in r.stops}
+    assert {s.battery_id for r in first.routes for s in r.stops} <= served
+
+
+async def test_a_full_round_that_went_stale_while_solving_is_brought_up_to_date() -> None:
+    """A critical job pushed while a full solve searches is in the plan that solve commits
+    (an insertion pass on a fresh snapshot), and a job done meanwhile is not."""
+    p, _, _ = _planner([_candidate(k) for k in range(6)])
+    await p.pull()
+    first = await p.plan()
+    done = next(s for r in first.routes for s in r.stops)
+    solving = asyncio.create_task(p.plan("scheduled"))
+    await asyncio.sleep(0.3)  # the solve is under way (1 s budget)
+    assert not solving.done()
+    p.push([_candidate(8, anomaly_flags=2)])
+    await p.report(done.work_order_id, WorkOrderState.EN_ROUTE, "tech")  # type: ignore[arg-type]
+    swap = SwapRecord(done.vehicle_id, done.battery_id, "spare-1")
+    await p.report(done.work_order_id, WorkOrderState.DONE, "tech", swap=swap)  # type: ignore[arg-type]
+    rec = await solving
+    served = [s.battery_id for r in rec.routes for s in r.stops]
+    assert "b008" in served and done.battery_id not in served
+    assert done.battery_id not in rec.dropped
 
 
 async def test_stops_under_way_stay_with_their_technician() -> None:

@@ -129,3 +129,81 @@ def test_osrm_validates() -> None:
     """The base URL must be http(s)."""
     with pytest.raises(ProblemError, match="Expected an http\\(s\\) base_url, got 'localhost:5000'"):
         OsrmTravel("localhost:5000")
+
+
+class _RoutingOsrm(BaseHTTPRequestHandler):
+    """An OSRM fake that computes its answers: for the coordinates in the path it answers
+    the straight-line haversine matrix (metres, at 10 m/s), honouring ``sources`` and
+    ``destinations`` and refusing more than ``limit`` coordinates as a real server does
+    (code ``TooBig``)."""
+
+    limit: ClassVar[int] = 100
+    sizes: ClassVar[list[int]] = []
+
+    def do_GET(self) -> None:
+        from urllib.parse import parse_qs, urlsplit
+
+        parts = urlsplit(self.path)
+        coords = [tuple(map(float, c.split(","))) for c in parts.path.rsplit("/", 1)[1].split(";")]
+        query = parse_qs(parts.query)
+        type(self).sizes.append(len(coords))
+        if len(coords) > type(self).limit:
+            answer: dict[str, Any] = {"code": "TooBig", "message": "Too many table coordinates"}
+        else:
+            latlon = [(lat, lon) for lon, lat in coords]
+            metres = HaversineTravel(detour_factor=1.0, speed_kmh=36.0).matrices(latlon).distance_m.astype(float)
+            src = [int(i) for i in query["sources"][0].split(";")] if "sources" in query else list(range(len(coords)))
+            dst = [int(i) for i in query["destinations"][0].split(";")] if "destinations" in query else list(range(len(coords)))
+            block = metres[np.ix_(src, dst)] + 0.4  # OSRM answers floats; the client rounds
+            answer = {"code": "Ok", "distances": block.tolist(), "durations": (block / 10).tolist()}
+        body = json.dumps(answer).encode()
+        self.send_response(200 if answer["code"] == "Ok" else 400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        """Keep test output clean."""
+
+
+def test_osrm_asks_for_blocks_within_the_servers_table_size() -> None:
+    """23 points against a server that takes at most 8 coordinates: the client asks in blocks
+    of 4 sources by 4 destinations and assembles exactly the matrix one big request gives."""
+    handler = type("Fake", (_RoutingOsrm,), {"limit": 8, "sizes": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        rng = np.random.default_rng(5)
+        points = np.column_stack([52.5 + rng.uniform(-0.05, 0.05, 23), 13.4 + rng.uniform(-0.08, 0.08, 23)])
+        with pytest.raises(TravelMatrixError, match="TooBig"):
+            OsrmTravel(url, max_table_size=100).matrices(points)
+        blocked = OsrmTravel(url, max_table_size=8).matrices(points)
+        assert max(handler.sizes[1:]) <= 8 and len(handler.sizes) == 1 + 6 * 6
+        handler.limit = 100
+        whole = OsrmTravel(url, max_table_size=100).matrices(points)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    np.testing.assert_array_equal(blocked.distance_m, whole.distance_m)
+    np.testing.assert_array_equal(blocked.duration_s, whole.duration_s)
+    straight = HaversineTravel(detour_factor=1.0, speed_kmh=36.0).matrices(points)
+    # The URL carries 6 decimals of a degree (about 0.1 m): a metre of rounding at most.
+    np.testing.assert_allclose(whole.distance_m, straight.distance_m, atol=1)
+    assert not whole.distance_m.flags.writeable
+
+
+def test_haversine_blocks_give_the_same_matrix_as_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The row blocks that bound the memory change nothing in the result."""
+    import planners.travel as travel
+
+    rng = np.random.default_rng(2)
+    points = np.column_stack([52.5 + rng.uniform(-0.1, 0.1, 300), 13.4 + rng.uniform(-0.1, 0.1, 300)])
+    whole = HaversineTravel().matrices(points)
+    monkeypatch.setattr(travel, "_BLOCK_CELLS", 300 * 7)  # 7 rows a block, the last one short
+    blocked = HaversineTravel().matrices(points)
+    np.testing.assert_array_equal(whole.distance_m, blocked.distance_m)
+    np.testing.assert_array_equal(whole.duration_s, blocked.duration_s)
