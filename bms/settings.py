@@ -193,6 +193,11 @@ class PlannerSettings(BaseModel):
     routing_engine: Literal["ortools", "pyvrp"] = Field(
         "ortools", description="Routing engine of the technician plan (planners/routing.py)"
     )
+    osrm_url: str | None = Field(
+        None, pattern=r"^https?://", description="OSRM server for road travel times (BMS_OSRM_URL); None: haversine x 1.3 at 20 km/h",
+    )  # fmt: skip
+    osrm_profile: str = Field("driving", pattern=r"^[A-Za-z0-9_-]+$", description="OSRM profile in /table/v1/{profile}")
+    osrm_max_table_size: int = Field(100, ge=2, le=100_000, description="The OSRM server's --max-table-size")
     candidates_per_shard: int = Field(PlannerParams.candidates_per_shard, ge=1, description="Top batteries each shard reports")
     # Bounded in production: a round's travel matrices are n x n and are pickled to the
     # solver process, so 4,046 flagged twins once took the planner past 3 GB. The default
@@ -296,6 +301,9 @@ class Settings(BaseModel):
         weather = env.get("BMS_WEATHER_URL")
         if weather:
             data.setdefault("models", {})["weather_url"] = weather
+        osrm = env.get("BMS_OSRM_URL")
+        if osrm:
+            data.setdefault("planner", {})["osrm_url"] = osrm
         for key in ("postgres_url", "redis_url", "mqtt_url", "mqtt_username", "mqtt_password", "data_dir"):
             value = env.get(f"BMS_{key.upper()}")
             if value:

@@ -21,6 +21,7 @@ from models.job_params import JobParams
 from models.predictors import PREDICTORS
 from planners.planner import PlannerParams
 from planners.resources import Depot, Technician, default_roster
+from planners.travel import OsrmTravel
 from runtime.alerts import AlertsSpec
 from runtime.app import AppArgs
 from runtime.model_job import ModelJobSpec
@@ -177,8 +178,13 @@ def planner_spec(settings: Settings, urls: ServiceUrls) -> PlannerSpec:
         depots = tuple(Depot(**d.model_dump()) for d in p.depots)
     else:
         techs, depots = default_roster(settings.sim.center_lat, settings.sim.center_lon, p.default_technicians)
+    travel = (
+        None if p.osrm_url is None
+        else OsrmTravel(p.osrm_url, profile=p.osrm_profile, max_table_size=p.osrm_max_table_size)
+    )  # fmt: skip
     return PlannerSpec(
         namespace=settings.ray.namespace, postgres_url=urls.postgres_url, technicians=techs, depots=depots,
+        travel=travel,
         params=PlannerParams(
             plan_interval_s=p.plan_interval_s, urgent_delay_s=p.urgent_delay_s,
             urgent_improve_s=p.urgent_improve_s,

@@ -26,6 +26,7 @@ from planners.plan_jobs import PlanJob, PlanJobs
 from planners.planner import Planner, PlannerParams, PlanRecord, TechnicianRoute
 from planners.resources import Depot, Technician
 from planners.routing_params import RoutingParams
+from planners.travel import TravelMatrixSource
 from planners.views import QueueEntry, Roster, queue_entries, roster_of
 from runtime.metrics import EXPORT_INTERVAL_S, PlannerMetrics, export_every
 from runtime.names import PLANNER_NAME
@@ -51,6 +52,8 @@ class PlannerSpec:
     params: PlannerParams = field(default_factory=PlannerParams)
     rules: JobRules = field(default_factory=JobRules)
     run_schedule: bool = True
+    #: Road travel (an OSRM server); None: the planner's haversine default.
+    travel: TravelMatrixSource | None = None
 
 
 class _PlannerActor:
@@ -87,7 +90,7 @@ class _PlannerActor:
         )
         self.planner = Planner(
             self.spec.technicians, self.spec.depots, WorkOrderStore(conn), self._candidates,
-            self._apply_swap, self.spec.params, routing, plan_store=PlanStore(conn),
+            self._apply_swap, self.spec.params, routing, travel=self.spec.travel, plan_store=PlanStore(conn),
         )  # fmt: skip
         self.planner.queue.rules = self.spec.rules
         # Before anything reads or plans: a restarted actor re-queues the open work orders

@@ -49,7 +49,10 @@ def test_every_settings_section_reaches_its_component() -> None:
         "bridge": {"workers": 3, "batch_max_messages": 77, "max_age_s": 60.0},
         "ray": {"namespace": "ns1", "num_cpus": 1},
         "models": {"score_interval_s": 5.0, "utc_offset_h": 2.0, "retrain_interval_s": 100.0},
-        "planner": {"solve_time_limit_s": 3.0, "default_technicians": 2, "max_jobs_per_round": 250},
+        "planner": {
+            "solve_time_limit_s": 3.0, "default_technicians": 2, "max_jobs_per_round": 250,
+            "urgent_improve_s": 0.5, "routing_engine": "pyvrp",
+        },
         "serve": {"http_port": 8123},
     })
     spec = system_spec(settings, _URLS, shared_subscriptions=True, redis_prefix="p:")
@@ -62,6 +65,7 @@ def test_every_settings_section_reaches_its_component() -> None:
     assert spec.planner is not None and len(spec.planner.technicians) == 2
     assert spec.planner.params.solve_time_limit_s == 3.0 and spec.planner.params.utc_offset_h == 2.0
     assert spec.planner.params.max_jobs_per_round == 250
+    assert spec.planner.params.urgent_improve_s == 0.5 and spec.planner.params.routing_engine == "pyvrp"
     assert spec.http is not None and spec.http.port == 8123 and spec.redis_prefix == "p:"
 
 
@@ -98,3 +102,20 @@ def test_settings_defaults_are_the_components_defaults() -> None:
     assert spec.twins.scoring == ScoringParams()
     assert spec.planner is not None and spec.planner.params == PlannerParams()
     assert spec.model_job is not None and spec.model_job.params == JobParams()
+
+
+def test_an_osrm_server_replaces_haversine_travel() -> None:
+    """BMS_OSRM_URL (or [planner] osrm_url) gives the planner OSRM's road table; unset, the
+    planner keeps its haversine default; a URL that is not http(s) is refused."""
+    import pytest
+
+    from bms.settings import SettingsError
+    from planners.travel import OsrmTravel
+
+    assert system_spec(Settings(), _URLS).planner.travel is None  # type: ignore[union-attr]
+    settings = Settings.load(env={"BMS_OSRM_URL": "http://osrm.internal:5000"})
+    settings = settings.model_copy(update={"planner": settings.planner.model_copy(update={"osrm_max_table_size": 5000})})
+    travel = system_spec(settings, _URLS).planner.travel  # type: ignore[union-attr]
+    assert travel == OsrmTravel("http://osrm.internal:5000", max_table_size=5000)
+    with pytest.raises(SettingsError, match="osrm_url"):
+        Settings.load(env={"BMS_OSRM_URL": "osrm.internal:5000"})
