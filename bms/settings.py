@@ -191,7 +191,8 @@ class PlannerSettings(BaseModel):
     )  # fmt: skip
     solve_time_limit_s: float = Field(PlannerParams.solve_time_limit_s, gt=0, le=3600, description="Search budget per plan")
     routing_engine: Literal["ortools", "pyvrp"] = Field(
-        "ortools", description="Routing engine of the technician plan (planners/routing.py)"
+        PlannerParams.routing_engine,  # type: ignore[arg-type]  # one of ENGINES, checked by PlannerParams
+        description="Routing engine of the technician plan (planners/routing.py)",
     )
     osrm_url: str | None = Field(
         None, pattern=r"^https?://", description="OSRM server for road travel times (BMS_OSRM_URL); None: haversine x 1.3 at 20 km/h",

@@ -11,7 +11,9 @@ solve from scratch. It
    last plan dropped), most valuable first, at its cheapest feasible position over all
    routes, when that detour costs less than dropping the job: cheapest insertion, checked
    in O(1) per position with each route's latest feasible service starts, and vectorised
-   over all positions of all routes at once;
+   over all positions of all routes at once. An urgent job that fits nowhere may displace
+   less valuable stops: one stop taken off a route, or the stops it makes late when pushed
+   in (whichever lowers the cost); the displaced stops are then offered to other routes;
 3. hands the result to the configured engine as a warm start for a bounded improvement
    (``improve_s``), and keeps whichever of the two plans is better.
 
@@ -142,6 +144,15 @@ def _repair(
     return kept, removed
 
 
+def _route_distance(problem: RoutingProblem, cols: _Jobs, k: int, route: Sequence[int]) -> float:
+    """Distance of vehicle ``k`` driving ``route`` and back (0 for an empty route)."""
+    if not route:
+        return 0.0
+    v = problem.vehicles[k]
+    nodes = np.array([v.start_node, *(int(cols.node[j]) for j in route), v.end], dtype=np.int64)
+    return float(problem.distance_matrix[nodes[:-1], nodes[1:]].sum())
+
+
 def _positions(problem: RoutingProblem, cols: _Jobs, k: int, route: Sequence[int], head: int) -> _Positions:
     v = problem.vehicles[k]
     dur = problem.duration_matrix
@@ -220,10 +231,11 @@ class _Inserter:
         self.per_route[k] = _positions(self.problem, self.cols, k, route, self.heads[k])
         self._stack()
 
-    def eject_for(self, j: int) -> int | None:
+    def eject_for(self, j: int) -> list[int] | None:
         """Make room for ``j`` by taking one less valuable stop off a route: the exchange
         that lowers the cost most (``j``'s penalty saved, less the ejected stop's penalty
-        and the change in distance). Returns the ejected job, or None if no exchange pays."""
+        and the change in distance). Returns the ejected job (a list of one), or None if
+        no exchange pays."""
         cols, dist = self.cols, self.problem.distance_matrix
         best: tuple[float, int, int, int] | None = None  # (cost change, vehicle, ejected position, insert position)
         for k in np.flatnonzero(cols.able[j]).tolist():
@@ -255,7 +267,37 @@ class _Inserter:
         route = self.routes[k][:]
         ejected = route.pop(r)
         self._put(k, route, p, j)
-        return ejected
+        return [ejected]
+
+    def push_in(self, j: int) -> list[int] | None:
+        """Put ``j`` at the place where it costs least once the stops it makes late leave
+        the route (the route's repair after the insertion): the move for an urgent job
+        whose window sits where a route is already full, which no single ejection frees.
+        Returns the stops that left, or None if no place pays."""
+        cols = self.cols
+        best: tuple[float, int, list[int], list[int]] | None = None  # (cost change, vehicle, route, removed)
+        for k in np.flatnonzero(cols.able[j]).tolist():
+            route, head = self.routes[k], self.heads[k]
+            before = _route_distance(self.problem, cols, k, route)
+            for p in range(head, len(route) + 1):
+                trial, removed = _repair(self.problem, cols, k, [*route[:p], j, *route[p:]], head)
+                if j not in trial or any(not cols.penalty[x] < cols.penalty[j] for x in removed):
+                    continue
+                change = (
+                    _route_distance(self.problem, cols, k, trial) - before
+                    + float(sum(cols.penalty[x] for x in removed)) - float(cols.penalty[j])
+                    + (self.fixed[k] if not route else 0.0)  # a vehicle not yet used
+                )  # fmt: skip
+                if change < 0 and (best is None or change < best[0]):
+                    best = (change, k, trial, removed)
+        if best is None:
+            return None
+        _, k, trial, removed = best
+        self.routes[k] = trial
+        self.loads[k] = int(cols.demand[trial].sum())
+        self.per_route[k] = _positions(self.problem, cols, k, trial, self.heads[k])
+        self._stack()
+        return removed
 
 
 def insert_jobs(
@@ -308,9 +350,12 @@ def insert_jobs(
     ejected: list[int] = []
     for j in todo:
         if not work.insert(j) and j in eject:
-            e = work.eject_for(j)
-            if e is not None:
-                ejected.append(e)
+            # One stop out anywhere on the route, or the stops made late by pushing j in:
+            # whichever pays more.
+            moved = work.eject_for(j)
+            if moved is None:
+                moved = work.push_in(j)
+            ejected.extend(moved or ())
     for e in ejected:  # each may still fit elsewhere
         work.insert(e)
     return work.routes

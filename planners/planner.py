@@ -123,7 +123,8 @@ class PlannerParams:
         Search budget of one round.
     routing_engine
         The routing engine (:attr:`~planners.routing_params.RoutingParams.engine`):
-        ``"ortools"`` or ``"pyvrp"``.
+        ``"pyvrp"`` (the default: it collected more value than OR-Tools on every measured
+        day, BENCHMARKS.md) or ``"ortools"``.
     candidates_per_shard
         How many top-priority batteries each shard reports per pull.
     penalty_per_value
@@ -148,7 +149,7 @@ class PlannerParams:
     urgent_delay_s: float = 2.0
     urgent_improve_s: float = 1.0
     solve_time_limit_s: float = 20.0
-    routing_engine: str = "ortools"
+    routing_engine: str = "pyvrp"
     candidates_per_shard: int = 300
     penalty_per_value: int = 500
     utc_offset_h: float = 1.0

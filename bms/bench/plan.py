@@ -342,7 +342,7 @@ def main_plan(
         served, collected, km, violations = _summary(problem, day.values, [list(r) for r in plan.job_routes()])
         per_engine[engine] = {
             "replan_time_s": round(replan_time_s, 2), "served": served, "value_collected": collected,
-            "distance_km": km, "feasible": not violations,
+            "distance_km": km, "feasible": not violations, "status": plan.status,
             "value_ratio": round(collected / g_collected, 4) if g_collected else None,
             **({"violations": violations[:5]} if violations else {}),
         }  # fmt: skip

@@ -211,3 +211,19 @@ def test_an_urgent_job_takes_the_place_of_a_less_valuable_stop() -> None:
     # Not for a job worth less than every stop it could replace.
     cheap = dataclasses.replace(problem, jobs=(*jobs[:2], dataclasses.replace(jobs[2], drop_penalty=50)))
     assert insert_jobs(cheap, [[0, 1]], may_eject=[2]) == [[0, 1]]
+
+
+def test_an_urgent_job_pushes_out_the_stops_it_makes_late() -> None:
+    """The urgent job must be served first; doing so makes the two routine stops after it
+    miss their windows. No single ejection frees enough time, so the job goes in and both
+    late stops leave (their penalties together are less than the urgent job's)."""
+    jobs = [
+        Job(node=1, service_s=600, latest_s=11 * 60, drop_penalty=300),
+        Job(node=2, service_s=600, latest_s=22 * 60, drop_penalty=300),
+        Job(node=3, service_s=1200, latest_s=5 * 60, drop_penalty=90_000),  # urgent
+    ]
+    problem = line_problem([0, 1, 2, 3], [van()], jobs)
+    assert insert_jobs(problem, [[0, 1]]) == [[0, 1]]
+    routes = insert_jobs(problem, [[0, 1]], may_eject=[2])
+    assert routes == [[2]]
+    assert check_routes(problem, routes) == []
