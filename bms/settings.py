@@ -76,6 +76,10 @@ class TwinSettings(BaseModel):
     rated_capacity_ah: float = Field(TwinTableParams.rated_capacity_ah, gt=0, le=200, description="Rated pack capacity")
     hot_threshold_c: float = Field(TwinTableParams.hot_threshold_c, description="Above this a pack counts as hot")
     zone_cell_km: float = Field(1.0, gt=0, le=100, description="Side of a square fleet zone")
+    shard_resource: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Custom Ray resource each shard takes one unit of (cluster.yaml: bms_twin_shard); None on one machine",
+    )  # fmt: skip
 
 
 class BridgeSettings(BaseModel):

@@ -94,7 +94,7 @@ def twin_runtime_spec(
         redis_prefix=redis_prefix, models_enabled=models_enabled, score_interval_s=m.score_interval_s,
         scoring=ScoringParams(utc_offset_h=m.utc_offset_h),
         alerts=twin_alert_params(settings) if settings.alerts.enabled else None,
-        alert_interval_s=settings.alerts.interval_s,
+        alert_interval_s=settings.alerts.interval_s, shard_resource=t.shard_resource,
     )  # fmt: skip
 
 

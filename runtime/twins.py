@@ -69,6 +69,7 @@ __all__ = [
     "ShardRouter",
     "TwinRuntimeSpec",
     "connect_backends",
+    "shard_options",
     "start_directory",
 ]
 
@@ -98,6 +99,11 @@ class TwinRuntimeSpec:
     #: The twins' alert rules; ``None`` when the alert manager is off.
     alerts: TwinAlertParams | None = None
     alert_interval_s: float = 10.0
+    #: A custom Ray resource each shard takes one unit of (cluster.yaml gives each twin
+    #: worker node ``bms_twin_shard: 4``): shards then land only on twin workers, at most as
+    #: many per node as its memory was sized for, and Ray spreads them as nodes fill up.
+    #: ``None`` on one machine, where no node advertises it.
+    shard_resource: str | None = None
 
 
 async def connect_backends(spec: TwinRuntimeSpec) -> ShardBackends:
@@ -224,6 +230,15 @@ class _ShardActor(TwinShard):
         await super().aclose()
 
 
+def shard_options(shard_id: int, spec: TwinRuntimeSpec) -> dict[str, Any]:
+    """The actor options of shard ``shard_id``: the shard role's, plus one unit of the
+    cluster's shard resource when the spec names one."""
+    options = actor_options("shard", shard_actor_name(shard_id), spec.namespace)
+    if spec.shard_resource is not None:
+        options["resources"] = {spec.shard_resource: 1}
+    return options
+
+
 async def spawn_shard(shard_id: int, spec: TwinRuntimeSpec) -> None:
     """Start shard ``shard_id`` (or find it running) and wait until it has restored."""
     # Ray types ``.remote()`` as ``ActorHandle[T] | type[T]`` (for @ray.method-typed actors);
@@ -231,7 +246,7 @@ async def spawn_shard(shard_id: int, spec: TwinRuntimeSpec) -> None:
     handle = cast(
         "ActorHandle[Any]",
         ray.remote(_ShardActor)
-        .options(**actor_options("shard", shard_actor_name(shard_id), spec.namespace))
+        .options(**shard_options(shard_id, spec))
         .remote(shard_id, spec),
     )
     await handle.start.remote()

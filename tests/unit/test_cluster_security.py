@@ -1,25 +1,33 @@
-"""cluster.yaml keeps Ray's token on, its dashboard on 127.0.0.1 and no secret in it."""
+"""The cluster configs keep Ray's token on, the dashboard on 127.0.0.1 and no secret in them."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import pytest
+import yaml
+
 from contracts.redaction import redact_text
 
 ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = [ROOT / "cluster.yaml", ROOT / "deploy" / "cluster-onprem.yaml"]
 
 
-def test_ray_starts_with_token_auth_and_a_local_dashboard() -> None:
-    # Read as lines: the file's ${...} placeholders are filled in by the deployer (issue 16
-    # makes it a valid, rendered config).
-    ray_starts = [ln for ln in (ROOT / "cluster.yaml").read_text().splitlines() if "ray start" in ln and not ln.lstrip().startswith("#")]
-    assert ray_starts and all("RAY_AUTH_MODE=token" in c and "RAY_AUTH_TOKEN_PATH=" in c for c in ray_starts)
-    head = next(c for c in ray_starts if "--head" in c)
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_ray_starts_with_token_auth_and_a_local_dashboard(path: Path) -> None:
+    config = yaml.safe_load(path.read_text())
+    starts = [
+        c for key in ("head_start_ray_commands", "worker_start_ray_commands")
+        for c in config[key] if "ray start" in c
+    ]  # fmt: skip
+    assert len(starts) == 2 and all("RAY_AUTH_MODE=token" in c and "RAY_AUTH_TOKEN_PATH=" in c for c in starts)
+    head = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
     assert "--dashboard-host=127.0.0.1" in head
 
 
-def test_no_secret_in_the_cluster_file() -> None:
-    text = (ROOT / "cluster.yaml").read_text()
-    assert redact_text(text) == text, "a URL with a password or a password= is in cluster.yaml"
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_no_secret_in_the_cluster_file(path: Path) -> None:
+    text = path.read_text()
+    assert redact_text(text) == text, f"a URL with a password or a password= is in {path.name}"
     assert not re.search(r"(?i)(token|password|secret)\s*[:=]\s*['\"]?[A-Za-z0-9+/_-]{16,}", text)

@@ -42,6 +42,7 @@ lstm_hidden_size = 16
 rated_capacity_ah = 20.0
 hot_threshold_c = 50.0
 zone_cell_km = 2.0
+shard_resource = "bms_twin_shard"
 
 [bridge]
 workers = 4
@@ -122,6 +123,7 @@ def test_full_config_sets_every_section(tmp_path: Path) -> None:
     assert s.twins == TwinSettings(
         window_samples=128, shard_size=500, checkpoint_interval_s=30.0, redis_flush_interval_s=0.5,
         lstm_hidden_size=16, rated_capacity_ah=20.0, hot_threshold_c=50.0, zone_cell_km=2.0,
+        shard_resource="bms_twin_shard",
     )  # fmt: skip
     assert s.bridge == BridgeSettings(
         workers=4, share_group="west_1", batch_max_messages=500, batch_max_wait_ms=5.0,
