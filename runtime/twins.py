@@ -169,6 +169,10 @@ class AlertManagerSink:
 
 
 class _ShardActor(TwinShard):
+    def node_id(self) -> str:
+        """The Ray node this shard process runs on (hex id)."""
+        return str(ray.get_runtime_context().get_node_id())
+
     def __init__(self, shard_id: int, spec: TwinRuntimeSpec) -> None:
         async def connect() -> ShardBackends:
             return await connect_backends(spec)
@@ -263,6 +267,18 @@ class _DirectoryActor(ShardDirectory):
             return DirectoryStore(cast("psycopg.AsyncConnection[Any]", conn))
 
         super().__init__(spec.shard_size, spawn, store, initial_shards=spec.initial_shards)
+        self._namespace = spec.namespace
+
+    async def placement(self, battery_ids: list[str]) -> list[tuple[int, str] | None]:
+        """Battery → (shard, the Ray node that shard runs on now); None for a battery the
+        fleet has not seen. The node is asked of the shard itself, not recorded: after a
+        node is lost Ray restarts the shard elsewhere, and only the shard knows where."""
+        shards = await self.lookup(battery_ids)
+        wanted = sorted({s for s in shards if s is not None})
+        handles = [ray.get_actor(shard_actor_name(s), namespace=self._namespace) for s in wanted]
+        found: list[str] = await asyncio.gather(*(h.node_id.remote() for h in handles))
+        nodes = dict(zip(wanted, found, strict=True))
+        return [None if s is None else (s, nodes[s]) for s in shards]
 
 
 def start_directory(spec: TwinRuntimeSpec) -> ActorHandle[Any]:

@@ -365,6 +365,20 @@ def test_restarted_shard_restores_checkpoint_and_replays(services: ServiceHandle
     assert _twin(api, battery, 8)["soc_pct"] == pytest.approx(50.0)
 
 
+def test_the_directory_places_a_battery_on_its_shard_and_node(services: ServiceHandles, api: httpx.Client) -> None:
+    """directory.placement: battery -> (shard, the Ray node the shard runs on); None for a
+    battery the fleet has not seen. On this one-node cluster the node is the only node."""
+    vehicle, battery = _ids(services, "pl")
+    _publish(services, [(f"fleet/{vehicle}/telemetry", _message(vehicle, battery, 0, [_sample(time.time() - 5)]))])
+    _twin(api, battery, 1)
+    directory = ray.get_actor("bms-directory", namespace=services.namespace)
+    (shard_id,) = ray.get(directory.lookup.remote([battery]))
+    placed, unknown = ray.get(directory.placement.remote([battery, f"{battery}-never-seen"]))
+    alive = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    assert unknown is None
+    assert placed == (shard_id, alive[0]) and len(alive) == 1
+
+
 def test_shard_size_one_runs_one_actor_per_battery(services: ServiceHandles, ray_session: None) -> None:
     """With shard_size=1 the directory starts a separate TwinShard actor for every battery."""
     from bms.services import ServiceUrls
