@@ -178,6 +178,7 @@ class _Inserter:
         self.capacity = np.array([v.capacity for v in problem.vehicles], dtype=np.int64)
         self.fixed = np.array([v.fixed_cost for v in problem.vehicles], dtype=np.float64)
         self.loads = np.array([int(cols.demand[r].sum()) if r else 0 for r in routes], dtype=np.int64)
+        self.empty = np.array([not r for r in routes], dtype=bool)
         self.per_route = [_positions(problem, cols, k, r, heads[k]) for k, r in enumerate(routes)]
         self._stack()
 
@@ -208,8 +209,7 @@ class _Inserter:
         )
         delta = dist[prev_node, n] + dist[n, next_node] - direct
         # A vehicle not yet used pays its fixed cost for its first job.
-        empty = np.array([not r for r in self.routes], dtype=bool)
-        delta = delta + np.where(empty[vehicle], self.fixed[vehicle], 0.0)
+        delta = delta + np.where(self.empty[vehicle], self.fixed[vehicle], 0.0)
         return np.where(ok, delta, np.inf)
 
     def insert(self, j: int) -> bool:
@@ -228,6 +228,7 @@ class _Inserter:
         route.insert(p, j)
         self.routes[k] = route
         self.loads[k] = int(self.cols.demand[route].sum())
+        self.empty[k] = not route
         self.per_route[k] = _positions(self.problem, self.cols, k, route, self.heads[k])
         self._stack()
 
@@ -295,6 +296,7 @@ class _Inserter:
         _, k, trial, removed = best
         self.routes[k] = trial
         self.loads[k] = int(cols.demand[trial].sum())
+        self.empty[k] = not trial
         self.per_route[k] = _positions(self.problem, cols, k, trial, self.heads[k])
         self._stack()
         return removed
