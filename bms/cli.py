@@ -61,7 +61,7 @@ def run(
         settings = settings.model_copy(update={"sim": settings.sim.model_copy(update={"vehicles": vehicles})})
 
     from bms.services import EmbeddedServices
-    from bms.system import FleetSystem, system_spec
+    from bms.system import FleetSystem, initial_shards, system_spec
     from runtime.system import shutdown_ray
 
     services = EmbeddedServices(settings)
@@ -69,7 +69,7 @@ def run(
     shared = services.mqtt_supports_shared_subscriptions
     system = FleetSystem(system_spec(
         settings, urls, shared_subscriptions=shared, mqtt_v5=shared,
-        initial_shards=max(1, -(-settings.sim.vehicles // settings.twins.shard_size)),
+        initial_shards=initial_shards(settings),
     ))
     stop = asyncio.Event()
     try:
@@ -222,6 +222,18 @@ def bench_shard_memory(
     sys.stdout.write(json.dumps(run_shard_memory_bench(repeats)) + "\n")
 
 
+@bench_app.command("broker")
+def bench_broker(
+    messages: Annotated[int, typer.Option(min=1, help="One-sample telemetry messages per round")] = 200_000,
+    repeats: Annotated[int, typer.Option(min=1, help="Rounds, each on a fresh broker (medians reported)")] = 3,
+) -> None:
+    """Mosquitto's own cost per QoS 1 message (C clients): messages per broker-core-second."""
+    logging.basicConfig(level=logging.WARNING)
+    from bms.bench.broker import run_broker_bench
+
+    sys.stdout.write(json.dumps(run_broker_bench(messages, repeats)) + "\n")
+
+
 @bench_app.command("route")
 def bench_route(
     instance: Annotated[Path, typer.Option("--instance", exists=True, dir_okay=False, help="Solomon-format VRPTW file")],
@@ -322,6 +334,40 @@ def bench_serve(
 
     result = run_serve_bench(list(models or PREDICTORS), rows, seconds, callers, load_settings(config))
     sys.stdout.write(json.dumps(result) + "\n")
+
+
+@bench_app.command("lstm-step")
+def bench_lstm_step(
+    twins: Annotated[str, typer.Option("--twins", help="Comma-separated twin counts, one batched step each")] = "1000000",
+    devices: Annotated[str, typer.Option("--devices", help="cpu and/or cuda, comma-separated (default: cpu, plus cuda when torch sees one)")] = "",
+    dtypes: Annotated[str, typer.Option("--dtypes", help="float32 and/or bfloat16, comma-separated")] = "float32,bfloat16",
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs per measurement (median, min, max reported)")] = 5,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed runs before them")] = 1,
+    accuracy_twins: Annotated[int, typer.Option(min=1, help="Twins whose remaining life is compared, and chained")] = 100_000,
+    chain_steps: Annotated[int, typer.Option(min=0, help="Steps chained for the compounded error (0: none)")] = 30,
+    seed: Annotated[int, typer.Option(help="Seeds the inputs, the weights and the training")] = 0,
+    model_dir: Annotated[Optional[Path], typer.Option("--model-dir", exists=True, file_okay=False, help="A saved degradation model (default: trained from scratch, quick plan)")] = None,  # noqa: UP045
+) -> None:
+    """A batched LSTM step of the degradation model over N twin states, per device and float type, with bfloat16's error."""
+    logging.basicConfig(level=logging.WARNING)
+    from bms.bench.lstm_step import LstmStepBenchParams, run_lstm_step_bench
+
+    try:
+        counts = tuple(int(v.strip().replace("_", "")) for v in twins.split(",") if v.strip())
+    except ValueError:
+        typer.echo(f"Expected --twins as comma-separated counts like 1000000,10000000, got {twins!r}.", err=True)
+        raise typer.Exit(2) from None
+    try:
+        params = LstmStepBenchParams(
+            twins=counts, devices=tuple(d.strip() for d in devices.split(",") if d.strip()),
+            dtypes=tuple(d.strip() for d in dtypes.split(",") if d.strip()),
+            repeats=repeats, warmup=warmup, accuracy_twins=accuracy_twins, chain_steps=chain_steps, seed=seed,
+            model_dir=model_dir,
+        )
+    except ValueError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    sys.stdout.write(json.dumps(run_lstm_step_bench(params)) + "\n")
 
 
 @bench_app.command("api")

@@ -26,6 +26,7 @@ from alerts.ops_rules import OpsThresholds
 from contracts.redaction import REDACTED, redact_text, redact_url
 from contracts.telemetry import ContractLimits
 from models.drift import MAJOR_PSI
+from models.inference_device import LstmDtype
 from models.job_params import JobParams
 from models.registry import POLL_INTERVAL_S
 from planners.planner import DEFAULT_MAX_JOBS_PER_ROUND, PlannerParams
@@ -80,6 +81,11 @@ class TwinSettings(BaseModel):
         None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Custom Ray resource each shard takes one unit of (cluster.yaml: bms_twin_shard); None on one machine",
     )  # fmt: skip
+    fleet_size: int = Field(
+        0, ge=0, le=100_000_000,
+        description="Batteries the fleet is expected to have: ceil(fleet_size / shard_size) shards start up "
+        "front (more start as batteries arrive); 0: as many as the simulated fleet needs",
+    )  # fmt: skip
 
 
 class BridgeSettings(BaseModel):
@@ -110,6 +116,11 @@ class ServeSettings(BaseModel):
     model_config = _STRICT
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=1, le=65535)
+    proxy_location: Literal["HeadOnly", "EveryNode"] = Field(
+        "EveryNode",
+        description="Where Serve's HTTP proxies run: every node (a load balancer in front spreads "
+        "clients) or the head only (one address; also what several nodes on one machine need)",
+    )
 
 
 class RayClusterSettings(BaseModel):
@@ -160,6 +171,20 @@ class ModelSettings(BaseModel):
     weather_url: str | None = Field(None, description="Open-Meteo-style API; None: simulated weather")
     train_on_start: bool = Field(True, description="Train (quick plan) when nothing is registered")
     utc_offset_h: float = Field(ScoringParams.utc_offset_h, ge=-12, le=14, description="Fleet local time, for hour of day")
+    # The LSTM families (degradation, demand) only: a replica runs its batched step on the one
+    # GPU it sees, so more than 1 would reserve GPUs it never uses; a fraction lets both
+    # families share one card. Without a CUDA build of torch they fall back to the CPU.
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per LSTM replica (0: CPU), at most 1")
+    lstm_dtype: LstmDtype = Field("float32", description="Float type the LSTM replicas run in")
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _one_gpu_at_most(cls, v: float) -> float:
+        if v > 1:
+            raise ValueError(
+                "Expected num_gpus in [0, 1] (an LSTM replica runs on one GPU; a fraction shares one)"
+            )
+        return v
 
 
 Skill = Literal["swap", "replace", "inspect"]

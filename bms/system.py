@@ -40,6 +40,7 @@ __all__ = [
     "bridge_configs",
     "fleet_params",
     "init_ray",
+    "initial_shards",
     "model_job_spec",
     "planner_spec",
     "ray_options",
@@ -195,6 +196,13 @@ def planner_spec(settings: Settings, urls: ServiceUrls) -> PlannerSpec:
     )  # fmt: skip
 
 
+def initial_shards(settings: Settings) -> int:
+    """Shards to start up front: enough for ``[twins] fleet_size`` batteries, or for the
+    simulated fleet when that is unset (``bms run``). More start as batteries arrive."""
+    expected = settings.twins.fleet_size or settings.sim.vehicles
+    return max(1, -(-expected // settings.twins.shard_size))
+
+
 def system_spec(
     settings: Settings,
     urls: ServiceUrls,
@@ -224,6 +232,7 @@ def system_spec(
         m = settings.models
         http = HttpSpec(
             host=settings.serve.http_host, port=settings.serve.http_port,
+            proxy_location=settings.serve.proxy_location,
             app=AppArgs(
                 namespace=settings.ray.namespace, postgres_url=urls.postgres_url, redis_url=urls.redis_url,
                 redis_prefix=redis_prefix,
@@ -231,6 +240,7 @@ def system_spec(
                 models=list(PREDICTORS) if models else [],
                 artifacts_root=str(settings.artifacts_dir().resolve()),
                 model_poll_interval_s=m.poll_interval_s, drift_threshold=m.drift_threshold,
+                lstm_num_gpus=m.num_gpus, lstm_dtype=m.lstm_dtype,
                 alerts=settings.alerts.enabled,
                 webhook_allow_cidrs=settings.alerts.webhook_allow_cidrs,
                 webhook_allow_http=settings.alerts.webhook_allow_http,

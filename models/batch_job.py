@@ -47,6 +47,9 @@ from twins.scoring import ModelClient, ScoreReport
 __all__ = ["JOB_ACTOR", "DemandCache", "FleetModelJob", "HealthHistory", "JobParams", "ShardFanout"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds before a failed scheduled run is tried again (at most its period).
+RETRY_AFTER_S = 30.0
 #: Who the job's registry changes are attributed to (the audit trail's actor).
 JOB_ACTOR = "bms-model-job"
 _HOUR_S = 3600
@@ -191,7 +194,10 @@ class FleetModelJob:
         return out
 
     async def run_forever(self) -> None:
-        """The three tasks on their periods; a failing run is logged and retried next period."""
+        """The three tasks on their periods; a failing run is logged and retried after
+        :data:`RETRY_AFTER_S` (or its period, if shorter): a failure is usually something
+        not up yet (the models right after ``serve deploy``) or a blip, and should not cost
+        the fleet an hour without forecasts."""
         p = self.params
 
         async def every(period_s: float, fn: Callable[[], Awaitable[Any]]) -> None:
@@ -200,6 +206,8 @@ class FleetModelJob:
                     await fn()
                 except Exception:
                     log.exception("model job: %s failed", fn.__name__)
+                    await asyncio.sleep(min(period_s, RETRY_AFTER_S))
+                    continue
                 await asyncio.sleep(period_s)
 
         await asyncio.gather(

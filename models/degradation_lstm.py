@@ -66,6 +66,7 @@ import torch
 from torch import nn
 
 from models.cell_data import CellHistory
+from models.inference_device import InferenceDevice
 from twins.cycle_inputs import (
     CYCLE_INPUT_NAMES,
     DEFAULT_STEP_FRACTION,
@@ -343,6 +344,16 @@ def _as_state(name: str, arr: npt.ArrayLike, n: int, hidden: int) -> torch.Tenso
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
+def _to_numpy32(t: torch.Tensor) -> Float32Array:
+    """A float32 numpy copy of a result tensor, from any device and float type."""
+    if t.device.type == "cpu" and t.dtype == torch.float32:
+        # A view into the step's own output: hand out an owned, contiguous copy.
+        out: Float32Array = t.numpy().copy()
+        return out
+    moved: Float32Array = t.to(device="cpu", dtype=torch.float32).numpy()
+    return moved
+
+
 def _as_column(name: str, arr: npt.ArrayLike, n: int, positive: bool = False) -> FloatArray:
     a = np.asarray(arr, dtype=np.float64).reshape(-1)
     ok = a.shape == (n,) and bool(np.all(np.isfinite(a))) and (not positive or bool(np.all(a > 0)))
@@ -387,6 +398,36 @@ class DegradationLSTM:
         self._knots = np.asarray(params.horizon_knots_rel, dtype=np.float64)
         self._widths = torch.tensor(np.diff(np.concatenate([[0.0], self._knots])), dtype=torch.float32)
         self.metrics: dict[str, Any] = dict(metrics or {})
+        self._device = InferenceDevice()
+
+    @property
+    def device(self) -> InferenceDevice:
+        """Where (and in which float type) the LSTM runs its inference."""
+        return self._device
+
+    def on_device(self, device: InferenceDevice) -> DegradationLSTM:
+        """A copy of this model whose inference runs on ``device``; this one is unchanged.
+
+        The LSTM's weights move (and, for ``bfloat16``, are cast) once; the head stays
+        float32. The copy is for inference: :meth:`save` refuses it, since its weights may
+        be rounded. On the default device (CPU, float32) this model itself is returned.
+        """
+        if not self._device.is_default:
+            raise ValueError(f"Expected a model on cpu float32 to copy, got one on {self._device.describe()}.")
+        if device.is_default:
+            return self
+        placed = DegradationLSTM(self.params, state_dict=self._net.state_dict(), metrics=self.metrics)
+        placed._net.lstm.to(device=device.torch_device, dtype=device.torch_dtype)
+        placed._net.head.to(device=device.torch_device)
+        placed._widths = placed._widths.to(device.torch_device)
+        placed._device = device
+        return placed
+
+    def _to_device(self, t: torch.Tensor, lstm_input: bool = True) -> torch.Tensor:
+        # Across to the device first, then cast there: a GPU casts far faster than the CPU.
+        # On the default device both are no-ops that return ``t`` itself.
+        moved = t.to(device=self._device.torch_device)
+        return moved.to(dtype=self._device.torch_dtype) if lstm_input else moved
 
     @property
     def hidden_size(self) -> int:
@@ -430,16 +471,17 @@ class DegradationLSTM:
         h0 = _as_state("h", h, n, self.hidden_size)
         c0 = _as_state("c", c, n, self.hidden_size)
         with torch.no_grad(), _torch_threads(self.params.torch_threads):
+            # Inputs and state go to the device once per batch; the head reads float32.
             out, (h1, c1) = self._net.lstm(
-                torch.from_numpy(np.ascontiguousarray(xa)).unsqueeze(1),
-                (h0.unsqueeze(0), c0.unsqueeze(0)),
+                self._to_device(torch.from_numpy(np.ascontiguousarray(xa))).unsqueeze(1),
+                (self._to_device(h0).unsqueeze(0), self._to_device(c0).unsqueeze(0)),
             )
-            slope = torch.from_numpy(np.ascontiguousarray(xa[:, SLOPE_EWMA_COLUMN]))
-            drops = self._head(out[:, 0], slope).double().numpy()
+            slope = self._to_device(torch.from_numpy(np.ascontiguousarray(xa[:, SLOPE_EWMA_COLUMN])), lstm_input=False)
+            drops = self._head(out[:, 0].float(), slope).double().cpu().numpy()
         return (
             StepOutput(horizons_rel=self._knots.copy(), drop_quantiles=drops),
-            h1[0].numpy().copy(),
-            c1[0].numpy().copy(),
+            _to_numpy32(h1[0]),
+            _to_numpy32(c1[0]),
         )
 
     def encode(
@@ -476,10 +518,10 @@ class DegradationLSTM:
         x, lengths = _pad(xs)
         with torch.no_grad(), _torch_threads(self.params.torch_threads):
             packed = nn.utils.rnn.pack_padded_sequence(
-                torch.from_numpy(x), torch.from_numpy(lengths), batch_first=True, enforce_sorted=False
+                self._to_device(torch.from_numpy(x)), torch.from_numpy(lengths), batch_first=True, enforce_sorted=False
             )
             _, (h, c) = self._net.lstm(packed)
-        return Encoded(h[0].numpy().copy(), c[0].numpy().copy(), last_soh, last_cycle, last_slope)
+        return Encoded(_to_numpy32(h[0]), _to_numpy32(c[0]), last_soh, last_cycle, last_slope)
 
     def drop_quantiles(self, h: npt.ArrayLike, step_slope_ewma: npt.ArrayLike) -> FloatArray:
         """p10/p50/p90 of the SOH drop at each knot, shape (n, K, 3), from LSTM outputs ``h``
@@ -489,7 +531,12 @@ class DegradationLSTM:
             raise ValueError(f"Expected h of shape (n, {self.hidden_size}), got {ha.shape}.")
         slope = _as_column("step_slope_ewma", step_slope_ewma, ha.shape[0]).astype(np.float32)
         with torch.no_grad(), _torch_threads(self.params.torch_threads):
-            return self._head(torch.from_numpy(np.ascontiguousarray(ha)), torch.from_numpy(slope)).double().numpy()
+            out = self._head(
+                self._to_device(torch.from_numpy(np.ascontiguousarray(ha)), lstm_input=False),
+                self._to_device(torch.from_numpy(slope), lstm_input=False),
+            )
+            drops: FloatArray = out.double().cpu().numpy()
+            return drops
 
     def remaining_useful_life(
         self, start: Encoded, threshold_frac: float, cycle_now: npt.ArrayLike | None = None
@@ -583,6 +630,10 @@ class DegradationLSTM:
 
     def save(self, directory: Path) -> None:
         """Write the weights (torch state dict) and JSON metadata (params, metrics)."""
+        if not self._device.is_default:
+            raise ValueError(
+                f"Expected a model on cpu float32 to save, got a copy for inference on {self._device.describe()}."
+            )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         torch.save(self._net.state_dict(), directory / _WEIGHTS_FILE)

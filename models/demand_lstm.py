@@ -44,6 +44,7 @@ from torch.nn import functional
 
 from contracts.ride_history import DEMAND_HORIZON_HOURS, RideHistory
 from contracts.weather import WeatherHours
+from models.inference_device import InferenceDevice
 
 __all__ = [
     "DECODER_FEATURES",
@@ -407,7 +408,8 @@ class _DemandNet(nn.Module):
 
     def forward(self, encoder: torch.Tensor, decoder: torch.Tensor) -> torch.Tensor:
         _, (hidden, _) = self.encoder(encoder)
-        state = hidden[-1].unsqueeze(1).expand(-1, decoder.shape[1], -1)
+        # The encoder may run in bfloat16 (DemandLSTM.on_device); the head reads float32.
+        state = hidden[-1].to(decoder.dtype).unsqueeze(1).expand(-1, decoder.shape[1], -1)
         raw = self.head(torch.cat([state, decoder], dim=-1)).squeeze(-1)
         # softplus: a smooth, strictly positive rate (Poisson NLL needs rate > 0).
         return functional.softplus(raw)
@@ -444,6 +446,33 @@ class DemandLSTM:
         self._net = net.eval()
         self.params = params
         self.metrics: Mapping[str, float] = dict(metrics)
+        self._device = InferenceDevice()
+
+    @property
+    def device(self) -> InferenceDevice:
+        """Where (and in which float type) the encoder LSTM runs its inference."""
+        return self._device
+
+    def on_device(self, device: InferenceDevice) -> DemandLSTM:
+        """A copy of this model whose inference runs on ``device``; this one is unchanged.
+
+        The encoder LSTM moves (and, for ``bfloat16``, is cast) once; the head stays
+        float32. The copy is for inference: :meth:`save` refuses it. On the default device
+        (CPU, float32) this model itself is returned.
+        """
+        if not self._device.is_default:
+            raise ValueError(
+                f"Expected a model on cpu float32 to copy, got one on {self._device.describe()}."
+            )
+        if device.is_default:
+            return self
+        net = _DemandNet(self.params.hidden_size, self.params.num_layers, self.params.dropout)
+        net.load_state_dict(self._net.state_dict())
+        net.encoder.to(device=device.torch_device, dtype=device.torch_dtype)
+        net.head.to(device=device.torch_device)
+        placed = DemandLSTM(net, self.params, self.metrics)
+        placed._device = device
+        return placed
 
     def predict(self, inputs: DemandInputs) -> FloatArray:
         """Expected rides of each zone in each of the next 24 hours.
@@ -470,14 +499,18 @@ class DemandLSTM:
         """
         features = build_features(inputs, self.params)
         multipliers = np.empty((inputs.n_zones, HORIZON_HOURS), dtype=np.float64)
+        dev = self._device
         with torch.inference_mode():
             for lo in range(0, inputs.n_zones, _PREDICT_CHUNK_ZONES):
                 hi = lo + _PREDICT_CHUNK_ZONES
+                # Across to the device, then cast there; no-ops on the default device.
                 out = self._net(
-                    torch.from_numpy(features.encoder[lo:hi]),
-                    torch.from_numpy(features.decoder[lo:hi]),
+                    torch.from_numpy(features.encoder[lo:hi])
+                    .to(dev.torch_device)
+                    .to(dev.torch_dtype),
+                    torch.from_numpy(features.decoder[lo:hi]).to(dev.torch_device),
                 )
-                multipliers[lo:hi] = out.numpy()
+                multipliers[lo:hi] = out.cpu().numpy()
         rides: FloatArray = multipliers * features.scale[:, None]
         return rides
 
@@ -496,6 +529,10 @@ class DemandLSTM:
         pathlib.Path
             The directory.
         """
+        if not self._device.is_default:
+            raise ValueError(
+                f"Expected a model on cpu float32 to save, got a copy for inference on {self._device.describe()}."
+            )
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         torch.save(self._net.state_dict(), path / _WEIGHTS_FILE)

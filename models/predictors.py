@@ -4,6 +4,10 @@ One table, :data:`PREDICTORS`, used by the Serve deployments (:mod:`runtime.mode
 and by the in-process client the unit tests and benchmarks use, so the served and the bare
 paths run the same code. A request is a dict of row-aligned arrays (first axis: one row per
 battery, or per zone for demand); so is the response.
+
+The LSTM families (:data:`GPU_FAMILIES`) can run on a GPU and in bfloat16: their predictor
+says how to move a loaded model (``on_device``); the tree and statistics families run on the
+CPU only.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from models.anomaly import AnomalyDetector
 from models.degradation_lstm import DegradationLSTM, Encoded
 from models.demand_lstm import HORIZON_HOURS, DemandInputs, DemandLSTM
 from models.health_xgb import HealthXGB
+from models.inference_device import InferenceDevice
 from models.priority_rf import PriorityRF
 from twins.cycle_inputs import SLOPE_EWMA_COLUMN
 from twins.telemetry_windows import TelemetryWindows
 
-__all__ = ["PREDICTORS", "Arrays", "Predictor", "demand_request", "predictor"]
+__all__ = ["GPU_FAMILIES", "PREDICTORS", "Arrays", "Predictor", "demand_request", "predictor"]
 
 Arrays = dict[str, npt.NDArray[Any]]
 
@@ -46,6 +51,9 @@ class Predictor:
         The request array whose columns are watched for drift (None: not watched).
     optional_inputs
         Request arrays ``predict`` reads where a caller sends them.
+    on_device
+        A copy of a loaded model that runs on an :class:`InferenceDevice` (None: the family
+        runs on the CPU in float32 only).
     """
 
     load: Callable[[Path], Any]
@@ -53,6 +61,23 @@ class Predictor:
     inputs: tuple[str, ...]
     drift_input: str | None = None
     optional_inputs: tuple[str, ...] = ()
+    on_device: Callable[[Any, InferenceDevice], Any] | None = None
+
+    def load_on(self, directory: Path, device: InferenceDevice) -> Any:
+        """Read a model from ``directory`` and place it on ``device``.
+
+        Raises
+        ------
+        ValueError
+            For a device other than cpu float32 on a family that runs on the CPU only.
+        """
+        if not device.is_default and self.on_device is None:
+            raise ValueError(
+                f"Expected cpu float32 for a model that runs on the CPU only, got {device.describe()} "
+                f"(only {list(GPU_FAMILIES)} run on a GPU or in bfloat16)."
+            )
+        model = self.load(directory)
+        return model if self.on_device is None or device.is_default else self.on_device(model, device)
 
 
 def _health(model: HealthXGB, req: Mapping[str, npt.NDArray[Any]]) -> Arrays:
@@ -135,15 +160,22 @@ def demand_request(inputs: DemandInputs) -> Arrays:
 PREDICTORS: dict[str, Predictor] = {
     "health": Predictor(HealthXGB.load, _health, ("features",), drift_input="features"),
     "priority": Predictor(PriorityRF.load, _priority, ("features",), drift_input="features"),
-    "degradation": Predictor(DegradationLSTM.load, _degradation, ("x", "h", "c", "soh", "cycle")),
+    "degradation": Predictor(
+        DegradationLSTM.load, _degradation, ("x", "h", "c", "soh", "cycle"), on_device=DegradationLSTM.on_device
+    ),
     "anomaly": Predictor(AnomalyDetector.load, _anomaly, ("values", "ts_s", "lengths"), optional_inputs=("evidence",)),
     "demand": Predictor(
         DemandLSTM.load,
         _demand,
         ("history_rides", "past_ts", "past_temp_c", "past_precipitation_mm",
          "next_ts", "next_temp_c", "next_precipitation_mm"),
+        on_device=DemandLSTM.on_device,
     ),
 }
+
+#: The families whose replicas may be given a GPU and a float type (``[models] num_gpus``,
+#: ``lstm_dtype``): the LSTM forecasters.
+GPU_FAMILIES: tuple[str, ...] = tuple(name for name, p in PREDICTORS.items() if p.on_device is not None)
 
 
 def predictor(name: str) -> Predictor:

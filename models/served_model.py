@@ -22,6 +22,7 @@ from contracts.model_registry import ServingConfig
 from contracts.scoring import DRIFT_ELIGIBLE
 from models.ab_split import VersionMetrics, route_versions
 from models.drift import MAJOR_PSI, DriftMonitor, DriftReference
+from models.inference_device import InferenceDevice
 from models.predictors import Arrays, Predictor, predictor
 
 __all__ = ["DRIFT_REFERENCE_FILE", "InProcessModels", "NotServing", "ServedModel"]
@@ -47,12 +48,27 @@ class ServedModel:
         How to load and run it.
     drift_threshold
         PSI above which a feature raises a drift alert.
+    device
+        Where each loaded version runs (:func:`models.inference_device.resolve`); only the
+        LSTM families run elsewhere than on the CPU in float32.
     """
 
-    def __init__(self, name: str, predictor: Predictor, drift_threshold: float = MAJOR_PSI) -> None:
+    def __init__(
+        self,
+        name: str,
+        predictor: Predictor,
+        drift_threshold: float = MAJOR_PSI,
+        device: InferenceDevice | None = None,
+    ) -> None:
+        device = device or InferenceDevice()
+        if not device.is_default and predictor.on_device is None:
+            raise ValueError(
+                f"Expected cpu float32 for model {name!r}, which runs on the CPU only, got {device.describe()}."
+            )
         self.name = name
         self.predictor = predictor
         self.drift_threshold = drift_threshold
+        self.device = device
         self.serving: ServingConfig | None = None
         self._models: dict[int, Any] = {}
         self._drift: dict[int, DriftMonitor] = {}
@@ -78,12 +94,12 @@ class ServedModel:
                 directory = artifact_dirs[v]
             except KeyError:
                 raise KeyError(f"Expected an artifact directory for {self.name} v{v}, got none.") from None
-            models[v] = self.predictor.load(directory)
+            models[v] = self.predictor.load_on(directory, self.device)
             ref_path = directory / DRIFT_REFERENCE_FILE
             if ref_path.is_file():
                 ref = DriftReference.from_dict(json.loads(ref_path.read_text()))
                 drift[v] = DriftMonitor(ref, threshold=self.drift_threshold)
-            log.info("model %s: loaded v%d from %s", self.name, v, directory)
+            log.info("model %s: loaded v%d from %s on %s", self.name, v, directory, self.device.describe())
         changed = serving != self.serving or models.keys() != self._models.keys()
         with self._lock:
             self._models, self._drift, self.serving = models, drift, serving

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application, Deployment
 
 from models.drift import MAJOR_PSI
+from models.inference_device import LstmDtype
+from models.predictors import GPU_FAMILIES
 from models.registry import POLL_INTERVAL_S
 from runtime.ingress import ApiIngress, IngressConfig
 from runtime.model_deployments import ModelServer, ModelServerArgs, model_deployment_name
@@ -35,6 +37,10 @@ class AppArgs(BaseModel):
     artifacts_root: str | None = Field(None, description="Model registry artifacts (needed with models)")
     model_poll_interval_s: float = Field(POLL_INTERVAL_S, gt=0)
     drift_threshold: float = Field(MAJOR_PSI, gt=0)
+    lstm_num_gpus: float = Field(
+        0.0, ge=0, le=1, description="GPUs per replica of each LSTM family (0: CPU; a fraction shares one)"
+    )
+    lstm_dtype: LstmDtype = Field("float32", description="Float type the LSTM families run in")
     alerts: bool = Field(False, description="The alert manager runs")
     webhook_allow_cidrs: list[str] = Field(default_factory=list)
     webhook_allow_http: bool = False
@@ -53,19 +59,27 @@ def build_app(args: AppArgs) -> Application:
         webhook_allow_cidrs=args.webhook_allow_cidrs,
         webhook_allow_http=args.webhook_allow_http,
     )
-    # @serve.deployment made these classes Deployments; mypy ignores what class decorators return.
-    server = cast(Deployment, ModelServer)
-    models: dict[str, Any] = {
-        name: server.options(name=model_deployment_name(name)).bind(
-            ModelServerArgs(
-                name=name,
-                postgres_url=args.postgres_url,
-                artifacts_root=str(args.artifacts_root),
-                poll_interval_s=args.model_poll_interval_s,
-                drift_threshold=args.drift_threshold,
-            )
-        )
-        for name in args.models
-    }
+    models: dict[str, Any] = {name: _model_server(args, name) for name in args.models}
     deployment = cast(Deployment, ApiIngress)
     return deployment.options(num_replicas=args.ingress_replicas).bind(config, models)
+
+
+def _model_server(args: AppArgs, name: str) -> Application:
+    # Only the LSTM families get a GPU and a dtype; the trees and statistics stay on the CPU.
+    lstm = name in GPU_FAMILIES
+    gpus = args.lstm_num_gpus if lstm else 0.0
+    # @serve.deployment made these classes Deployments; mypy ignores what class decorators return.
+    server = cast(Deployment, ModelServer).options(name=model_deployment_name(name))
+    if gpus > 0:
+        server = server.options(ray_actor_options={"num_cpus": 0, "num_gpus": gpus})
+    return server.bind(
+        ModelServerArgs(
+            name=name,
+            postgres_url=args.postgres_url,
+            artifacts_root=str(args.artifacts_root),
+            poll_interval_s=args.model_poll_interval_s,
+            drift_threshold=args.drift_threshold,
+            gpu=gpus > 0,
+            dtype=args.lstm_dtype if lstm else "float32",
+        )
+    )

@@ -8,6 +8,10 @@ the source of truth, so every replica converges on it, including ones started la
 Requests carry whole arrays, one call per shard per scoring tick, and ``@serve.batch``
 merges the calls that arrive together into one model call: the per-item call rate of a
 handle (~560/s measured with Ray 2.60) is what limits, not the model.
+
+A replica of an LSTM family that the builder gave a GPU (``gpu``) runs its batched steps on
+it, in ``dtype``; without a CUDA device it serves on the CPU
+(:func:`models.inference_device.resolve`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ray.util.metrics import Gauge
 
 from contracts.scoring import ScoreRequest, merge_arrays, mergeable_groups
 from models.drift import MAJOR_PSI
+from models.inference_device import LstmDtype, resolve
 from models.predictors import Arrays, predictor
 from models.registry import POLL_INTERVAL_S
 from models.served_model import ServedModel
@@ -46,6 +51,8 @@ class ModelServerArgs(BaseModel):
     artifacts_root: str = Field(description="Directory of the registry's model artifacts")
     poll_interval_s: float = Field(POLL_INTERVAL_S, gt=0, le=3600, description="Registry poll period")
     drift_threshold: float = Field(MAJOR_PSI, gt=0, description="PSI above which drift alerts")
+    gpu: bool = Field(False, description="The replica was given a GPU: run on CUDA when torch sees one")
+    dtype: LstmDtype = Field("float32", description="Float type of an LSTM family's weights and state")
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
@@ -59,7 +66,9 @@ class ModelServer:
         # shards for the same cores (a tiny LSTM call took 1.5 s with 2 threads on 2 busy cores).
         torch.set_num_threads(1)
         self.args = args
-        self.model = ServedModel(args.name, predictor(args.name), args.drift_threshold)
+        device = resolve(args.gpu, args.dtype)
+        self.model = ServedModel(args.name, predictor(args.name), args.drift_threshold, device)
+        log.info("model %s: inference on %s", args.name, device.describe())
         self._root = Path(args.artifacts_root)
         self._store_cm: contextlib.AbstractAsyncContextManager[Any] | None = None
         self._store: ModelRegistryStore | None = None

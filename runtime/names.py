@@ -15,6 +15,7 @@ __all__ = [
     "PLANNER_NAME",
     "SERVE_APP_NAME",
     "SIMULATIONS_NAME",
+    "SUPERVISOR_NAME",
     "bridge_actor_name",
     "model_deployment_name",
     "shard_actor_name",
@@ -34,6 +35,8 @@ ALERTS_NAME = "bms-alerts"
 MODEL_JOB_NAME = "bms-model-job"
 #: The what-if simulation queue (``POST /api/v1/simulations`` jobs).
 SIMULATIONS_NAME = "bms-simulations"
+#: The supervisor (restarts the loops of restarted actors).
+SUPERVISOR_NAME = "bms-supervisor"
 
 
 def shard_actor_name(shard_id: int) -> str:

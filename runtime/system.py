@@ -17,13 +17,13 @@ import contextlib
 import logging
 import os
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import ray
 from ray import serve
+from ray.serve import Application
 
 from models.registry import ModelRegistry
 from models.training import TrainingPlan, ensure_served
@@ -39,11 +39,13 @@ from runtime.names import (
     PLANNER_NAME,
     SERVE_APP_NAME,
     SIMULATIONS_NAME,
+    SUPERVISOR_NAME,
     bridge_actor_name,
     shard_actor_name,
 )
 from runtime.planner import PlannerSpec, start_planner
 from runtime.simulations import SimulationsSpec, start_simulations
+from runtime.supervisor import start_supervisor, supervise_once
 from runtime.twins import TwinRuntimeSpec, start_directory
 from serve.mqtt_bridge import BridgeConfig, BridgeStats
 from store import apply_migrations, open_postgres
@@ -150,6 +152,8 @@ class HttpSpec:
     port: int
     app: AppArgs
     direct_ingress: bool = True
+    #: Serve's ``proxy_location``: ``"EveryNode"`` or ``"HeadOnly"``.
+    proxy_location: str = "EveryNode"
 
 
 @dataclass(frozen=True)
@@ -206,7 +210,6 @@ class FleetSystem:
 
     def __init__(self, spec: SystemSpec) -> None:
         self.spec = spec
-        self._supervisor: tuple[threading.Thread, threading.Event] | None = None
 
     @property
     def namespace(self) -> str:
@@ -217,6 +220,25 @@ class FleetSystem:
         return list(self.spec.bridge_names)
 
     def start(self) -> None:
+        """Start everything, the Serve app included, from this process (``bms run``)."""
+        self.start_core()
+        spec = self.spec
+        if spec.http is not None:
+            serve.start(
+                proxy_location=spec.http.proxy_location,
+                http_options={"host": spec.http.host, "port": spec.http.port},
+                controller_options={
+                    "runtime_env": {
+                        "env_vars": serve_controller_env(direct_ingress=spec.http.direct_ingress)
+                    }
+                },
+            )
+            serve.run(self.serve_app(), name=SERVE_APP_NAME, route_prefix="/")
+        self.start_services()
+
+    def start_core(self) -> None:
+        """Migrations, the models' first training, the directory with its shards, and the
+        bridge workers: what the Serve app and the services below call."""
         spec = self.spec
         init_ray(spec.ray)
         applied = asyncio.run(run_migrations(spec.twins.postgres_url))
@@ -237,16 +259,18 @@ class FleetSystem:
             for cfg in spec.bridges
         ]
         ray.get([h.start.remote() for h in handles])
-        if spec.http is not None:
-            serve.start(
-                http_options={"host": spec.http.host, "port": spec.http.port},
-                controller_options={
-                    "runtime_env": {
-                        "env_vars": serve_controller_env(direct_ingress=spec.http.direct_ingress)
-                    }
-                },
-            )
-            serve.run(build_app(spec.http.app), name=SERVE_APP_NAME, route_prefix="/")
+
+    def serve_app(self) -> Application:
+        """The Serve application (HTTP ingress and model deployments) of this system."""
+        if self.spec.http is None:
+            raise ValueError("Expected a system with HTTP (SystemSpec.http), got one without.")
+        return build_app(self.spec.http.app)
+
+    def start_services(self) -> None:
+        """The model job, the planner, the alert manager and the what-if queue: they call
+        the shards and the models, so they start last (a call made before the models are
+        deployed fails and is retried on the service's schedule)."""
+        spec = self.spec
         if spec.model_job is not None:
             start_model_job(spec.model_job)
         if spec.planner is not None:
@@ -279,49 +303,28 @@ class FleetSystem:
         return names
 
     def supervise_once(self) -> None:
-        """Start the loop of any supervised actor that Ray restarted after a crash.
-
-        Ray brings a dead actor's process back (``max_restarts=-1``) but only runs its
-        constructor; the loop of a bridge worker, the planner or the alert manager starts on
-        its first ``start()``. ``start()`` is idempotent, so calling it on a healthy actor
-        does nothing.
-        """
-        for name in self.supervised_names():
-            try:
-                ray.get(ray.get_actor(name, namespace=self.namespace).start.remote(), timeout=30)
-            except Exception:
-                log.exception("%s is not healthy", name)
+        """Start the loop of any supervised actor that Ray restarted after a crash
+        (:func:`runtime.supervisor.supervise_once`)."""
+        supervise_once(self.supervised_names(), self.namespace)
 
     def start_supervisor(self, period_s: float = 1.0) -> None:
-        """Call :meth:`supervise_once` every ``period_s`` in a daemon thread until :meth:`stop`.
-
-        The period bounds how long a restarted bridge worker stays unsubscribed (the broker
-        keeps its messages meanwhile), so it is short: a call to a healthy actor is cheap.
-        """
-        if self._supervisor is not None:
-            return
-        stop = threading.Event()
-
-        def loop() -> None:
-            while not stop.wait(period_s):
-                self.supervise_once()
-
-        thread = threading.Thread(target=loop, name="bms-supervisor", daemon=True)
-        self._supervisor = (thread, stop)
-        thread.start()
+        """Start the supervisor actor (:mod:`runtime.supervisor`), which gives restarted
+        bridge workers, the planner, the alert manager and the model job their loops back
+        every ``period_s``, until :meth:`stop`."""
+        ray.get(start_supervisor(self.supervised_names(), self.namespace, period_s).rounds.remote())
 
     def _stop_supervisor(self) -> None:
-        if self._supervisor is not None:
-            thread, stop = self._supervisor
-            stop.set()
-            thread.join(35)  # one supervise_once at most
-            self._supervisor = None
+        with contextlib.suppress(ValueError):  # never started
+            h = ray.get_actor(SUPERVISOR_NAME, namespace=self.namespace)
+            with contextlib.suppress(Exception):
+                ray.get(h.stop.remote(), timeout=10)
+            ray.kill(h, no_restart=True)
 
     def stop(self) -> None:
         """Stop bridges first (no new work), then the app, shards and directory."""
-        self._stop_supervisor()  # it would start what is being stopped
         if not ray.is_initialized():
             return
+        self._stop_supervisor()  # it would start what is being stopped
         for name in self.spec.bridge_names:
             try:
                 h = ray.get_actor(name, namespace=self.namespace)

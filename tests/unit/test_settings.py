@@ -43,6 +43,7 @@ rated_capacity_ah = 20.0
 hot_threshold_c = 50.0
 zone_cell_km = 2.0
 shard_resource = "bms_twin_shard"
+fleet_size = 250000
 
 [bridge]
 workers = 4
@@ -60,6 +61,7 @@ max_batch_attempts = 3
 [serve]
 http_host = "0.0.0.0"
 http_port = 8080
+proxy_location = "HeadOnly"
 
 [ray]
 address = "ray://head:10001"
@@ -123,14 +125,14 @@ def test_full_config_sets_every_section(tmp_path: Path) -> None:
     assert s.twins == TwinSettings(
         window_samples=128, shard_size=500, checkpoint_interval_s=30.0, redis_flush_interval_s=0.5,
         lstm_hidden_size=16, rated_capacity_ah=20.0, hot_threshold_c=50.0, zone_cell_km=2.0,
-        shard_resource="bms_twin_shard",
+        shard_resource="bms_twin_shard", fleet_size=250_000,
     )  # fmt: skip
     assert s.bridge == BridgeSettings(
         workers=4, share_group="west_1", batch_max_messages=500, batch_max_wait_ms=5.0,
         max_inflight_batches=8, receive_maximum=2000, max_payload_bytes=65536,
         max_future_skew_s=30.0, max_age_s=3600.0, session_expiry_s=60, max_batch_attempts=3,
     )  # fmt: skip
-    assert s.serve == ServeSettings(http_host="0.0.0.0", http_port=8080)
+    assert s.serve == ServeSettings(http_host="0.0.0.0", http_port=8080, proxy_location="HeadOnly")
     assert s.ray == RayClusterSettings(
         address="ray://head:10001", num_cpus=8, object_store_memory_mb=1024,
         dashboard_port=8266, namespace="bms-test",
@@ -210,6 +212,16 @@ def test_unknown_key_or_section_is_rejected(tmp_path: Path, text: str, key: str)
             "[planner]\nmax_jobs_per_round = 0\n",
             "planner.max_jobs_per_round: Input should be greater than or equal to 1 (got 0)",
         ),
+        ("[models]\nnum_gpus = -0.5\n", "models.num_gpus: Input should be greater than or equal to 0 (got -0.5)"),
+        (
+            "[models]\nnum_gpus = 2\n",
+            "models.num_gpus: Value error, Expected num_gpus in [0, 1] (an LSTM replica runs on one GPU; "
+            "a fraction shares one) (got 2)",
+        ),
+        (
+            "[models]\nlstm_dtype = 'float16'\n",
+            "models.lstm_dtype: Input should be 'float32' or 'bfloat16' (got 'float16')",
+        ),
     ],
 )
 def test_bad_value_is_rejected_with_expected_and_got(
@@ -219,6 +231,14 @@ def test_bad_value_is_rejected_with_expected_and_got(
     with pytest.raises(SettingsError) as info:
         Settings.load(_write(tmp_path, text), env={})
     assert fragment in str(info.value)
+
+
+def test_lstm_gpu_settings_default_to_the_cpu_in_float32(tmp_path: Path) -> None:
+    """[models] num_gpus and lstm_dtype: 0 and float32 when absent; a GPU share and bfloat16
+    when given."""
+    assert (Settings().models.num_gpus, Settings().models.lstm_dtype) == (0.0, "float32")
+    s = Settings.load(_write(tmp_path, "[models]\nnum_gpus = 1\nlstm_dtype = 'bfloat16'\n"), env={})
+    assert (s.models.num_gpus, s.models.lstm_dtype) == (1.0, "bfloat16")
 
 
 def test_every_bad_key_is_listed(tmp_path: Path) -> None:

@@ -48,7 +48,10 @@ def test_every_settings_section_reaches_its_component() -> None:
         "twins": {"shard_size": 123, "window_samples": 32, "zone_cell_km": 2.0},
         "bridge": {"workers": 3, "batch_max_messages": 77, "max_age_s": 60.0},
         "ray": {"namespace": "ns1", "num_cpus": 1},
-        "models": {"score_interval_s": 5.0, "utc_offset_h": 2.0, "retrain_interval_s": 100.0},
+        "models": {
+            "score_interval_s": 5.0, "utc_offset_h": 2.0, "retrain_interval_s": 100.0, "num_gpus": 0.5,
+            "lstm_dtype": "bfloat16",
+        },
         "planner": {
             "solve_time_limit_s": 3.0, "default_technicians": 2, "max_jobs_per_round": 250,
             "urgent_improve_s": 0.5, "routing_engine": "pyvrp",
@@ -67,6 +70,7 @@ def test_every_settings_section_reaches_its_component() -> None:
     assert spec.planner.params.max_jobs_per_round == 250
     assert spec.planner.params.urgent_improve_s == 0.5 and spec.planner.params.routing_engine == "pyvrp"
     assert spec.http is not None and spec.http.port == 8123 and spec.redis_prefix == "p:"
+    assert (spec.http.app.lstm_num_gpus, spec.http.app.lstm_dtype) == (0.5, "bfloat16")
 
 
 def test_production_planner_rounds_are_bounded() -> None:

@@ -270,3 +270,59 @@ def test_training_needs_a_usable_history() -> None:
     """Histories with fewer than two clean cycles cannot train a model."""
     with pytest.raises(ValueError, match=r"Expected at least one training history .* \[\('X', 1\)\]"):
         train([CellHistory.from_soh("X", [1.0])], _TINY)
+
+
+# bfloat16 keeps 8 bits of mantissa (0.4 % per rounding): one step's h and c move by under
+# 2 % of their size (absolute below 1; c grows to about 10 on long histories), and the SOH
+# drops the head reads off h by under 0.01 (1 % of rated).
+_BF16_STATE_REL = 0.02
+_BF16_DROP_TOL = 0.01
+
+
+def _close_in_bf16(got: np.ndarray, ref: np.ndarray) -> bool:
+    return bool(np.all(np.abs(got - ref) <= _BF16_STATE_REL * np.maximum(1.0, np.abs(ref))))
+
+
+def test_bfloat16_step_agrees_with_float32_on_the_cpu(model: DegradationLSTM) -> None:
+    """A bfloat16 copy steps the same twins to within the stated tolerance of float32, returns
+    float32 state, and leaves the float32 model bit for bit as it was."""
+    from models.inference_device import InferenceDevice
+
+    rng = np.random.default_rng(5)
+    n = 500
+    soh = rng.uniform(0.75, 1.0, n)
+    cycle = rng.uniform(30, 1500, n)
+    x = cycle_inputs(soh, cycle, soh + 0.002, 0.96 * cycle, soh + 0.05, -0.5)
+    # The state twins part-way through their histories hold.
+    start = model.encode([_CELLS[k % 3].clean().soh()[: 20 + k % 50] for k in range(n)])
+    h, c = start.h, start.c
+    before = model.step(x, h, c)
+    bf16 = model.on_device(InferenceDevice("cpu", "bfloat16"))
+    assert bf16 is not model and bf16.device == InferenceDevice("cpu", "bfloat16")
+    out16, h16, c16 = bf16.step(x, h, c)
+    out32, h32, c32 = model.step(x, h, c)
+    assert h16.dtype == c16.dtype == np.float32 and out16.drop_quantiles.dtype == np.float64
+    assert _close_in_bf16(h16, h32) and _close_in_bf16(c16, c32)
+    assert np.abs(out16.drop_quantiles - out32.drop_quantiles).max() < _BF16_DROP_TOL
+    assert not np.array_equal(h16, h32)  # it did run in bfloat16
+    # The float32 model is untouched: the same numbers as before the copy was made.
+    np.testing.assert_array_equal(before[1], h32)
+    np.testing.assert_array_equal(before[0].drop_quantiles, out32.drop_quantiles)
+    enc16 = bf16.encode([cell.clean().soh() for cell in _CELLS])
+    enc32 = model.encode([cell.clean().soh() for cell in _CELLS])
+    assert _close_in_bf16(enc16.h, enc32.h) and _close_in_bf16(enc16.c, enc32.c)
+
+
+def test_default_device_is_the_model_itself_and_a_placed_copy_is_not_saved(
+    model: DegradationLSTM, tmp_path: Path
+) -> None:
+    """on_device(cpu float32) returns the model unchanged; a bfloat16 copy refuses to be saved
+    (its weights are rounded) or copied again."""
+    from models.inference_device import InferenceDevice
+
+    assert model.on_device(InferenceDevice()) is model and model.device.is_default
+    bf16 = model.on_device(InferenceDevice("cpu", "bfloat16"))
+    with pytest.raises(ValueError, match="Expected a model on cpu float32 to save, got a copy for inference on cpu bfloat16"):
+        bf16.save(tmp_path)
+    with pytest.raises(ValueError, match="Expected a model on cpu float32 to copy"):
+        bf16.on_device(InferenceDevice("cpu", "float32"))

@@ -130,3 +130,31 @@ def test_request_errors_name_what_is_missing(artifacts: tuple[dict[int, Path], n
         served.run(["B1"], {})
     with pytest.raises(ValueError, match="Expected 3 rows"):
         served.run(["B1", "B2", "B3"], {"features": x[:2]})
+
+
+
+def test_lstm_family_serves_a_bfloat16_copy_and_cpu_only_families_refuse_one(tmp_path: Path) -> None:
+    """A degradation replica given bfloat16 loads each version as a bfloat16 copy: float32
+    state out, close to but not the float32 replica's; a tree family asked for anything but
+    cpu float32 fails at once, naming the model."""
+    from models.degradation_lstm import DegradationLSTM, DegradationParams
+    from models.inference_device import InferenceDevice
+    from twins.cycle_inputs import cycle_inputs
+
+    bf16 = InferenceDevice("cpu", "bfloat16")
+    with pytest.raises(ValueError, match="Expected cpu float32 for model 'health', which runs on the CPU only"):
+        ServedModel("health", predictor("health"), device=bf16)
+    DegradationLSTM(DegradationParams(), seed=0).save(tmp_path)
+    rng = np.random.default_rng(0)
+    n = 8
+    soh, cycle = rng.uniform(0.8, 1.0, n), rng.uniform(50, 500, n)
+    x = cycle_inputs(soh, cycle, soh + 0.002, 0.96 * cycle, soh + 0.05, -0.5)
+    h = rng.normal(0.0, 0.3, (n, 32)).astype(np.float32)
+    request = {"x": x, "h": h, "c": h.copy(), "soh": soh, "cycle": cycle}
+    outs = {}
+    for device in (InferenceDevice(), bf16):
+        served = ServedModel("degradation", predictor("degradation"), device=device)
+        served.apply(ServingConfig("degradation", 1, None, 0.0, time.time(), "test"), {1: tmp_path})
+        outs[device.dtype] = served.run([f"b{k}" for k in range(n)], request)
+    assert outs["bfloat16"]["h"].dtype == np.float32 and outs["bfloat16"]["h"].shape == (n, 32)
+    assert 0 < np.abs(outs["bfloat16"]["h"] - outs["float32"]["h"]).max() < 0.02

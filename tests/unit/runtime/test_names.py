@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runtime.names import bridge_actor_name, model_deployment_name, shard_actor_name
-from runtime.options import ACTOR_ROLES, actor_options
+from runtime.options import ACTOR_ROLES, HEAD_RESOURCE, PLACEMENT, actor_options
 
 
 def test_actor_names() -> None:
@@ -36,3 +36,15 @@ def test_unknown_role() -> None:
     """A typo in a role names the known ones."""
     with pytest.raises(ValueError, match="shard"):
         actor_options("shrad", "x", "ns")
+
+
+def test_singletons_run_on_the_head_and_the_rest_spread() -> None:
+    """On a cluster the singletons go to the head (a worker's loss never takes them), twin
+    shards and bridge workers spread over the nodes that can take them."""
+    assert set(PLACEMENT) == set(ACTOR_ROLES)
+    for role in ACTOR_ROLES:
+        opts = actor_options(role, "x", "ns")
+        if role in ("shard", "bridge"):
+            assert opts["scheduling_strategy"] == "SPREAD" and "resources" not in opts
+        else:
+            assert opts["resources"] == {HEAD_RESOURCE: 0.001} and "scheduling_strategy" not in opts
