@@ -32,6 +32,7 @@ _NOTES = {
     "stop_s": "clean stop took {} s",
     "processes_killed": "{} processes killed at once",
     "publisher_reconnects": "publishers reconnected {} times",
+    "shards_moved": "{} shards moved to the surviving node, restored from checkpoint + replay",
 }
 
 
